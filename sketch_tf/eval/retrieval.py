@@ -1,0 +1,375 @@
+"""Category-level retrieval metrics for (zero-shot) sketch-based image retrieval.
+
+Protocol (what every figure this module returns means):
+
+* **Gallery.** All test photos of the evaluated (unseen) classes; every sketch query of those
+  classes is ranked against the whole gallery. A gallery item is *relevant* to a query when its
+  class label equals the query's label.
+* **Similarity.** ``metric="euclidean"``: ``score = -||q - g||_2`` (non-squared; the ranking is the
+  same as for squared distances). ``metric="cosine"``: ``score = <q, g> / (||q|| ||g||)``. Higher
+  score = more similar. Scores are computed in float64 whatever the embedding dtype.
+* **No self matches.** When ``query_ids`` and ``gallery_ids`` are both given, gallery items whose
+  id equals the query's id are removed from that query's ranking (they count neither as relevant
+  nor as retrieved). Needed when queries and gallery come from the same set (photo -> photo).
+* **Ranking and ties.** The ranked list is a *stable* sort by descending score, so tied items keep
+  ascending gallery order. That order decides which items fall inside a top-k cut (P@k, mAP@200,
+  the retrieval grids).
+* **mAP@all** (``map_all``). Mean over queries of the average precision computed exactly like
+  ``sklearn.metrics.average_precision_score(relevant, scores)``: ``AP = sum_n (R_n - R_{n-1}) P_n``
+  over the *distinct* score thresholds, i.e. a group of tied items enters the curve as one step and
+  the result does not depend on the order inside the group. This is also what Doodle-to-Search's
+  evaluation code computes (``average_precision_score`` per query, then the mean). A query with no
+  relevant gallery item has AP 0.0 (scikit-learn also returns 0 there, with a warning); such
+  queries stay in the mean and are counted in ``num_queries_without_relevant``.
+* **mAP@200** (``map_200``). The public evaluation codes disagree, so both are reported:
+
+  - ``map_200`` (Doodle-to-Search definition; its public ``test.py`` computes
+    ``average_precision_score(rel[top200], sim[top200])`` on the 200 best-ranked items): AP over
+    the top-200 list only, normalised by the number of relevant items *retrieved in the top 200*
+    (0.0 when none is retrieved), ties inside the list grouped as for mAP@all. Equal to
+    ``average_precision_score`` applied to the top-200 slice of our ranking.
+  - ``map_200_sake`` (SAKE's ``eval_AP_inner(..., top=200)`` + ``VOCap``): VOC-style
+    *interpolated* precision (``max`` precision at any later rank) summed at each relevant rank of
+    the top-200 list and normalised by ``min(200, number of relevant items in the gallery)``. No
+    tie grouping (SAKE sorts with ``np.argsort(-scores)``; we use our stable ranking).
+
+* **P@k** (``p_100``, ``p_200``). Relevant items among the top ``k`` ranked ones divided by ``k``
+  (by the number of ranked items instead when the gallery holds fewer than ``k``, as SAKE's
+  ``eval_precision`` does).
+* **Per class.** The same metrics averaged over the queries of each class (``per_class``).
+
+Everything is computed in query chunks whose working set stays under ``max_chunk_bytes``
+(argsort of a ``[chunk, num_gallery]`` block), so 10k queries x 100k photos fit in a few hundred
+MB. Pure NumPy: this runs in ``evaluate.py`` after the embeddings are computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_METRICS = ("euclidean", "cosine")
+
+
+def _as_2d_float(name: str, x) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array [count, dim], got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return arr
+
+
+def _as_labels(name: str, x, count: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1 or arr.shape[0] != count:
+        raise ValueError(f"{name}: expected a 1-D array of length {count}, got shape {arr.shape}")
+    return arr
+
+
+def similarity(queries: np.ndarray, gallery: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """Similarity matrix between query and gallery embeddings (higher = more similar).
+
+    Args:
+      queries: float array [Q, D].
+      gallery: float array [N, D].
+      metric: ``"euclidean"`` (score = minus the L2 distance) or ``"cosine"``.
+
+    Returns:
+      float64 array [Q, N].
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"metric: expected one of {_METRICS}, got {metric!r}")
+    q = np.asarray(queries, dtype=np.float64)
+    g = np.asarray(gallery, dtype=np.float64)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"queries {q.shape} and gallery {g.shape}: expected [Q, D] and [N, D] with equal D"
+        )
+    if metric == "cosine":
+        qn = np.linalg.norm(q, axis=1, keepdims=True)
+        gn = np.linalg.norm(g, axis=1, keepdims=True)
+        if np.any(qn == 0) or np.any(gn == 0):
+            raise ValueError("cosine similarity: an embedding has zero norm")
+        return (q / qn) @ (g / gn).T
+    d2 = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
+    return -np.sqrt(np.maximum(d2, 0.0))
+
+
+def _tie_grouped_ap(rel: np.ndarray, scores: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    """AP of rows already sorted by descending score, ties grouped as scikit-learn does.
+
+    rel: bool [B, M]; scores: float [B, M] (non-increasing along each row); denom: [B] number
+    the precision sum is divided by (rows with denom 0 get AP 0).
+    """
+    b, m = rel.shape
+    if m == 0:
+        return np.zeros(b)
+    cumtp = np.cumsum(rel, axis=1, dtype=np.int64)
+    ranks = np.arange(1, m + 1, dtype=np.float64)
+    # A tie group ends where the next score differs (or at the end of the row). Every relevant
+    # item is credited with the precision measured at the end of its group, which is exactly
+    # sklearn's sum over distinct thresholds of (recall step) x (precision at that threshold).
+    is_end = np.ones((b, m), dtype=bool)
+    is_end[:, :-1] = scores[:, 1:] != scores[:, :-1]
+    end_idx = np.where(is_end, np.arange(m)[None, :], m)
+    end_idx = np.minimum.accumulate(end_idx[:, ::-1], axis=1)[:, ::-1]
+    prec_at_end = cumtp / ranks[None, :]
+    prec_of_item = np.take_along_axis(prec_at_end, end_idx, axis=1)
+    total = np.where(rel, prec_of_item, 0.0).sum(axis=1)
+    denom = np.asarray(denom, dtype=np.float64)
+    return np.divide(total, denom, out=np.zeros(b), where=denom > 0)
+
+
+def _interpolated_ap(rel: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    """SAKE/VOC interpolated AP of rows sorted by descending score, divided by denom [B]."""
+    b, m = rel.shape
+    if m == 0:
+        return np.zeros(b)
+    prec = np.cumsum(rel, axis=1) / np.arange(1, m + 1, dtype=np.float64)[None, :]
+    interp = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+    total = np.where(rel, interp, 0.0).sum(axis=1)
+    denom = np.asarray(denom, dtype=np.float64)
+    return np.divide(total, denom, out=np.zeros(b), where=denom > 0)
+
+
+def average_precision(scores, relevant) -> float:
+    """Average precision of one query, equal to ``sklearn.metrics.average_precision_score``.
+
+    Args:
+      scores: float array [N], higher = more similar. ``-inf`` is allowed (ranked last).
+      relevant: bool array [N], True for gallery items of the query's class.
+
+    Returns:
+      AP in [0, 1] as a Python float; tied scores are grouped (order-independent, as in
+      scikit-learn). 0.0 when no item is relevant (scikit-learn returns 0 there too, with a
+      warning).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    r = np.asarray(relevant)
+    if s.ndim != 1 or r.shape != s.shape:
+        raise ValueError(
+            f"scores {s.shape} and relevant {r.shape}: expected two 1-D arrays of equal length"
+        )
+    if np.any(np.isnan(s)):
+        raise ValueError("scores: contains NaN")
+    r = r.astype(bool)
+    order = np.argsort(-s, kind="stable")
+    ap = _tie_grouped_ap(r[order][None, :], s[order][None, :], np.array([r.sum()]))
+    return float(ap[0])
+
+
+def _metrics_from_scores(
+    scores: np.ndarray,
+    rel: np.ndarray,
+    valid_count: np.ndarray,
+    precision_at: Sequence[int],
+    map_at: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """Per-query metrics for a chunk. scores [B, N] float (excluded items at -inf), rel [B, N]."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s_sorted = np.take_along_axis(scores, order, axis=1)
+    r_sorted = np.take_along_axis(rel, order, axis=1)
+    n_rel = r_sorted.sum(axis=1)
+    out = {"map_all": _tie_grouped_ap(r_sorted, s_sorted, n_rel), "num_relevant": n_rel}
+    cumtp = np.cumsum(r_sorted, axis=1)
+    for k in precision_at:
+        kk = np.minimum(k, valid_count)
+        hits = np.where(kk > 0, cumtp[np.arange(len(kk)), np.maximum(kk - 1, 0)], 0)
+        out[f"p_{k}"] = np.divide(hits, kk, out=np.zeros(len(kk)), where=kk > 0)
+    for k in map_at:
+        kc = min(k, scores.shape[1])
+        top_rel, top_s = r_sorted[:, :kc], s_sorted[:, :kc]
+        # Excluded items (self matches) sit at -inf at the end; they are never relevant, and a
+        # cut that reaches them only happens when fewer than k valid items exist.
+        out[f"map_{k}"] = _tie_grouped_ap(top_rel, top_s, top_rel.sum(axis=1))
+        out[f"map_{k}_sake"] = _interpolated_ap(top_rel, np.minimum(k, n_rel))
+    return out
+
+
+def _summarise(
+    per_query: dict[str, np.ndarray], query_labels: np.ndarray, metric_keys: list[str]
+) -> dict:
+    result = {
+        key: float(np.mean(per_query[key])) if len(query_labels) else 0.0 for key in metric_keys
+    }
+    per_class = {}
+    for label in np.unique(query_labels):
+        mask = query_labels == label
+        entry = {key: float(np.mean(per_query[key][mask])) for key in metric_keys}
+        entry["num_queries"] = int(mask.sum())
+        entry["num_relevant"] = float(np.mean(per_query["num_relevant"][mask]))
+        per_class[label.item() if hasattr(label, "item") else label] = entry
+    result["per_class"] = per_class
+    result["num_queries_without_relevant"] = int(np.sum(per_query["num_relevant"] == 0))
+    return result
+
+
+def _chunk_rows(num_gallery: int, max_chunk_bytes: int) -> int:
+    # About six [chunk, N] 8-byte arrays are alive at once (scores, order, sorted copies, cumsum).
+    return max(1, int(max_chunk_bytes // max(1, 6 * 8 * num_gallery)))
+
+
+def retrieval_metrics(
+    query_embeddings,
+    query_labels,
+    gallery_embeddings,
+    gallery_labels,
+    metric: str = "euclidean",
+    query_ids=None,
+    gallery_ids=None,
+    precision_at: Sequence[int] = (100, 200),
+    map_at: Sequence[int] = (200,),
+    max_chunk_bytes: int = 256 * 2**20,
+    return_per_query: bool = False,
+) -> dict:
+    """Retrieval metrics of sketch queries against a photo gallery (protocol in module docstring).
+
+    Args:
+      query_embeddings: float [Q, D].
+      query_labels: [Q] class labels (ints or strings).
+      gallery_embeddings: float [N, D].
+      gallery_labels: [N] class labels, same kind as ``query_labels``.
+      metric: ``"euclidean"`` or ``"cosine"``.
+      query_ids, gallery_ids: optional [Q] / [N] item ids; when both are given a gallery item
+        with the query's id is excluded from that query's ranking (no self matches).
+      precision_at: cut-offs k for ``p_{k}``.
+      map_at: cut-offs k for ``map_{k}`` (Doodle-to-Search) and ``map_{k}_sake`` (SAKE).
+      max_chunk_bytes: memory budget of one query chunk.
+      return_per_query: also return ``per_query`` {metric: float array [Q]}.
+
+    Returns:
+      dict with ``map_all``, ``map_200``, ``map_200_sake``, ``p_100``, ``p_200`` (floats in
+      [0, 1]), ``per_class`` {label: {same keys, num_queries, num_relevant}}, ``num_queries``,
+      ``num_gallery``, ``num_queries_without_relevant``, ``metric``.
+    """
+    q = _as_2d_float("query_embeddings", query_embeddings)
+    g = _as_2d_float("gallery_embeddings", gallery_embeddings)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"query_embeddings dim {q.shape[1]} != gallery_embeddings dim {g.shape[1]}"
+        )
+    ql = _as_labels("query_labels", query_labels, q.shape[0])
+    gl = _as_labels("gallery_labels", gallery_labels, g.shape[0])
+    if metric not in _METRICS:
+        raise ValueError(f"metric: expected one of {_METRICS}, got {metric!r}")
+    if (query_ids is None) != (gallery_ids is None):
+        raise ValueError(
+            "query_ids and gallery_ids: give both (to exclude self matches) or neither"
+        )
+    qid = None if query_ids is None else _as_labels("query_ids", query_ids, q.shape[0])
+    gid = None if gallery_ids is None else _as_labels("gallery_ids", gallery_ids, g.shape[0])
+    for k in list(precision_at) + list(map_at):
+        if int(k) <= 0:
+            raise ValueError(f"precision_at / map_at: cut-offs must be positive, got {k}")
+
+    n = g.shape[0]
+    rows = _chunk_rows(n, max_chunk_bytes)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        scores = similarity(q[start:stop], g, metric)
+        rel = ql[start:stop, None] == gl[None, :]
+        valid = np.full(stop - start, n, dtype=np.int64)
+        if qid is not None:
+            self_match = qid[start:stop, None] == gid[None, :]
+            scores[self_match] = -np.inf
+            rel &= ~self_match
+            valid -= self_match.sum(axis=1)
+        chunk = _metrics_from_scores(scores, rel, valid, precision_at, map_at)
+        for key, val in chunk.items():
+            parts.setdefault(key, []).append(val)
+    per_query = {key: np.concatenate(val) for key, val in parts.items()}
+    if not per_query:
+        raise ValueError("query_embeddings: no queries given")
+    keys = ["map_all"] + [f"p_{k}" for k in precision_at]
+    keys += [f"map_{k}" for k in map_at] + [f"map_{k}_sake" for k in map_at]
+    result = _summarise(per_query, ql, keys)
+    result.update(num_queries=int(q.shape[0]), num_gallery=int(n), metric=metric)
+    if return_per_query:
+        result["per_query"] = per_query
+    return result
+
+
+def expected_random_ap(num_relevant: int, num_gallery: int) -> float:
+    """Exact expected AP of a uniformly random ranking (no ties).
+
+    With n relevant among N items, position k is relevant with probability n/N and, given that,
+    holds on average ``1 + (k-1)(n-1)/(N-1)`` relevant items in the top k, so
+    ``E[AP] = (H_N + (n-1)/(N-1) * (N - H_N)) / N`` with ``H_N`` the N-th harmonic number.
+    """
+    n, big_n = int(num_relevant), int(num_gallery)
+    if n <= 0 or big_n <= 0:
+        return 0.0
+    if big_n == 1:
+        return 1.0
+    h = float(np.sum(1.0 / np.arange(1, big_n + 1)))
+    return (h + (n - 1) / (big_n - 1) * (big_n - h)) / big_n
+
+
+def random_ranking_baseline(
+    query_labels,
+    gallery_labels,
+    seed: int = 0,
+    repeats: int = 10,
+    precision_at: Sequence[int] = (100, 200),
+    map_at: Sequence[int] = (200,),
+    max_chunk_bytes: int = 256 * 2**20,
+) -> dict:
+    """Metrics of a random ranking, the baseline row printed next to a model's figures.
+
+    Random metrics depend on a query only through its class, so each class is simulated
+    ``repeats`` times with i.i.d. uniform scores over the whole gallery and the per-class means are
+    weighted by the class's query count. The result has the keys of :func:`retrieval_metrics`
+    plus ``expected_map_all`` and ``expected_p_{k}``: the exact expectations (closed form,
+    :func:`expected_random_ap`; P@k is ``num_relevant / num_gallery``) the Monte Carlo estimates
+    approach.
+
+    Args:
+      query_labels: [Q] class labels.
+      gallery_labels: [N] class labels.
+      seed: seed of the random scores.
+      repeats: random rankings per class.
+    """
+    ql = np.asarray(query_labels)
+    gl = np.asarray(gallery_labels)
+    if ql.ndim != 1 or gl.ndim != 1 or len(gl) == 0:
+        raise ValueError(
+            f"query_labels {ql.shape} / gallery_labels {gl.shape}: expected non-empty 1-D arrays"
+        )
+    if repeats <= 0:
+        raise ValueError(f"repeats: expected a positive count, got {repeats}")
+    rng = np.random.default_rng(seed)
+    n = len(gl)
+    keys = ["map_all"] + [f"p_{k}" for k in precision_at]
+    keys += [f"map_{k}" for k in map_at] + [f"map_{k}_sake" for k in map_at]
+    rows = _chunk_rows(n, max_chunk_bytes)
+    per_query = {key: np.zeros(len(ql)) for key in keys}
+    per_query["num_relevant"] = np.zeros(len(ql))
+    exact = {"expected_map_all": np.zeros(len(ql))}
+    exact.update({f"expected_p_{k}": np.zeros(len(ql)) for k in precision_at})
+    for label in np.unique(ql):
+        mask = ql == label
+        rel_row = gl == label
+        sums = dict.fromkeys(keys, 0.0)
+        done = 0
+        while done < repeats:
+            b = min(rows, repeats - done)
+            scores = rng.random((b, n))
+            rel = np.broadcast_to(rel_row, (b, n))
+            chunk = _metrics_from_scores(scores, rel, np.full(b, n), precision_at, map_at)
+            for key in keys:
+                sums[key] += float(chunk[key].sum())
+            done += b
+        for key in keys:
+            per_query[key][mask] = sums[key] / repeats
+        nrel = int(rel_row.sum())
+        per_query["num_relevant"][mask] = nrel
+        exact["expected_map_all"][mask] = expected_random_ap(nrel, n)
+        for k in precision_at:
+            exact[f"expected_p_{k}"][mask] = nrel / n
+    result = _summarise(per_query, ql, keys)
+    result.update({key: float(np.mean(val)) for key, val in exact.items()})
+    result.update(num_queries=int(len(ql)), num_gallery=int(n), metric="random", repeats=repeats)
+    return result

@@ -1,0 +1,169 @@
+"""Tests of sketch_tf.eval.retrieval: hand-computed values and scikit-learn parity."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from sketch_tf.eval import retrieval as R
+
+
+def test_average_precision_hand_computed():
+    # Ranking: rel, non, rel, non, rel -> AP = (1/1 + 2/3 + 3/5) / 3.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    rel = np.array([1, 0, 1, 0, 1], bool)
+    assert R.average_precision(scores, rel) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    # Order of the input does not matter, only the scores.
+    perm = np.array([4, 2, 0, 3, 1])
+    assert R.average_precision(scores[perm], rel[perm]) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+
+
+def test_average_precision_ties_grouped():
+    # Two items tied at the top, one relevant: the group counts as one step with precision 1/2,
+    # then a relevant item at rank 3 with precision 2/3. AP = (1/2 * 1/2) + (1/2 * 2/3).
+    scores = np.array([1.0, 1.0, 0.5])
+    for rel in ([1, 0, 1], [0, 1, 1]):
+        assert R.average_precision(scores, np.array(rel, bool)) == pytest.approx(0.25 + 1 / 3)
+
+
+def test_average_precision_no_relevant_is_zero():
+    assert R.average_precision([0.3, 0.2], [False, False]) == 0.0
+
+
+def test_average_precision_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="relevant"):
+        R.average_precision([0.1, 0.2], [True])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_parity_with_sklearn_random_scores_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(2, 60))
+        scores = rng.integers(0, 6, size=n).astype(float) / 5.0  # many ties
+        rel = rng.random(n) < 0.3
+        if not rel.any():
+            rel[rng.integers(n)] = True
+        assert R.average_precision(scores, rel) == pytest.approx(
+            average_precision_score(rel, scores), abs=1e-12
+        )
+
+
+def _brute_force(scores, rel, k):
+    """Straightforward loop versions of P@k, the SAKE mAP@k, and the D2S mAP@k (via sklearn)."""
+    order = np.argsort(-scores, kind="stable")
+    r = rel[order]
+    s = scores[order]
+    kk = min(k, len(r))
+    p_k = r[:kk].sum() / kk
+    hits, precs = 0, []
+    for i in range(kk):
+        hits += r[i]
+        precs.append(hits / (i + 1))
+    sake = 0.0
+    for i in range(kk):
+        if r[i]:
+            sake += max(precs[i:])
+    denom = min(k, rel.sum())
+    sake = sake / denom if denom else 0.0
+    if r[:kk].any():
+        d2s = average_precision_score(r[:kk], s[:kk])
+    else:
+        d2s = 0.0
+    return p_k, sake, d2s
+
+
+def test_retrieval_metrics_match_references_with_ties_and_chunks():
+    rng = np.random.default_rng(7)
+    # Integer-valued embeddings on a coarse grid produce many exact distance ties.
+    q = rng.integers(0, 3, size=(23, 4)).astype(np.float32)
+    g = rng.integers(0, 3, size=(57, 4)).astype(np.float32)
+    ql = rng.integers(0, 4, size=23)
+    gl = rng.integers(0, 4, size=57)
+    out = R.retrieval_metrics(
+        q, ql, g, gl, precision_at=(5, 100), map_at=(10,), max_chunk_bytes=1, return_per_query=True
+    )
+    scores = R.similarity(q, g)
+    ap, p5, p100, sake, d2s = [], [], [], [], []
+    for i in range(len(q)):
+        rel = gl == ql[i]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ap.append(average_precision_score(rel, scores[i]) if rel.any() else 0.0)
+        p5.append(_brute_force(scores[i], rel, 5)[0])
+        p100.append(_brute_force(scores[i], rel, 100)[0])
+        _, s10, d10 = _brute_force(scores[i], rel, 10)
+        sake.append(s10)
+        d2s.append(d10)
+    np.testing.assert_allclose(out["per_query"]["map_all"], ap, atol=1e-12)
+    np.testing.assert_allclose(out["per_query"]["p_5"], p5)
+    np.testing.assert_allclose(out["per_query"]["p_100"], p100)
+    np.testing.assert_allclose(out["per_query"]["map_10"], d2s, atol=1e-12)
+    np.testing.assert_allclose(out["per_query"]["map_10_sake"], sake, atol=1e-12)
+    assert out["map_all"] == pytest.approx(np.mean(ap))
+    assert out["num_queries"] == 23 and out["num_gallery"] == 57
+    # Per-class entries average the class's queries.
+    for label, entry in out["per_class"].items():
+        mask = ql == label
+        assert entry["num_queries"] == mask.sum()
+        assert entry["map_all"] == pytest.approx(np.mean(np.array(ap)[mask]))
+
+
+def test_retrieval_metrics_hand_example_and_keys():
+    # 1-D embeddings; query at 0 of class "a". Gallery distances 1, 2, 3, 4 with classes a, b, a, b.
+    q = np.array([[0.0]])
+    g = np.array([[1.0], [-2.0], [3.0], [4.0]])
+    out = R.retrieval_metrics(q, ["a"], g, ["a", "b", "a", "b"])
+    assert out["map_all"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["map_200"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["map_200_sake"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["p_100"] == pytest.approx(2 / 4)  # gallery of 4 < k: divide by 4
+    assert set(out) >= {"map_all", "map_200", "p_100", "p_200", "per_class", "num_queries"}
+    assert out["per_class"]["a"]["num_queries"] == 1
+
+
+def test_self_matches_are_excluded():
+    # Photo->photo: the query itself is in the gallery with distance 0.
+    emb = np.array([[0.0], [1.0], [5.0], [6.0]])
+    labels = np.array([0, 1, 0, 1])
+    ids = np.array([10, 11, 12, 13])
+    out = R.retrieval_metrics(
+        emb, labels, emb, labels, query_ids=ids, gallery_ids=ids, return_per_query=True
+    )
+    # Query 0 (class 0, at 0): remaining ranking 1(c1), 5(c0), 6(c1) -> AP = 1/2, P@100 = 1/3.
+    assert out["per_query"]["map_all"][0] == pytest.approx(0.5)
+    assert out["per_query"]["p_100"][0] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="both"):
+        R.retrieval_metrics(emb, labels, emb, labels, query_ids=ids)
+
+
+def test_cosine_metric_and_errors():
+    q = np.array([[1.0, 0.0]])
+    g = np.array([[10.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    out = R.retrieval_metrics(q, [1], g, [0, 1, 1], metric="cosine")
+    # Cosine ranking: g2 (1.0), g0 (0.995), g1 (0.0) -> rel, non, rel.
+    assert out["map_all"] == pytest.approx((1 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="metric"):
+        R.retrieval_metrics(q, [1], g, [0, 1, 1], metric="l1")
+    with pytest.raises(ValueError, match="gallery_labels"):
+        R.retrieval_metrics(q, [1], g, [0, 1])
+
+
+def test_expected_random_ap_closed_form_small_case():
+    # N=3, n=1: AP is 1, 1/2, 1/3 with equal probability.
+    assert R.expected_random_ap(1, 3) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    # N=3, n=2: orders (r,r,x)=1, (r,x,r)=(1+2/3)/2, (x,r,r)=(1/2+2/3)/2, each with prob 1/3.
+    expected = (1 + (1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2) / 3
+    assert R.expected_random_ap(2, 3) == pytest.approx(expected)
+
+
+def test_random_baseline_approaches_expectation():
+    gl = np.repeat(np.arange(5), 60)  # 300 photos, 60 per class
+    ql = np.repeat(np.arange(5), 3)
+    out = R.random_ranking_baseline(ql, gl, seed=0, repeats=200)
+    assert out["expected_map_all"] == pytest.approx(R.expected_random_ap(60, 300))
+    assert out["map_all"] == pytest.approx(out["expected_map_all"], abs=0.01)
+    assert out["p_100"] == pytest.approx(0.2, abs=0.01)
+    assert out["expected_p_100"] == pytest.approx(0.2)
+    assert 0.0 <= out["map_200"] <= 1.0 and out["num_gallery"] == 300
