@@ -1,0 +1,381 @@
+"""The one place that names TFRecord feature keys and encodes / parses each record kind.
+
+Every record is a serialized `tf.train.Example`. Writers (sources, the synthetic renderer) call
+`encode_<kind>(...) -> bytes`; readers call `parse_<kind>(serialized) -> dict[str, tf.Tensor]`,
+which works eagerly and inside `tf.data.Dataset.map` for a scalar string (one record) or a 1-D
+batch of strings (`ds.batch(n).map(parse_...)`).
+
+Record kinds (bump `SCHEMA_VERSION` whenever a key, dtype or meaning changes):
+
+- `labelled_image`: one image with a class label and a depiction domain. Used by zero-shot SBIR
+  (domain `sketch` / `photo`), PACS-style multi-domain sets and style-aware SBIR (domain = style
+  name, plus optional integer `style_id` / `content_id`).
+- `correspondence_view`: one line drawing of one shape seen from one view, with the pixel
+  positions of its semantic points (what the synthetic renderer and SketchZooms' per-view PNGs
+  give).
+- `correspondence_pair`: two line drawings of two shapes (or views) of one category with the
+  points of semantic ids visible in both (SketchZooms train / eval pairs).
+
+Point coordinates are float32 pixels `(x, y)`: x to the right, y down, origin at the top-left
+corner of the top-left pixel (so the centre of pixel (col=0, row=0) is (0.5, 0.5)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+#: Version of every record layout below; readers refuse datasets written with another one.
+SCHEMA_VERSION = 1
+
+KIND_LABELLED_IMAGE = "labelled_image"
+KIND_CORRESPONDENCE_VIEW = "correspondence_view"
+KIND_CORRESPONDENCE_PAIR = "correspondence_pair"
+KINDS = (KIND_LABELLED_IMAGE, KIND_CORRESPONDENCE_VIEW, KIND_CORRESPONDENCE_PAIR)
+
+# ---- feature keys (the only definition; everything else imports these names) -------------
+IMAGE = "image"  # encoded PNG / JPEG bytes
+CLASS_ID = "class_id"  # int64, index into the manifest's `classes`
+CLASS_NAME = "class_name"  # bytes, utf-8
+DOMAIN = "domain"  # bytes: sketch, photo, art_painting, cartoon, oilpaint, ...
+INSTANCE_ID = "instance_id"  # bytes: groups images of one object (Sketchy photo id, ...)
+SOURCE = "source"  # bytes: path of the original file, relative to the source root
+STYLE_ID = "style_id"  # int64, -1 when unknown
+CONTENT_ID = "content_id"  # int64, -1 when unknown
+
+IMAGE_A = "image_a"
+IMAGE_B = "image_b"
+POINTS = "points"  # float32 [N, 2] stored flat as [2N]
+POINTS_A = "points_a"
+POINTS_B = "points_b"
+POINT_IDS = "point_ids"  # int64 [N]
+CATEGORY = "category"
+CATEGORY_ID = "category_id"
+INSTANCE = "instance"
+VIEW = "view"
+INSTANCE_A = "instance_a"
+INSTANCE_B = "instance_b"
+VIEW_A = "view_a"
+VIEW_B = "view_b"
+
+#: Keys holding the class name / domain of a record of each kind (what manifests count).
+CLASS_KEY = {
+    KIND_LABELLED_IMAGE: CLASS_NAME,
+    KIND_CORRESPONDENCE_VIEW: CATEGORY,
+    KIND_CORRESPONDENCE_PAIR: CATEGORY,
+}
+
+_LABELLED_SPEC = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    CLASS_ID: tf.io.FixedLenFeature([], tf.int64),
+    CLASS_NAME: tf.io.FixedLenFeature([], tf.string),
+    DOMAIN: tf.io.FixedLenFeature([], tf.string),
+    INSTANCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    STYLE_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    CONTENT_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+
+_VIEW_SPEC = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    POINTS: tf.io.VarLenFeature(tf.float32),
+    POINT_IDS: tf.io.VarLenFeature(tf.int64),
+    CATEGORY: tf.io.FixedLenFeature([], tf.string),
+    CATEGORY_ID: tf.io.FixedLenFeature([], tf.int64),
+    INSTANCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    VIEW: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+_PAIR_SPEC = {
+    IMAGE_A: tf.io.FixedLenFeature([], tf.string),
+    IMAGE_B: tf.io.FixedLenFeature([], tf.string),
+    POINTS_A: tf.io.VarLenFeature(tf.float32),
+    POINTS_B: tf.io.VarLenFeature(tf.float32),
+    POINT_IDS: tf.io.VarLenFeature(tf.int64),
+    CATEGORY: tf.io.FixedLenFeature([], tf.string),
+    CATEGORY_ID: tf.io.FixedLenFeature([], tf.int64),
+    INSTANCE_A: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    INSTANCE_B: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    VIEW_A: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    VIEW_B: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _bytes(value: bytes | str) -> tf.train.Feature:
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _floats(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values.reshape(-1).tolist()))
+
+
+def _ints(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values.reshape(-1).tolist()))
+
+
+def _check_image(name: str, image: bytes) -> None:
+    if not isinstance(image, bytes | bytearray) or len(image) == 0:
+        raise ValueError(f"{name}: expected non-empty encoded PNG/JPEG bytes, got {type(image)}")
+    if not (image[:8] == b"\x89PNG\r\n\x1a\n" or image[:3] == b"\xff\xd8\xff"):
+        raise ValueError(f"{name}: bytes are neither PNG nor JPEG (starts with {image[:8]!r})")
+
+
+def _check_text(name: str, value) -> None:
+    if not isinstance(value, str | bytes):
+        raise ValueError(f"{name}: expected str or bytes, got {type(value).__name__}")
+
+
+def _check_points(name: str, points, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float32)
+    if arr.size == 0:
+        arr = arr.reshape(0, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name}: expected float array of shape [N, 2] (x, y), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name}: has {arr.shape[0]} points, expected {n} (one per point id)")
+    return arr
+
+
+def _check_ids(name: str, ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        arr = arr.reshape(0).astype(np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name}: expected 1-D integer array, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def _parse(serialized: tf.Tensor, spec: dict) -> dict[str, tf.Tensor]:
+    serialized = tf.convert_to_tensor(serialized, tf.string)
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, spec)
+    if serialized.shape.rank == 1:
+        return tf.io.parse_example(serialized, spec)
+    raise ValueError(f"serialized records must be a scalar or 1-D string tensor, got {serialized}")
+
+
+def _dense_points(sparse: tf.SparseTensor, batched: bool) -> tf.Tensor:
+    # Flat [2N] (or [B, 2max(N)], zero padded) -> [N, 2] (or [B, maxN, 2]).
+    dense = tf.sparse.to_dense(sparse)
+    if batched:
+        return tf.reshape(dense, [tf.shape(dense)[0], -1, 2])
+    return tf.reshape(dense, [-1, 2])
+
+
+# ---- labelled_image --------------------------------------------------------------------------
+def encode_labelled_image(
+    image: bytes,
+    class_id: int,
+    class_name: str,
+    domain: str,
+    instance_id: str = "",
+    source: str = "",
+    style_id: int = -1,
+    content_id: int = -1,
+) -> bytes:
+    """Serialize one labelled image record.
+
+    Args:
+      image: encoded PNG or JPEG bytes (any size, 1/3/4 channels).
+      class_id: int >= 0, index into the dataset's class list.
+      class_name: class name (utf-8).
+      domain: depiction domain, e.g. "sketch", "photo", "art_painting", or a style name.
+      instance_id: id grouping images of one object (e.g. the Sketchy photo a sketch was drawn
+        from); "" when unknown.
+      source: path of the original file relative to the source root (for error messages).
+      style_id, content_id: optional int labels of style-labelled collections (-1 = unknown).
+
+    Returns:
+      bytes of a serialized `tf.train.Example`.
+    """
+    _check_image(f"image of {source or class_name!r}", image)
+    if int(class_id) < 0:
+        raise ValueError(f"class_id must be >= 0, got {class_id} for {source or class_name!r}")
+    for name, value in (
+        ("class_name", class_name),
+        ("domain", domain),
+        ("instance_id", instance_id),
+        ("source", source),
+    ):
+        _check_text(name, value)
+    if not class_name or not domain:
+        raise ValueError(f"class_name and domain must be non-empty (record {source!r})")
+    feature = {
+        IMAGE: _bytes(bytes(image)),
+        CLASS_ID: _int(class_id),
+        CLASS_NAME: _bytes(class_name),
+        DOMAIN: _bytes(domain),
+        INSTANCE_ID: _bytes(instance_id),
+        SOURCE: _bytes(source),
+        STYLE_ID: _int(style_id),
+        CONTENT_ID: _int(content_id),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_labelled_image(serialized) -> dict[str, tf.Tensor]:
+    """Parse `labelled_image` records.
+
+    Args:
+      serialized: scalar tf.string (one record) or [B] tf.string.
+
+    Returns:
+      dict with `image` (tf.string, still encoded), `class_id` (int64), `class_name`,
+      `domain`, `instance_id`, `source` (tf.string), `style_id`, `content_id` (int64, -1 when
+      absent); each scalar, or [B] for a batch.
+    """
+    return _parse(serialized, _LABELLED_SPEC)
+
+
+# ---- correspondence_view ---------------------------------------------------------------------
+def encode_correspondence_view(
+    image: bytes,
+    points,
+    point_ids,
+    category: str,
+    category_id: int,
+    instance: str = "",
+    view: str = "",
+    source: str = "",
+) -> bytes:
+    """Serialize one line drawing with its semantic points.
+
+    Args:
+      image: encoded PNG bytes of the drawing (e.g. 512x512).
+      points: float [N, 2] pixel (x, y) positions (see module docstring for the convention).
+      point_ids: int [N] semantic point ids within the category.
+      category: category name; category_id: int >= 0.
+      instance: shape / model id; view: view id; source: original path.
+    """
+    _check_image(f"image of {source or instance!r}", image)
+    ids = _check_ids("point_ids", point_ids)
+    pts = _check_points("points", points, len(ids))
+    _check_text("category", category)
+    if not category or int(category_id) < 0:
+        raise ValueError(f"category must be non-empty and category_id >= 0 ({source!r})")
+    feature = {
+        IMAGE: _bytes(bytes(image)),
+        POINTS: _floats(pts),
+        POINT_IDS: _ints(ids),
+        CATEGORY: _bytes(category),
+        CATEGORY_ID: _int(category_id),
+        INSTANCE: _bytes(instance),
+        VIEW: _bytes(view),
+        SOURCE: _bytes(source),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_correspondence_view(serialized) -> dict[str, tf.Tensor]:
+    """Parse `correspondence_view` records.
+
+    Returns:
+      dict with `image` (tf.string), `points` float32 [N, 2], `point_ids` int64 [N],
+      `category`, `instance`, `view`, `source` (tf.string), `category_id` (int64). For a batch
+      [B] of records, points are [B, maxN, 2] and point_ids [B, maxN], zero padded.
+    """
+    out = _parse(serialized, _VIEW_SPEC)
+    batched = out[CATEGORY].shape.rank == 1
+    out[POINTS] = _dense_points(out[POINTS], batched)
+    out[POINT_IDS] = tf.sparse.to_dense(out[POINT_IDS])
+    return out
+
+
+# ---- correspondence_pair ---------------------------------------------------------------------
+def encode_correspondence_pair(
+    image_a: bytes,
+    image_b: bytes,
+    points_a,
+    points_b,
+    point_ids,
+    category: str,
+    category_id: int,
+    instance_a: str = "",
+    instance_b: str = "",
+    view_a: str = "",
+    view_b: str = "",
+) -> bytes:
+    """Serialize one pair of line drawings with N corresponding points.
+
+    Args:
+      image_a, image_b: encoded PNG bytes of two drawings (e.g. 512x512).
+      points_a, points_b: float [N, 2] pixel (x, y); row i of both is the same semantic point.
+      point_ids: int [N] semantic point ids within the category.
+      category, category_id: category name and its id (>= 0).
+      instance_a/b, view_a/b: shape and view ids of each drawing.
+    """
+    _check_image("image_a", image_a)
+    _check_image("image_b", image_b)
+    ids = _check_ids("point_ids", point_ids)
+    pa = _check_points("points_a", points_a, len(ids))
+    pb = _check_points("points_b", points_b, len(ids))
+    _check_text("category", category)
+    if not category or int(category_id) < 0:
+        raise ValueError("category must be non-empty and category_id >= 0")
+    feature = {
+        IMAGE_A: _bytes(bytes(image_a)),
+        IMAGE_B: _bytes(bytes(image_b)),
+        POINTS_A: _floats(pa),
+        POINTS_B: _floats(pb),
+        POINT_IDS: _ints(ids),
+        CATEGORY: _bytes(category),
+        CATEGORY_ID: _int(category_id),
+        INSTANCE_A: _bytes(instance_a),
+        INSTANCE_B: _bytes(instance_b),
+        VIEW_A: _bytes(view_a),
+        VIEW_B: _bytes(view_b),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_correspondence_pair(serialized) -> dict[str, tf.Tensor]:
+    """Parse `correspondence_pair` records.
+
+    Returns:
+      dict with `image_a`, `image_b` (tf.string), `points_a`, `points_b` float32 [N, 2],
+      `point_ids` int64 [N], `category`, `instance_a/b`, `view_a/b` (tf.string),
+      `category_id` (int64). Batched input gives [B, maxN, 2] / [B, maxN], zero padded.
+    """
+    out = _parse(serialized, _PAIR_SPEC)
+    batched = out[CATEGORY].shape.rank == 1
+    out[POINTS_A] = _dense_points(out[POINTS_A], batched)
+    out[POINTS_B] = _dense_points(out[POINTS_B], batched)
+    out[POINT_IDS] = tf.sparse.to_dense(out[POINT_IDS])
+    return out
+
+
+#: kind -> parse function (for generic readers).
+PARSERS = {
+    KIND_LABELLED_IMAGE: parse_labelled_image,
+    KIND_CORRESPONDENCE_VIEW: parse_correspondence_view,
+    KIND_CORRESPONDENCE_PAIR: parse_correspondence_pair,
+}
+
+
+def parse(kind: str, serialized) -> dict[str, tf.Tensor]:
+    """Parse records of `kind` (one of `KINDS`)."""
+    if kind not in PARSERS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+    return PARSERS[kind](serialized)
+
+
+def class_names_from(records: Sequence[bytes], kind: str) -> list[str]:
+    """Class / category names of serialized records (Python side, for tools and tests)."""
+    key = CLASS_KEY[kind]
+    out = []
+    for rec in records:
+        ex = tf.train.Example.FromString(rec)
+        out.append(ex.features.feature[key].bytes_list.value[0].decode("utf-8"))
+    return out
