@@ -1,0 +1,103 @@
+"""Tests of sketch_tf.index.GalleryIndex: exact vs faiss agreement, ties, save/load."""
+
+import numpy as np
+import pytest
+
+from sketch_tf.eval.retrieval import similarity
+from sketch_tf.index import GalleryIndex
+
+pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(500, 16)).astype(np.float32)
+    queries = rng.normal(size=(37, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, size=500)
+    return gallery, queries, labels
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_matches_brute_force(data, metric):
+    gallery, queries, labels = data
+    index = GalleryIndex(16, metric=metric, chunk_size=10)
+    index.add(gallery[:200], labels[:200])
+    index.add(gallery[200:], labels[200:])
+    scores, idx = index.search(queries, 7)
+    ref = similarity(queries, gallery, metric)
+    ref_idx = np.argsort(-ref, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, np.take_along_axis(ref, ref_idx, axis=1), atol=1e-4)
+    np.testing.assert_array_equal(index.labels, labels)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_faiss_flat_agrees_with_exact(data, metric):
+    gallery, queries, labels = data
+    exact = GalleryIndex(16, metric=metric)
+    flat = GalleryIndex(16, metric=metric, backend="faiss")
+    for index in (exact, flat):
+        index.add(gallery, labels)
+    s_e, i_e = exact.search(queries, 10)
+    s_f, i_f = flat.search(queries, 10)
+    np.testing.assert_array_equal(i_e, i_f)
+    np.testing.assert_allclose(s_e, s_f, atol=1e-4)
+
+
+def test_faiss_ivf_with_all_lists_probed_is_exact(data):
+    gallery, queries, labels = data
+    exact = GalleryIndex(16)
+    exact.add(gallery, labels)
+    ivf = GalleryIndex(16, backend="faiss", nlist=8, nprobe=8)
+    ivf.add(gallery, labels)
+    np.testing.assert_array_equal(exact.search(queries, 5)[1], ivf.search(queries, 5)[1])
+
+
+def test_exact_ties_in_gallery_order():
+    index = GalleryIndex(2)
+    index.add(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [5.0, 5.0]]))
+    scores, idx = index.search(np.array([[1.0, 0.0]]), 3)
+    np.testing.assert_array_equal(idx[0], [0, 2, 1])
+    np.testing.assert_allclose(scores[0], [0.0, 0.0, -np.sqrt(2.0)], atol=1e-6)
+
+
+def test_k_capped_at_gallery_size(data):
+    gallery, queries, _ = data
+    index = GalleryIndex(16, backend="faiss")
+    index.add(gallery[:3])
+    scores, idx = index.search(queries[:2], 10)
+    assert scores.shape == (2, 3) and sorted(idx[0]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(backend="exact"), dict(backend="faiss"), dict(backend="faiss", nlist=4)]
+)
+def test_save_load_roundtrip(tmp_path, data, kwargs):
+    gallery, queries, labels = data
+    index = GalleryIndex(16, metric="cosine", **kwargs)
+    index.add(gallery, labels, ids=np.arange(500) + 1000)
+    before = index.search(queries, 4)
+    loaded = GalleryIndex.load(index.save(tmp_path / "idx"))
+    after = loaded.search(queries, 4)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_allclose(before[0], after[0])
+    np.testing.assert_array_equal(loaded.ids, np.arange(500) + 1000)
+    np.testing.assert_array_equal(loaded.labels, labels)
+    assert loaded.metric == "cosine" and len(loaded) == 500
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        GalleryIndex(4, metric="l1")
+    with pytest.raises(ValueError, match="nlist"):
+        GalleryIndex(4, nlist=3)
+    index = GalleryIndex(4)
+    with pytest.raises(ValueError, match="empty"):
+        index.search(np.zeros((1, 4)), 1)
+    with pytest.raises(ValueError, match=r"\[count, 4\]"):
+        index.add(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="nlist=8"):
+        GalleryIndex(4, backend="faiss", nlist=8).add(np.ones((3, 4)))
+    with pytest.raises(FileNotFoundError, match="index.json"):
+        GalleryIndex.load(tmp_path)
