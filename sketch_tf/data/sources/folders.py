@@ -1,0 +1,176 @@
+"""Image folder layouts -> `labelled_image` records.
+
+Layouts (picked by `layout=`, or detected with "auto"):
+
+- `domain_class`: `<root>/<domain>/<class>/<image>` (PACS; Sketchy with `sketch/` and `photo/`;
+  Sketchy extended photos as a domain folder). A domain folder that holds only `tx_*`
+  sub-folders (Sketchy's augmentation variants) is read from `tx_dir` (default
+  `tx_000000000000`, the un-augmented one).
+- `class`: `<root>/<class>/<image>`, all images of domain `domain` (TU-Berlin `png/`, a single
+  Sketchy domain folder).
+
+Instance ids: the file stem with a trailing `-<n>` removed, so Sketchy's sketch
+`n02103406_4068-1.png` and its photo `n02103406_4068.jpg` share instance `n02103406_4068`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sketch_tf.data import schema
+from sketch_tf.data.sources.common import (
+    BadInputError,
+    BadInputPolicy,
+    class_index,
+    list_images,
+    load_image_bytes,
+    subdirs,
+)
+from sketch_tf.data.tfrecord import ShardedWriter
+
+LAYOUTS = ("auto", "domain_class", "class")
+_SKETCH_SUFFIX = re.compile(r"-\d+$")
+
+
+def instance_of(path: Path) -> str:
+    """Instance id of an image file (stem without a trailing `-<n>`)."""
+    return _SKETCH_SUFFIX.sub("", path.stem)
+
+
+def _resolve_tx(domain_dir: Path, tx_dir: str) -> Path:
+    subs = subdirs(domain_dir)
+    if subs and all(s.name.startswith("tx_") for s in subs):
+        chosen = domain_dir / tx_dir
+        if not chosen.is_dir():
+            raise ValueError(
+                f"{domain_dir} holds Sketchy tx_* folders but not {tx_dir!r} "
+                f"(have {[s.name for s in subs]}); pass tx_dir="
+            )
+        return chosen
+    return domain_dir
+
+
+def _detect(root: Path) -> str:
+    subs = subdirs(root)
+    if not subs:
+        raise ValueError(f"{root}: no sub-folders; expected <domain>/<class>/ or <class>/")
+    # class layout: sub-folders hold images; domain layout: sub-folders hold folders
+    if any(list_images(s) for s in subs):
+        return "class"
+    return "domain_class"
+
+
+def scan(root, layout: str = "auto", domain: str = "sketch", domains=None, tx_dir=None):
+    """List (domain, class, path) of every image under `root`.
+
+    Returns:
+      (layout, {domain: {class: [paths]}}) with classes and files sorted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"folder source root {root} is not a directory")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    tx_dir = tx_dir or "tx_000000000000"
+    if layout == "auto":
+        layout = "class" if subdirs(root) and _resolve_tx(root, tx_dir) != root else _detect(root)
+    tree: dict[str, dict[str, list[Path]]] = {}
+    if layout == "class":
+        base = _resolve_tx(root, tx_dir)
+        tree[domain] = {c.name: list_images(c) for c in subdirs(base)}
+    else:
+        wanted = set(domains) if domains else None
+        for d in subdirs(root):
+            if wanted is not None and d.name not in wanted:
+                continue
+            base = _resolve_tx(d, tx_dir)
+            tree[d.name] = {c.name: list_images(c) for c in subdirs(base)}
+        if wanted is not None and set(tree) != wanted:
+            raise ValueError(f"{root}: domains {sorted(wanted - set(tree))} not found")
+    if not tree or not any(tree.values()):
+        raise ValueError(f"{root}: no class folders found ({layout} layout)")
+    return layout, tree
+
+
+def prepare(
+    root,
+    out_dir,
+    layout: str = "auto",
+    domain: str = "sketch",
+    domains=None,
+    tx_dir: str | None = None,
+    skip_bad: bool = False,
+    allow_missing: bool = False,
+    verify_images: bool = True,
+    shard_bytes: int = 128 << 20,
+    group_by: str = "domain_class",
+    overwrite: bool = False,
+    max_per_class: int | None = None,
+) -> dict:
+    """Convert an image folder tree into a `labelled_image` dataset.
+
+    Args:
+      root: dataset root (see module docstring for layouts).
+      out_dir: output dataset folder (written atomically).
+      layout: "auto", "domain_class" or "class".
+      domain: domain name given to every image of the `class` layout.
+      domains: only these domain folders (default: all).
+      tx_dir: Sketchy variant folder inside a domain (default `tx_000000000000`).
+      skip_bad: skip unreadable/corrupt images (recorded in the manifest) instead of failing.
+      allow_missing: allow a class that is absent from some domain (default: error, since
+        cross-domain triplets need every class in every domain).
+      verify_images: fully decode every image while preparing.
+      max_per_class: keep at most this many images per (domain, class), first by name.
+
+    Returns:
+      the manifest dict.
+
+    Raises:
+      ValueError on an empty class folder or a class missing in a domain; BadInputError naming
+      the file on a bad image (unless `skip_bad`).
+    """
+    layout, tree = scan(root, layout, domain, domains, tx_dir)
+    all_classes = sorted({c for per in tree.values() for c in per})
+    for d, per in tree.items():
+        for c, files in per.items():
+            if not files:
+                raise ValueError(f"{Path(root)}: class folder {d}/{c} holds no image")
+        missing = [c for c in all_classes if c not in per]
+        if missing and not allow_missing:
+            raise ValueError(
+                f"{Path(root)}: classes {missing} missing in domain {d!r} "
+                "(pass allow_missing=True to accept)"
+            )
+    ids = class_index(all_classes)
+    root = Path(root)
+    with ShardedWriter(
+        out_dir,
+        schema.KIND_LABELLED_IMAGE,
+        shard_bytes=shard_bytes,
+        classes=all_classes,
+        group_by=group_by,
+        overwrite=overwrite,
+    ) as writer:
+        policy = BadInputPolicy(writer, skip_bad)
+        for d in sorted(tree):
+            for c in sorted(tree[d]):
+                files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
+                for path in files:
+                    try:
+                        image = load_image_bytes(path, verify=verify_images)
+                    except BadInputError as e:
+                        policy.handle(e, path)
+                        continue
+                    rel = os.path.relpath(path, root)
+                    rec = schema.encode_labelled_image(image, ids[c], c, d, instance_of(path), rel)
+                    writer.write(rec, class_id=ids[c], class_name=c, domain=d)
+        writer.info.update(
+            source="folders",
+            root=str(root),
+            layout=layout,
+            tx_dir=tx_dir,
+            max_per_class=max_per_class,
+        )
+    return writer.manifest

@@ -1,0 +1,128 @@
+"""The original SketchZooms layout -> `correspondence_pair` records.
+
+Layout (as distributed with the SketchZooms code):
+
+```
+<root>/csv/train.csv, <root>/csv/test.csv   columns: model_0, model_1, index_0, index_1, view, model
+<root>/pts_<Category>/<model>/<point>/view_<v>.png
+```
+
+Each CSV row names one corresponding point seen on two shapes of one category: the drawing
+`pts_<model>/<model_0>/<index_0>/view_<view>.png` and `pts_<model>/<model_1>/<index_1>/
+view_<view>.png`, where the `model` column is the category. Each PNG is a line drawing
+rendered for (and centred on) that point, so the point's pixel position is the image centre
+`(w / 2, h / 2)` (pixel-corner convention, see `schema`). The semantic point id stored is
+`index_0` (the id of the point on the first shape; `index_1` is kept in `view_b`'s companion
+`instance_b` string as `<model_1>#<index_1>`).
+
+Assumption (not verifiable here without the original data): the PNGs are point-centred;
+`point_location="centre"` is the only mode implemented. Pass `categories=` to restrict.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sketch_tf.data import schema
+from sketch_tf.data.sources.common import BadInputError, BadInputPolicy, load_image_bytes
+from sketch_tf.data.tfrecord import ShardedWriter
+
+COLUMNS = ("model_0", "model_1", "index_0", "index_1", "view", "model")
+
+
+def read_rows(csv_path: Path) -> list[dict]:
+    """Rows of a SketchZooms CSV, checked for the required columns and integer fields."""
+    if not csv_path.is_file():
+        raise ValueError(f"SketchZooms CSV {csv_path} is missing")
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{csv_path}: missing columns {missing} (have {header})")
+        rows = []
+        for line_no, row in enumerate(reader, 2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            for k in ("index_0", "index_1"):
+                if not row[k].lstrip("-").isdigit():
+                    raise ValueError(f"{csv_path}:{line_no}: {k}={row[k]!r} is not an integer")
+            row["_where"] = f"{csv_path}:{line_no}"
+            rows.append(row)
+    return rows
+
+
+def _drawing(root: Path, category: str, model: str, index: str, view: str):
+    path = root / f"pts_{category}" / model / index / f"view_{view}.png"
+    data = load_image_bytes(path)
+    with Image.open(path) as im:
+        w, h = im.size
+    return data, np.array([[w / 2.0, h / 2.0]], np.float32), path
+
+
+def prepare(
+    root,
+    out_dir,
+    split: str = "train",
+    categories=None,
+    skip_bad: bool = False,
+    shard_bytes: int = 128 << 20,
+    overwrite: bool = False,
+) -> dict:
+    """Convert `csv/<split>.csv` of a SketchZooms tree into `correspondence_pair` records.
+
+    Args:
+      root: folder holding `csv/` and the `pts_<Category>/` folders.
+      split: "train" or "test" (which CSV to read).
+      categories: keep only these categories (default all in the CSV).
+      skip_bad: skip rows whose PNGs are missing or corrupt (recorded in the manifest).
+
+    Returns:
+      the manifest dict.
+    """
+    root = Path(root)
+    rows = read_rows(root / "csv" / f"{split}.csv")
+    if categories is not None:
+        rows = [r for r in rows if r["model"] in set(categories)]
+    if not rows:
+        raise ValueError(f"{root}/csv/{split}.csv: no rows (after category filter)")
+    cats = sorted({r["model"] for r in rows})
+    ids = {c: i for i, c in enumerate(cats)}
+    with ShardedWriter(
+        out_dir,
+        schema.KIND_CORRESPONDENCE_PAIR,
+        shard_bytes=shard_bytes,
+        classes=cats,
+        group_by="class",
+        overwrite=overwrite,
+    ) as writer:
+        policy = BadInputPolicy(writer, skip_bad)
+        for r in rows:
+            c = r["model"]
+            try:
+                img_a, pa, _ = _drawing(root, c, r["model_0"], r["index_0"], r["view"])
+                img_b, pb, _ = _drawing(root, c, r["model_1"], r["index_1"], r["view"])
+            except BadInputError as e:
+                policy.handle(BadInputError(f"{r['_where']}: {e}"), r["_where"])
+                continue
+            rec = schema.encode_correspondence_pair(
+                img_a,
+                img_b,
+                pa,
+                pb,
+                [int(r["index_0"])],
+                c,
+                ids[c],
+                instance_a=f"{r['model_0']}#{r['index_0']}",
+                instance_b=f"{r['model_1']}#{r['index_1']}",
+                view_a=r["view"],
+                view_b=r["view"],
+            )
+            writer.write(rec, class_id=ids[c], class_name=c, domain="sketch")
+        writer.info.update(
+            source="sketchzooms", root=str(root), split=split, point_location="centre"
+        )
+    return writer.manifest
