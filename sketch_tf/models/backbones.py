@@ -1,0 +1,323 @@
+"""Backbone registry: image [S, S, 3] -> feature vector, as Keras functional models.
+
+`BACKBONES` maps a name to a builder ``builder(input_size=224, *, weights_path=None, **kw)``
+returning a `keras.Model` from float32 images [B, S, S, 3] (values in [0, 1], channels last)
+to float32 features [B, F]:
+
+| name                 | F      | layout                                                        |
+|----------------------|--------|---------------------------------------------------------------|
+| `alexnet`            | 9216   | torchvision AlexNet `features` + adaptive avg pool 6x6, flat  |
+| `vgg11`              | 25088  | torchvision VGG-11 `features` + adaptive avg pool 7x7, flat   |
+| `resnet18`           | 512    | torchvision ResNet-18 up to the global average pool           |
+| `small_cnn`          | 256    | 4 x [conv3x3, BN, ReLU, maxpool 2] + global pool (CPU default) |
+| `densenet121`        | 1024   | keras.applications DenseNet121, global pool (ZS-SBIR towers)  |
+| `mobilenet_v3_small` | 576    | keras.applications MobileNetV3Small, global pool              |
+
+The torchvision layouts keep torchvision's kernel sizes, strides, paddings (as explicit zero
+padding, so outputs match PyTorch exactly) and channel counts, and name layers after the
+PyTorch modules (``features.3`` -> ``features_3``, ``layer2.0.downsample.0`` ->
+``layer2_0_downsample_0``) so PyTorch weights can be converted
+(`sketch_tf.tools.convert_torch_sketchzooms`). Flattening is channels-last (h, w, c) order;
+the converter permutes the first dense layer after a flatten accordingly.
+
+Every backbone starts from random initialisation; nothing is downloaded. `weights_path` loads
+a local ``.weights.h5`` (Keras) or ``.npz`` (variable path -> array) file and raises a clear
+error when names or shapes do not match.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+__all__ = [
+    "BACKBONES",
+    "AdaptiveAvgPool2D",
+    "build_backbone",
+    "load_weights_file",
+    "save_weights_npz",
+]
+
+_BN = dict(epsilon=1e-5, momentum=0.9)  # PyTorch BatchNorm2d defaults
+
+
+def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] averaging matrix of PyTorch's adaptive average pooling along one axis."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)  # ceil
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class AdaptiveAvgPool2D(layers.Layer):
+    """PyTorch-style adaptive average pooling: [B, H, W, C] -> [B, oh, ow, C].
+
+    Output cell i averages input rows floor(i H / oh) .. ceil((i + 1) H / oh) - 1 (same for
+    columns), exactly like `torch.nn.AdaptiveAvgPool2d`. H and W must be static.
+
+    Args:
+      output_size: int or (oh, ow).
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(int(v) for v in output_size)
+
+    def build(self, input_shape):
+        if input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(f"AdaptiveAvgPool2D needs static H and W, got {input_shape}")
+        self._ph = _pool_matrix(int(input_shape[1]), self.output_size[0])
+        self._pw = _pool_matrix(int(input_shape[2]), self.output_size[1])
+
+    def call(self, inputs):
+        ph = ops.cast(self._ph, inputs.dtype)
+        pw = ops.cast(self._pw, inputs.dtype)
+        return ops.einsum("oh,bhwc,pw->bopc", ph, inputs, pw)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.output_size, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config["output_size"] = self.output_size
+        return config
+
+
+def _image_input(input_size: int, min_size: int, name: str) -> keras.KerasTensor:
+    if int(input_size) < min_size:
+        raise ValueError(f"backbone {name!r}: input_size must be >= {min_size}, got {input_size}")
+    return keras.Input((int(input_size), int(input_size), 3), name="image")
+
+
+def _conv(x, filters, kernel, stride, pad, name, use_bias=True):
+    """PyTorch Conv2d(kernel, stride, padding=pad) as explicit zero padding + valid conv."""
+    if pad:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    return layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=use_bias, name=name)(x)
+
+
+def _finish(inputs, outputs, name, weights_path):
+    model = keras.Model(inputs, outputs, name=name)
+    if weights_path:
+        load_weights_file(model, weights_path)
+    return model
+
+
+def build_alexnet(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
+    """torchvision AlexNet features: conv 64/192/384/256/256 -> adaptive avg 6x6 -> [B, 9216].
+
+    Needs input_size >= 63 (at 224 the adaptive pool is the identity on the 6x6 map).
+    """
+    inp = _image_input(input_size, 63, "alexnet")
+    x = _conv(inp, 64, 11, 4, 2, "features_0")
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = _conv(x, 192, 5, 1, 2, "features_3")
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, 2)(x)
+    for idx, filters in ((6, 384), (8, 256), (10, 256)):
+        x = _conv(x, filters, 3, 1, 1, f"features_{idx}")
+        x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = AdaptiveAvgPool2D(6, name="avgpool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    return _finish(inp, x, "alexnet", weights_path)
+
+
+#: torchvision VGG-11 ("A") configuration: conv widths and "M" for 2x2 max pooling.
+_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def build_vgg11(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
+    """torchvision VGG-11 features (no BN) -> adaptive avg 7x7 -> [B, 25088]; input >= 32."""
+    inp = _image_input(input_size, 32, "vgg11")
+    x = inp
+    idx = 0
+    for item in _VGG11:
+        if item == "M":
+            x = layers.MaxPooling2D(2, 2)(x)
+            idx += 1
+        else:
+            x = _conv(x, item, 3, 1, 1, f"features_{idx}")
+            x = layers.ReLU()(x)
+            idx += 2
+    x = AdaptiveAvgPool2D(7, name="avgpool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    return _finish(inp, x, "vgg11", weights_path)
+
+
+def _basic_block(x, filters, stride, name):
+    shortcut = x
+    y = _conv(x, filters, 3, stride, 1, f"{name}_conv1", use_bias=False)
+    y = layers.BatchNormalization(name=f"{name}_bn1", **_BN)(y)
+    y = layers.ReLU()(y)
+    y = _conv(y, filters, 3, 1, 1, f"{name}_conv2", use_bias=False)
+    y = layers.BatchNormalization(name=f"{name}_bn2", **_BN)(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv(x, filters, 1, stride, 0, f"{name}_downsample_0", use_bias=False)
+        shortcut = layers.BatchNormalization(name=f"{name}_downsample_1", **_BN)(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def build_resnet18(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
+    """torchvision ResNet-18 without `fc`: -> global average pool -> [B, 512]; input >= 32."""
+    inp = _image_input(input_size, 32, "resnet18")
+    x = _conv(inp, 64, 7, 2, 3, "conv1", use_bias=False)
+    x = layers.BatchNormalization(name="bn1", **_BN)(x)
+    x = layers.ReLU()(x)
+    # Zero padding equals PyTorch's -inf padding here because the input is >= 0 after ReLU.
+    x = layers.ZeroPadding2D(1)(x)
+    x = layers.MaxPooling2D(3, 2)(x)
+    for stage, filters in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            stride = 2 if stage > 1 and block == 0 else 1
+            x = _basic_block(x, filters, stride, f"layer{stage}_{block}")
+    x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+    return _finish(inp, x, "resnet18", weights_path)
+
+
+def build_small_cnn(
+    input_size: int = 64,
+    *,
+    weights_path: str | None = None,
+    widths: Sequence[int] = (32, 64, 128, 256),
+    pooling: str = "avg",
+) -> keras.Model:
+    """Light CPU backbone: per width [conv3x3, BN, ReLU, maxpool 2], then global pool -> [B, F].
+
+    F = widths[-1]; input_size >= 2 ** len(widths); pooling "avg" or "max".
+    """
+    inp = _image_input(input_size, 2 ** len(widths), "small_cnn")
+    x = inp
+    for i, w in enumerate(widths):
+        x = layers.Conv2D(int(w), 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    x = _global_pool(pooling, "small_cnn")(x)
+    return _finish(inp, x, "small_cnn", weights_path)
+
+
+def _global_pool(pooling: str, name: str):
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="global_pool")
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="global_pool")
+    raise ValueError(f"backbone {name!r}: pooling must be 'avg' or 'max', got {pooling!r}")
+
+
+def build_densenet121(
+    input_size: int = 224, *, weights_path: str | None = None, pooling: str = "max"
+) -> keras.Model:
+    """keras.applications DenseNet121 (weights=None) + global pool -> [B, 1024]; input >= 32.
+
+    Global max pooling by default, as in the zero-shot SBIR towers.
+    """
+    inp = _image_input(input_size, 32, "densenet121")
+    _global_pool(pooling, "densenet121")  # validates the argument
+    net = keras.applications.DenseNet121(
+        include_top=False, weights=None, input_shape=tuple(inp.shape[1:]), pooling=pooling
+    )
+    return _finish(inp, net(inp), "densenet121", weights_path)
+
+
+def build_mobilenet_v3_small(
+    input_size: int = 224, *, weights_path: str | None = None, pooling: str = "avg"
+) -> keras.Model:
+    """keras.applications MobileNetV3Small (weights=None) + global pool -> [B, 576]; input >= 32.
+
+    Inputs in [0, 1] are mapped to [-1, 1], the range the architecture expects.
+    """
+    inp = _image_input(input_size, 32, "mobilenet_v3_small")
+    _global_pool(pooling, "mobilenet_v3_small")
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(inp)
+    net = keras.applications.MobileNetV3Small(
+        input_shape=tuple(inp.shape[1:]),
+        include_top=False,
+        weights=None,
+        pooling=pooling,
+        include_preprocessing=False,
+    )
+    return _finish(inp, net(x), "mobilenet_v3_small", weights_path)
+
+
+#: name -> builder(input_size, *, weights_path=None, **kwargs) -> keras.Model [B,S,S,3] -> [B,F].
+BACKBONES: dict[str, Callable[..., keras.Model]] = {
+    "alexnet": build_alexnet,
+    "vgg11": build_vgg11,
+    "resnet18": build_resnet18,
+    "small_cnn": build_small_cnn,
+    "densenet121": build_densenet121,
+    "mobilenet_v3_small": build_mobilenet_v3_small,
+}
+
+
+def build_backbone(name: str, input_size: int = 224, **kwargs) -> keras.Model:
+    """Builds `BACKBONES[name](input_size, **kwargs)` with a clear error for unknown names."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    return BACKBONES[name](input_size, **kwargs)
+
+
+def save_weights_npz(model: keras.Model, path: str) -> None:
+    """Saves every variable of `model` as ``{variable.path: array}`` in an .npz file."""
+    np.savez(path, **{v.path: np.asarray(v) for v in model.weights})
+
+
+def load_weights_file(model: keras.Model, path: str) -> None:
+    """Loads a local weights file into `model`, checking names and shapes.
+
+    Args:
+      model: the model to fill.
+      path: ``*.weights.h5`` (written by `model.save_weights`) or ``*.npz`` mapping each
+        variable path (``variable.path``, e.g. ``"features_0/kernel"``) to an array.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: unknown extension, or the file's variables do not match the model's
+        (the message lists missing / unexpected names and shape mismatches).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        expected = {v.path: v for v in model.weights}
+        if len(expected) != len(model.weights):
+            raise ValueError(
+                f"model {model.name!r} has duplicate variable paths; use a '.weights.h5' file"
+            )
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        bad = [
+            f"{k}: file {tuple(arrays[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)
+        ]
+        if missing or unexpected or bad:
+            raise ValueError(
+                f"weights file {path!r} does not fit model {model.name!r}: "
+                f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, "
+                f"shape mismatches {bad[:8]}"
+            )
+        for k, v in expected.items():
+            v.assign(arrays[k].astype(v.dtype))
+        return
+    if path.endswith(".weights.h5"):
+        try:
+            model.load_weights(path)
+        except Exception as e:  # Keras raises several types; re-raise with the file and model
+            raise ValueError(f"weights file {path!r} does not fit model {model.name!r}: {e}") from e
+        return
+    raise ValueError(f"weights file {path!r}: expected a '.weights.h5' or '.npz' file")
