@@ -1,0 +1,162 @@
+"""Small Keras 3 layers shared by the model families.
+
+- `GradientReversal`: identity forward, ``-lambda * grad`` backward (zero-shot SBIR domain
+  classifier); lambda lives in a non-trainable variable so a schedule can change it between
+  epochs without retracing and it is saved with checkpoints.
+- `L2Normalize`: unit-length descriptors / embeddings.
+- `ViewFusion`: fuse K per-view descriptors into one (SketchZooms), either as in the paper
+  (max across views) or bit-compatible with the public PyTorch code (stride-K max over the
+  concatenated views).
+
+All layers are registered as ``sketch_tf>ClassName`` so saved ``.keras`` models reload without
+``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+__all__ = ["FUSION_MODES", "GradientReversal", "L2Normalize", "ViewFusion"]
+
+#: Modes of `ViewFusion`.
+FUSION_MODES = ("view_max", "upstream")
+
+
+def _reverse_gradient(x: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
+    """Identity on `x` whose gradient is ``-lam * upstream``; `lam` gets no gradient."""
+
+    @tf.custom_gradient
+    def _reverse(x, lam):
+        def grad(upstream):
+            return -lam * upstream, tf.zeros_like(lam)
+
+        return tf.identity(x), grad
+
+    return _reverse(x, lam)
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class GradientReversal(keras.layers.Layer):
+    """Gradient reversal layer (Ganin & Lempitsky 2015).
+
+    Forward: ``y = x`` (any shape, any float dtype). Backward: ``dL/dx = -lambda * dL/dy``.
+
+    `lambda` is a non-trainable float32 scalar variable (weight name ``"lambda"``), created in
+    the constructor so that it exists before a checkpoint restore. Change it with
+    `set_lambda`, eagerly or inside a `tf.function`; compiled call functions read the
+    variable at run time, so no retracing is needed.
+
+    Args:
+      lambda_: initial value of lambda (float, usually in [0, 1]).
+    """
+
+    def __init__(self, lambda_: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self._initial_lambda = float(lambda_)
+        self.lambda_var = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self._initial_lambda),
+            trainable=False,
+            dtype="float32",
+            name="lambda",
+        )
+
+    @property
+    def lambda_(self) -> tf.Tensor:
+        """Current lambda as a float32 scalar tensor."""
+        return ops.convert_to_tensor(self.lambda_var)
+
+    def set_lambda(self, value) -> None:
+        """Set lambda (python float or scalar tensor); works eagerly and in `tf.function`."""
+        self.lambda_var.assign(ops.cast(value, "float32"))
+
+    def call(self, inputs):
+        lam = ops.cast(ops.convert_to_tensor(self.lambda_var), inputs.dtype)
+        return _reverse_gradient(inputs, tf.stop_gradient(lam))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["lambda_"] = self._initial_lambda
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class L2Normalize(keras.layers.Layer):
+    """Scale vectors to unit L2 norm along `axis`.
+
+    ``y = x / sqrt(max(sum(x^2, axis), epsilon))`` (the same rule as ``tf.math.l2_normalize``;
+    an all-zero vector stays zero). Any input shape; output has the input shape and dtype.
+
+    Args:
+      axis: int axis (default -1, the feature axis).
+      epsilon: floor on the squared norm.
+    """
+
+    def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs):
+        sq = ops.sum(ops.square(inputs), axis=self.axis, keepdims=True)
+        return inputs * ops.rsqrt(ops.maximum(sq, ops.cast(self.epsilon, inputs.dtype)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"axis": self.axis, "epsilon": self.epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class ViewFusion(keras.layers.Layer):
+    """Fuse K per-view descriptors: [B, K, D] -> [B, D].
+
+    - ``mode="view_max"`` (SketchZooms paper): ``y[b, j] = max_k x[b, k, j]``.
+    - ``mode="upstream"`` (public SketchZooms PyTorch code, for converted weights): the views
+      are concatenated view-major into ``c[b, k*D + j] = x[b, k, j]`` and reshaped to
+      [B, D, K] before a max over the last axis, i.e. ``y[b, j] = max_{t<K} c[b, j*K + t]``:
+      a stride-K max over the concatenated vector that mixes different feature indices.
+
+    K and D must be known when the layer is built.
+
+    Args:
+      mode: ``"view_max"`` or ``"upstream"``.
+    """
+
+    def __init__(self, mode: str = "view_max", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in FUSION_MODES:
+            raise ValueError(f"ViewFusion: mode must be one of {FUSION_MODES}, got {mode!r}")
+        self.mode = mode
+        self._views = None
+        self._dim = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(
+                f"ViewFusion: input must have shape [B, K, D] with K and D known, got {input_shape}"
+            )
+        self._views = int(input_shape[1])
+        self._dim = int(input_shape[2])
+
+    def call(self, inputs):
+        if self.mode == "view_max":
+            return ops.max(inputs, axis=1)
+        concat = ops.reshape(inputs, (-1, self._views * self._dim))  # view-major concatenation
+        return ops.max(ops.reshape(concat, (-1, self._dim, self._views)), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        config = super().get_config()
+        config["mode"] = self.mode
+        return config
