@@ -129,7 +129,7 @@ def build_zooms_model(
         head, default_hidden = _AUTO_HEAD.get(backbone, ("mlp", 512))
     else:
         default_hidden = _AUTO_HEAD.get(backbone, (None, 512))[1] or 512
-    hidden = int(head_hidden or default_hidden)
+    hidden = int(head_hidden or default_hidden or 512)
 
     net = build_backbone(backbone, view_size, **(backbone_kwargs or {}))
     views = keras.Input((int(num_views), int(view_size), int(view_size), 3), name="views")
