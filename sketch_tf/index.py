@@ -56,7 +56,8 @@ class GalleryIndex:
       backend: ``"exact"`` (NumPy) or ``"faiss"``.
       nlist: faiss only; when set, an IVF index with this many lists (approximate search).
       nprobe: faiss IVF only; lists visited per query.
-      chunk_size: exact only; query rows scored at once.
+      chunk_size: exact only; query rows scored at once (None: as many as fit in about
+        256 MB of temporaries, i.e. ``256 MB / (16 bytes x N)``).
     """
 
     def __init__(
@@ -66,7 +67,7 @@ class GalleryIndex:
         backend: str = "exact",
         nlist: int | None = None,
         nprobe: int = 8,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
     ):
         if metric not in _METRICS:
             raise ValueError(f"GalleryIndex metric: expected one of {_METRICS}, got {metric!r}")
@@ -81,7 +82,7 @@ class GalleryIndex:
         self.backend = backend
         self.nlist = None if nlist is None else int(nlist)
         self.nprobe = int(nprobe)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self._labels: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._emb: list[np.ndarray] = []
@@ -193,8 +194,9 @@ class GalleryIndex:
         g = self._exact_embeddings()
         g_sq = (g * g).sum(axis=1)
         all_s, all_i = [], []
-        for start in range(0, q.shape[0], self.chunk_size):
-            qc = q[start : start + self.chunk_size]
+        rows = self.chunk_size or max(1, (256 * 2**20) // (16 * len(g)))
+        for start in range(0, q.shape[0], rows):
+            qc = q[start : start + rows]
             s = qc @ g.T
             if self.metric == "euclidean":
                 s = -np.sqrt(np.maximum((qc * qc).sum(1)[:, None] + g_sq[None, :] - 2.0 * s, 0.0))
@@ -245,7 +247,7 @@ class GalleryIndex:
         index = cls.__new__(cls)
         index.dim, index.metric, index.backend = int(s["dim"]), s["metric"], s["backend"]
         index.nlist = s["nlist"]
-        index.nprobe, index.chunk_size = int(s["nprobe"]), int(s["chunk_size"])
+        index.nprobe, index.chunk_size = int(s["nprobe"]), s["chunk_size"]
         index._labels = [np.load(folder / "labels.npy", allow_pickle=False)]
         index._ids = [np.load(folder / "ids.npy", allow_pickle=False)]
         index._emb, index._faiss_index = [], None
