@@ -1,0 +1,596 @@
+"""tf.data input layer: decode, resize, augment, class-balanced P x K batches, triplets, pairs.
+
+Every image op works on one image (eagerly or inside `Dataset.map`) and every random op is
+*stateless*: it takes a `seed` int64 [2] tensor, so a dataset built with a given `seed` yields
+the same batches every time (per-element seeds are `[seed, element index]`).
+
+Datasets never materialise records: each (domain, class) gets its own stream over the shards
+that hold it (the writer's `group_by="domain_class"` makes these exact; otherwise all shards
+are read and filtered), streams are mixed with `tf.data.Dataset.choose_from_datasets` driven
+by a seeded choice stream, and decoding / augmentation run with AUTOTUNE parallelism and
+prefetch. Output batches have the GLOBAL batch size (the training loop splits them with
+`strategy.experimental_distribute_dataset`) and static shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf.data import schema, tfrecord
+
+AUTOTUNE = tf.data.AUTOTUNE
+NEGATIVES = ("random", "class_embedding")
+
+
+# ---- single-image ops --------------------------------------------------------------------------
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded PNG/JPEG (any of 1-4 channels) -> float32 [H, W, 3] in [0, 1].
+
+    Grey is repeated to 3 channels; an alpha channel is composited onto white (transparent
+    sketch backgrounds become paper, not black).
+    """
+    img = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    img = tf.image.convert_image_dtype(img, tf.float32)
+    c = tf.shape(img)[-1]
+
+    def grey():
+        return tf.tile(img[..., :1], [1, 1, 3])
+
+    def grey_alpha():
+        a = img[..., 1:2]
+        return tf.tile(img[..., :1] * a + (1.0 - a), [1, 1, 3])
+
+    def rgb():
+        return img[..., :3]
+
+    def rgba():
+        a = img[..., 3:4]
+        return img[..., :3] * a + (1.0 - a)
+
+    out = tf.switch_case(tf.clip_by_value(c - 1, 0, 3), [grey, grey_alpha, rgb, rgba])
+    out.set_shape([None, None, 3])
+    return out
+
+
+def resize_pad_geometry(image: tf.Tensor, size: int, pad_value: float = 1.0):
+    """`resize_keep_aspect` that also returns the mapping of pixel coordinates.
+
+    Returns:
+      (image [size, size, C], scale [2] float32 (sx, sy), offset [2] float32 (ox, oy)) such that
+      a point (x, y) of the input (pixel-corner convention) lands at (x * sx + ox, y * sy + oy).
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    resized = tf.image.resize(image, [size, size], preserve_aspect_ratio=True, antialias=True)
+    h, w = tf.shape(resized)[0], tf.shape(resized)[1]
+    top, left = (size - h) // 2, (size - w) // 2
+    out = (
+        tf.pad(resized - pad_value, [[top, size - h - top], [left, size - w - left], [0, 0]])
+        + pad_value
+    )
+    out.set_shape([size, size, image.shape[-1]])
+    in_hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.stack([tf.cast(w, tf.float32) / in_hw[1], tf.cast(h, tf.float32) / in_hw[0]])
+    offset = tf.cast(tf.stack([left, top]), tf.float32)
+    return out, scale, offset
+
+
+def resize_keep_aspect(image: tf.Tensor, size: int, pad_value: float = 1.0) -> tf.Tensor:
+    """Fit [H, W, C] into [size, size, C] keeping aspect; centred, padded with `pad_value`.
+
+    Use pad_value 1.0 (white paper) for sketches. Bilinear with antialiasing when shrinking.
+    """
+    return resize_pad_geometry(image, size, pad_value)[0]
+
+
+def resize_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Resize the shorter side to `size`, then centre-crop to [size, size, C] (for photos)."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = float(size) / tf.reduce_min(hw)
+    new = tf.cast(tf.math.ceil(hw * scale), tf.int32)
+    new = tf.maximum(new, size)
+    resized = tf.image.resize(image, new, antialias=True)
+    out = tf.image.resize_with_crop_or_pad(resized, size, size)
+    out.set_shape([size, size, image.shape[-1]])
+    return out
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Horizontal flip with probability 0.5 (stateless, `seed` int [2])."""
+    return tf.image.stateless_random_flip_left_right(tf.convert_to_tensor(image, tf.float32), seed)
+
+
+def affine_matrix(angle_rad, scale, tx, ty, height, width) -> tf.Tensor:
+    """Output->input projective transform [8] for rotation/scale about the centre + shift.
+
+    Follows `ImageProjectiveTransformV3`: an output pixel (x, y) samples the input at
+    ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k) with k = c0 x + c1 y + 1. Shifts are
+    in pixels; scale > 1 enlarges the content.
+    """
+    cx, cy = (tf.cast(width, tf.float32) - 1) / 2, (tf.cast(height, tf.float32) - 1) / 2
+    cos, sin = tf.cos(angle_rad) / scale, tf.sin(angle_rad) / scale
+    # inverse map: p_in = R(-angle)/scale (p_out - c - t) + c
+    a0, a1 = cos, sin
+    b0, b1 = -sin, cos
+    a2 = cx - a0 * (cx + tx) - a1 * (cy + ty)
+    b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
+    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
+
+
+def random_affine(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    max_degrees: float = 10.0,
+    max_scale: float = 0.1,
+    max_shift: float = 0.05,
+    fill_value: float = 1.0,
+) -> tf.Tensor:
+    """Small random rotation (+-max_degrees), scale (1 +- max_scale) and shift (+-max_shift of
+    the side), bilinear, constant fill (`fill_value`: 1.0 = white for sketches)."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    u = tf.random.stateless_uniform([4], seed, -1.0, 1.0)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    m = affine_matrix(
+        u[0] * max_degrees * math.pi / 180.0,
+        1.0 + u[1] * max_scale,
+        u[2] * max_shift * tf.cast(w, tf.float32),
+        u[3] * max_shift * tf.cast(h, tf.float32),
+        h,
+        w,
+    )
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=m[None],
+        output_shape=tf.shape(image)[:2],
+        fill_value=fill_value,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    out.set_shape(image.shape)
+    return out
+
+
+def stroke_width_jitter(image: tf.Tensor, seed: tf.Tensor, radius: int = 1) -> tf.Tensor:
+    """Thin, keep or thicken dark strokes on light paper, each with probability 1/3.
+
+    Thickening is a min-pool (ink spreads over a (2r+1)^2 window), thinning a max-pool
+    (paper eats the stroke edge), both with stride 1 and SAME padding.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    k = 2 * radius + 1
+    x = image[None]
+    choice = tf.random.stateless_uniform([], seed, 0, 3, dtype=tf.int32)
+    out = tf.switch_case(
+        choice,
+        [
+            lambda: -tf.nn.max_pool2d(-x, k, 1, "SAME"),  # thicker
+            lambda: x,
+            lambda: tf.nn.max_pool2d(x, k, 1, "SAME"),  # thinner
+        ],
+    )[0]
+    out.set_shape(image.shape)
+    return out
+
+
+def color_jitter(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
+    hue: float = 0.02,
+) -> tf.Tensor:
+    """Random brightness / contrast / saturation / hue (stateless), clipped to [0, 1]."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    s = tf.random.experimental.stateless_split(seed, 4)
+    x = tf.image.stateless_random_brightness(image, brightness, s[0])
+    x = tf.image.stateless_random_contrast(x, 1 - contrast, 1 + contrast, s[1])
+    x = tf.image.stateless_random_saturation(x, 1 - saturation, 1 + saturation, s[2])
+    x = tf.image.stateless_random_hue(x, hue, s[3])
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def preprocess(
+    encoded: tf.Tensor,
+    is_sketch,
+    size: int,
+    training: bool,
+    seed: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Decode + resize (+ augment when training) one image -> float32 [size, size, 3] in [0, 1].
+
+    Sketches keep their aspect with white padding, get flip, small affine with white fill and
+    stroke-width jitter; photos are resized + centre-cropped, get flip, small affine (edge
+    reflection) and colour jitter. `is_sketch` may be a Python bool or a scalar bool tensor.
+    """
+    img = decode_image(encoded)
+
+    def sketch():
+        x = resize_keep_aspect(img, size, 1.0)
+        if training:
+            s = tf.random.experimental.stateless_split(seed, 3)
+            x = random_flip(x, s[0])
+            x = random_affine(x, s[1], fill_value=1.0)
+            x = stroke_width_jitter(x, s[2])
+        return x
+
+    def photo():
+        x = resize_crop(img, size)
+        if training:
+            s = tf.random.experimental.stateless_split(seed, 3)
+            x = random_flip(x, s[0])
+            x = random_affine(x, s[1], fill_value=1.0)
+            x = color_jitter(x, s[2])
+        return x
+
+    if isinstance(is_sketch, bool):
+        return sketch() if is_sketch else photo()
+    return tf.cond(is_sketch, sketch, photo)
+
+
+# ---- record streams ------------------------------------------------------------------------------
+def _options() -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.autotune.enabled = True
+    return opts
+
+
+def _class_domain_stream(
+    dataset_dir, manifest, class_id: int, domain: str | None, seed: int, shuffle_buffer: int
+) -> tf.data.Dataset:
+    """Endless shuffled serialized records of one class (and domain, if given)."""
+    cname = manifest["classes"][class_id]
+    exact = [
+        s
+        for s in manifest["shards"]
+        if s.get("class") == cname and (domain is None or s.get("domain") == domain)
+    ]
+    grouped = manifest.get("group_by") in ("class", "domain_class")
+    if grouped and exact and (domain is None or manifest.get("group_by") == "domain_class"):
+        shards, need_filter = exact, False
+    else:
+        shards, need_filter = manifest["shards"], True
+    ds = tfrecord.record_dataset(
+        dataset_dir, shards=shards, shuffle_shards=True, seed=seed, manifest=manifest
+    )
+    if need_filter:
+        spec = {
+            schema.CLASS_ID: tf.io.FixedLenFeature([], tf.int64),
+            schema.DOMAIN: tf.io.FixedLenFeature([], tf.string),
+        }
+        if manifest["kind"] != schema.KIND_LABELLED_IMAGE:
+            spec = {schema.CATEGORY_ID: tf.io.FixedLenFeature([], tf.int64)}
+
+        def keep(rec):
+            f = tf.io.parse_single_example(rec, spec)
+            ok = tf.equal(f.get(schema.CLASS_ID, f.get(schema.CATEGORY_ID)), class_id)
+            if domain is not None and schema.DOMAIN in f:
+                ok = tf.logical_and(ok, tf.equal(f[schema.DOMAIN], domain))
+            return ok
+
+        ds = ds.filter(keep)
+    return ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+
+def _check_classes(manifest, classes, domains, where) -> list[int]:
+    names = manifest["classes"]
+    if classes is None:
+        ids = list(range(len(names)))
+    else:
+        unknown = sorted(set(classes) - set(names))
+        if unknown:
+            raise ValueError(f"{where}: classes {unknown} are not in the dataset")
+        ids = sorted(names.index(c) for c in classes)
+    per_dc = manifest["counts"]["per_domain_class"]
+    for d in domains:
+        if d not in per_dc:
+            raise ValueError(f"{where}: domain {d!r} not in dataset (has {sorted(per_dc)})")
+        empty = [names[i] for i in ids if per_dc[d].get(names[i], 0) == 0]
+        if empty:
+            raise ValueError(f"{where}: classes {empty} have no {d!r} record")
+    if not ids:
+        raise ValueError(f"{where}: no classes selected")
+    return ids
+
+
+def _seeds(seed: int) -> tf.data.Dataset:
+    """Endless per-element stateless seeds [seed, i] (int64 [2])."""
+    return tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(seed, tf.int64), i]))
+
+
+def labelled_dataset(
+    dataset_dir,
+    batch_size: int,
+    image_size: int = 224,
+    training: bool = False,
+    seed: int = 0,
+    classes=None,
+    domains=None,
+    sketch_domain: str = "sketch",
+    shuffle_buffer: int = 1024,
+    drop_remainder: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of labelled images: {"image" [B,S,S,3] float32, "class_id" [B] int64,
+    "domain" [B] string, "instance_id" [B] string, "style_id", "content_id" [B] int64}.
+
+    Evaluation (`training=False`): one pass in shard order, no augmentation, last batch kept.
+    Training: endless, shard order and records shuffled (seeded), augmented, full batches.
+    `classes` / `domains` restrict the records (filter on parsed fields).
+    """
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
+    ds = tfrecord.record_dataset(
+        dataset_dir, shuffle_shards=training, seed=seed, manifest=manifest
+    ).map(schema.parse_labelled_image, num_parallel_calls=AUTOTUNE)
+    if classes is not None:
+        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
+    if domains is not None:
+        doms = tf.constant(list(domains))
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.DOMAIN], doms)))
+    if training:
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+    ds = tf.data.Dataset.zip((ds, _seeds(seed)))
+
+    def prep(r, s):
+        img = preprocess(
+            r[schema.IMAGE], tf.equal(r[schema.DOMAIN], sketch_domain), image_size, training, s
+        )
+        return {
+            "image": img,
+            "class_id": r[schema.CLASS_ID],
+            "domain": r[schema.DOMAIN],
+            "instance_id": r[schema.INSTANCE_ID],
+            "style_id": r[schema.STYLE_ID],
+            "content_id": r[schema.CONTENT_ID],
+        }
+
+    ds = ds.map(prep, num_parallel_calls=AUTOTUNE)
+    drop = training if drop_remainder is None else drop_remainder
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(AUTOTUNE).with_options(_options())
+
+
+def pk_batches(
+    dataset_dir,
+    p: int,
+    k: int,
+    image_size: int = 224,
+    seed: int = 0,
+    domain: str | None = None,
+    classes=None,
+    training: bool = True,
+    sketch_domain: str = "sketch",
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
+    """Endless class-balanced batches: P distinct classes x K images each (global batch P*K).
+
+    Returns dict {"image" [P*K,S,S,3], "class_id" [P*K] int64, "domain" [P*K] string}; rows
+    are grouped by class (K consecutive rows per class). `domain` restricts to one domain.
+    """
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
+    doms = [domain] if domain else []
+    ids = _check_classes(manifest, classes, doms, dataset_dir)
+    if p > len(ids):
+        raise ValueError(f"p={p} exceeds the {len(ids)} available classes")
+    streams = [
+        _class_domain_stream(
+            dataset_dir, manifest, c, domain, seed + 7919 * (i + 1), shuffle_buffer
+        )
+        for i, c in enumerate(ids)
+    ]
+
+    def pick(s):
+        order = tf.argsort(tf.random.stateless_uniform([len(ids)], s))[:p]
+        return tf.data.Dataset.from_tensor_slices(tf.repeat(order, k))
+
+    choice = _seeds(seed + 1).flat_map(pick)
+    records = tf.data.Dataset.choose_from_datasets(
+        streams, choice.map(lambda c: tf.cast(c, tf.int64))
+    )
+    ds = tf.data.Dataset.zip((records, _seeds(seed))).map(
+        lambda rec, s: _prep_labelled(rec, s, image_size, training, sketch_domain),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return ds.batch(p * k, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+
+
+def _prep_labelled(rec, s, image_size, training, sketch_domain):
+    r = schema.parse_labelled_image(rec)
+    img = preprocess(
+        r[schema.IMAGE], tf.equal(r[schema.DOMAIN], sketch_domain), image_size, training, s
+    )
+    return {"image": img, "class_id": r[schema.CLASS_ID], "domain": r[schema.DOMAIN]}
+
+
+def negative_class_logits(embeddings: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """[C, C] logits for picking the negative class n given anchor class a.
+
+    logits[a, n] = -||e_a - e_n|| / temperature (Euclidean distance between class embeddings),
+    so semantically closer classes (harder negatives) are drawn more often; the diagonal is
+    -inf (a class is never its own negative).
+    """
+    e = np.asarray(embeddings, np.float64)
+    if e.ndim != 2 or e.shape[0] < 2:
+        raise ValueError(f"class embeddings must be [C >= 2, D], got {e.shape}")
+    if not np.all(np.isfinite(e)):
+        raise ValueError("class embeddings contain NaN or inf")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    d = np.sqrt(np.maximum(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1), 0.0))
+    logits = -d / temperature
+    np.fill_diagonal(logits, -np.inf)
+    return logits.astype(np.float32)
+
+
+def triplet_batches(
+    dataset_dir,
+    batch_size: int,
+    image_size: int = 224,
+    seed: int = 0,
+    negatives: str = "random",
+    class_embeddings=None,
+    temperature: float = 1.0,
+    classes=None,
+    sketch_domain: str = "sketch",
+    photo_domain: str = "photo",
+    training: bool = True,
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
+    """Endless cross-domain triplets: sketch anchor of class a, photo of class a, photo of n != a.
+
+    Args:
+      batch_size: GLOBAL batch size.
+      negatives: "random" (n uniform over the other classes) or "class_embedding" (n drawn
+        with `negative_class_logits` from `class_embeddings`, a [C, D] array over the
+        dataset's full class list or a path to such a .npy).
+      classes: restrict to these class names (e.g. the seen classes of a split).
+
+    Returns:
+      dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
+      "neg_class_id": [B] int64 (dataset class ids)}.
+    """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
+    ids = _check_classes(manifest, classes, [sketch_domain, photo_domain], dataset_dir)
+    n = len(ids)
+    if n < 2:
+        raise ValueError("triplets need at least 2 classes")
+    if negatives == "class_embedding":
+        if class_embeddings is None:
+            raise ValueError("negatives='class_embedding' needs class_embeddings")
+        if isinstance(class_embeddings, str | os.PathLike):
+            path = Path(class_embeddings)
+            if not path.is_file():
+                raise ValueError(f"class embeddings file {path} is missing")
+            class_embeddings = np.load(path)
+        emb = np.asarray(class_embeddings)
+        if emb.ndim != 2 or emb.shape[0] != len(manifest["classes"]):
+            raise ValueError(
+                f"class embeddings must be [{len(manifest['classes'])}, D] (one row per "
+                f"dataset class), got {emb.shape}"
+            )
+        logits = negative_class_logits(emb[ids], temperature)
+    else:
+        logits = np.full((n, n), 0.0, np.float32)
+        np.fill_diagonal(logits, -np.inf)
+    logits_t = tf.constant(logits)
+
+    def choose(s):
+        s2 = tf.random.experimental.stateless_split(s, 2)
+        a = tf.random.stateless_uniform([], s2[0], 0, n, dtype=tf.int64)
+        neg = tf.random.stateless_categorical(logits_t[a][None], 1, s2[1], dtype=tf.int64)[0, 0]
+        return a, neg
+
+    pairs = _seeds(seed + 1).map(choose)
+
+    def streams(domain, offset):
+        return [
+            _class_domain_stream(
+                dataset_dir, manifest, c, domain, seed + offset + 7919 * (i + 1), shuffle_buffer
+            )
+            for i, c in enumerate(ids)
+        ]
+
+    sk = tf.data.Dataset.choose_from_datasets(streams(sketch_domain, 11), pairs.map(lambda a, b: a))
+    pos = tf.data.Dataset.choose_from_datasets(streams(photo_domain, 23), pairs.map(lambda a, b: a))
+    neg = tf.data.Dataset.choose_from_datasets(streams(photo_domain, 37), pairs.map(lambda a, b: b))
+    ids_t = tf.constant(ids, tf.int64)
+
+    def prep(sk_rec, pos_rec, neg_rec, pair, s):
+        s3 = tf.random.experimental.stateless_split(s, 3)
+        r_sk = schema.parse_labelled_image(sk_rec)
+        r_pos = schema.parse_labelled_image(pos_rec)
+        r_neg = schema.parse_labelled_image(neg_rec)
+        return {
+            "sketch": preprocess(r_sk[schema.IMAGE], True, image_size, training, s3[0]),
+            "photo_pos": preprocess(r_pos[schema.IMAGE], False, image_size, training, s3[1]),
+            "photo_neg": preprocess(r_neg[schema.IMAGE], False, image_size, training, s3[2]),
+            "class_id": tf.gather(ids_t, pair[0]),
+            "neg_class_id": tf.gather(ids_t, pair[1]),
+        }
+
+    ds = tf.data.Dataset.zip((sk, pos, neg, pairs, _seeds(seed))).map(
+        prep, num_parallel_calls=AUTOTUNE
+    )
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+
+
+# ---- correspondence pairs ---------------------------------------------------------------------
+def sample_points(points_a, points_b, point_ids, num_points: int, seed):
+    """Pick `num_points` of N corresponding points (without replacement), padding if N is less.
+
+    Args:
+      points_a, points_b: float32 [N, 2]; point_ids: int64 [N]; seed: int [2].
+
+    Returns:
+      (points_a [M, 2], points_b [M, 2], point_ids [M] (-1 where padded), mask [M] bool)
+      with M = num_points; padded rows are zeros.
+    """
+    n = tf.shape(point_ids)[0]
+    order = tf.argsort(tf.random.stateless_uniform([n], seed))[:num_points]
+    m = tf.shape(order)[0]
+    pad = num_points - m
+
+    def take(x, fill):
+        y = tf.gather(x, order)
+        paddings = [[0, pad]] + [[0, 0]] * (len(x.shape) - 1)
+        return tf.pad(y, paddings, constant_values=fill)
+
+    pa = tf.ensure_shape(take(points_a, 0.0), [num_points, 2])
+    pb = tf.ensure_shape(take(points_b, 0.0), [num_points, 2])
+    ids = tf.ensure_shape(take(point_ids, tf.constant(-1, point_ids.dtype)), [num_points])
+    mask = tf.ensure_shape(tf.range(num_points) < m, [num_points])
+    return pa, pb, ids, mask
+
+
+def correspondence_batches(
+    dataset_dir,
+    batch_size: int,
+    num_points: int = 32,
+    image_size: int = 512,
+    seed: int = 0,
+    training: bool = True,
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
+    """Batches of correspondence pairs with a fixed number of points per pair.
+
+    Images are decoded, made 3-channel and resized to [S, S] (keeping aspect, white pad);
+    points are mapped into the resized frame.
+
+    Returns:
+      dict {"image_a", "image_b": [B,S,S,3] float32, "points_a", "points_b": [B,M,2] float32
+      pixels, "point_ids": [B,M] int64 (-1 padded), "mask": [B,M] bool, "category_id": [B]}.
+      Training: endless and shuffled; otherwise one pass, last batch kept.
+    """
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_CORRESPONDENCE_PAIR)
+    ds = tfrecord.record_dataset(dataset_dir, shuffle_shards=training, seed=seed, manifest=manifest)
+    if training:
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+
+    def fit(encoded, pts):
+        img, scale, offset = resize_pad_geometry(decode_image(encoded), image_size, 1.0)
+        return img, pts * scale + offset
+
+    def prep(rec, s):
+        r = schema.parse_correspondence_pair(rec)
+        img_a, pa = fit(r[schema.IMAGE_A], r[schema.POINTS_A])
+        img_b, pb = fit(r[schema.IMAGE_B], r[schema.POINTS_B])
+        pa, pb, ids, mask = sample_points(pa, pb, r[schema.POINT_IDS], num_points, s)
+        return {
+            "image_a": img_a,
+            "image_b": img_b,
+            "points_a": pa,
+            "points_b": pb,
+            "point_ids": ids,
+            "mask": mask,
+            "category_id": r[schema.CATEGORY_ID],
+        }
+
+    ds = tf.data.Dataset.zip((ds, _seeds(seed))).map(prep, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE).with_options(_options())

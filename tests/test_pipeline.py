@@ -1,0 +1,268 @@
+"""Tests for sketch_tf.data.pipeline: each op eagerly and inside tf.data, batch streams."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from sketch_tf.data import pipeline, schema, tfrecord
+
+SEED = tf.constant([3, 4], tf.int64)
+
+
+def _enc(arr, fmt="PNG"):
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(arr, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _in_data(fn, *args):
+    """Run fn(*args) inside Dataset.map and return the numpy result."""
+    ds = tf.data.Dataset.from_tensors(tuple(args)).map(fn)
+    return tf.nest.map_structure(lambda t: t.numpy(), next(iter(ds)))
+
+
+def test_decode_grey_and_rgba_on_white():
+    grey = _enc(np.full((3, 4), 51))
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = [255, 0, 0, 255]  # opaque red; others fully transparent black
+    for run in (
+        lambda e: pipeline.decode_image(e).numpy(),
+        lambda e: _in_data(pipeline.decode_image, e),
+    ):
+        g = run(grey)
+        assert g.shape == (3, 4, 3) and np.allclose(g, 0.2)
+        r = run(_enc(rgba))
+        np.testing.assert_allclose(r[0, 0], [1, 0, 0])
+        np.testing.assert_allclose(r[1, 1], [1, 1, 1])  # transparent -> white paper
+
+
+def test_resize_keep_aspect_pads_white():
+    img = np.zeros((2, 4, 3), np.float32)  # black, wide
+    for out in (
+        pipeline.resize_keep_aspect(img, 8).numpy(),
+        _in_data(lambda x: pipeline.resize_keep_aspect(x, 8), img),
+    ):
+        assert out.shape == (8, 8, 3)
+        # content is 4 rows tall, centred: rows 2..5 black, rows 0,1,6,7 white
+        np.testing.assert_allclose(out[2:6], 0.0, atol=1e-6)
+        np.testing.assert_allclose(out[[0, 1, 6, 7]], 1.0)
+
+
+def test_geometry_maps_points():
+    img = np.zeros((10, 20, 3), np.float32)
+    _, scale, offset = pipeline.resize_pad_geometry(img, 40)
+    np.testing.assert_allclose(scale.numpy(), [2.0, 2.0])
+    np.testing.assert_allclose(offset.numpy(), [0.0, 10.0])
+
+
+def test_random_ops_deterministic_and_in_data():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+    ops = [
+        pipeline.random_flip,
+        pipeline.random_affine,
+        pipeline.stroke_width_jitter,
+        pipeline.color_jitter,
+    ]
+    for op in ops:
+        eager = op(tf.constant(img), SEED).numpy()
+        again = op(tf.constant(img), SEED).numpy()
+        np.testing.assert_array_equal(eager, again)
+        inside = _in_data(op, img, SEED)
+        np.testing.assert_allclose(eager, inside, atol=1e-6)
+        assert eager.shape == img.shape and eager.min() >= -1e-6 and eager.max() <= 1 + 1e-6
+
+
+def test_flip_is_exact_mirror_or_identity():
+    img = np.arange(12, dtype=np.float32).reshape(2, 2, 3) / 12
+    outs = {
+        pipeline.random_flip(img, tf.constant([0, i], tf.int64)).numpy().tobytes()
+        for i in range(20)
+    }
+    assert outs == {img.tobytes(), img[:, ::-1].tobytes()}
+
+
+def test_affine_identity_and_rotation():
+    img = np.ones((9, 9, 1), np.float32)
+    img[4, 6] = 0.0  # ink 2 px right of the centre (4, 4)
+    ident = pipeline.affine_matrix(0.0, 1.0, 0.0, 0.0, 9, 9)
+    np.testing.assert_allclose(ident.numpy(), [1, 0, 0, 0, 1, 0, 0, 0], atol=1e-6)
+    m = pipeline.affine_matrix(np.pi / 2, 1.0, 0.0, 0.0, 9, 9)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img[None],
+        transforms=m[None],
+        output_shape=[9, 9],
+        fill_value=1.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )[0].numpy()
+    # +90 degrees in image coordinates (y down): (dx, dy) = (2, 0) -> (0, 2): below the centre
+    assert out[6, 4, 0] == 0.0 and out.sum() == 80.0
+
+
+def test_stroke_width_jitter_thickens_and_thins():
+    img = np.ones((7, 7, 1), np.float32)
+    img[3, 1:6] = 0.0  # 1-px line
+    results = set()
+    for i in range(30):
+        out = pipeline.stroke_width_jitter(img, tf.constant([1, i], tf.int64)).numpy()
+        results.add(int((out < 0.5).sum()))
+    # thicker: rows 2..4 x cols 0..6 = 21 ink; same: 5; thinner: gone = 0
+    assert results == {21, 5, 0}
+
+
+def test_sample_points_pad_and_subsample():
+    pa = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    ids = tf.constant([7, 9], tf.int64)
+    a, b, i, m = pipeline.sample_points(pa, pa + 1, ids, 4, SEED)
+    assert m.numpy().tolist() == [True, True, False, False]
+    assert sorted(i.numpy()[:2].tolist()) == [7, 9] and i.numpy()[2:].tolist() == [-1, -1]
+    np.testing.assert_allclose(b.numpy()[:2] - a.numpy()[:2], 1.0)
+    a, _, i, m = _in_data(lambda x, y, z: pipeline.sample_points(x, y, z, 1, SEED), pa, pa, ids)
+    assert m.tolist() == [True] and i.tolist()[0] in (7, 9)
+
+
+def test_negative_class_logits():
+    e = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    lg = pipeline.negative_class_logits(e, temperature=0.5)
+    assert np.isneginf(np.diag(lg)).all()
+    np.testing.assert_allclose(lg[0, 1:], [-10.0, -2.0])
+    with pytest.raises(ValueError, match=r"\[C >= 2, D\]"):
+        pipeline.negative_class_logits(np.zeros((1, 3)))
+
+
+@pytest.fixture(scope="module")
+def sbir_dir(tmp_path_factory):
+    """3 classes x (sketch, photo) x 4 images; pixel value encodes (class, domain, index)."""
+    out = tmp_path_factory.mktemp("sbir") / "ds"
+    classes = ["a", "b", "c"]
+    with tfrecord.ShardedWriter(
+        out, "labelled_image", classes=classes, group_by="domain_class"
+    ) as w:
+        for cid, c in enumerate(classes):
+            for dom in ("photo", "sketch"):
+                for i in range(4):
+                    v = 40 * cid + (20 if dom == "photo" else 0) + i
+                    shape = (20, 10) if dom == "sketch" else (12, 16)
+                    img = _enc(np.full((*shape, 3), v))
+                    w.write(
+                        schema.encode_labelled_image(img, cid, c, dom, f"{c}{i}"),
+                        class_id=cid,
+                        class_name=c,
+                        domain=dom,
+                    )
+    return out
+
+
+def _value(img):
+    return int(round(float(np.median(img)) * 255))
+
+
+def test_pk_batches_class_balanced(sbir_dir):
+    ds = pipeline.pk_batches(
+        sbir_dir, p=2, k=3, image_size=8, seed=1, domain="photo", training=False
+    )
+    assert ds.element_spec["image"].shape.as_list() == [6, 8, 8, 3]
+    for batch in ds.take(3):
+        cids = batch["class_id"].numpy()
+        assert len(set(cids[:3])) == 1 and len(set(cids[3:])) == 1 and cids[0] != cids[3]
+        for img, cid in zip(batch["image"].numpy(), cids, strict=True):
+            assert _value(img) // 20 == 2 * cid + 1  # a photo of the labelled class
+    first = [b["class_id"].numpy().tolist() for b in ds.take(3)]
+    again = [
+        b["class_id"].numpy().tolist()
+        for b in pipeline.pk_batches(
+            sbir_dir, 2, 3, 8, seed=1, domain="photo", training=False
+        ).take(3)
+    ]
+    assert first == again
+
+
+def test_triplets_random_and_embedding(sbir_dir, tmp_path):
+    ds = pipeline.triplet_batches(sbir_dir, batch_size=4, image_size=8, seed=5, training=False)
+    spec = ds.element_spec
+    assert spec["sketch"].shape.as_list() == [4, 8, 8, 3]
+    for batch in ds.take(2):
+        for k in range(4):
+            a, n = int(batch["class_id"][k]), int(batch["neg_class_id"][k])
+            assert a != n
+            assert _value(batch["sketch"][k].numpy()[:, 2:6]) // 20 == 2 * a
+            assert _value(batch["photo_pos"][k].numpy()) // 20 == 2 * a + 1
+            assert _value(batch["photo_neg"][k].numpy()) // 20 == 2 * n + 1
+    # class embeddings: class c is far away, so a<->b pairs dominate
+    emb = np.array([[0.0], [0.1], [50.0]], np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    ds = pipeline.triplet_batches(
+        sbir_dir,
+        16,
+        8,
+        seed=2,
+        negatives="class_embedding",
+        class_embeddings=str(tmp_path / "emb.npy"),
+        temperature=1.0,
+        classes=["a", "b", "c"],
+        training=True,
+    )
+    b = next(iter(ds))
+    a, n = b["class_id"].numpy(), b["neg_class_id"].numpy()
+    assert np.all(n[a == 0] == 1) and np.all(n[a == 1] == 0)
+    b2 = next(
+        iter(
+            pipeline.triplet_batches(
+                sbir_dir,
+                16,
+                8,
+                seed=2,
+                negatives="class_embedding",
+                class_embeddings=emb,
+                training=True,
+            )
+        )
+    )
+    np.testing.assert_array_equal(b["sketch"].numpy(), b2["sketch"].numpy())
+    with pytest.raises(ValueError, match="one row per dataset class"):
+        pipeline.triplet_batches(
+            sbir_dir, 4, negatives="class_embedding", class_embeddings=np.zeros((2, 3))
+        )
+    with pytest.raises(ValueError, match="not in the dataset"):
+        pipeline.triplet_batches(sbir_dir, 4, classes=["a", "zzz"])
+
+
+def test_labelled_dataset_eval_and_filters(sbir_dir):
+    ds = pipeline.labelled_dataset(sbir_dir, batch_size=5, image_size=8, domains=["sketch"])
+    batches = list(ds)
+    assert [int(b["class_id"].shape[0]) for b in batches] == [5, 5, 2]
+    assert all((b["domain"].numpy() == b"sketch").all() for b in batches)
+    ds = pipeline.labelled_dataset(sbir_dir, 4, 8, training=True, seed=3, classes=["b"])
+    b = next(iter(ds))
+    assert set(b["class_id"].numpy().tolist()) == {1}
+
+
+def test_correspondence_batches(tmp_path):
+    out = tmp_path / "pairs"
+    pts = np.array([[1.0, 2.0], [5.0, 6.0], [9.0, 3.0]], np.float32)
+    with tfrecord.ShardedWriter(out, "correspondence_pair") as w:
+        for i in range(3):
+            rec = schema.encode_correspondence_pair(
+                _enc(np.full((10, 20), 255)),
+                _enc(np.full((20, 20), 0)),
+                pts[: i + 1],
+                pts[: i + 1] * 2,
+                np.arange(i + 1),
+                "chair",
+                0,
+            )
+            w.write(rec, class_id=0, class_name="chair", domain="sketch")
+    ds = pipeline.correspondence_batches(
+        out, batch_size=3, num_points=2, image_size=40, training=False
+    )
+    b = next(iter(ds))
+    assert b["image_a"].shape == (3, 40, 40, 3)
+    assert b["mask"].numpy().tolist() == [[True, False], [True, True], [True, True]]
+    # image_a 10x20 -> 20x40 at offset y=10 (scale 2); image_b 20x20 -> scale 2, no offset
+    np.testing.assert_allclose(b["points_a"].numpy()[0, 0], [2.0, 14.0])
+    np.testing.assert_allclose(b["points_b"].numpy()[0, 0], [4.0, 8.0])
+    assert b["point_ids"].numpy()[0].tolist() == [0, -1]
