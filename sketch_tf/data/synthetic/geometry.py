@@ -487,6 +487,7 @@ class Buffers:
       camera: the camera used.
       light_dir: (3,) unit world direction towards the key light (for shading; camera-relative).
       face_index: (H, W) int32 triangle index for meshes (-1 elsewhere) or None.
+      barycentric: (H, W, 3) float32 barycentric coordinates in that triangle, or None.
     """
 
     depth: np.ndarray
@@ -496,6 +497,7 @@ class Buffers:
     mask: np.ndarray
     camera: Camera
     face_index: np.ndarray | None = None
+    barycentric: np.ndarray | None = None
 
     @property
     def size(self) -> int:
