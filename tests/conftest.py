@@ -9,6 +9,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices for the MirroredStrategy tests: this must happen before any op runs,
+# so it is done once here for the whole test process (single-device code uses /cpu:0 as usual).
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
 
 from sketch_tf.paths import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
 
@@ -18,7 +26,5 @@ def shared_data():
     """Path of ../shared/data (or $SKETCH_TF_SHARED_DATA); skips the test when absent."""
     path = shared_data_dir()
     if not path.is_dir():
-        pytest.skip(
-            f"real data folder {path} is absent (set {SHARED_DATA_ENV} to its location)"
-        )
+        pytest.skip(f"real data folder {path} is absent (set {SHARED_DATA_ENV} to its location)")
     return path

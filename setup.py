@@ -1,0 +1,45 @@
+"""Install sketch_tf.
+
+CPU machine (laptop, CI):   pip install -e '.[cpu,faiss,test]'
+GPU host:                   pip install -e '.[gpu,faiss]'
+"""
+
+from setuptools import find_packages, setup
+
+TF_VERSION = "2.21.*"
+
+setup(
+    name="sketch_tf",
+    version="0.1.0",
+    description="Learning from sketches: SketchZooms, zero-shot and style-aware SBIR",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sketch_tf", "sketch_tf.*"]),
+    include_package_data=True,
+    package_data={"sketch_tf": ["py.typed"]},
+    install_requires=[
+        "keras>=3.10,<4",
+        "tensorboard>=2.21,<2.22",
+        "absl-py>=2.1,<3",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "pillow>=10,<14",
+        # Hungarian matching (linear_sum_assignment) for SketchZooms correspondences.
+        "scipy>=1.11,<2",
+    ],
+    extras_require={
+        # TensorFlow is an extra so that one environment gets exactly one TF wheel.
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "faiss": ["faiss-cpu>=1.8,<2"],
+        "test": [
+            "pytest>=8,<10",
+            "ruff>=0.6,<1",
+            # Reference implementation for the mAP parity test.
+            "scikit-learn>=1.4,<2",
+        ],
+        # Optional: converting original PyTorch SketchZooms weights (and its test).
+        "torch": ["torch>=2.1,<3"],
+    },
+)

@@ -1,0 +1,426 @@
+"""The one training loop every model family uses.
+
+`train()` runs `strategy.run` over `strategy.experimental_distribute_dataset` with a custom
+step (Keras 3 `fit` does not work under MultiWorkerMirroredStrategy, keras-team/keras#20585),
+so the same code serves the default strategy, MirroredStrategy (GPUs or logical CPUs) and
+MultiWorkerMirroredStrategy.
+
+Per step: the Task computes its loss terms per replica as shares of the global-batch mean
+(see `sketch_tf.train.tasks`), gradients are summed across replicas by the optimizer, and the
+terms are summed across replicas for logging. Checkpoints (models, optimizer state incl. its
+step counter and hence learning-rate schedules, and the global step) go to `<workdir>/ckpt`
+through `tf.train.CheckpointManager`; a rerun with the same workdir resumes from the latest
+one and skips the batches already consumed, so an interrupted run continues exactly where an
+uninterrupted one would be (same seed, deterministic ops). SIGTERM / SIGINT save a checkpoint
+and return; a non-finite loss stops training without saving, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf.train import strategy as strategy_lib
+from sketch_tf.train.tasks import LossContext, Task
+
+CHECKPOINT_SUBDIR = "ckpt"
+TRAIN_SUMMARY_SUBDIR = "train"
+EVAL_SUMMARY_SUBDIR = "eval"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+
+
+@dataclass
+class TrainResult:
+    """What `train()` did. `status` is `completed` or `interrupted`."""
+
+    step: int
+    status: str
+    losses: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+    examples_per_s: float = 0.0
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict):
+    """Learning rate as a function of the optimizer step, from `config.train`.
+
+    `constant`, `cosine` (linear warmup over `warmup_steps`, then cosine decay to 0 at
+    `num_steps`) or `piecewise` (`learning_rate * lr_values[i]` between `lr_boundaries`).
+    """
+    base = float(train.learning_rate)
+    if train.lr_schedule == "constant":
+        if train.warmup_steps:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=1, alpha=1.0, warmup_target=base, warmup_steps=train.warmup_steps
+            )
+        return base
+    if train.lr_schedule == "cosine":
+        warm = int(train.warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else base,
+            decay_steps=max(1, train.num_steps - warm),
+            warmup_target=base if warm else None,
+            warmup_steps=warm,
+        )
+    if train.lr_schedule == "piecewise":
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(b) for b in train.lr_boundaries], [base * float(v) for v in train.lr_values]
+        )
+    raise ValueError(f"unknown train.lr_schedule {train.lr_schedule!r}")
+
+
+def build_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
+    """Keras optimizer from `config.train` (call under `strategy.scope()`)."""
+    lr = learning_rate_schedule(train)
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=float(train.weight_decay))
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=float(train.momentum), nesterov=True)
+    raise ValueError(f"unknown train.optimizer {train.optimizer!r}")
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+def _unique_variables(models: dict[str, Any]) -> list:
+    """Every variable of every model, incl. non-trainable statistics and RNG seed states."""
+    seen, out = set(), []
+    for name in sorted(models):
+        for v in models[name].variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
+
+
+@dataclass
+class TrainState:
+    """Models, optimizer and checkpoint objects of one run (shared by train/evaluate/export)."""
+
+    models: dict[str, Any]
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    variables: list
+
+
+def build_state(task: Task, config: ml_collections.ConfigDict, strategy=None) -> TrainState:
+    """Builds the task's models and the optimizer under `strategy.scope()` and the checkpoint
+    that tracks them. Nothing is restored yet."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        models = task.build_models()
+        optimizer = build_optimizer(config.train)
+        variables = task.trainable_variables(models)
+        optimizer.build(variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(
+        step=step,
+        optimizer=optimizer,
+        models=models,
+        # Listed explicitly as well: Keras keeps RNG seed states and some statistics in
+        # variables that object-graph tracking does not always reach.
+        model_variables=_unique_variables(models),
+    )
+    return TrainState(models, optimizer, step, checkpoint, variables)
+
+
+def restore_latest(state: TrainState, checkpoint_dir: str, *, for_training: bool) -> str | None:
+    """Restores the latest checkpoint in `checkpoint_dir` into `state`; returns its path.
+
+    Raises a clear error when a checkpoint exists but does not match the models built from
+    the config (e.g. a different backbone in the same workdir).
+    """
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is None:
+        return None
+    try:
+        status = state.checkpoint.restore(latest)
+        if for_training:
+            status.assert_existing_objects_matched()
+        else:
+            status.expect_partial()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {latest} does not match the models built from this config "
+            f"(was the workdir trained with another model config?): {e}"
+        ) from e
+    return latest
+
+
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Saves the resolved config as `<workdir>/config.json` (read back by evaluate/export)."""
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, ".config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def write_eval_results(workdir: str, step: int, result: dict[str, Any]) -> str:
+    """Writes evaluation scalars and images to `<workdir>/eval` (TensorBoard) and the whole
+    result to `<workdir>/eval/metrics_<step>.json` (atomically). Returns the JSON path."""
+    eval_dir = os.path.join(workdir, EVAL_SUMMARY_SUBDIR)
+    os.makedirs(eval_dir, exist_ok=True)
+    writer = tf.summary.create_file_writer(eval_dir)
+    with writer.as_default(step=step):
+        for name, value in result.get("scalars", {}).items():
+            tf.summary.scalar(name, float(value))
+        for name, images in result.get("images", {}).items():
+            images = np.asarray(images)
+            if images.ndim == 3:
+                images = images[None]
+            tf.summary.image(name, images, max_outputs=8)
+    writer.flush()
+    writer.close()
+    path = os.path.join(eval_dir, f"metrics_{step}.json")
+    payload = {k: v for k, v in result.items() if k != "images"}
+    payload["step"] = int(step)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def train(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    *,
+    stop_after_steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains `task` until `config.train.num_steps`, resuming from `<workdir>/ckpt`.
+
+    Args:
+      task: the model family.
+      config: the validated config.
+      workdir: run folder: `ckpt/`, `train/` and `eval/` summaries, `config.json`.
+      strategy: a `tf.distribute.Strategy` (default strategy when None). Must be the one the
+        caller created before any op when logical devices are configured.
+      stop_after_steps: stop (with a checkpoint, status `interrupted`) after this many steps
+        of this call, as if interrupted; for tests and smoke runs.
+      log: console progress sink.
+
+    Returns:
+      TrainResult with the final step and the last logged losses.
+
+    Raises:
+      NonFiniteLossError: a loss term was NaN/inf; nothing was saved for that step.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    train_cfg = config.train
+    chief = strategy_lib.is_chief(strategy)
+    keras.utils.set_random_seed(int(config.seed))
+    if train_cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    # Non-chief workers write their (identical) checkpoints to a scratch folder: every worker
+    # must take part in saving under MultiWorkerMirroredStrategy, but only the chief's count.
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
+    if not chief:
+        ckpt_dir = os.path.join(
+            workdir, ".scratch", strategy_lib.worker_id(strategy), CHECKPOINT_SUBDIR
+        )
+    if chief:
+        write_config(config, workdir)
+
+    state = build_state(task, config, strategy)
+    manager = tf.train.CheckpointManager(
+        state.checkpoint, ckpt_dir, max_to_keep=int(train_cfg.keep_checkpoints)
+    )
+    restored = restore_latest(state, os.path.join(workdir, CHECKPOINT_SUBDIR), for_training=True)
+    start_step = int(state.step.numpy())
+    if restored:
+        log(f"resumed from {restored} at step {start_step}")
+
+    num_steps = int(train_cfg.num_steps)
+    global_batch = int(train_cfg.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(
+            f"train.batch_size={global_batch} is not divisible by the {replicas} replicas in sync"
+        )
+    if start_step >= num_steps:
+        log(f"nothing to do: step {start_step} >= train.num_steps={num_steps}")
+        return TrainResult(start_step, "completed", checkpoint=restored)
+
+    dataset = task.build_train_dataset(global_batch, int(config.seed))
+    if start_step:
+        # Same batches as an uninterrupted run would see from here on.
+        dataset = dataset.skip(start_step)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    loss_ctx = LossContext(global_batch_size=global_batch, num_replicas=replicas)
+    variables = state.variables
+    optimizer = state.optimizer
+    clipnorm = float(train_cfg.clipnorm)
+
+    def replica_step(batch):
+        with tf.GradientTape() as tape:
+            losses = task.compute_losses(state.models, batch, loss_ctx)
+        grads = tape.gradient(losses["total"], variables)
+        if clipnorm > 0:
+            # Clip the *global* gradient: sum over replicas first, clip, then hand each
+            # replica 1/R of it (the optimizer sums replicas again).
+            ctx = tf.distribute.get_replica_context()
+            if replicas > 1:
+                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+            if replicas > 1:
+                grads = [g / float(replicas) for g in grads]
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return losses
+
+    @tf.function
+    def train_step(dist_batch):
+        per_replica = strategy.run(replica_step, args=(dist_batch,))
+        return {
+            name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()
+        }
+
+    summary_dir = os.path.join(workdir, TRAIN_SUMMARY_SUBDIR)
+    if not chief:
+        summary_dir = os.path.join(workdir, ".scratch", strategy_lib.worker_id(strategy), "train")
+    writer = tf.summary.create_file_writer(summary_dir)
+
+    step = start_step
+    interval_losses: dict[str, list[float]] = {}
+    interval_start, interval_steps = time.perf_counter(), 0
+    run_start, run_steps = time.perf_counter(), 0
+    last_logged: dict[str, float] = {}
+    last_rate = 0.0
+    status = "completed"
+
+    def save() -> str:
+        state.step.assign(step)
+        return manager.save(checkpoint_number=step)
+
+    with _StopRequest() as stop:
+        while step < num_steps:
+            schedule_values = task.schedule_values(state.models, step)
+            losses = train_step(next(iterator))
+            values = {k: float(v.numpy()) for k, v in losses.items()}
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
+                writer.close()
+                last = manager.latest_checkpoint
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1}: {bad}; training stopped, last good "
+                    f"checkpoint: {last or 'none (no checkpoint was written yet)'}"
+                )
+            step += 1
+            run_steps += 1
+            interval_steps += 1
+            for k, v in values.items():
+                interval_losses.setdefault(k, []).append(v)
+
+            if step % train_cfg.log_every == 0 or step == num_steps:
+                elapsed = time.perf_counter() - interval_start
+                last_rate = interval_steps * global_batch / max(elapsed, 1e-9)
+                last_logged = {k: float(np.mean(v)) for k, v in interval_losses.items()}
+                lr = current_learning_rate(optimizer)
+                with writer.as_default(step=step):
+                    for k, v in last_logged.items():
+                        tf.summary.scalar(f"loss/{k}", v)
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("examples_per_s", last_rate)
+                    for k, v in schedule_values.items():
+                        tf.summary.scalar(f"schedule/{k}", float(v))
+                writer.flush()
+                overall = run_steps / max(time.perf_counter() - run_start, 1e-9)
+                eta = (num_steps - step) / overall if overall > 0 else float("inf")
+                terms = ", ".join(f"{k} {v:.4f}" for k, v in last_logged.items() if k != "total")
+                log(
+                    f"step {step}/{num_steps} | loss {last_logged['total']:.4f}"
+                    + (f" ({terms})" if terms else "")
+                    + f" | {last_rate:.1f} ex/s | lr {lr:.2e} | ETA {_format_eta(eta)}"
+                )
+                interval_losses, interval_start, interval_steps = {}, time.perf_counter(), 0
+
+            if step % train_cfg.checkpoint_every == 0 and step < num_steps:
+                save()
+            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < num_steps:
+                result = task.evaluate(state.models, workdir)
+                if chief:
+                    write_eval_results(workdir, step, result)
+            if stop.signal is not None or (
+                stop_after_steps is not None and run_steps >= stop_after_steps and step < num_steps
+            ):
+                status = "interrupted"
+                break
+
+        path = save()
+    writer.close()
+    if not chief:
+        shutil.rmtree(
+            os.path.join(workdir, ".scratch", strategy_lib.worker_id(strategy)), ignore_errors=True
+        )
+    if status == "interrupted":
+        why = f"signal {stop.signal}" if stop.signal is not None else "stop_after_steps"
+        log(f"interrupted ({why}) at step {step}; checkpoint saved: {path}")
+    else:
+        log(f"training finished at step {step}; checkpoint: {path}")
+    return TrainResult(step, status, last_logged, path, last_rate)

@@ -1,0 +1,163 @@
+"""The Task interface every model family implements, and the task registry.
+
+A Task is the only thing a model family plugs into the project: the training loop
+(`sketch_tf.train.loop`), `evaluate.py` and `export.py` talk to models exclusively through it.
+
+Contract for `compute_losses`: it runs inside `strategy.run` (one call per replica) and returns
+a dict of scalar loss terms, each being *this replica's share of the global-batch mean*, so that
+summing a term over replicas gives its value for the whole global batch. `LossContext` provides
+the two ways of getting there: `ctx.mean(per_example)` for per-example losses, and
+`ctx.all_gather` + `ctx.share(loss)` for losses that need the whole global batch (in-batch
+triplet mining sees every replica's embeddings). The key `total` is what gets differentiated.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+import tensorflow as tf
+
+#: name -> Task class. Filled by `register_task`; the families below are imported on demand.
+TASKS: dict[str, type[Task]] = {}
+
+#: Modules that define the built-in tasks (imported lazily so that importing the registry is cheap).
+_BUILTIN_TASK_MODULES = {
+    "zooms": "sketch_tf.train.zooms_task",
+    "zs_sbir": "sketch_tf.train.zs_sbir_task",
+    "style": "sketch_tf.train.style_task",
+}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator adding a Task subclass to `TASKS` under `name`."""
+
+    def add(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return add
+
+
+def get_task_class(name: str) -> type[Task]:
+    """Returns the Task class registered as `name`, importing a built-in family if needed."""
+    if name not in TASKS and name in _BUILTIN_TASK_MODULES:
+        importlib.import_module(_BUILTIN_TASK_MODULES[name])
+    if name not in TASKS:
+        known = sorted(set(TASKS) | set(_BUILTIN_TASK_MODULES))
+        raise KeyError(f"unknown task {name!r}; known tasks: {known}")
+    return TASKS[name]
+
+
+def known_task_names() -> list[str]:
+    return sorted(set(TASKS) | set(_BUILTIN_TASK_MODULES))
+
+
+@dataclass
+class LossContext:
+    """What `Task.compute_losses` needs to know about the distributed step.
+
+    Attributes:
+      global_batch_size: examples in one step over all replicas.
+      num_replicas: replicas in sync.
+    """
+
+    global_batch_size: int
+    num_replicas: int
+
+    def mean(self, per_example: tf.Tensor) -> tf.Tensor:
+        """This replica's share of the global-batch mean of a per-example loss `[b]` -> scalar."""
+        per_example = tf.cast(per_example, tf.float32)
+        return tf.reduce_sum(per_example) / float(self.global_batch_size)
+
+    def all_gather(self, value: tf.Tensor) -> tf.Tensor:
+        """Concatenates `value` `[b, ...]` over replicas along axis 0 -> `[global_b, ...]`.
+
+        Differentiable: gradients flow back to the replica that produced each row.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or self.num_replicas == 1:
+            return value
+        return ctx.all_gather(value, axis=0)
+
+    def share(self, global_loss: tf.Tensor) -> tf.Tensor:
+        """This replica's share of a loss already computed over the gathered global batch."""
+        return tf.cast(global_loss, tf.float32) / float(self.num_replicas)
+
+
+class Task:
+    """Base class of a model family. Subclasses override the methods marked as required.
+
+    The config is the whole `ml_collections.ConfigDict`; the task reads `config.data`,
+    `config.model`, `config.eval` and whatever else its family defines.
+    """
+
+    name: str = "task"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    # ---- configuration -------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> list[str]:
+        """Problems in the task-specific parts of `config` (empty when valid). Must be cheap."""
+        return []
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_models(self) -> dict[str, Any]:
+        """Required. Builds the Keras models (called under `strategy.scope()`).
+
+        Returns a dict name -> keras.Model; every variable in them is checkpointed.
+        """
+        raise NotImplementedError
+
+    def trainable_variables(self, models: dict[str, Any]) -> list[tf.Variable]:
+        """Variables the optimizer updates (default: all trainable weights of all models)."""
+        seen, out = set(), []
+        for model in models.values():
+            for v in model.trainable_variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
+
+    # ---- data ----------------------------------------------------------------------------
+    def build_train_dataset(self, global_batch_size: int, seed: int) -> tf.data.Dataset:
+        """Required. An infinite dataset of global batches (dicts of tensors) in a fixed order
+        for a given seed; the loop skips the batches already consumed when it resumes."""
+        raise NotImplementedError
+
+    # ---- training ------------------------------------------------------------------------
+    def compute_losses(
+        self, models: dict[str, Any], batch: dict[str, tf.Tensor], ctx: LossContext
+    ) -> dict[str, tf.Tensor]:
+        """Required. Loss terms for one replica's batch, incl. `total` (see module docstring)."""
+        raise NotImplementedError
+
+    def schedule_values(self, models: dict[str, Any], step: int) -> dict[str, float]:
+        """Called on the host before each step; applies step/epoch schedules (e.g. the GRL
+        lambda) to the models and returns the values to log (name -> float)."""
+        return {}
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
+        """Metrics on held-out data. Returns a dict with `scalars` (name -> float), and
+        optionally `images` (name -> uint8 [N, H, W, 3]) and `tables` (name -> rows)."""
+        return {"scalars": {}}
+
+    # ---- export --------------------------------------------------------------------------
+    def serving_signatures(
+        self, models: dict[str, Any]
+    ) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """Serving signatures for `export.py` (name -> concrete function); one must be
+        `serving_default`."""
+        raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
+
+    def warmup_inputs(self) -> dict[str, dict[str, Any]]:
+        """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
+        warmup file and the export round-trip check."""
+        return {}

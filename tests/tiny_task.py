@@ -1,0 +1,107 @@
+"""A tiny Task for testing the training loop, evaluate.py and export.py without a model family.
+
+Four-class classification of 8-d vectors with an embedding pull term computed over the
+gathered global batch (so the cross-replica path of `LossContext` is exercised), dropout (so
+RNG state must be checkpointed) and a step schedule value.
+"""
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf.train.config import base_train_config
+from sketch_tf.train.tasks import Task, register_task
+
+NUM_FEATURES, NUM_CLASSES = 8, 4
+
+
+def _data(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(NUM_CLASSES, NUM_FEATURES)).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, size=n)
+    x = centers[labels] + 0.5 * rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
+    return x.astype(np.float32), labels.astype(np.int32)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "tiny"
+    config.seed = 0
+    config.model = ml_collections.ConfigDict({"hidden": 16, "dropout": 0.2, "poison_after": -1})
+    config.train = base_train_config()
+    config.train.update(
+        batch_size=8, num_steps=6, log_every=1, checkpoint_every=100, learning_rate=0.05
+    )
+    return config
+
+
+@register_task("tiny")
+class TinyTask(Task):
+    @classmethod
+    def validate_config(cls, config):
+        problems = []
+        if config.model.hidden <= 0:
+            problems.append(f"model.hidden must be > 0, got {config.model.hidden}")
+        if not 0 <= config.model.dropout < 1:
+            problems.append(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+        return problems
+
+    def build_models(self):
+        inputs = keras.Input((NUM_FEATURES,), name="features")
+        h = keras.layers.Dense(self.config.model.hidden, activation="relu")(inputs)
+        h = keras.layers.Dropout(self.config.model.dropout, seed=1)(h)
+        logits = keras.layers.Dense(NUM_CLASSES, name="logits")(h)
+        return {"net": keras.Model(inputs, logits, name="tiny")}
+
+    def build_train_dataset(self, global_batch_size, seed):
+        x, y = _data(seed, 256)
+        poison_after = int(self.config.model.poison_after)
+        ds = tf.data.Dataset.from_tensor_slices({"x": x, "y": y})
+        ds = ds.shuffle(256, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(global_batch_size, drop_remainder=True)
+
+        def add_poison(i, batch):
+            flag = float(poison_after >= 0) * tf.cast(i >= max(poison_after, 0), tf.float32)
+            batch["poison"] = tf.fill([global_batch_size], flag)
+            return batch
+
+        return tf.data.Dataset.zip(tf.data.Dataset.counter(), ds).map(add_poison)
+
+    def compute_losses(self, models, batch, ctx):
+        logits = models["net"](batch["x"], training=True)
+        ce = keras.losses.sparse_categorical_crossentropy(batch["y"], logits, from_logits=True)
+        ce = tf.where(batch["poison"] > 0, float("inf"), ce)  # a diverged step, on demand
+        # Pull embeddings of one class together over the *global* batch.
+        emb = ctx.all_gather(logits)
+        labels = ctx.all_gather(batch["y"])
+        same = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+        d2 = tf.reduce_sum(tf.square(emb[:, None] - emb[None, :]), -1)
+        pull = tf.reduce_sum(same * d2) / tf.reduce_sum(same)
+        ce_term = ctx.mean(ce)
+        pull_term = ctx.share(0.01 * pull)
+        return {"total": ce_term + pull_term, "ce": ce_term, "pull": pull_term}
+
+    def schedule_values(self, models, step):
+        return {"ramp": min(1.0, step / 4.0)}
+
+    def evaluate(self, models, workdir=None):
+        x, y = _data(123, 64)
+        pred = np.argmax(models["net"](x, training=False).numpy(), -1)
+        img = np.zeros((1, 4, 4, 3), np.uint8)
+        return {"scalars": {"accuracy": float(np.mean(pred == y))}, "images": {"dummy": img}}
+
+    def serving_signatures(self, models):
+        net = models["net"]
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="features")]
+        )
+        def serve(features):
+            logits = net(features, training=False)
+            return {"logits": logits, "label": tf.argmax(logits, -1, output_type=tf.int32)}
+
+        return {"serving_default": serve.get_concrete_function()}
+
+    def warmup_inputs(self):
+        return {"serving_default": {"features": _data(7, 3)[0]}}
