@@ -1,0 +1,126 @@
+"""Converts a dataset to sharded TFRecords + manifest.json.
+
+Embedded default data (no download): the procedural shape world, one dataset per task:
+
+  python prepare_data.py --source=synthetic --task=zs_sbir --out=data/records/synthetic_zs_sbir
+  python prepare_data.py --source=synthetic --task=zooms --out=... --n_per_category=12 --seed=0
+
+Real layouts (see data/README.md for where each dataset comes from):
+
+  python prepare_data.py --source=folders --root=../shared/data/pacs --out=data/records/pacs
+  python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --size=256
+  python prepare_data.py --source=sketchzooms --root=path/to/SketchZooms --split=train --out=...
+
+Output is written to a temporary folder and renamed at the end: an interrupted run never
+leaves a dataset that looks complete. Unreadable inputs fail the run naming the file, unless
+--skip_bad (then they are skipped and listed in the manifest).
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from sketch_tf import cli
+
+_SOURCE = flags.DEFINE_enum(
+    "source",
+    "synthetic",
+    ["synthetic", "folders", "quickdraw", "sketchzooms", "style"],
+    "Where the data comes from.",
+)
+_OUT = flags.DEFINE_string("out", None, "Output dataset folder (required).")
+_ROOT = flags.DEFINE_string("root", None, "Root folder of a real dataset layout.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output dataset.")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) unreadable inputs.")
+_SHARD_MB = flags.DEFINE_integer("shard_mb", 64, "Target shard size in MiB.")
+# synthetic
+_TASK = flags.DEFINE_enum("task", "zs_sbir", ["zooms", "zs_sbir", "style"], "Synthetic: task.")
+_SEED = flags.DEFINE_integer("seed", 0, "Synthetic: generator seed (same seed, same bytes).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Synthetic: image side in pixels.")
+_N_PER_CATEGORY = flags.DEFINE_integer("n_per_category", 20, "Synthetic: instances per category.")
+_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2, "Synthetic: held-out instance share.")
+_CATEGORIES = flags.DEFINE_list("categories", None, "Subset of categories / classes to write.")
+_N_POINTS = flags.DEFINE_integer("n_points", 64, "Synthetic zooms: points per pair.")
+# real layouts
+_LAYOUT = flags.DEFINE_enum(
+    "layout", "auto", ["auto", "domain_class", "class"], "folders: folder layout."
+)
+_DOMAIN = flags.DEFINE_string("domain", None, "folders: domain name for the <root>/<class> layout.")
+_SIZE = flags.DEFINE_integer("size", 256, "quickdraw: raster size in pixels.")
+_LINE_WIDTH = flags.DEFINE_float("line_width", 3.0, "quickdraw: stroke width in pixels.")
+_SPLIT = flags.DEFINE_string("split", "train", "sketchzooms: csv split (train or test).")
+_CSV = flags.DEFINE_string("csv_path", None, "style: CSV of image, content, style columns.")
+_SQLITE = flags.DEFINE_string("sqlite_path", None, "style: BAM!-like sqlite database.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {argv[1:]}")
+    if not _OUT.value:
+        cli.fail("--out is required")
+    if os.path.exists(_OUT.value) and not _OVERWRITE.value:
+        cli.fail(f"--out={_OUT.value} already exists (use --overwrite to replace it)")
+    if _SHARD_MB.value <= 0:
+        cli.fail(f"--shard_mb must be > 0, got {_SHARD_MB.value}")
+    shard_bytes = _SHARD_MB.value << 20
+    if _SOURCE.value == "synthetic":
+        if _N_PER_CATEGORY.value < 2:
+            cli.fail(f"--n_per_category must be >= 2, got {_N_PER_CATEGORY.value}")
+        if not 0 < _TEST_FRACTION.value < 1:
+            cli.fail(f"--test_fraction must be in (0, 1), got {_TEST_FRACTION.value}")
+        from sketch_tf.data.synthetic import CATEGORIES
+        from sketch_tf.data.synthetic.prepare import prepare_synthetic
+
+        unknown = sorted(set(_CATEGORIES.value or []) - set(CATEGORIES))
+        if unknown:
+            cli.fail(f"--categories: unknown {unknown}; known: {CATEGORIES}")
+        manifests = prepare_synthetic(
+            _TASK.value,
+            _OUT.value,
+            seed=_SEED.value,
+            image_size=_IMAGE_SIZE.value,
+            n_per_category=_N_PER_CATEGORY.value,
+            test_fraction=_TEST_FRACTION.value,
+            categories=_CATEGORIES.value,
+            n_points=_N_POINTS.value,
+            overwrite=_OVERWRITE.value,
+            shard_bytes=shard_bytes,
+        )
+        summary = {split: m.get("num_records") for split, m in manifests.items()}
+    else:
+        if not _ROOT.value:
+            cli.fail(f"--root is required for --source={_SOURCE.value}")
+        if not os.path.isdir(_ROOT.value):
+            cli.fail(f"--root={_ROOT.value} is not a folder")
+        from sketch_tf.data import sources
+
+        options = {
+            "skip_bad": _SKIP_BAD.value,
+            "shard_bytes": shard_bytes,
+            "overwrite": _OVERWRITE.value,
+        }
+        if _SOURCE.value == "folders":
+            options.update(layout=_LAYOUT.value, domain=_DOMAIN.value)
+        elif _SOURCE.value == "quickdraw":
+            options.update(
+                size=_SIZE.value, line_width=_LINE_WIDTH.value, categories=_CATEGORIES.value
+            )
+        elif _SOURCE.value == "sketchzooms":
+            options.update(split=_SPLIT.value, categories=_CATEGORIES.value)
+        elif _SOURCE.value == "style":
+            options.update(csv_path=_CSV.value, sqlite_path=_SQLITE.value)
+        options = {k: v for k, v in options.items() if v is not None}
+        try:
+            manifest = sources.prepare(_SOURCE.value, _ROOT.value, _OUT.value, **options)
+        except (ValueError, OSError) as e:
+            cli.fail(str(e))
+        summary = {
+            "records": manifest.get("num_records"),
+            "skipped": manifest.get("skipped", {}).get("count", 0),
+        }
+    print(json.dumps({"out": _OUT.value, **summary}))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags_or_exit)
