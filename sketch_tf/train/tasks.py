@@ -28,7 +28,6 @@ TASKS: dict[str, type[Task]] = {}
 _BUILTIN_TASK_MODULES = {
     "zooms": "sketch_tf.train.zooms_task",
     "zs_sbir": "sketch_tf.train.zs_sbir_task",
-    "style": "sketch_tf.train.style_task",
 }
 
 
