@@ -78,14 +78,24 @@ def _noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1) -
     return out / np.maximum(np.abs(out).max(axis=(1, 2), keepdims=True), 1e-6)
 
 
+def _noise_at(rng, size: int, cells: int, ys, xs, channels: int = 1) -> np.ndarray:
+    """The same kind of smooth noise as `_noise`, evaluated only at pixels (ys, xs): (C, N)."""
+    a = _interp_matrix(size, cells + 2)
+    g = rng.uniform(-1, 1, size=(channels, cells + 2, cells + 2)).astype(np.float32)
+    ay, ax = a[np.clip(ys, 0, size - 1)], a[np.clip(xs, 0, size - 1)]
+    out = np.einsum("nk,ckl,nl->cn", ay, g, ax)
+    # normalise by the field's maximum over the grid, approximated by the grid values
+    return out / max(float(np.abs(g).max()), 1e-6)
+
+
 def _warp(img: np.ndarray, dx: np.ndarray, dy: np.ndarray, cval: float = 0.0) -> np.ndarray:
     h, w = img.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return ndimage.map_coordinates(img, [yy + dy, xx + dx], order=1, cval=cval, prefilter=False)
 
 
-def _splat(ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear forward splat of unit-weight points (float pixel coords) into (size, size)."""
+def _splat(ys: np.ndarray, xs: np.ndarray, size: int, weight: np.ndarray) -> np.ndarray:
+    """Bilinear forward splat of weighted points (float pixel coords) into (size, size)."""
     y0, x0 = np.floor(ys), np.floor(xs)
     fy, fx = ys - y0, xs - x0
     y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
@@ -98,7 +108,8 @@ def _splat(ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
     ):
         yy, xx = y0 + oy, x0 + ox
         ok = (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
-        out += np.bincount(yy[ok] * size + xx[ok], weights=w[ok], minlength=size * size)
+        wk = (w * weight)[ok]
+        out += np.bincount(yy[ok] * size + xx[ok], weights=wk, minlength=size * size)
     return out.reshape(size, size).astype(np.float32)
 
 
@@ -115,21 +126,22 @@ def _strokes(edges, rng, size, width, wobble, gap_rate, pressure, scale_about=No
         # Overshoot: a slightly enlarged copy of the lines whose ends run past the corners.
         cy, cx, k = scale_about
         ys, xs = cy + (ys - cy) * k, cx + (xs - cx) * k
-    disp = _noise(rng, size, int(rng.integers(5, 9)), 2) * wobble * s
     yi = np.clip(ys.astype(np.int64), 0, size - 1)
     xi = np.clip(xs.astype(np.int64), 0, size - 1)
-    ink = _splat(ys + disp[1][yi, xi], xs + disp[0][yi, xi], size)
+    # Smooth fields evaluated at the line pixels only: displacement (wobble), gaps and pressure
+    # (ink amount along the stroke).
+    disp = _noise_at(rng, size, int(rng.integers(5, 9)), yi, xi, 2) * wobble * s
+    weight = 1 - pressure * (0.5 + 0.5 * _noise_at(rng, size, 6, yi, xi)[0])
+    if gap_rate > 0:
+        gaps = _noise_at(rng, size, int(rng.integers(12, 24)), yi, xi)[0]
+        weight = weight * np.clip((gaps - (2 * gap_rate - 1)) * 4, 0, 1)
+    ink = _splat(ys + disp[1], xs + disp[0], size, weight)
     # Stroke width: grow the lines with a max filter, then soften the border.
     wpx = max(1, int(round(width * s)))
     if wpx > 1:
         ink = ndimage.maximum_filter(ink, size=wpx)
     ink = ndimage.gaussian_filter(ink, 0.5 * s + 0.2, truncate=3.0)
-    ink = np.clip(ink * 1.6, 0, 1)
-    if gap_rate > 0:
-        gaps = _noise(rng, size, int(rng.integers(12, 24)))[0]
-        ink *= np.clip((gaps - (2 * gap_rate - 1)) * 4, 0, 1)
-    press = 1 - pressure * (0.5 + 0.5 * _noise(rng, size, 6)[0])
-    return ink * press
+    return np.clip(ink * 1.6, 0, 1)
 
 
 def line_drawing(
