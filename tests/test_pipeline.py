@@ -182,7 +182,9 @@ def test_pk_batches_class_balanced(sbir_dir):
 
 
 def test_triplets_random_and_embedding(sbir_dir, tmp_path):
-    ds = pipeline.triplet_batches(sbir_dir, batch_size=4, image_size=8, seed=5, training=False)
+    ds = pipeline.triplet_batches(
+        sbir_dir, batch_size=4, image_size=8, seed=5, training=False, shuffle_buffer=4
+    )
     spec = ds.element_spec
     assert spec["sketch"].shape.as_list() == [4, 8, 8, 3]
     for batch in ds.take(2):
@@ -205,6 +207,7 @@ def test_triplets_random_and_embedding(sbir_dir, tmp_path):
         temperature=1.0,
         classes=["a", "b", "c"],
         training=True,
+        shuffle_buffer=4,
     )
     b = next(iter(ds))
     a, n = b["class_id"].numpy(), b["neg_class_id"].numpy()
@@ -219,6 +222,7 @@ def test_triplets_random_and_embedding(sbir_dir, tmp_path):
                 negatives="class_embedding",
                 class_embeddings=emb,
                 training=True,
+                shuffle_buffer=4,
             )
         )
     )
