@@ -1,0 +1,155 @@
+"""Throughput of SketchZooms zoom-view extraction and of descriptor computation.
+
+    PYTHONPATH=. python bench/zooms_bench.py --points 64 --view_size 224
+
+Figures (last line, JSON):
+- ``views_per_s`` / ``per_point_views_per_s`` / ``ratio_vs_per_point``: K=3 zoom views of
+  `view_size` px per point on a 512x512 sketch, no rotation (inference). Ours is one
+  `zoom_views` call (tf.function) for all points; the baseline crops each view with PIL
+  (white outside), resizes it bilinearly to `view_size` and min-max stretches it in NumPy,
+  one point and one zoom at a time, as the public SketchZooms code does.
+- ``rotated_views_per_s`` / ``per_point_rotated_views_per_s`` /
+  ``ratio_vs_per_point_rotated``: the same with a random rotation (+-45 deg) and flip per point
+  (our gather sampler; the baseline crops a bigger box, flips, rotates with PIL, crops).
+- ``descriptors_per_s``: `describe_points` with the CPU default model
+  (`CPU_DEFAULT_MODEL`: small_cnn, 64 px views) for `--describe_points` points (1,000) on the
+  512x512 sketch, batches of 250 points; ``descriptors_per_s_alexnet224`` the same with the
+  original alexnet / 224 px model on `--alexnet_points` points.
+The sketch is ``sketchzooms_examples/1_img.png`` from the shared data when present, otherwise
+a procedurally drawn one.
+"""
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
+from sketch_tf.models.zooms import CPU_DEFAULT_MODEL, build_zooms_model, describe_points
+from sketch_tf.paths import shared_data_dir
+
+
+def load_sketch() -> np.ndarray:
+    """512x512x3 float32 sketch in [0, 1] (transparent pixels -> white)."""
+    path = shared_data_dir() / "sketchzooms_examples" / "1_img.png"
+    if path.is_file():
+        rgba = np.asarray(Image.open(path).convert("RGBA").resize((512, 512)), np.float32)
+        rgb = rgba[..., :3] / 255.0
+        alpha = rgba[..., 3:] / 255.0
+        return rgb * alpha + (1.0 - alpha)
+    rng = np.random.default_rng(0)
+    img = np.ones((512, 512, 3), np.float32)
+    for _ in range(40):
+        x0, y0, x1, y1 = rng.uniform(20, 492, 4)
+        t = np.linspace(0, 1, 800)
+        xs = np.clip((x0 + t * (x1 - x0)).astype(int), 0, 511)
+        ys = np.clip((y0 + t * (y1 - y0)).astype(int), 0, 511)
+        img[ys, xs] = 0.0
+    return img
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    lo, hi = a.min(axis=(0, 1)), a.max(axis=(0, 1))
+    rng = np.where(hi > lo, hi - lo, 1.0)
+    return np.where(hi > lo, (a - lo) / rng, a)
+
+
+def per_point_baseline(img, pts, size, angles=None, flips=None):
+    """Per-point, per-zoom PIL crop (+ flip / rotation) -> bilinear resize -> min-max stretch."""
+    pil = Image.fromarray((img * 255).astype(np.uint8))
+    out = []
+    for i, (x, y) in enumerate(pts):
+        for z in DEFAULT_ZOOMS:
+            h = 100.0 * z
+            if angles is None:
+                box = (round(x - h), round(y - h), round(x + h), round(y + h))
+                crop = Image.new("RGB", (box[2] - box[0],) * 2, (255, 255, 255))
+                crop.paste(pil.crop(box).convert("RGB"), (0, 0))
+            else:
+                r = math.ceil(h * math.sqrt(2))
+                big = pil.crop((round(x - r), round(y - r), round(x + r), round(y + r)))
+                if flips[i]:
+                    big = big.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                big = big.rotate(angles[i], resample=Image.BILINEAR, fillcolor=(255, 255, 255))
+                crop = big.crop((round(r - h), round(r - h), round(r + h), round(r + h)))
+            view = crop.resize((size, size), Image.BILINEAR)
+            out.append(_stretch(np.asarray(view, np.float32) / 255.0))
+    return np.stack(out)
+
+
+def _best_time(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=64)
+    parser.add_argument("--baseline_points", type=int, default=16)
+    parser.add_argument("--view_size", type=int, default=224)
+    parser.add_argument("--describe_points", type=int, default=1000)
+    parser.add_argument("--alexnet_points", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    img = load_sketch()
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 512, size=(args.points, 2)).astype(np.float32)
+    k, s = len(DEFAULT_ZOOMS), args.view_size
+    res = {
+        "view_size": s,
+        "points": args.points,
+        "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+    }
+
+    timg, tpts = tf.constant(img[None]), tf.constant(pts[None])
+    axis_fn = tf.function(lambda i, p: zoom_views(i, p, view_size=s))
+    rot_fn = tf.function(
+        lambda i, p: zoom_views(
+            i, p, view_size=s, max_rotation_deg=45.0, flip_prob=0.5, seed=(1, 2)
+        )
+    )
+    axis_fn(timg, tpts), rot_fn(timg, tpts)  # trace
+    t_ours = _best_time(lambda: axis_fn(timg, tpts).numpy(), args.repeats)
+    t_rot = _best_time(lambda: rot_fn(timg, tpts).numpy(), args.repeats)
+    nb = args.baseline_points
+    angles = rng.uniform(-45, 45, nb)
+    flips = rng.random(nb) < 0.5
+    t_base = _best_time(lambda: per_point_baseline(img, pts[:nb], s), args.repeats)
+    t_base_rot = _best_time(
+        lambda: per_point_baseline(img, pts[:nb], s, angles, flips), args.repeats
+    )
+    res["views_per_s"] = args.points * k / t_ours
+    res["per_point_views_per_s"] = nb * k / t_base
+    res["ratio_vs_per_point"] = res["views_per_s"] / res["per_point_views_per_s"]
+    res["rotated_views_per_s"] = args.points * k / t_rot
+    res["per_point_rotated_views_per_s"] = nb * k / t_base_rot
+    res["ratio_vs_per_point_rotated"] = (
+        res["rotated_views_per_s"] / res["per_point_rotated_views_per_s"]
+    )
+
+    model = build_zooms_model(**CPU_DEFAULT_MODEL)
+    dpts = rng.uniform(0, 512, size=(args.describe_points, 2)).astype(np.float32)
+    describe_points(model, img, dpts[:250], batch_points=250)  # trace
+    t = _best_time(lambda: describe_points(model, img, dpts, batch_points=250), 1)
+    res["descriptors_per_s"] = args.describe_points / t
+    res["describe_1000_points_s"] = t * 1000 / args.describe_points
+    if args.alexnet_points > 0:
+        alex = build_zooms_model()
+        apts = dpts[: args.alexnet_points]
+        describe_points(alex, img, apts, batch_points=len(apts))
+        t = _best_time(lambda: describe_points(alex, img, apts, batch_points=len(apts)), 1)
+        res["descriptors_per_s_alexnet224"] = len(apts) / t
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    main()
