@@ -76,12 +76,24 @@ class LossContext:
     def all_gather(self, value: tf.Tensor) -> tf.Tensor:
         """Concatenates `value` `[b, ...]` over replicas along axis 0 -> `[global_b, ...]`.
 
+        Every replica must pass the same `b` (datasets are batched with drop_remainder).
         Differentiable: gradients flow back to the replica that produced each row.
         """
         ctx = tf.distribute.get_replica_context()
         if ctx is None or self.num_replicas == 1:
             return value
-        return ctx.all_gather(value, axis=0)
+        # Built from an all-reduce rather than `ctx.all_gather`, which fails under
+        # MultiWorkerMirroredStrategy in TF 2.21 ("destinations can not be empty"): each
+        # replica writes its rows into its own slot of a zero tensor and the SUM is the
+        # concatenation. The gradient of a SUM all-reduce is the summed upstream gradient, so
+        # each replica receives the gradient of its own rows, exactly as for an all-gather.
+        dtype = value.dtype
+        work = value if dtype.is_floating else tf.cast(value, tf.float64)
+        slot = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas, dtype=work.dtype)
+        slot = tf.reshape(slot, [self.num_replicas] + [1] * len(work.shape))
+        stacked = ctx.all_reduce(tf.distribute.ReduceOp.SUM, slot * work[None])
+        gathered = tf.reshape(stacked, tf.concat([[-1], tf.shape(work)[1:]], 0))
+        return gathered if dtype.is_floating else tf.cast(tf.round(gathered), dtype)
 
     def share(self, global_loss: tf.Tensor) -> tf.Tensor:
         """This replica's share of a loss already computed over the gathered global batch."""
