@@ -51,7 +51,7 @@ def test_two_workers_match_default_strategy(tmp_path):
         timeout=300,
     )
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert default.returncode == 0, default.stderr[-3000:]
     # Only the chief (worker 0) writes the checkpoint and summaries; worker 1's scratch is gone.
