@@ -1,0 +1,437 @@
+"""Evaluation, serving and matching glue of the SketchZooms family (used by `ZoomsTask`,
+`match.py` and the tests).
+
+Coordinates: points are float (x, y) pixels with the origin at the top-left *corner* of pixel
+(0, 0) (the `sketch_tf.data.zooms` / record convention). Inference resizes a drawing to the
+config's `data.image_size` (aspect kept, white pad) exactly as training did, describes the
+mapped points, and reports points back in the input image's frame.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from sketch_tf.data import pipeline
+from sketch_tf.data.zooms import zoom_views
+from sketch_tf.eval import correspondence as corr
+from sketch_tf.eval import plots
+
+METHODS = ("ours", "raw_patch", "shape_context")
+#: match.py method names -> matchers of `sketch_tf.eval.correspondence`.
+MATCH_METHODS = {
+    "nn": "nearest",
+    "mutual_nn": "mutual_nn",
+    "hungarian": "hungarian",
+    "sinkhorn": "sinkhorn",
+}
+
+
+# ---- images and descriptors ---------------------------------------------------------------------
+def load_image(path: str) -> np.ndarray:
+    """Reads a PNG / JPEG (grey, RGB or RGBA: alpha composited on white) -> float32 [H, W, 3]
+    in [0, 1]. Raises FileNotFoundError / ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return pipeline.decode_image(tf.constant(data)).numpy()
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+        raise ValueError(f"{path}: not a decodable PNG/JPEG image ({e})") from e
+
+
+def fit_image(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize-pad [H, W, 3] to [size, size, 3] -> (image, scale [2], offset [2]); a point p of
+    the input lands at p * scale + offset."""
+    img, scale, offset = pipeline.resize_pad_geometry(tf.constant(image, tf.float32), size, 1.0)
+    return img.numpy(), scale.numpy(), offset.numpy()
+
+
+def describe_image(task, model, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Descriptors float32 [N, D] of `points` [N, 2] (input-image pixels) of `image` [H, W, 3]
+    in [0, 1], with the task's preprocessing (resize to data.image_size) and zoom geometry."""
+    from sketch_tf.models.zooms import describe_points
+
+    pts = np.asarray(points, np.float32).reshape(-1, 2)
+    img, scale, offset = fit_image(image, int(task.config.data.image_size))
+    kw = task.zoom_kwargs(training=False)
+    bp = int(task.config.eval.batch_points)
+    return describe_points(model, img, pts * scale + offset, zoom_kwargs=kw, batch_points=bp)
+
+
+def baseline_descriptors(method: str, image: np.ndarray, points: np.ndarray, config) -> np.ndarray:
+    """Raw-patch or shape-context descriptors of `points` (record convention) on `image`."""
+    pts = np.asarray(points, np.float64) - 0.5  # corr module: origin at the pixel centre
+    if method == "raw_patch":
+        return corr.raw_patch_descriptors(
+            image, pts, int(config.eval.raw_patch_size), int(config.eval.raw_patch_out)
+        )
+    if method == "shape_context":
+        return corr.shape_context_descriptors(image, pts)
+    raise ValueError(f"unknown baseline {method!r}; expected raw_patch or shape_context")
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+def _accumulate(stats, method, desc_a, desc_b, pts_b, thresholds, side, matcher):
+    n = len(pts_b)
+    pairs = corr.MATCHERS[matcher](desc_a, desc_b)
+    pred = corr.predicted_points(pairs, pts_b, n)
+    curve = corr.pck_curve(pred, pts_b, side, thresholds)
+    ranks, _ = corr.cmc(desc_a, desc_b, np.arange(n))
+    s = stats.setdefault(method, {"pck_sum": np.zeros(len(thresholds)), "n": 0, "ranks": []})
+    s["pck_sum"] += curve * n
+    s["n"] += n
+    s["ranks"].append(ranks)
+
+
+def evaluate_split(task, model, which: str) -> dict[str, Any]:
+    """PCK curves and CMC of ours and the two baselines on the test pairs of `which`
+    ("seen" or "unseen" categories), over at most `eval.max_pairs` pairs.
+
+    Returns {"pairs": int, "points": int, "thresholds": [T], "methods": {name: {"pck": [T],
+    "pck_report": {thr: value}, "cmc": [R]}}, "example": (img_a, img_b, pts_a, pts_b, pairs)}.
+    """
+    cfg = task.config
+    side = int(cfg.data.image_size)
+    curve_x = np.linspace(0.0, float(cfg.eval.curve_max), int(cfg.eval.curve_steps))
+    thresholds = np.concatenate([curve_x, corr.PCK_REPORT_THRESHOLDS])
+    ds = task._pairs("test", False, int(cfg.seed), 256, which).take(int(cfg.eval.max_pairs))
+    stats: dict[str, dict] = {}
+    n_pairs, example = 0, None
+    for ex in ds.as_numpy_iterator():
+        keep = ex["mask"]
+        pa, pb = ex["points_a"][keep], ex["points_b"][keep]
+        if len(pa) < 2:
+            continue
+        n_pairs += 1
+        img_a, img_b = ex["image_a"], ex["image_b"]
+        from sketch_tf.models.zooms import describe_points
+
+        d = describe_points(
+            model,
+            np.stack([img_a, img_b]),
+            np.stack([pa, pb]),
+            zoom_kwargs=task.zoom_kwargs(training=False),
+            batch_points=int(cfg.eval.batch_points),
+        )
+        _accumulate(stats, "ours", d[0], d[1], pb, thresholds, side, cfg.eval.matcher)
+        if example is None:
+            pairs = corr.MATCHERS[cfg.eval.matcher](d[0], d[1])
+            example = (img_a, img_b, pa, pb, pairs)
+        for m in METHODS[1:]:
+            da = baseline_descriptors(m, img_a, pa, cfg)
+            db = baseline_descriptors(m, img_b, pb, cfg)
+            _accumulate(stats, m, da, db, pb, thresholds, side, cfg.eval.matcher)
+    out: dict[str, Any] = {"pairs": n_pairs, "thresholds": curve_x.tolist(), "methods": {}}
+    max_rank = int(cfg.eval.cmc_max_rank)
+    for m, s in stats.items():
+        pck = s["pck_sum"] / max(s["n"], 1)
+        ranks = np.concatenate(s["ranks"])
+        out["methods"][m] = {
+            "pck": pck[: len(curve_x)].tolist(),
+            "pck_report": dict(
+                zip(corr.PCK_REPORT_THRESHOLDS, pck[len(curve_x) :].tolist(), strict=True)
+            ),
+            "cmc": [float(np.mean(ranks <= r)) for r in range(1, max_rank + 1)],
+        }
+        out["points"] = int(s["n"])
+    out["example"] = example
+    return out
+
+
+def _image_batch(img) -> np.ndarray:
+    return plots.to_array(img)[None]
+
+
+def evaluate_task(task, model, workdir: str | None = None) -> dict[str, Any]:
+    """`ZoomsTask.evaluate`: held-out shapes of seen categories and unseen categories, ours vs
+    raw-patch vs shape-context. PNG curves go to `<workdir>/eval/`."""
+    cfg = task.config
+    splits = ["seen"] + (["unseen"] if len(tuple(cfg.data.unseen_categories)) else [])
+    scalars: dict[str, float] = {}
+    images: dict[str, np.ndarray] = {}
+    rows, curves = [], {}
+    eval_dir = os.path.join(workdir, "eval") if workdir else None
+    if eval_dir:
+        os.makedirs(eval_dir, exist_ok=True)
+    for which in splits:
+        res = evaluate_split(task, model, which)
+        if res["pairs"] == 0:
+            raise ValueError(
+                f"zooms evaluate: no test pairs with >= 2 points for the {which} categories in "
+                f"{cfg.data.root}/test"
+            )
+        curves[which] = res
+        pck_curves, cmc_curves = {}, {}
+        for m in METHODS:
+            r = res["methods"][m]
+            rep = r["pck_report"]
+            for thr, v in rep.items():
+                scalars[f"{which}/{m}/pck@{thr * 100:g}%"] = v
+            scalars[f"{which}/{m}/cmc@1"] = r["cmc"][0]
+            rows.append(
+                [m, which, res["pairs"], res["points"]]
+                + [round(rep[t], 4) for t in corr.PCK_REPORT_THRESHOLDS]
+                + [round(r["cmc"][0], 4), round(r["cmc"][min(4, len(r["cmc"]) - 1)], 4)]
+            )
+            pck_curves[m] = (np.asarray(res["thresholds"]) * 100.0, r["pck"])
+            cmc_curves[m] = (np.arange(1, len(r["cmc"]) + 1), r["cmc"])
+        pck_img = plots.curve_plot(
+            pck_curves, f"PCK, {which} categories ({res['pairs']} pairs)",
+            "threshold (% of image side)", "fraction correct",
+        )  # fmt: skip
+        cmc_img = plots.curve_plot(
+            cmc_curves, f"CMC, {which} categories", "rank", "fraction with true match <= rank"
+        )
+        img_a, img_b, pa, pb, pairs = res["example"]
+        err = np.linalg.norm(pb[pairs[:, 1]] - pb[pairs[:, 0]], axis=1)
+        ok = err <= 0.05 * int(cfg.data.image_size)
+        match_img = plots.match_picture(img_a, img_b, pa, pb, pairs, correct=ok)
+        for name, img in (("pck", pck_img), ("cmc", cmc_img), ("matches", match_img)):
+            images[f"{name}_{which}"] = _image_batch(img)
+            if eval_dir:
+                plots.save_png(img, os.path.join(eval_dir, f"zooms_{name}_{which}.png"))
+    header = ["method", "categories", "pairs", "points"]
+    header += [f"PCK@{t * 100:g}%" for t in corr.PCK_REPORT_THRESHOLDS] + ["CMC@1", "CMC@5"]
+    curves_json = {
+        w: {"thresholds": r["thresholds"], **{m: r["methods"][m]["pck"] for m in METHODS}}
+        for w, r in curves.items()
+    }
+    return {
+        "scalars": scalars,
+        "images": images,
+        "tables": {"zooms correspondence (held-out test pairs)": {"header": header, "rows": rows}},
+        "curves": curves_json,
+    }
+
+
+# ---- serving ------------------------------------------------------------------------------------
+def _describe_graph(model, kw, image, points, chunk: int):
+    """[S, S, 3] image, [N, 2] points -> [N, D] descriptors, `chunk` points per model call."""
+    k, s = len(kw["zooms"]), kw["view_size"]
+    dim = model.output_shape[-1]
+    n = tf.shape(points)[0]
+    num_chunks = (n + chunk - 1) // chunk
+    padded = tf.pad(points, [[0, num_chunks * chunk - n], [0, 0]])
+    chunks = tf.reshape(padded, tf.stack([num_chunks, chunk, 2]))
+
+    def one(p):
+        views = zoom_views(image[None], p[None], **kw)
+        return model(tf.reshape(views, [-1, k, s, s, 3]), training=False)
+
+    out = tf.map_fn(one, chunks, fn_output_signature=tf.TensorSpec([chunk, dim], tf.float32))
+    return tf.reshape(out, [-1, dim])[:n]
+
+
+def dense_points(image, stride, cap: int, dilate_px: int, ink_threshold: float):
+    """Grid points at `stride` inside the dilated ink mask of `image` [S, S, 3] (graph op).
+
+    Grid nodes sit at pixel centres `stride // 2 + i * stride` (+0.5 in the corner convention);
+    a node is kept when some ink pixel (ink = 1 - mean channel > `ink_threshold`) lies within
+    `dilate_px` (square neighbourhood). More than `cap` nodes are thinned to `cap` evenly spaced
+    ones (row-major order). Returns float32 [P, 2] (x, y), P <= cap.
+    """
+    ink = tf.cast(1.0 - tf.reduce_mean(image, -1) > ink_threshold, tf.float32)
+    width = 2 * int(dilate_px) + 1
+    mask = tf.nn.max_pool2d(ink[None, :, :, None], width, 1, "SAME")[0, :, :, 0] > 0
+    stride = tf.maximum(tf.cast(stride, tf.int32), 1)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ys = tf.range(stride // 2, h, stride)
+    xs = tf.range(stride // 2, w, stride)
+    gy, gx = tf.meshgrid(ys, xs, indexing="ij")
+    grid = tf.reshape(tf.stack([gy, gx], -1), [-1, 2])
+    keep = tf.gather_nd(mask, grid)
+    yx = tf.boolean_mask(grid, keep)
+    n = tf.shape(yx)[0]
+    idx = tf.cast(
+        tf.floor(tf.range(cap, dtype=tf.float32) * tf.cast(n, tf.float32) / cap), tf.int32
+    )
+    yx = tf.cond(n > cap, lambda: tf.gather(yx, idx), lambda: yx)
+    return tf.cast(tf.reverse(yx, [1]), tf.float32) + 0.5
+
+
+def serving_signatures(task, model) -> dict[str, Any]:
+    """`serving_default` = describe (image bytes + points [N, 2] -> descriptors [N, D]) and
+    `dense` (image bytes + stride -> points [P, 2] + descriptors [P, D], P <= cap). Points are
+    pixels of the *input* image (corner convention)."""
+    cfg = task.config
+    size = int(cfg.data.image_size)
+    kw = task.zoom_kwargs(training=False)
+    chunk = int(cfg.serving.chunk_points)
+    cap = int(cfg.serving.max_dense_points)
+
+    def prep(image):
+        return pipeline.resize_pad_geometry(pipeline.decode_image(image), size, 1.0)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.string, name="image"),
+            tf.TensorSpec([None, 2], tf.float32, name="points"),
+        ]
+    )
+    def describe(image, points):
+        img, scale, offset = prep(image)
+        desc = _describe_graph(model, kw, img, points * scale + offset, chunk)
+        return {"descriptors": desc}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.string, name="image"),
+            tf.TensorSpec([], tf.int32, name="stride"),
+        ]
+    )
+    def dense(image, stride):
+        img, scale, offset = prep(image)
+        pts = dense_points(
+            img, stride, cap, int(cfg.serving.dilate_px), float(cfg.serving.ink_threshold)
+        )
+        desc = _describe_graph(model, kw, img, pts, chunk)
+        return {
+            "points": (pts - offset) / scale,
+            "descriptors": desc,
+            "num_points": tf.shape(pts)[0],
+        }
+
+    return {
+        "serving_default": describe.get_concrete_function(),
+        "dense": dense.get_concrete_function(),
+    }
+
+
+def example_drawing(size: int = 96) -> bytes:
+    """PNG bytes of a small procedural line drawing (a box with a diagonal), for warmup."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    a, b = size // 6, size - size // 6
+    img[a : a + 2, a:b] = 0
+    img[b - 2 : b, a:b] = 0
+    img[a:b, a : a + 2] = 0
+    img[a:b, b - 2 : b] = 0
+    for t in range(a, b):
+        img[t, t : t + 2] = 0
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---- matching -----------------------------------------------------------------------------------
+def match_descriptors(desc_a, desc_b, method: str) -> np.ndarray:
+    """int64 [M, 2] pairs (index in A, index in B) with `method` in MATCH_METHODS."""
+    if method not in MATCH_METHODS:
+        raise ValueError(f"method must be one of {sorted(MATCH_METHODS)}, got {method!r}")
+    return corr.MATCHERS[MATCH_METHODS[method]](desc_a, desc_b)
+
+
+def mutual_nn_agreement(desc_a, desc_b, ref_a, ref_b) -> dict[str, float]:
+    """How our mutual-NN matches agree with those of reference descriptors of the same points.
+
+    Args:
+      desc_a, desc_b: our descriptors [Na, D], [Nb, D]; ref_a, ref_b: reference descriptors
+        [Na, D'], [Nb, D'] of the same points in the same order.
+
+    Returns:
+      {"ours": |M_ours|, "reference": |M_ref|, "common": |M_ours & M_ref|,
+       "agreement": common / |M_ref| (share of the reference's matches we reproduce),
+       "precision": common / |M_ours|, "nn_agreement": share of A points whose nearest
+       neighbour in B is the same for both, "chance_nn": 1 / Nb (random descriptors' expected
+       nn_agreement)} — fractions in [0, 1] (0 when a set is empty).
+    """
+    if len(desc_a) != len(ref_a) or len(desc_b) != len(ref_b):
+        raise ValueError(
+            f"mutual_nn_agreement: ours {len(desc_a)}/{len(desc_b)} points vs reference "
+            f"{len(ref_a)}/{len(ref_b)}"
+        )
+    ours = {tuple(p) for p in corr.match_mutual_nn(desc_a, desc_b).tolist()}
+    ref = {tuple(p) for p in corr.match_mutual_nn(ref_a, ref_b).tolist()}
+    common = len(ours & ref)
+    nn_ours = corr.match_nearest(desc_a, desc_b)[:, 1]
+    nn_ref = corr.match_nearest(ref_a, ref_b)[:, 1]
+    return {
+        "ours": len(ours),
+        "reference": len(ref),
+        "common": common,
+        "agreement": common / len(ref) if ref else 0.0,
+        "precision": common / len(ours) if ours else 0.0,
+        "nn_agreement": float(np.mean(nn_ours == nn_ref)) if len(nn_ours) else 0.0,
+        "chance_nn": 1.0 / max(len(desc_b), 1),
+    }
+
+
+def load_points(path: str) -> np.ndarray:
+    """[N, 2] (x, y) pixel points from a .npy file; raises ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such points file")
+    pts = np.load(path)
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
+        raise ValueError(f"{path}: expected finite (x, y) points of shape [N, 2], got {pts.shape}")
+    return pts.astype(np.float32)
+
+
+def sample_points(image: np.ndarray, radius: float, seed: int = 0, threshold: float = 0.5):
+    """Poisson-disk sample (min distance `radius` px) of the stroke pixels of `image`,
+    float32 [N, 2] in the corner convention (pixel centres)."""
+    mask = corr.ink_map(image) > threshold
+    return (corr.poisson_disk_points(mask, radius, seed) + 0.5).astype(np.float32)
+
+
+def run_match(
+    task,
+    model,
+    image_a_path: str,
+    image_b_path: str,
+    output_prefix: str,
+    method: str = "mutual_nn",
+    points_a: np.ndarray | None = None,
+    points_b: np.ndarray | None = None,
+    radius: float = 8.0,
+    max_lines: int = 200,
+) -> dict[str, Any]:
+    """Two sketches in -> correspondences out: writes `<output_prefix>.json` and
+    `<output_prefix>.png` (side by side, one coloured line per match, at most `max_lines`
+    drawn) and returns the JSON payload (plus the descriptors under `_desc_a`/`_desc_b`)."""
+    img_a, img_b = load_image(image_a_path), load_image(image_b_path)
+    pa = sample_points(img_a, radius) if points_a is None else np.asarray(points_a, np.float32)
+    pb = sample_points(img_b, radius) if points_b is None else np.asarray(points_b, np.float32)
+    if len(pa) == 0 or len(pb) == 0:
+        raise ValueError(
+            f"no points to match ({len(pa)} in {image_a_path}, {len(pb)} in {image_b_path})"
+        )
+    da = describe_image(task, model, img_a, pa)
+    db = describe_image(task, model, img_b, pb)
+    pairs = match_descriptors(da, db, method)
+    dist = np.linalg.norm(da[pairs[:, 0]] - db[pairs[:, 1]], axis=1) if len(pairs) else []
+    payload = {
+        "image_a": image_a_path,
+        "image_b": image_b_path,
+        "method": method,
+        "num_points_a": len(pa),
+        "num_points_b": len(pb),
+        "matches": [
+            {
+                "a": int(i),
+                "b": int(j),
+                "xy_a": pa[i].tolist(),
+                "xy_b": pb[j].tolist(),
+                "distance": float(d),
+            }
+            for (i, j), d in zip(pairs.tolist(), dist, strict=True)
+        ],  # fmt: skip
+    }
+    out_dir = os.path.dirname(output_prefix)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    import json
+
+    with open(output_prefix + ".json", "w") as f:
+        json.dump(payload, f, indent=1)
+    shown = pairs
+    if len(pairs) > max_lines:
+        shown = pairs[np.linspace(0, len(pairs) - 1, max_lines).astype(int)]
+    plots.save_png(plots.match_picture(img_a, img_b, pa, pb, shown), output_prefix + ".png")
+    payload["_desc_a"], payload["_desc_b"], payload["_pairs"] = da, db, pairs
+    return payload
