@@ -22,6 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with ckpt/ (required).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the metrics JSON here.")
+_ABLATE_DOMAIN = flags.DEFINE_bool(
+    "ablate_domain",
+    False,
+    "zs_sbir only: also train (or resume) the same run with loss.domain_weight=0 in "
+    "<workdir>/ablate_domain, evaluate it and print it next to the model and random ranking.",
+)
 
 
 def main(argv):
@@ -30,6 +36,8 @@ def main(argv):
     if not _WORKDIR.value:
         cli.fail("--workdir is required")
     config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
+    if _ABLATE_DOMAIN.value and config.task != "zs_sbir":
+        cli.fail(f"--ablate_domain applies to the zs_sbir task only, not {config.task!r}")
     ckpt_dir = os.path.join(_WORKDIR.value, "ckpt")
 
     import tensorflow as tf
@@ -46,6 +54,12 @@ def main(argv):
     step = int(state.step.numpy())
     result = task.evaluate(state.models, _WORKDIR.value)
     result.setdefault("checkpoint", path)
+    if _ABLATE_DOMAIN.value:
+        from absl import logging
+
+        from sketch_tf.train.zs_sbir_task import run_domain_ablation
+
+        run_domain_ablation(config, _WORKDIR.value, result, log=logging.info)
     json_path = loop.write_eval_results(_WORKDIR.value, step, result)
     print(format_result(result, title=f"{config.task} @ step {step} ({path})"))
     print(f"metrics: {json_path}")

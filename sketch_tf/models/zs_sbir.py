@@ -1,0 +1,164 @@
+"""Zero-shot SBIR models: sketch / photo embedding towers and the adversarial domain classifier.
+
+Towers (as in the original zero-shot SBIR model): backbone features -> global max pool
+(DenseNet121 gives 1024 features) -> optional projection head (Dense) -> optional L2
+normalisation. Sketch and photo towers have separate weights by default (`shared=True` uses one
+tower for both domains).
+
+Domain classifier: GradientReversal -> 4 x [Dense 1024, BatchNorm, ReLU] -> Dense 1 (a logit of
+"is a photo"). The GRL makes the towers *maximise* the classifier's loss, i.e. learn
+domain-invariant embeddings; its lambda is set per epoch by the task's schedule through
+`set_grl_lambda`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+from keras import layers
+
+from sketch_tf.models.backbones import BACKBONES, build_backbone
+from sketch_tf.models.layers import GradientReversal, L2Normalize
+
+__all__ = [
+    "build_domain_classifier",
+    "build_tower",
+    "build_zs_sbir_models",
+    "grl_layer",
+    "photo_tower",
+    "set_grl_lambda",
+    "sketch_tower",
+]
+
+#: Name of the GradientReversal layer inside the domain classifier.
+GRL_LAYER_NAME = "grl"
+
+
+def build_tower(
+    backbone: str,
+    image_size: int,
+    *,
+    projection_dim: int = 0,
+    normalize: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
+    name: str = "tower",
+) -> keras.Model:
+    """One embedding tower: float32 [B, S, S, 3] images in [0, 1] -> float32 [B, E] embeddings.
+
+    Args:
+      backbone: a `BACKBONES` name; built with random init (weights from
+        `backbone_kwargs["weights_path"]` if given) and global *max* pooling where the backbone
+        takes a `pooling` argument (densenet121 -> 1024 features, as in the original).
+      image_size: S, input side in pixels.
+      projection_dim: E of an extra Dense projection head; 0 = none (E = backbone features).
+      normalize: L2-normalise the embeddings.
+      backbone_kwargs: extra keyword arguments of the backbone builder.
+      name: model name.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {sorted(BACKBONES)}")
+    if projection_dim < 0:
+        raise ValueError(f"projection_dim must be >= 0, got {projection_dim}")
+    kwargs = dict(backbone_kwargs or {})
+    if "pooling" in inspect.signature(BACKBONES[backbone]).parameters:
+        kwargs.setdefault("pooling", "max")
+    net = build_backbone(backbone, image_size, **kwargs)
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = net(inp)
+    if projection_dim:
+        x = layers.Dense(projection_dim, name="projection")(x)
+    if normalize:
+        x = L2Normalize(name="l2_normalize")(x)
+    return keras.Model(inp, x, name=name)
+
+
+def build_domain_classifier(
+    embed_dim: int,
+    *,
+    hidden: int = 1024,
+    num_layers: int = 4,
+    grl_lambda: float = 0.0,
+    name: str = "domain_classifier",
+) -> keras.Model:
+    """GRL -> num_layers x [Dense hidden, BatchNorm, ReLU] -> Dense 1.
+
+    Args:
+      embed_dim: size of the embeddings fed in (float32 [B, embed_dim]).
+      hidden, num_layers: the MLP (1024 and 4 in the original).
+      grl_lambda: initial lambda of the gradient reversal layer.
+
+    Returns:
+      keras.Model float32 [B, embed_dim] -> [B, 1] logits (sigmoid = P(photo)).
+    """
+    if hidden <= 0 or num_layers < 0:
+        raise ValueError(f"hidden must be > 0 and num_layers >= 0, got {hidden}, {num_layers}")
+    inp = keras.Input((embed_dim,), name="embedding")
+    x = GradientReversal(grl_lambda, name=GRL_LAYER_NAME)(inp)
+    for i in range(num_layers):
+        x = layers.Dense(hidden, name=f"dense{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    out = layers.Dense(1, name="logit")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def build_zs_sbir_models(
+    backbone: str = "densenet121",
+    image_size: int = 224,
+    *,
+    shared: bool = False,
+    projection_dim: int = 0,
+    normalize: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
+    domain_hidden: int = 1024,
+    domain_layers: int = 4,
+) -> dict[str, keras.Model]:
+    """All models of the family.
+
+    Returns:
+      {"sketch_tower", "photo_tower", "domain_classifier"} when `shared` is False, else
+      {"tower", "domain_classifier"} (one tower for both domains, stored once). Use
+      `sketch_tower(models)` / `photo_tower(models)` to get the towers in either case.
+    """
+
+    def tower(name):
+        return build_tower(
+            backbone,
+            image_size,
+            projection_dim=projection_dim,
+            normalize=normalize,
+            backbone_kwargs=backbone_kwargs,
+            name=name,
+        )
+
+    models = {"tower": tower("tower")} if shared else {
+        "sketch_tower": tower("sketch_tower"),
+        "photo_tower": tower("photo_tower"),
+    }  # fmt: skip
+    embed_dim = int(next(iter(models.values())).output.shape[-1])
+    models["domain_classifier"] = build_domain_classifier(
+        embed_dim, hidden=domain_hidden, num_layers=domain_layers
+    )
+    return models
+
+
+def sketch_tower(models: dict[str, keras.Model]) -> keras.Model:
+    """The tower that embeds sketches (the shared tower when weights are shared)."""
+    return models["sketch_tower"] if "sketch_tower" in models else models["tower"]
+
+
+def photo_tower(models: dict[str, keras.Model]) -> keras.Model:
+    """The tower that embeds photos (the shared tower when weights are shared)."""
+    return models["photo_tower"] if "photo_tower" in models else models["tower"]
+
+
+def grl_layer(models: dict[str, keras.Model]) -> GradientReversal:
+    """The GradientReversal layer of the domain classifier."""
+    return models["domain_classifier"].get_layer(GRL_LAYER_NAME)
+
+
+def set_grl_lambda(models: dict[str, keras.Model], value: float) -> None:
+    """Sets the GRL lambda (python float) of the domain classifier."""
+    grl_layer(models).set_lambda(float(value))
