@@ -1,21 +1,37 @@
 """Input pipeline throughput: TFRecord tf.data triplets vs a PIL-in-Python baseline.
 
-Both sides produce the same training examples: cross-domain triplets (sketch anchor, photo of
-the same class, photo of another class), decoded, resized to 224x224 (sketch: keep aspect,
-white pad; photo: resize + centre crop), augmented (flip + small rotation; stroke jitter /
-colour jitter on ours), float32 in [0, 1], batched. Data: PACS sketch + photo from the shared
-data folder when present, else generated images in the same folder layout. Same process, same
-cores, one run each.
+Both sides produce the same training examples with the same work: cross-domain triplets
+(sketch anchor, photo of the same class, photo of another class; classes drawn at random),
+each image decoded, fitted to 224x224 (sketch: keep aspect, white pad; photo: shorter side
+to 224, centre crop), flipped (p=0.5), warped by a random affine (rotation +-10 deg, scale
+1 +- 0.1, shift +-5 %, bilinear, white fill); sketches then get stroke-width jitter (3x3
+min / none / max filter, 1/3 each), photos colour jitter (brightness, contrast, saturation
++-0.2, hue +-0.02 turn); float32 in [0, 1], stacked into batches.
+- ours: `pipeline.triplet_batches(training=True)` over TFRecords written by
+  `prepare("folders", ...)`: per-class shuffled record streams, `augment_train_image`
+  (uint8 decode, fit+flip+affine as ONE bilinear projective warp, uint8 stroke filter,
+  TF colour-jitter kernels), AUTOTUNE parallel map, deterministic order, prefetch; after 2
+  warm-up batches. Decoded images are never cached.
+- baseline: what a user writes in one Python process: PIL open/convert, PIL resize (antialiased
+  when shrinking) + paste / crop, `transpose` flip, `Image.transform(AFFINE, BILINEAR)`,
+  `MinFilter`/`MaxFilter`, torchvision-style PIL colour jitter (`ImageEnhance` brightness /
+  contrast / colour, hue shifted in PIL's HSV), `np.asarray(...) / 255`, `np.stack`.
+Data: PACS sketch + photo (227x227) from the shared data folder when present, else generated
+images in the same layout. Ours and the baseline alternate `--repeats` times in one process
+(same machine load); the JSON gives the medians, every run and the 1-min load average.
 
-    python bench/input_bench.py [--batch 32 --batches 20]
+    PYTHONPATH=. python bench/input_bench.py [--batch 32 --batches 20 --repeats 3]
 
 Last line: {"tfrecord_per_s", "baseline_per_s", "ratio_vs_pil", ...} (triplets per second).
+
+Measured (2 shared cores, `--batch 16 --batches 8`): see FIGURES below.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import tempfile
@@ -25,7 +41,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter  # noqa: E402
 
 from sketch_tf.data import pipeline  # noqa: E402
 from sketch_tf.data.sources import prepare  # noqa: E402
@@ -53,16 +69,41 @@ def _generated(root: Path, n_per: int = 40) -> Path:
     return root
 
 
+def _pil_affine(im, rnd):
+    """Flip (p=0.5) then rotation +-10 deg, scale 1 +- 0.1, shift +-5 % about the centre,
+    bilinear, white fill: the ranges of `pipeline.random_affine`."""
+    if rnd.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    ang = math.radians(rnd.uniform(-10, 10))
+    sc = 1.0 + rnd.uniform(-0.1, 0.1)
+    tx, ty = rnd.uniform(-0.05, 0.05) * SIZE, rnd.uniform(-0.05, 0.05) * SIZE
+    c = (SIZE - 1) / 2
+    a, b = math.cos(ang) / sc, math.sin(ang) / sc
+    d, e = -b, a
+    coeffs = (a, b, c - a * (c + tx) - b * (c + ty), d, e, c - d * (c + tx) - e * (c + ty))
+    return im.transform(
+        (SIZE, SIZE),
+        Image.Transform.AFFINE,
+        coeffs,
+        Image.Resampling.BILINEAR,
+        fillcolor=(255, 255, 255),
+    )
+
+
 def _pil_sketch(path, rnd):
     im = Image.open(path).convert("RGB")
-    im.thumbnail((SIZE, SIZE), Image.Resampling.BILINEAR)
+    s = SIZE / max(im.size)
+    im = im.resize(
+        (max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR
+    )  # PIL's BILINEAR resize is antialiased when shrinking, like ours
     canvas = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
     canvas.paste(im, ((SIZE - im.width) // 2, (SIZE - im.height) // 2))
-    if rnd.random() < 0.5:
-        canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    canvas = canvas.rotate(
-        rnd.uniform(-10, 10), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)
-    )
+    canvas = _pil_affine(canvas, rnd)
+    k = rnd.randrange(3)  # stroke-width jitter: thicker / same / thinner
+    if k == 0:
+        canvas = canvas.filter(ImageFilter.MinFilter(3))
+    elif k == 2:
+        canvas = canvas.filter(ImageFilter.MaxFilter(3))
     return np.asarray(canvas, np.float32) / 255.0
 
 
@@ -73,22 +114,26 @@ def _pil_photo(path, rnd):
         (max(SIZE, round(im.width * s)), max(SIZE, round(im.height * s))), Image.Resampling.BILINEAR
     )
     left, top = (im.width - SIZE) // 2, (im.height - SIZE) // 2
-    im = im.crop((left, top, left + SIZE, top + SIZE))
-    if rnd.random() < 0.5:
-        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    im = im.rotate(rnd.uniform(-10, 10), Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-    x = np.asarray(im, np.float32) / 255.0
-    return np.clip(x * rnd.uniform(0.8, 1.2), 0.0, 1.0)
+    im = _pil_affine(im.crop((left, top, left + SIZE, top + SIZE)), rnd)
+    # colour jitter as torchvision does it on PIL images: brightness, contrast, saturation
+    # (ImageEnhance, factors 1 +- 0.2) and hue (+-0.02 turn, shifted in HSV)
+    im = ImageEnhance.Brightness(im).enhance(rnd.uniform(0.8, 1.2))
+    im = ImageEnhance.Contrast(im).enhance(rnd.uniform(0.8, 1.2))
+    im = ImageEnhance.Color(im).enhance(rnd.uniform(0.8, 1.2))
+    hsv = np.array(im.convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(rnd.uniform(-0.02, 0.02) * 255)) % 256
+    im = Image.fromarray(hsv, "HSV").convert("RGB")
+    return np.asarray(im, np.float32) / 255.0
 
 
-def baseline(root: Path, batch: int, batches: int) -> float:
+def baseline(root: Path, batch: int, batches: int, seed: int = 0) -> float:
     """Triplets/s of a plain Python loop reading the folder layout with PIL."""
     files = {
         dom: {c.name: sorted(c.iterdir()) for c in sorted((root / dom).iterdir())}
         for dom in ("sketch", "photo")
     }
     classes = sorted(files["sketch"])
-    rnd = random.Random(0)
+    rnd = random.Random(seed)
     t0 = time.perf_counter()
     for _ in range(batches):
         sk, pos, neg = [], [], []
@@ -119,6 +164,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     pacs = shared_data_dir() / "pacs"
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,8 +176,14 @@ def main():
         t0 = time.perf_counter()
         prepare("folders", root, tmp / "tfr", domains=["sketch", "photo"])
         prep_s = time.perf_counter() - t0
-        tf_rate = ours(tmp / "tfr", args.batch, args.batches)
-        pil_rate = baseline(root, args.batch, args.batches)
+        load_before = os.getloadavg()
+        tf_runs, pil_runs = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            tf_runs.append(ours(tmp / "tfr", args.batch, args.batches))
+            pil_runs.append(baseline(root, args.batch, args.batches, seed=len(pil_runs)))
+        load_after = os.getloadavg()
+    tf_rate, pil_rate = float(np.median(tf_runs)), float(np.median(pil_runs))
+    ratios = [a / b for a, b in zip(tf_runs, pil_runs, strict=True)]
     print(
         json.dumps(
             {
@@ -144,6 +196,11 @@ def main():
                 "tfrecord_per_s": round(tf_rate, 1),
                 "baseline_per_s": round(pil_rate, 1),
                 "ratio_vs_pil": round(tf_rate / pil_rate, 2),
+                "repeats": args.repeats,
+                "tfrecord_runs": [round(r, 1) for r in tf_runs],
+                "baseline_runs": [round(r, 1) for r in pil_runs],
+                "ratio_runs": [round(r, 2) for r in ratios],
+                "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
             }
         )
     )
