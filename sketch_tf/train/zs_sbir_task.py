@@ -287,7 +287,7 @@ class ZsSbirTask(Task):
             sketch_domain=d.sketch_domain,
         )
 
-        @tf.function
+        @tf.function(reduce_retracing=True)  # the last batch is smaller
         def embed(images):
             thumbs = tf.image.resize(images, [48, 48], antialias=True)
             return tower(images, training=False), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
