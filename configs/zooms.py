@@ -37,7 +37,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.root = "data/records/synthetic_zooms"
     config.data.image_size = 256  # drawings are resized (aspect kept, white pad) to this side
-    config.data.num_points = 16  # corresponding points sampled per pair per training step
+    config.data.num_points = 12  # corresponding points sampled per pair per training step
     # Categories never seen in training, evaluated separately (names from the manifest).
     config.data.unseen_categories = ("guitar", "lamp", "mug")
     config.data.shuffle_buffer = 256
@@ -47,9 +47,9 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     )  # fmt: skip
 
     config.model = ml_collections.ConfigDict(
-        dict(backbone="small_cnn", view_size=64, num_views=3, descriptor_dim=128,
+        dict(backbone="small_cnn", view_size=32, num_views=3, descriptor_dim=128,
              fusion="view_max", l2_normalize=False, dropout=0.3, head="auto", head_hidden=512,
-             weights_path="", backbone_weights="")
+             weights_path="", backbone_weights="", backbone_widths=(32, 64, 128))
     )  # fmt: skip
 
     # Zoom geometry (DESIGN: half-sizes 100*z px on a 512 px sketch; scaled with the image
@@ -77,8 +77,8 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
 
     config.train = base_train_config()
     config.train.update(
-        batch_size=8, num_steps=900, learning_rate=1e-3, log_every=50, checkpoint_every=300,
-        lr_schedule="cosine", warmup_steps=50,
+        batch_size=8, num_steps=400, learning_rate=1e-3, log_every=25, checkpoint_every=100,
+        lr_schedule="cosine", warmup_steps=20,
     )  # fmt: skip
 
     if variant == "synthetic_smoke":

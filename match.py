@@ -1,0 +1,82 @@
+"""Matches points between two sketches with a trained SketchZooms model.
+
+  python match.py --workdir=runs/zooms --image_a=a.png --image_b=b.png --output=runs/match/ab
+  python match.py --workdir=runs/zooms --image_a=a.png --image_b=b.png \
+      --points_a=a_pts.npy --points_b=b_pts.npy --method=hungarian --output=runs/match/ab
+
+Points: (x, y) pixels of the input images as [N, 2] .npy files, or (default) a Poisson-disk
+sample of the stroke pixels with --radius. Methods: nn (nearest neighbour of every A point),
+mutual_nn, hungarian (one-to-one, scipy), sinkhorn (balanced OT plan + mutual argmax).
+Writes <output>.json (every match: indices, coordinates, descriptor distance) and <output>.png
+(the drawings side by side with one coloured line per match).
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sketch_tf import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file; default: <workdir>/config.json of the trained run.",
+    lock_config=True,
+)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "Trained zooms run folder with ckpt/ (required).")
+_IMAGE_A = flags.DEFINE_string("image_a", None, "First sketch (PNG/JPEG).")
+_IMAGE_B = flags.DEFINE_string("image_b", None, "Second sketch (PNG/JPEG).")
+_POINTS_A = flags.DEFINE_string("points_a", None, "Optional [N, 2] (x, y) .npy points of A.")
+_POINTS_B = flags.DEFINE_string("points_b", None, "Optional [N, 2] (x, y) .npy points of B.")
+_RADIUS = flags.DEFINE_float("radius", 8.0, "Poisson-disk radius (px) when points are not given.")
+_METHOD = flags.DEFINE_enum(
+    "method", "mutual_nn", ["nn", "mutual_nn", "hungarian", "sinkhorn"], "Matcher."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "Output prefix: writes <output>.json and .png.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {argv[1:]}")
+    for name, flag in (("workdir", _WORKDIR), ("image_a", _IMAGE_A), ("image_b", _IMAGE_B),
+                       ("output", _OUTPUT)):  # fmt: skip
+        if not flag.value:
+            cli.fail(f"--{name} is required")
+    for name, flag in (("image_a", _IMAGE_A), ("image_b", _IMAGE_B), ("points_a", _POINTS_A),
+                       ("points_b", _POINTS_B)):  # fmt: skip
+        if flag.value and not os.path.isfile(flag.value):
+            cli.fail(f"--{name}: {flag.value} does not exist")
+    if _RADIUS.value <= 0:
+        cli.fail(f"--radius must be > 0, got {_RADIUS.value}")
+    config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
+    if config.task != "zooms":
+        cli.fail(f"match.py needs a zooms run; {_WORKDIR.value} is a {config.task!r} run")
+
+    import tensorflow as tf
+
+    from sketch_tf.eval import zooms_eval
+    from sketch_tf.train import loop
+    from sketch_tf.train.tasks import get_task_class
+
+    ckpt_dir = os.path.join(_WORKDIR.value, loop.CHECKPOINT_SUBDIR)
+    if tf.train.latest_checkpoint(ckpt_dir) is None:
+        cli.fail(f"no checkpoint in {ckpt_dir}: train first (python train.py ...)")
+    try:
+        pa = zooms_eval.load_points(_POINTS_A.value) if _POINTS_A.value else None
+        pb = zooms_eval.load_points(_POINTS_B.value) if _POINTS_B.value else None
+    except ValueError as e:
+        cli.fail(str(e))
+    task = get_task_class("zooms")(config)
+    state = loop.build_state(task, config)
+    loop.restore_latest(state, ckpt_dir, for_training=False)
+    result = zooms_eval.run_match(
+        task, state.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
+        method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
+    )  # fmt: skip
+    print(
+        f"{len(result['matches'])} matches ({_METHOD.value}) between {result['num_points_a']} "
+        f"and {result['num_points_b']} points -> {_OUTPUT.value}.json, {_OUTPUT.value}.png"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -1,0 +1,211 @@
+"""ZoomsTask: loss with hand-computed values, config validation, and one tiny end-to-end run
+(records -> 2 training steps -> evaluation tables/pictures -> export round trip)."""
+
+import importlib.util
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from sketch_tf.data import pipeline
+from sketch_tf.paths import PROJECT_ROOT
+from sketch_tf.train import loop
+from sketch_tf.train.config import validate_config
+from sketch_tf.train.zooms_task import ZoomsTask, category_triplet_loss
+
+CATS = ["bottle", "mug", "table"]
+
+
+def load_config(variant="synthetic"):
+    path = os.path.join(PROJECT_ROOT, "configs", "zooms.py")
+    spec = importlib.util.spec_from_file_location("configs_zooms_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def tiny_config(root):
+    c = load_config("synthetic_smoke")
+    c.data.root = str(root)
+    c.data.image_size = 64
+    c.data.num_points = 4
+    c.data.unseen_categories = ("mug",)
+    c.data.synthetic.update(image_size=64, n_per_category=3, pairs_per_category=2, n_points=16)
+    c.data.synthetic.categories = CATS
+    c.model.update(view_size=16, backbone_widths=(8, 16), head_hidden=32)
+    c.eval.update(max_pairs=2, curve_steps=5, cmc_max_rank=5, raw_patch_size=16, raw_patch_out=4)
+    c.serving.update(max_dense_points=20, chunk_points=8)
+    c.train.update(batch_size=2, num_steps=2, checkpoint_every=100)
+    return c
+
+
+# ---- loss -----------------------------------------------------------------------------------
+# 2-d embeddings on the x axis; rows: (x, point label, category, valid).
+_ROWS = [
+    (0.0, 0, 0, True),  # anchor / positive pair with row 1
+    (0.4, 0, 0, True),
+    (1.0, 1, 0, True),  # the only true negative of rows 0 and 1
+    (0.45, 0, 1, True),  # same point label, other category: neither positive nor negative
+    (0.42, 1, 0, False),  # padding: ignored
+]
+
+
+def _loss(mining):
+    x = np.array([[r[0], 0.0] for r in _ROWS], np.float32)
+    labels = [r[1] for r in _ROWS]
+    cats = [r[2] for r in _ROWS]
+    valid = [r[3] for r in _ROWS]
+    return float(category_triplet_loss(x, labels, cats, valid, margin=1.0, mining=mining))
+
+
+def test_semi_hard_loss_hand_computed():
+    # (a=0, p=1): d_ap 0.4, semi-hard negative row 2 at 1.0 -> 0.4 - 1.0 + 1 = 0.4
+    # (a=1, p=0): d_ap 0.4, negative row 2 at 0.6 (> 0.4) -> 0.4 - 0.6 + 1 = 0.8
+    # Row 3 counted as a negative would give (a=0) 0.95; row 4 (a=0) 0.98: both must not.
+    assert _loss("semi_hard") == pytest.approx(0.6, abs=1e-5)
+
+
+def test_hard_loss_hand_computed():
+    # anchors 0 and 1 (row 2 has no positive): max(0.4 - 1.0 + 1, 0)=0.4, 0.4 - 0.6 + 1 = 0.8
+    assert _loss("hard") == pytest.approx(0.6, abs=1e-5)
+
+
+def test_loss_is_zero_without_triplets():
+    x = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    assert float(category_triplet_loss(x, [0, 1], [0, 0], [True, True])) == 0.0
+
+
+# ---- config ---------------------------------------------------------------------------------
+def test_variants_validate():
+    for variant in ("synthetic", "synthetic_smoke", "sketchzooms"):
+        validate_config(load_config(variant))
+    cfg = load_config("sketchzooms")
+    assert (cfg.model.backbone, cfg.model.view_size) == ("alexnet", 224)
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_config("nope")
+
+
+def test_validate_config_lists_problems():
+    c = load_config()
+    c.model.backbone = "resnet1000"
+    c.zooms.scale_jitter = 0.9  # >= smallest zoom 0.8
+    c.loss.kind = "hinge"
+    c.model.num_views = 2
+    problems = ZoomsTask.validate_config(c)
+    text = "\n".join(problems)
+    for key in ("model.backbone", "zooms.scale_jitter", "loss.kind", "model.num_views"):
+        assert key in text
+    assert ZoomsTask.validate_config(load_config()) == []
+
+
+def test_missing_records_error_names_folder_and_command(tmp_path):
+    task = ZoomsTask(tiny_config(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="prepare_data.py --task=zooms"):
+        task.build_train_dataset(2, 0)
+
+
+# ---- end to end -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from sketch_tf.data.synthetic import prepare_synthetic
+
+    base = tmp_path_factory.mktemp("zooms")
+    config = tiny_config(base / "records")
+    prepare_synthetic("zooms", config.data.root, **config.data.synthetic.to_dict())
+    validate_config(config)
+    task = ZoomsTask(config)
+    workdir = str(base / "run")
+    result = loop.train(task, config, workdir, log=lambda s: None)
+    state = loop.build_state(task, config)
+    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+    return task, state.models, workdir, result
+
+
+def test_train_batches_hold_seen_categories_only(trained):
+    task, *_ = trained
+    batch = next(iter(task.build_train_dataset(2, 0).take(3)))
+    assert batch["views_a"].shape == (2, 4, 3, 16, 16, 3)
+    assert batch["views_b"].shape == (2, 4, 3, 16, 16, 3)
+    assert batch["mask"].shape == (2, 4)
+    for b in task.build_train_dataset(2, 0).take(6):
+        assert 1 not in b["category_id"].numpy().tolist()  # "mug" (id 1) is unseen
+
+
+def test_training_ran_and_losses_are_finite(trained):
+    _, models, _, result = trained
+    assert result.step == 2 and result.status == "completed"
+    assert np.isfinite(result.losses["total"])
+
+
+def test_contrastive_alternative_gives_finite_loss(trained):
+    task, models, _, _ = trained
+    cfg = tiny_config(task.config.data.root)
+    cfg.loss.kind = "contrastive"
+    other = ZoomsTask(cfg)
+    batch = next(iter(other.build_train_dataset(2, 0)))
+    from sketch_tf.train.tasks import LossContext
+
+    out = other.compute_losses(models, batch, LossContext(2, 1))
+    assert set(out) == {"total", "contrastive"}
+    assert np.isfinite(float(out["total"])) and float(out["total"]) >= 0
+
+
+def test_evaluate_tables_and_pictures(trained):
+    task, models, workdir, _ = trained
+    res = task.evaluate(models, workdir)
+    rows = res["tables"]["zooms correspondence (held-out test pairs)"]["rows"]
+    assert [(r[0], r[1]) for r in rows] == [
+        (m, w) for w in ("seen", "unseen") for m in ("ours", "raw_patch", "shape_context")
+    ]
+    for r in rows:
+        assert all(0.0 <= v <= 1.0 for v in r[4:])
+        assert r[4] <= r[5] <= r[6]  # PCK grows with the threshold
+    for key in ("seen/ours/pck@5%", "unseen/shape_context/pck@2.5%", "seen/raw_patch/cmc@1"):
+        assert 0.0 <= res["scalars"][key] <= 1.0
+    for name in ("pck_seen", "cmc_unseen", "matches_seen"):
+        img = res["images"][name]
+        assert img.dtype == np.uint8 and img.ndim == 4 and img.shape[-1] == 3
+        assert os.path.isfile(os.path.join(workdir, "eval", f"zooms_{name}.png"))
+    curve = res["curves"]["seen"]["ours"]
+    assert curve[0] <= curve[-1] and len(curve) == 5
+
+
+def _png(image):
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_export_signatures_round_trip(trained, tmp_path):
+    from sketch_tf.eval import zooms_eval
+    from sketch_tf.export.serving import export_saved_model
+
+    task, models, _, _ = trained
+    path = export_saved_model(task, models, str(tmp_path / "export"), 1)
+    loaded = tf.saved_model.load(path)
+    assert {"serving_default", "dense"} <= set(loaded.signatures)
+    # A 96x128 drawing (non-square: exercises the resize / pad mapping).
+    img = np.full((96, 128, 3), 255, np.uint8)
+    img[20:22, 10:110] = 0
+    img[20:80, 60:62] = 0
+    pts = np.array([[30.0, 21.0], [61.0, 50.0], [100.0, 21.0], [5.0, 90.0]], np.float32)
+    got = loaded.signatures["serving_default"](image=tf.constant(_png(img)), points=pts)
+    desc = got["descriptors"].numpy()
+    assert desc.shape == (4, 128)
+    # Same numbers as the in-process path (describe_points on the resized image). The image is
+    # decoded the same way: the min-max stretch amplifies 1-ulp differences in nearly blank views.
+    decoded = pipeline.decode_image(tf.constant(_png(img))).numpy()
+    ref = zooms_eval.describe_image(task, models["zooms"], decoded, pts)
+    np.testing.assert_allclose(desc, ref, atol=1e-4)
+    dense = loaded.signatures["dense"](image=tf.constant(_png(img)), stride=tf.constant(4))
+    n = int(dense["num_points"])
+    assert 0 < n <= task.config.serving.max_dense_points
+    dp = dense["points"].numpy()
+    assert dp.shape == (n, 2) and dense["descriptors"].shape == (n, 128)
+    # Dense points lie near the strokes (within the dilation + one resized pixel).
+    ink = np.argwhere(img[..., 0] < 128)[:, ::-1] + 0.5
+    near = np.min(np.linalg.norm(dp[:, None] - ink[None], axis=-1), axis=1)
+    assert near.max() <= (task.config.serving.dilate_px + 1) * 128 / 64 + 1e-3
