@@ -14,13 +14,15 @@ compute bound, well below 1 means the input pipeline is the bottleneck. The firs
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sketch_tf import cli
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sketch_tf import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config.", lock_config=False)
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per mode.")

@@ -8,13 +8,15 @@ Variants (`--config=configs/zs_sbir.py:<variant>`):
         --n_per_category=200 --test_fraction=0.25 --out=data/records/synthetic_zs_sbir
     python train.py --config=configs/zs_sbir.py:synthetic --workdir=runs/zs_sbir_synthetic
     python evaluate.py --workdir=runs/zs_sbir_synthetic --ablate_domain
-  FIGURES_SYNTHETIC
+  Reaches mAP@all 0.69 / P@100 0.47 on the 3 unseen categories after 600 steps (~10 min on 2
+  shared CPU cores; P@100 is at most 0.5 here); random ranking 0.36 / 0.34 (docs/zs_sbir.md).
 - `pacs` (CPU): PACS photos + sketches, seen dog, elephant, giraffe, guitar, horse; unseen
   house, person (evaluated on all their photos and sketches, never seen in training):
     python prepare_data.py --source=folders --root=../shared/data/pacs --out=data/records/pacs/all
     python train.py --config=configs/zs_sbir.py:pacs --workdir=runs/zs_sbir_pacs
     python evaluate.py --workdir=runs/zs_sbir_pacs --ablate_domain
-  Figures in docs/zs_sbir.md (with 2 unseen classes the random mAP is already ~0.5).
+  Reaches mAP@all 0.51 / P@100 0.49 on house + person: NOT above the random ranking
+  (0.53 / 0.51); see docs/zs_sbir.md.
 - `sketchy`, `tuberlin` (GPU): DenseNet121 towers at 224 px, 1024-d max-pooled embeddings as in
   the original; unseen classes from data/splits/{sketchy,tuberlin}_unseen.txt (the standard
   "25 unseen" / "30 unseen" lists, one class per line), seen = every other class.
