@@ -130,9 +130,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         config.data.test_split = "all"
         config.data.seen_classes = PACS_SEEN
         config.data.unseen_classes = PACS_UNSEEN
-    elif variant in ("sketchy", "tuberlin"):
-        config.data.root = f"data/records/{variant}"
-        config.data.unseen_classes_file = f"data/splits/{variant}_unseen.txt"
+    elif variant == "sketchy":
+        config.data.root = "data/records/sketchy"
+        # Yelamarthi et al. (ECCV 2018) 21 unseen classes: the list verified in public code.
+        config.data.unseen_classes_file = "data/splits/sketchy_21_unseen.txt"
+    elif variant == "tuberlin":
+        config.data.root = "data/records/tuberlin"
+        # Shen et al. (CVPR 2018) 30 unseen classes: not shipped (could not be verified
+        # here); put the authors' list in this file. validate_config names it when missing.
+        config.data.unseen_classes_file = "data/splits/tuberlin_30_unseen.txt"
     elif variant == "quickdraw":
         _cpu(config)
         config.data.root = "data/records/quickdraw"

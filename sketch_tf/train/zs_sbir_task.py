@@ -31,6 +31,7 @@ from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
+from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
 from sketch_tf.train.tasks import LossContext, Task, register_task
 
@@ -67,7 +68,16 @@ def split_dir(config: ml_collections.ConfigDict, which: str) -> str:
     return path
 
 
+def _resolve(path: str) -> str:
+    """`path` as given when it exists (relative to the working directory), else relative to
+    the project root, so that `data/splits/...` works from any directory."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return str(PROJECT_ROOT / path)
+
+
 def _read_class_file(path: str) -> list[str]:
+    path = _resolve(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"zs_sbir: class list {path} does not exist (one class name per line expected)"
@@ -127,6 +137,11 @@ class ZsSbirTask(Task):
             p.append("data.root must name the folder holding the record splits")
         if not d.unseen_classes and not d.unseen_classes_file:
             p.append("data.unseen_classes or data.unseen_classes_file must be set")
+        if d.unseen_classes_file and not os.path.isfile(_resolve(d.unseen_classes_file)):
+            p.append(
+                f"data.unseen_classes_file={d.unseen_classes_file!r} does not exist "
+                "(one class name per line; see data/README.md for the standard splits)"
+            )
         overlap = sorted(set(d.seen_classes) & set(d.unseen_classes))
         if overlap:
             p.append(f"data.seen_classes and data.unseen_classes overlap: {overlap}")
