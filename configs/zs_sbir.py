@@ -121,6 +121,19 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         config.data.synthetic = ml_collections.ConfigDict(
             {"seed": 0, "image_size": 96, "n_per_category": 200, "test_fraction": 0.25}
         )
+    elif variant == "synthetic_smoke":
+        # main_job.py --smoke: the whole flow on a tiny world in seconds (numbers mean nothing).
+        _cpu(config)
+        config.data.root = "data/records/synthetic_zs_sbir_smoke"
+        config.data.unseen_classes = SYNTHETIC_UNSEEN
+        config.data.image_size = 32
+        config.data.synthetic = ml_collections.ConfigDict(
+            {"seed": 0, "image_size": 48, "n_per_category": 4, "test_fraction": 0.5}
+        )
+        config.model.domain_hidden = 32
+        config.eval.projector_max = 50
+        config.eval.baseline_repeats = 2
+        config.train.update(batch_size=8, num_steps=3, steps_per_epoch=1, log_every=1)
     elif variant == "pacs":
         _cpu(config)
         config.data.root = "data/records/pacs"
@@ -145,7 +158,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         config.data.unseen_classes_file = "data/splits/quickdraw_unseen.txt"
     else:
         raise ValueError(
-            f"unknown zs_sbir variant {variant!r}; known: synthetic, pacs, sketchy, tuberlin, "
-            "quickdraw"
+            f"unknown zs_sbir variant {variant!r}; known: synthetic, synthetic_smoke, pacs, "
+            "sketchy, tuberlin, quickdraw"
         )
     return config
