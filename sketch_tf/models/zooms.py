@@ -18,6 +18,8 @@ code's stride-K max over the concatenated views (needed for converted weights).
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -151,6 +153,29 @@ def build_zooms_model(
     return model
 
 
+#: model -> {zoom kwargs key: traced describe function}; one trace per model and geometry
+#: instead of one per call (evaluation calls describe_points once per drawing).
+_DESCRIBE_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _describe_fn(model: keras.Model, k: int, s: int, kw: dict):
+    key = tuple(sorted((name, repr(value)) for name, value in kw.items()))
+    per_model = _DESCRIBE_FNS.setdefault(model, {})
+    if key not in per_model:
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, 2])]
+        )
+        def run(im, pts):
+            views = zoom_views(im, pts, **kw)
+            b, n = tf.shape(pts)[0], tf.shape(pts)[1]
+            out = model(tf.reshape(views, [-1, k, s, s, 3]), training=False)
+            return tf.reshape(out, tf.stack([b, n, -1]))
+
+        per_model[key] = run
+    return per_model[key]
+
+
 def describe_points(
     model: keras.Model,
     images,
@@ -198,16 +223,7 @@ def describe_points(
     if batch_points < 1:
         raise ValueError(f"describe_points: batch_points must be >= 1, got {batch_points}")
     img = tf.constant(images, tf.float32)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, 2])]
-    )
-    def run(im, pts):
-        views = zoom_views(im, pts, **kw)
-        b, n = tf.shape(pts)[0], tf.shape(pts)[1]
-        out = model(tf.reshape(views, [-1, k, s, s, 3]), training=False)
-        return tf.reshape(out, tf.stack([b, n, -1]))
-
+    run = _describe_fn(model, k, s, kw)
     n = points.shape[1]
     chunks = [
         run(img, tf.constant(points[:, i : i + batch_points])) for i in range(0, n, batch_points)
