@@ -27,6 +27,9 @@ setup(
         "pillow>=10,<14",
         # Hungarian matching (linear_sum_assignment) for SketchZooms correspondences.
         "scipy>=1.11,<2",
+        # The synthetic renderer does many tiny matrix products: multi-threaded BLAS makes
+        # them 10-100x slower under load, so rendering pins BLAS to one thread.
+        "threadpoolctl>=3.1,<4",
     ],
     extras_require={
         # TensorFlow is an extra so that one environment gets exactly one TF wheel.

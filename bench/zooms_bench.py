@@ -20,6 +20,9 @@ Measured after XLA-compiling the min-max stretch (`--describe_points 250 --alexn
 4.45; before: 4.4 at lighter load). Ours and the baseline are timed in separate phases, so
 under this load the ratio is dominated by load swings; in isolation the stretch went from
 269 ms to 83 ms for 192 views (crop_and_resize: ~570 ms, now the limit). Target 10x not shown.
+Quiet machine (load 0.6, `--describe_points 1000 --alexnet_points 0`): views_per_s 2185 vs
+per-point 202, ratio_vs_per_point 10.8; rotated 493 vs 126 (3.9x); descriptors_per_s 427
+(1,000 points of a 512x512 sketch in 2.3 s, CPU default model).
 The sketch is ``sketchzooms_examples/1_img.png`` from the shared data when present, otherwise
 a procedurally drawn one.
 """
