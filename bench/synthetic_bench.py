@@ -6,6 +6,9 @@ Each line drawing / photo includes drawing a new shape, a new random camera, ray
 buffers and making the image (everything `prepare_synthetic` does per image except PNG
 encoding). Prints one JSON object as its last line; `loadavg_1min` says how busy the shared
 machine was, so figures taken under load can be compared by ratio.
+
+Quiet machine (2-core x86_64, load 0.3): line_drawings_per_s 66.3 (target 50), photos_per_s
+37.4, renders_per_s 132.6, styled_images_per_s 47.7. Under load 3 (other jobs): 42.9 drawings/s.
 """
 
 import argparse
