@@ -28,3 +28,16 @@ def shared_data():
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (set {SHARED_DATA_ENV} to its location)")
     return path
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the 2 logical CPUs for the whole test process.
+
+    Every strategy object numbers its collective instances from the same start, so two
+    strategies over the same devices in one process can pair up mismatched collectives
+    ("Shape mismatch in the collective instance"): the tests share this one.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    assert len(cpus) >= 2, "the CPU must be split into 2 logical devices before any op runs"
+    return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])

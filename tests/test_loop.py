@@ -65,7 +65,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert again.step == 6
 
 
-def test_mirrored_two_cpus_matches_default_strategy(tmp_path):
+def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy):
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2, "conftest must split the CPU into 2 logical devices"
     config = _config(num_steps=5)
@@ -73,7 +73,7 @@ def test_mirrored_two_cpus_matches_default_strategy(tmp_path):
     config.model.dropout = 0.0
     default_dir, mirrored_dir = str(tmp_path / "default"), str(tmp_path / "mirrored")
     loop.train(tiny_task.TinyTask(config), config, default_dir, log=lambda s: None)
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    mirrored = two_cpu_strategy
     loop.train(tiny_task.TinyTask(config), config, mirrored_dir, mirrored, log=lambda s: None)
     a = _read_scalars(os.path.join(default_dir, "train"))
     b = _read_scalars(os.path.join(mirrored_dir, "train"))
