@@ -64,28 +64,26 @@ def write_warmup_requests(path: str, model_name: str, inputs: dict[str, dict[str
             writer.write(predict_log_bytes(model_name, signature_name, inputs[signature_name]))
 
 
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """Decodes the varint starting at `data[i]`; returns (value, index after it)."""
+    value, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
 def _read_fields(data: bytes) -> list[tuple[int, bytes]]:
     """Minimal wire-format reader for length-delimited fields (used by tests and checks)."""
     out, i = [], 0
     while i < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        key, i = _read_varint(data, i)
         if key & 7 != _LEN:
             raise ValueError(f"unexpected wire type {key & 7} in warmup record")
-        length, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        length, i = _read_varint(data, i)
         out.append((key >> 3, data[i : i + length]))
         i += length
     return out
