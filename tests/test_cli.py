@@ -101,3 +101,31 @@ def test_help_runs(script):
     proc = _run(script, "--help")
     assert proc.returncode in (0, 1)  # absl exits 1 after printing --help
     assert "--workdir" in proc.stdout
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+
+    import tensorflow as tf
+
+    workdir = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", f"--config={TINY}", "--config.train.num_steps=1000000",
+         "--config.train.checkpoint_every=1000000", f"--workdir={workdir}"],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:  # progress lines (log_every=1) go to stderr
+            if "step 3/1000000" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "interrupted at step" in out
+    step = int(out.split("interrupted at step ")[1].split(";")[0])
+    assert 3 <= step < 1000000
+    assert tf.train.latest_checkpoint(str(workdir / "ckpt")).endswith(f"ckpt-{step}")
