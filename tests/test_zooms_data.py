@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from sketch_tf.data.zooms import minmax_stretch, sample_views, zoom_views
+from sketch_tf.data.zooms import area_shrink, minmax_stretch, sample_views, zoom_views
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +197,52 @@ def test_inside_tf_data_matches_eager(noise_image):
     want = zoom_views(noise_image, pts, seed=(0, 7), **kw).numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got.min() >= 0.0 and got.max() <= 1.0
+
+
+def test_area_shrink_block_means_and_white_padding():
+    img = np.random.default_rng(1).random((2, 7, 9, 3), dtype=np.float32)
+    got = area_shrink(img, 3).numpy()
+    big = np.ones((2, 9, 9, 3), np.float32)  # padded with white to a multiple of 3
+    big[:, :7] = img
+    want = big.reshape(2, 3, 3, 3, 3, 3).mean(axis=(2, 4))
+    assert got.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(area_shrink(img, 1).numpy(), img)
+
+
+def test_antialias_views_are_area_averages(noise_image):
+    img = noise_image[:, :, :64]
+    centre = np.full((1, 1, 2), 32.0, np.float32)
+    kw = dict(zooms=(1.0,), base_half_size=32, reference_size=64, view_size=16, stretch=False)
+    # 64 px window -> 16 px view: factor 4, each view pixel is the mean of a 4x4 block.
+    got = zoom_views(img, centre, antialias=True, **kw).numpy()[0, 0, 0]
+    want = img[0].reshape(16, 4, 16, 4, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    plain = zoom_views(img, centre, **kw).numpy()[0, 0, 0]
+    assert np.abs(plain - want).max() > 0.1  # point sampling of noise is far from the mean
+    # The rotation path (gather) shrinks the same way.
+    rot = zoom_views(img, centre, antialias=True, method="gather", **kw).numpy()[0, 0, 0]
+    np.testing.assert_allclose(rot, want, atol=1e-5)
+    # Factor 1 (window no larger than two view sizes) changes nothing.
+    pts = np.array([[(40.0, 30.0), (3.0, 60.0)]], np.float32)
+    kw1 = dict(kw, base_half_size=12)
+    np.testing.assert_array_equal(
+        zoom_views(img, pts, antialias=True, **kw1).numpy(), zoom_views(img, pts, **kw1).numpy()
+    )
+
+
+def test_antialias_keeps_thin_strokes_visible():
+    # A 1 px vertical line seen through a 360 px window at 32 px: point sampling misses it for
+    # most sub-pixel offsets, area averaging always shows it.
+    img = np.ones((1, 512, 512, 3), np.float32)
+    img[0, :, 250] = 0.0
+    xs = np.linspace(240.0, 260.0, 21, dtype=np.float32)
+    pts = np.stack([xs, np.full_like(xs, 256.0)], -1)[None]
+    kw = dict(zooms=(1.8,), view_size=32, stretch=False)
+    plain = zoom_views(img, pts, **kw).numpy().min(axis=(2, 3, 4, 5))[0]
+    smooth = zoom_views(img, pts, antialias=True, **kw).numpy().min(axis=(2, 3, 4, 5))[0]
+    assert np.all(smooth < 0.97)  # the stroke darkens some pixel of every view
+    assert np.mean(plain > 0.99) > 0.5  # ...which point sampling misses for most offsets
 
 
 def test_default_224_shape():
