@@ -31,6 +31,22 @@ def test_registry_output_shapes(name, size, dim):
     assert np.all(np.isfinite(y))
 
 
+def test_small_cnn_flatten_keeps_the_spatial_layout():
+    model = build_backbone("small_cnn", 32, widths=(4, 8, 16), pooling="flatten")
+    assert model.output_shape == (None, 4 * 4 * 16)
+    x = np.ones((2, 32, 32, 3), np.float32)
+    x[1, :16, :16] = 0.0  # ink in the top-left quadrant only
+    y_tl = model(x, training=False).numpy()[1]
+    x[1] = 1.0
+    x[1, 16:, 16:] = 0.0  # the same ink moved to the bottom-right quadrant
+    y_br = model(x, training=False).numpy()[1]
+    # A global pool of this symmetric shift would give (nearly) the same vector; the flatten
+    # must tell the two positions apart.
+    assert not np.allclose(y_tl, y_br, atol=1e-3)
+    glob = build_backbone("small_cnn", 32, widths=(4, 8, 16), pooling="avg")
+    assert glob.output_shape == (None, 16)
+
+
 def test_alexnet_conv_parameter_count_is_torchvision():
     model = build_backbone("alexnet", 224)
     # conv1..5 weights + biases: 3*64*121+64, 64*192*25+192, 192*384*9+384, 384*256*9+256,
@@ -76,3 +92,5 @@ def test_bad_arguments():
         build_backbone("alexnet", 32)
     with pytest.raises(ValueError, match="pooling"):
         build_backbone("small_cnn", 32, pooling="sum")
+    with pytest.raises(ValueError, match="'avg' or 'max', got 'flatten'"):
+        build_backbone("densenet121", 32, pooling="flatten")

@@ -192,9 +192,12 @@ def build_small_cnn(
     widths: Sequence[int] = (32, 64, 128, 256),
     pooling: str = "avg",
 ) -> keras.Model:
-    """Light CPU backbone: per width [conv3x3, BN, ReLU, maxpool 2], then global pool -> [B, F].
+    """Light CPU backbone: per width [conv3x3, BN, ReLU, maxpool 2], then pooling -> [B, F].
 
-    F = widths[-1]; input_size >= 2 ** len(widths); pooling "avg" or "max".
+    pooling "avg" / "max" (global: F = widths[-1]) or "flatten" (the final
+    [input_size / 2 ** L]^2 x widths[-1] map flattened, channels-last, like alexnet's flatten:
+    keeps *where* in the view each feature fired, which point descriptors need).
+    input_size >= 2 ** len(widths).
     """
     inp = _image_input(input_size, 2 ** len(widths), "small_cnn")
     x = inp
@@ -203,7 +206,10 @@ def build_small_cnn(
         x = layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-    x = _global_pool(pooling, "small_cnn")(x)
+    if pooling == "flatten":
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        x = _global_pool(pooling, "small_cnn")(x)
     return _finish(inp, x, "small_cnn", weights_path)
 
 
@@ -212,7 +218,8 @@ def _global_pool(pooling: str, name: str):
         return layers.GlobalAveragePooling2D(name="global_pool")
     if pooling == "max":
         return layers.GlobalMaxPooling2D(name="global_pool")
-    raise ValueError(f"backbone {name!r}: pooling must be 'avg' or 'max', got {pooling!r}")
+    choices = "'avg', 'max' or 'flatten'" if name == "small_cnn" else "'avg' or 'max'"
+    raise ValueError(f"backbone {name!r}: pooling must be {choices}, got {pooling!r}")
 
 
 def build_densenet121(
