@@ -9,6 +9,10 @@ sample of the stroke pixels with --radius. Methods: nn (nearest neighbour of eve
 mutual_nn, hungarian (one-to-one, scipy), sinkhorn (balanced OT plan + mutual argmax).
 Writes <output>.json (every match: indices, coordinates, descriptor distance) and <output>.png
 (the drawings side by side with one coloured line per match).
+
+With --reference_a/--reference_b (.npy descriptors [N, D] of the given points from another
+model, e.g. the original SketchZooms' `*_sketchzooms_alexnet_triplet.npy`) it also prints and
+stores how our mutual-NN matches agree with the reference's ("reference_agreement").
 """
 
 import os
@@ -32,6 +36,8 @@ _METHOD = flags.DEFINE_enum(
     "method", "mutual_nn", ["nn", "mutual_nn", "hungarian", "sinkhorn"], "Matcher."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Output prefix: writes <output>.json and .png.")
+_REF_A = flags.DEFINE_string("reference_a", None, "Optional [Na, D] .npy reference descriptors.")
+_REF_B = flags.DEFINE_string("reference_b", None, "Optional [Nb, D] .npy reference descriptors.")
 
 
 def main(argv):
@@ -42,9 +48,14 @@ def main(argv):
         if not flag.value:
             cli.fail(f"--{name} is required")
     for name, flag in (("image_a", _IMAGE_A), ("image_b", _IMAGE_B), ("points_a", _POINTS_A),
-                       ("points_b", _POINTS_B)):  # fmt: skip
+                       ("points_b", _POINTS_B), ("reference_a", _REF_A),
+                       ("reference_b", _REF_B)):  # fmt: skip
         if flag.value and not os.path.isfile(flag.value):
             cli.fail(f"--{name}: {flag.value} does not exist")
+    if bool(_REF_A.value) != bool(_REF_B.value):
+        cli.fail("--reference_a and --reference_b go together")
+    if _REF_A.value and not (_POINTS_A.value and _POINTS_B.value):
+        cli.fail("--reference_a/--reference_b describe given points: pass --points_a/--points_b")
     if _RADIUS.value <= 0:
         cli.fail(f"--radius must be > 0, got {_RADIUS.value}")
     config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
@@ -65,17 +76,37 @@ def main(argv):
         pb = zooms_eval.load_points(_POINTS_B.value) if _POINTS_B.value else None
     except ValueError as e:
         cli.fail(str(e))
+    reference = None
+    if _REF_A.value:
+        import numpy as np
+
+        try:
+            reference = (np.load(_REF_A.value), np.load(_REF_B.value))
+        except (OSError, ValueError) as e:
+            cli.fail(f"--reference_a/--reference_b: not readable .npy arrays ({e})")
     task = get_task_class("zooms")(config)
     state = loop.build_state(task, config)
     loop.restore_latest(state, ckpt_dir, for_training=False)
-    result = zooms_eval.run_match(
-        task, state.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
-        method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
-    )  # fmt: skip
+    try:
+        result = zooms_eval.run_match(
+            task, state.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
+            method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
+            reference=reference,
+        )  # fmt: skip
+    except ValueError as e:
+        cli.fail(str(e))
     print(
         f"{len(result['matches'])} matches ({_METHOD.value}) between {result['num_points_a']} "
         f"and {result['num_points_b']} points -> {_OUTPUT.value}.json, {_OUTPUT.value}.png"
     )
+    if reference is not None:
+        agree = result["reference_agreement"]
+        print(
+            f"reference: {agree['reference']} mutual-NN matches, ours {agree['ours']}, common "
+            f"{agree['common']}: agreement {agree['agreement']:.3f}, precision "
+            f"{agree['precision']:.3f}, same nearest neighbour {agree['nn_agreement']:.3f} "
+            f"(chance {agree['chance_nn']:.3f})"
+        )
 
 
 if __name__ == "__main__":

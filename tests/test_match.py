@@ -93,10 +93,14 @@ def test_match_command_with_npy_points(run_dir):
     pts = np.array([[40.5, 16.0], [41.0, 40.0], [30.0, 61.0]], np.float32)
     np.save(base / "pa.npy", pts)
     np.save(base / "pb.npy", pts + [3.0, 3.0])
+    # Reference descriptors that mutually match point i of A with point i of B.
+    np.save(base / "ra.npy", np.eye(3, 4, dtype=np.float32))
+    np.save(base / "rb.npy", np.eye(3, 4, dtype=np.float32) + 0.01)
     out = str(base / "cli")
     cmd = [sys.executable, os.path.join(PROJECT_ROOT, "match.py"), f"--workdir={base / 'run'}",
            f"--image_a={base / 'a.png'}", f"--image_b={base / 'b.png'}",
            f"--points_a={base / 'pa.npy'}", f"--points_b={base / 'pb.npy'}",
+           f"--reference_a={base / 'ra.npy'}", f"--reference_b={base / 'rb.npy'}",
            "--method=hungarian", f"--output={out}"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -104,9 +108,23 @@ def test_match_command_with_npy_points(run_dir):
     with open(out + ".json") as f:
         payload = json.load(f)
     assert len(payload["matches"]) == 3 and payload["method"] == "hungarian"
+    agree = payload["reference_agreement"]
+    assert agree["reference"] == 3 and agree["chance_nn"] == pytest.approx(1 / 3)
+    assert "reference: 3 mutual-NN matches" in proc.stdout
     bad = subprocess.run(cmd[:-1] + ["--output=" + out, "--method=nope"], capture_output=True,
                          text=True, env=env, timeout=300)  # fmt: skip
     assert bad.returncode != 0
+
+
+def test_reference_of_wrong_length_is_refused_before_writing(run_dir, tmp_path):
+    base, task, model = run_dir
+    pts = np.array([[40.5, 16.0], [41.0, 40.0], [30.0, 61.0]], np.float32)
+    with pytest.raises(ValueError, match=r"reference descriptors of B: expected \[3, D\]"):
+        zooms_eval.run_match(
+            task, model, str(base / "a.png"), str(base / "b.png"), str(tmp_path / "r"),
+            points_a=pts, points_b=pts, reference=(np.zeros((3, 4)), np.zeros((2, 4))),
+        )  # fmt: skip
+    assert not os.path.exists(tmp_path / "r.json")
 
 
 def test_sketchzooms_examples_agreement(run_dir, shared_data, tmp_path):

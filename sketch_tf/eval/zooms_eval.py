@@ -390,10 +390,16 @@ def run_match(
     points_b: np.ndarray | None = None,
     radius: float = 8.0,
     max_lines: int = 200,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Two sketches in -> correspondences out: writes `<output_prefix>.json` and
     `<output_prefix>.png` (side by side, one coloured line per match, at most `max_lines`
-    drawn) and returns the JSON payload (plus the descriptors under `_desc_a`/`_desc_b`)."""
+    drawn) and returns the JSON payload (plus the descriptors under `_desc_a`/`_desc_b`).
+
+    `reference`: optional descriptors ([Na, D'], [Nb, D']) of the same given points from
+    another model (e.g. the original SketchZooms' stored ones); the payload then carries
+    `"reference_agreement"` (`mutual_nn_agreement`). Shapes are checked before anything is
+    computed or written."""
     img_a, img_b = load_image(image_a_path), load_image(image_b_path)
     pa = sample_points(img_a, radius) if points_a is None else np.asarray(points_a, np.float32)
     pb = sample_points(img_b, radius) if points_b is None else np.asarray(points_b, np.float32)
@@ -401,6 +407,16 @@ def run_match(
         raise ValueError(
             f"no points to match ({len(pa)} in {image_a_path}, {len(pb)} in {image_b_path})"
         )
+    if reference is not None:
+        if points_a is None or points_b is None:
+            raise ValueError("reference descriptors need the given points (points_a, points_b)")
+        ref_a, ref_b = (np.asarray(r, np.float32) for r in reference)
+        for name, ref, pts in (("A", ref_a, pa), ("B", ref_b, pb)):
+            if ref.ndim != 2 or len(ref) != len(pts):
+                raise ValueError(
+                    f"reference descriptors of {name}: expected [{len(pts)}, D] (one row per "
+                    f"given point), got shape {ref.shape}"
+                )
     da = describe_image(task, model, img_a, pa)
     db = describe_image(task, model, img_b, pb)
     pairs = match_descriptors(da, db, method)
@@ -422,6 +438,8 @@ def run_match(
             for (i, j), d in zip(pairs.tolist(), dist, strict=True)
         ],  # fmt: skip
     }
+    if reference is not None:
+        payload["reference_agreement"] = mutual_nn_agreement(da, db, ref_a, ref_b)
     out_dir = os.path.dirname(output_prefix)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
