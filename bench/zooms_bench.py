@@ -11,10 +11,11 @@ Figures (last line, JSON):
 - ``rotated_views_per_s`` / ``per_point_rotated_views_per_s`` /
   ``ratio_vs_per_point_rotated``: the same with a random rotation (+-45 deg) and flip per point
   (our gather sampler; the baseline crops a bigger box, flips, rotates with PIL, crops).
-- ``descriptors_per_s``: `describe_points` with the CPU default model
-  (`CPU_DEFAULT_MODEL`: small_cnn, 64 px views) for `--describe_points` points (1,000) on the
-  512x512 sketch, batches of 250 points; ``descriptors_per_s_alexnet224`` the same with the
-  original alexnet / 224 px model on `--alexnet_points` points.
+- ``descriptors_per_s``: the shipped default (`configs/zooms.py:synthetic`: small_cnn with a
+  flatten, three anti-aliased 32 px views, drawings resized to 256 px) through the inference
+  path of `match.py` (`zooms_eval.describe_image`) for `--describe_points` points (1,000) on
+  the 512x512 sketch; ``descriptors_per_s_alexnet224`` the original alexnet / 224 px model
+  (`describe_points`, no resize) on `--alexnet_points` points.
 Measured after XLA-compiling the min-max stretch (`--describe_points 250 --alexnet_points 0`,
 224 px, 3 runs, 2 shared cores at load 11-12.7): ratio_vs_per_point 20.4, 1.96, 4.45 (median
 4.45; before: 4.4 at lighter load). Ours and the baseline are timed in separate phases, so
@@ -28,8 +29,10 @@ a procedurally drawn one.
 """
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -37,8 +40,10 @@ import tensorflow as tf
 from PIL import Image
 
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
-from sketch_tf.models.zooms import CPU_DEFAULT_MODEL, build_zooms_model, describe_points
-from sketch_tf.paths import shared_data_dir
+from sketch_tf.eval.zooms_eval import describe_image
+from sketch_tf.models.zooms import build_zooms_model, describe_points
+from sketch_tf.paths import PROJECT_ROOT, shared_data_dir
+from sketch_tf.train.zooms_task import ZoomsTask
 
 
 def load_sketch() -> np.ndarray:
@@ -58,6 +63,15 @@ def load_sketch() -> np.ndarray:
         ys = np.clip((y0 + t * (y1 - y0)).astype(int), 0, 511)
         img[ys, xs] = 0.0
     return img
+
+
+def default_task():
+    """The ZoomsTask of `configs/zooms.py:synthetic` (the model the main job trains)."""
+    path = os.path.join(PROJECT_ROOT, "configs", "zooms.py")
+    spec = importlib.util.spec_from_file_location("configs_zooms_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return ZoomsTask(module.get_config("synthetic"))
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:
@@ -144,10 +158,11 @@ def main():
         res["rotated_views_per_s"] / res["per_point_rotated_views_per_s"]
     )
 
-    model = build_zooms_model(**CPU_DEFAULT_MODEL)
+    task = default_task()
+    model = task.build_models()["zooms"]
     dpts = rng.uniform(0, 512, size=(args.describe_points, 2)).astype(np.float32)
-    describe_points(model, img, dpts[:250], batch_points=250)  # trace
-    t = _best_time(lambda: describe_points(model, img, dpts, batch_points=250), 1)
+    describe_image(task, model, img, dpts[:250])  # trace
+    t = _best_time(lambda: describe_image(task, model, img, dpts), 1)
     res["descriptors_per_s"] = args.describe_points / t
     res["describe_1000_points_s"] = t * 1000 / args.describe_points
     if args.alexnet_points > 0:

@@ -99,6 +99,14 @@ def test_validate_config_lists_problems():
     for key in ("model.backbone", "zooms.scale_jitter", "loss.kind", "model.num_views"):
         assert key in text
     assert ZoomsTask.validate_config(load_config()) == []
+    c = load_config("sketchzooms")
+    c.model.backbone_pooling = "flatten"  # alexnet keeps its own pooling
+    assert "model.backbone_pooling='flatten' applies to small_cnn only" in "\n".join(
+        ZoomsTask.validate_config(c)
+    )
+    c = load_config()
+    c.model.backbone_pooling = "sum"
+    assert "model.backbone_pooling must be" in "\n".join(ZoomsTask.validate_config(c))
 
 
 def test_missing_records_error_names_folder_and_command(tmp_path):

@@ -10,7 +10,9 @@ view shares its weights. Heads follow the public PyTorch code per backbone ("aut
 - alexnet: dropout -> fc 4096 -> ReLU -> fc D  (torchvision classifier[:3] + `dimreduction`)
 - vgg11:   fc 4096 -> fc D                      (vgg classifier[0] without activation)
 - resnet18: fc D                                (`fc` replaced by identity, then `dimreduction`)
-- light backbones: dropout -> fc `head_hidden` (512) -> ReLU -> fc D
+- light backbones: dropout -> fc `head_hidden` (512) -> ReLU -> fc D (small_cnn with
+  `backbone_kwargs={"pooling": "flatten"}` keeps the view's spatial layout like alexnet's
+  flatten; a global pool throws away where in the view the strokes are)
 
 `fusion="view_max"` is the paper's max across views; `fusion="upstream"` reproduces the public
 code's stride-K max over the concatenated views (needed for converted weights).
@@ -30,7 +32,6 @@ from sketch_tf.models.backbones import build_backbone, load_weights_file
 from sketch_tf.models.layers import FUSION_MODES, L2Normalize, ViewFusion
 
 __all__ = [
-    "CPU_DEFAULT_MODEL",
     "HEADS",
     "MergeViews",
     "SplitViews",
@@ -44,9 +45,8 @@ HEADS = ("auto", "mlp", "fc_fc", "linear")
 
 _AUTO_HEAD = {"alexnet": ("mlp", 4096), "vgg11": ("fc_fc", 4096), "resnet18": ("linear", None)}
 
-#: The light configuration used by default on CPU (see bench/zooms_bench.py for its speed):
-#: `build_zooms_model(**CPU_DEFAULT_MODEL)`. The original model is `build_zooms_model()`.
-CPU_DEFAULT_MODEL = dict(backbone="small_cnn", view_size=64, head_hidden=512)
+# The original model is `build_zooms_model()`; the CPU default is the `model` section of
+# configs/zooms.py:synthetic (small_cnn with a flatten on 32 px views), built by `ZoomsTask`.
 
 
 @keras.saving.register_keras_serializable(package="sketch_tf")

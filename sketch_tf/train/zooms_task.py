@@ -151,6 +151,16 @@ class ZoomsTask(Task):
         m, z, loss, data = config.model, config.zooms, config.loss, config.data
         if m.backbone not in BACKBONES:
             p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
+        if m.get("backbone_pooling") and m.backbone != "small_cnn":
+            p.append(
+                f"model.backbone_pooling={m.backbone_pooling!r} applies to small_cnn only (the "
+                f"torchvision layouts keep their own pooling); set it to '' for {m.backbone!r}"
+            )
+        elif m.get("backbone_pooling") and m.backbone_pooling not in ("avg", "max", "flatten"):
+            p.append(
+                "model.backbone_pooling must be 'avg', 'max', 'flatten' or '', got "
+                f"{m.backbone_pooling!r}"
+            )
         if m.fusion not in FUSION_MODES:
             p.append(f"model.fusion must be one of {FUSION_MODES}, got {m.fusion!r}")
         if not (isinstance(m.view_size, int) and m.view_size >= 16):
@@ -198,6 +208,7 @@ class ZoomsTask(Task):
             base_half_size=float(z.base_half_size),
             reference_size=float(z.reference_size),
             view_size=int(self.config.model.view_size),
+            antialias=bool(z.get("antialias", False)),
         )
         if training:
             kw.update(
@@ -215,6 +226,8 @@ class ZoomsTask(Task):
             backbone_kwargs["weights_path"] = m.backbone_weights
         if m.get("backbone_widths"):
             backbone_kwargs["widths"] = tuple(m.backbone_widths)
+        if m.get("backbone_pooling"):
+            backbone_kwargs["pooling"] = m.backbone_pooling
         model = build_zooms_model(
             backbone=m.backbone,
             view_size=int(m.view_size),
