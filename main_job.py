@@ -11,7 +11,6 @@ folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evalu
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
 """
 
-import importlib.util
 import json
 import os
 import time
@@ -33,24 +32,15 @@ _STRATEGY = flags.DEFINE_enum(
 )
 
 
-def load_config(family: str, variant: str):
-    """`configs/<family>.py:get_config(variant)`."""
-    path = os.path.join(PROJECT_ROOT, "configs", f"{family}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{family}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
-
-
 def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     """prepare -> train -> evaluate -> export for one family; returns its evaluation result."""
     from sketch_tf.data.synthetic.prepare import prepare_synthetic
     from sketch_tf.export.serving import export_saved_model
     from sketch_tf.train import loop
-    from sketch_tf.train.config import ConfigError, validate_config
+    from sketch_tf.train.config import ConfigError, load_project_config, validate_config
     from sketch_tf.train.tasks import get_task_class
 
-    config = load_config(family, "synthetic_smoke" if smoke else "synthetic")
+    config = load_project_config(family, "synthetic_smoke" if smoke else "synthetic")
     run_dir = os.path.join(workdir, family)
     if smoke:
         # Keep smoke data apart from the real run's data.

@@ -33,10 +33,8 @@ a procedurally drawn one.
 """
 
 import argparse
-import importlib.util
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -46,7 +44,8 @@ from PIL import Image
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
 from sketch_tf.eval.zooms_eval import describe_image
 from sketch_tf.models.zooms import build_zooms_model, describe_points
-from sketch_tf.paths import PROJECT_ROOT, shared_data_dir
+from sketch_tf.paths import shared_data_dir
+from sketch_tf.train.config import load_project_config
 from sketch_tf.train.zooms_task import ZoomsTask
 
 
@@ -71,11 +70,7 @@ def load_sketch() -> np.ndarray:
 
 def default_task():
     """The ZoomsTask of `configs/zooms.py:synthetic` (the model the main job trains)."""
-    path = os.path.join(PROJECT_ROOT, "configs", "zooms.py")
-    spec = importlib.util.spec_from_file_location("configs_zooms_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return ZoomsTask(module.get_config("synthetic"))
+    return ZoomsTask(load_project_config("zooms", "synthetic"))
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:

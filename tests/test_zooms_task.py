@@ -1,7 +1,6 @@
 """ZoomsTask: loss with hand-computed values, config validation, and one tiny end-to-end run
 (records -> 2 training steps -> evaluation tables/pictures -> export round trip)."""
 
-import importlib.util
 import io
 import os
 
@@ -11,20 +10,15 @@ import tensorflow as tf
 from PIL import Image
 
 from sketch_tf.data import pipeline
-from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train import loop
-from sketch_tf.train.config import validate_config
+from sketch_tf.train.config import load_project_config, validate_config
 from sketch_tf.train.zooms_task import ZoomsTask, category_triplet_loss
 
 CATS = ["bottle", "mug", "table"]
 
 
 def load_config(variant="synthetic"):
-    path = os.path.join(PROJECT_ROOT, "configs", "zooms.py")
-    spec = importlib.util.spec_from_file_location("configs_zooms_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_project_config("zooms", variant)
 
 
 def tiny_config(root):

@@ -23,6 +23,23 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config ({len(self.problems)} problem(s)):\n{lines}")
 
 
+def load_project_config(family: str, variant: str) -> ml_collections.ConfigDict:
+    """`get_config(variant)` of the project's `configs/<family>.py` (outside absl flags: the
+    main job, benches and tests). Raises FileNotFoundError naming the file when absent."""
+    import importlib.util
+    import os
+
+    from sketch_tf.paths import PROJECT_ROOT
+
+    path = os.path.join(PROJECT_ROOT, "configs", f"{family}.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no config file for family {family!r}")
+    spec = importlib.util.spec_from_file_location(f"configs_{family}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
 def base_train_config() -> ml_collections.ConfigDict:
     """Fields of `config.train` common to every task (tasks override values, never names)."""
     return ml_collections.ConfigDict(
