@@ -67,40 +67,48 @@ CLASS_KEY = {
     KIND_CORRESPONDENCE_PAIR: CATEGORY,
 }
 
+# Feature types of the specs below (a spec says how a key is parsed and, in `_serialize`, encoded).
+_TEXT = tf.io.FixedLenFeature([], tf.string)  # also encoded image bytes
+_OPTIONAL_TEXT = tf.io.FixedLenFeature([], tf.string, default_value="")
+_INT = tf.io.FixedLenFeature([], tf.int64)
+_OPTIONAL_INT = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+_POINT_LIST = tf.io.VarLenFeature(tf.float32)
+_ID_LIST = tf.io.VarLenFeature(tf.int64)
+
+# Key order = argument order of the matching `encode_<kind>`.
 _LABELLED_SPEC = {
-    IMAGE: tf.io.FixedLenFeature([], tf.string),
-    CLASS_ID: tf.io.FixedLenFeature([], tf.int64),
-    CLASS_NAME: tf.io.FixedLenFeature([], tf.string),
-    DOMAIN: tf.io.FixedLenFeature([], tf.string),
-    INSTANCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    STYLE_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-    CONTENT_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    IMAGE: _TEXT,
+    CLASS_ID: _INT,
+    CLASS_NAME: _TEXT,
+    DOMAIN: _TEXT,
+    INSTANCE_ID: _OPTIONAL_TEXT,
+    SOURCE: _OPTIONAL_TEXT,
+    STYLE_ID: _OPTIONAL_INT,
+    CONTENT_ID: _OPTIONAL_INT,
 }
 
+# Held by both correspondence kinds, between their points and their shape / view ids.
+_CATEGORY_SPEC = {POINT_IDS: _ID_LIST, CATEGORY: _TEXT, CATEGORY_ID: _INT}
+
 _VIEW_SPEC = {
-    IMAGE: tf.io.FixedLenFeature([], tf.string),
-    POINTS: tf.io.VarLenFeature(tf.float32),
-    POINT_IDS: tf.io.VarLenFeature(tf.int64),
-    CATEGORY: tf.io.FixedLenFeature([], tf.string),
-    CATEGORY_ID: tf.io.FixedLenFeature([], tf.int64),
-    INSTANCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    VIEW: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE: _TEXT,
+    POINTS: _POINT_LIST,
+    **_CATEGORY_SPEC,
+    INSTANCE: _OPTIONAL_TEXT,
+    VIEW: _OPTIONAL_TEXT,
+    SOURCE: _OPTIONAL_TEXT,
 }
 
 _PAIR_SPEC = {
-    IMAGE_A: tf.io.FixedLenFeature([], tf.string),
-    IMAGE_B: tf.io.FixedLenFeature([], tf.string),
-    POINTS_A: tf.io.VarLenFeature(tf.float32),
-    POINTS_B: tf.io.VarLenFeature(tf.float32),
-    POINT_IDS: tf.io.VarLenFeature(tf.int64),
-    CATEGORY: tf.io.FixedLenFeature([], tf.string),
-    CATEGORY_ID: tf.io.FixedLenFeature([], tf.int64),
-    INSTANCE_A: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    INSTANCE_B: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    VIEW_A: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    VIEW_B: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE_A: _TEXT,
+    IMAGE_B: _TEXT,
+    POINTS_A: _POINT_LIST,
+    POINTS_B: _POINT_LIST,
+    **_CATEGORY_SPEC,
+    INSTANCE_A: _OPTIONAL_TEXT,
+    INSTANCE_B: _OPTIONAL_TEXT,
+    VIEW_A: _OPTIONAL_TEXT,
+    VIEW_B: _OPTIONAL_TEXT,
 }
 
 
@@ -121,6 +129,19 @@ def _floats(values: np.ndarray) -> tf.train.Feature:
 
 def _ints(values: np.ndarray) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values.reshape(-1).tolist()))
+
+
+def _feature(spec, value) -> tf.train.Feature:
+    # The parse spec of a key also says how to encode it, so writers and readers cannot drift.
+    if isinstance(spec, tf.io.VarLenFeature):
+        return _floats(value) if spec.dtype == tf.float32 else _ints(value)
+    return _bytes(value) if spec.dtype == tf.string else _int(value)
+
+
+def _serialize(spec: dict, *values) -> bytes:
+    """Serialized `tf.train.Example` holding `values` under the keys of `spec`, in its order."""
+    feature = {key: _feature(spec[key], value) for key, value in zip(spec, values, strict=True)}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def _check_image(name: str, image: bytes) -> None:
@@ -157,13 +178,39 @@ def _check_ids(name: str, ids) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _check_correspondence(
+    point_ids, points: dict, category, category_id, where: str = ""
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Checks the point ids, each named point set ([N, 2], one row per id) and the category.
+
+    `where` is appended to the category error (e.g. " ('path')"). Returns int64 ids [N] and
+    the float32 [N, 2] point arrays in the order of `points`.
+    """
+    ids = _check_ids("point_ids", point_ids)
+    arrays = [_check_points(name, value, len(ids)) for name, value in points.items()]
+    _check_text("category", category)
+    if not category or int(category_id) < 0:
+        raise ValueError(f"category must be non-empty and category_id >= 0{where}")
+    return ids, arrays
+
+
 def _parse(serialized: tf.Tensor, spec: dict) -> dict[str, tf.Tensor]:
     serialized = tf.convert_to_tensor(serialized, tf.string)
-    if serialized.shape.rank == 0:
-        return tf.io.parse_single_example(serialized, spec)
-    if serialized.shape.rank == 1:
-        return tf.io.parse_example(serialized, spec)
-    raise ValueError(f"serialized records must be a scalar or 1-D string tensor, got {serialized}")
+    rank = serialized.shape.rank
+    if rank not in (0, 1):
+        raise ValueError(
+            f"serialized records must be a scalar or 1-D string tensor, got {serialized}"
+        )
+    parse = tf.io.parse_single_example if rank == 0 else tf.io.parse_example
+    out = parse(serialized, spec)
+    # Variable-length features (points, point ids) come back sparse.
+    for key, feature in spec.items():
+        if isinstance(feature, tf.io.VarLenFeature):
+            if feature.dtype == tf.float32:
+                out[key] = _dense_points(out[key], batched=rank == 1)
+            else:
+                out[key] = tf.sparse.to_dense(out[key])
+    return out
 
 
 def _dense_points(sparse: tf.SparseTensor, batched: bool) -> tf.Tensor:
@@ -212,17 +259,8 @@ def encode_labelled_image(
         _check_text(name, value)
     if not class_name or not domain:
         raise ValueError(f"class_name and domain must be non-empty (record {source!r})")
-    feature = {
-        IMAGE: _bytes(bytes(image)),
-        CLASS_ID: _int(class_id),
-        CLASS_NAME: _bytes(class_name),
-        DOMAIN: _bytes(domain),
-        INSTANCE_ID: _bytes(instance_id),
-        SOURCE: _bytes(source),
-        STYLE_ID: _int(style_id),
-        CONTENT_ID: _int(content_id),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    values = (bytes(image), class_id, class_name, domain, instance_id, source, style_id, content_id)
+    return _serialize(_LABELLED_SPEC, *values)
 
 
 def parse_labelled_image(serialized) -> dict[str, tf.Tensor]:
@@ -260,22 +298,12 @@ def encode_correspondence_view(
       instance: shape / model id; view: view id; source: original path.
     """
     _check_image(f"image of {source or instance!r}", image)
-    ids = _check_ids("point_ids", point_ids)
-    pts = _check_points("points", points, len(ids))
-    _check_text("category", category)
-    if not category or int(category_id) < 0:
-        raise ValueError(f"category must be non-empty and category_id >= 0 ({source!r})")
-    feature = {
-        IMAGE: _bytes(bytes(image)),
-        POINTS: _floats(pts),
-        POINT_IDS: _ints(ids),
-        CATEGORY: _bytes(category),
-        CATEGORY_ID: _int(category_id),
-        INSTANCE: _bytes(instance),
-        VIEW: _bytes(view),
-        SOURCE: _bytes(source),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    ids, (pts,) = _check_correspondence(
+        point_ids, {"points": points}, category, category_id, f" ({source!r})"
+    )
+    return _serialize(
+        _VIEW_SPEC, bytes(image), pts, ids, category, category_id, instance, view, source
+    )
 
 
 def parse_correspondence_view(serialized) -> dict[str, tf.Tensor]:
@@ -286,11 +314,7 @@ def parse_correspondence_view(serialized) -> dict[str, tf.Tensor]:
       `category`, `instance`, `view`, `source` (tf.string), `category_id` (int64). For a batch
       [B] of records, points are [B, maxN, 2] and point_ids [B, maxN], zero padded.
     """
-    out = _parse(serialized, _VIEW_SPEC)
-    batched = out[CATEGORY].shape.rank == 1
-    out[POINTS] = _dense_points(out[POINTS], batched)
-    out[POINT_IDS] = tf.sparse.to_dense(out[POINT_IDS])
-    return out
+    return _parse(serialized, _VIEW_SPEC)
 
 
 # ---- correspondence_pair ---------------------------------------------------------------------
@@ -318,26 +342,11 @@ def encode_correspondence_pair(
     """
     _check_image("image_a", image_a)
     _check_image("image_b", image_b)
-    ids = _check_ids("point_ids", point_ids)
-    pa = _check_points("points_a", points_a, len(ids))
-    pb = _check_points("points_b", points_b, len(ids))
-    _check_text("category", category)
-    if not category or int(category_id) < 0:
-        raise ValueError("category must be non-empty and category_id >= 0")
-    feature = {
-        IMAGE_A: _bytes(bytes(image_a)),
-        IMAGE_B: _bytes(bytes(image_b)),
-        POINTS_A: _floats(pa),
-        POINTS_B: _floats(pb),
-        POINT_IDS: _ints(ids),
-        CATEGORY: _bytes(category),
-        CATEGORY_ID: _int(category_id),
-        INSTANCE_A: _bytes(instance_a),
-        INSTANCE_B: _bytes(instance_b),
-        VIEW_A: _bytes(view_a),
-        VIEW_B: _bytes(view_b),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    ids, (pa, pb) = _check_correspondence(
+        point_ids, {"points_a": points_a, "points_b": points_b}, category, category_id
+    )
+    values = (bytes(image_a), bytes(image_b), pa, pb, ids, category, category_id)
+    return _serialize(_PAIR_SPEC, *values, instance_a, instance_b, view_a, view_b)
 
 
 def parse_correspondence_pair(serialized) -> dict[str, tf.Tensor]:
@@ -348,12 +357,7 @@ def parse_correspondence_pair(serialized) -> dict[str, tf.Tensor]:
       `point_ids` int64 [N], `category`, `instance_a/b`, `view_a/b` (tf.string),
       `category_id` (int64). Batched input gives [B, maxN, 2] / [B, maxN], zero padded.
     """
-    out = _parse(serialized, _PAIR_SPEC)
-    batched = out[CATEGORY].shape.rank == 1
-    out[POINTS_A] = _dense_points(out[POINTS_A], batched)
-    out[POINTS_B] = _dense_points(out[POINTS_B], batched)
-    out[POINT_IDS] = tf.sparse.to_dense(out[POINT_IDS])
-    return out
+    return _parse(serialized, _PAIR_SPEC)
 
 
 #: kind -> parse function (for generic readers).

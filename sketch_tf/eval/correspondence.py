@@ -19,6 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist
 from scipy.special import logsumexp
 
+from sketch_tf.eval.retrieval import as_finite_2d
+
 #: Thresholds (fractions of the image side) reported in tables: 2.5 %, 5 % and 10 %.
 PCK_REPORT_THRESHOLDS = (0.025, 0.05, 0.10)
 
@@ -34,12 +36,7 @@ def _points(name: str, points) -> np.ndarray:
 
 
 def _descriptors(name: str, desc) -> np.ndarray:
-    arr = np.asarray(desc, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected descriptors of shape [N, D], got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return arr
+    return as_finite_2d(name, desc, "{name}: expected descriptors of shape [N, D], got {shape}")
 
 
 def ink_map(image) -> np.ndarray:

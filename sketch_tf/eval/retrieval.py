@@ -52,10 +52,17 @@ import numpy as np
 _METRICS = ("euclidean", "cosine")
 
 
-def _as_2d_float(name: str, x) -> np.ndarray:
+def as_finite_2d(
+    name: str, x, shape_error: str = "{name}: expected a 2-D array [count, dim], got shape {shape}"
+) -> np.ndarray:
+    """`x` as a float64 [count, dim] array with finite values (embeddings, descriptors).
+
+    Raises ValueError naming `name`: `shape_error` (formatted with `name` and `shape`) when `x`
+    is not 2-D, "<name>: contains NaN or infinite values" when a value is not finite.
+    """
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array [count, dim], got shape {arr.shape}")
+        raise ValueError(shape_error.format(name=name, shape=arr.shape))
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return arr
@@ -245,8 +252,8 @@ def retrieval_metrics(
       [0, 1]), ``per_class`` {label: {same keys, num_queries, num_relevant}}, ``num_queries``,
       ``num_gallery``, ``num_queries_without_relevant``, ``metric``.
     """
-    q = _as_2d_float("query_embeddings", query_embeddings)
-    g = _as_2d_float("gallery_embeddings", gallery_embeddings)
+    q = as_finite_2d("query_embeddings", query_embeddings)
+    g = as_finite_2d("gallery_embeddings", gallery_embeddings)
     if q.shape[1] != g.shape[1]:
         raise ValueError(
             f"query_embeddings dim {q.shape[1]} != gallery_embeddings dim {g.shape[1]}"

@@ -1,12 +1,17 @@
-"""Helpers shared by the dataset sources: image checks, bad-input policy, class ids."""
+"""Helpers shared by the dataset sources: image checks, bad-input policy, class ids, writing."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
+
+from sketch_tf.data.tfrecord import ShardedWriter
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -88,3 +93,44 @@ class BadInputPolicy:
         if not self.skip_bad:
             raise BadInputError(f"{error} (pass skip_bad=True / --skip_bad to skip it)") from error
         self.writer.skip(str(path), str(error))
+
+    def load_image(self, path, verify: bool = True) -> bytes | None:
+        """`load_image_bytes(path, verify)`; for a bad image, None once `handle` has skipped it.
+
+        Raises BadInputError naming the path when the image is bad and `skip_bad` is off.
+        """
+        try:
+            return load_image_bytes(path, verify=verify)
+        except BadInputError as e:
+            self.handle(e, path)
+            return None
+
+
+class WriteOptions(NamedTuple):
+    """Output options every source's `prepare` takes (see `ShardedWriter`, `BadInputPolicy`)."""
+
+    skip_bad: bool
+    shard_bytes: int
+    group_by: str
+    overwrite: bool
+
+
+@contextlib.contextmanager
+def open_dataset(
+    out_dir, kind: str, classes: list[str], source: str, root, options: WriteOptions
+) -> Iterator[tuple[ShardedWriter, BadInputPolicy]]:
+    """`with` block writing one source's dataset: yields (writer, bad-input policy).
+
+    `writer.info` starts with `source` (the source name) and `root` (as a string); callers add
+    their own options to it. After the block, `writer.manifest` holds the manifest dict.
+    """
+    with ShardedWriter(
+        out_dir,
+        kind,
+        shard_bytes=options.shard_bytes,
+        classes=classes,
+        group_by=options.group_by,
+        overwrite=options.overwrite,
+    ) as writer:
+        writer.info.update(source=source, root=str(root))
+        yield writer, BadInputPolicy(writer, options.skip_bad)

@@ -21,15 +21,15 @@ from pathlib import Path
 
 from sketch_tf.data import schema
 from sketch_tf.data.sources.common import (
-    BadInputError,
-    BadInputPolicy,
+    WriteOptions,
     class_index,
     list_images,
-    load_image_bytes,
+    open_dataset,
     subdirs,
 )
-from sketch_tf.data.tfrecord import ShardedWriter
 
+#: Record kind this source writes.
+KIND = schema.KIND_LABELLED_IMAGE
 LAYOUTS = ("auto", "domain_class", "class")
 _SKETCH_SUFFIX = re.compile(r"-\d+$")
 
@@ -145,32 +145,17 @@ def prepare(
             )
     ids = class_index(all_classes)
     root = Path(root)
-    with ShardedWriter(
-        out_dir,
-        schema.KIND_LABELLED_IMAGE,
-        shard_bytes=shard_bytes,
-        classes=all_classes,
-        group_by=group_by,
-        overwrite=overwrite,
-    ) as writer:
-        policy = BadInputPolicy(writer, skip_bad)
+    opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
+    with open_dataset(out_dir, KIND, all_classes, "folders", root, opts) as (writer, policy):
         for d in sorted(tree):
             for c in sorted(tree[d]):
                 files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
                 for path in files:
-                    try:
-                        image = load_image_bytes(path, verify=verify_images)
-                    except BadInputError as e:
-                        policy.handle(e, path)
+                    image = policy.load_image(path, verify=verify_images)
+                    if image is None:
                         continue
                     rel = os.path.relpath(path, root)
                     rec = schema.encode_labelled_image(image, ids[c], c, d, instance_of(path), rel)
                     writer.write(rec, class_id=ids[c], class_name=c, domain=d)
-        writer.info.update(
-            source="folders",
-            root=str(root),
-            layout=layout,
-            tx_dir=tx_dir,
-            max_per_class=max_per_class,
-        )
+        writer.info.update(layout=layout, tx_dir=tx_dir, max_per_class=max_per_class)
     return writer.manifest

@@ -22,8 +22,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sketch_tf.data import schema
-from sketch_tf.data.sources.common import BadInputError, BadInputPolicy, class_index, png_bytes
-from sketch_tf.data.tfrecord import ShardedWriter
+from sketch_tf.data.sources.common import (
+    BadInputError,
+    WriteOptions,
+    class_index,
+    open_dataset,
+    png_bytes,
+)
+
+#: Record kind this source writes.
+KIND = schema.KIND_LABELLED_IMAGE
 
 
 def strokes_from_ndjson_drawing(drawing, where: str) -> list[np.ndarray]:
@@ -182,15 +190,8 @@ def prepare(
     if not files:
         raise ValueError(f"{root}: no .ndjson or .npz files")
     ids = class_index(f.stem for f in files)
-    with ShardedWriter(
-        out_dir,
-        schema.KIND_LABELLED_IMAGE,
-        shard_bytes=shard_bytes,
-        classes=sorted(ids),
-        group_by=group_by,
-        overwrite=overwrite,
-    ) as writer:
-        policy = BadInputPolicy(writer, skip_bad)
+    opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
+    with open_dataset(out_dir, KIND, sorted(ids), "quickdraw", root, opts) as (writer, policy):
         for path in files:
             cname = path.stem
             for word, instance, strokes, where in _iter_file(path, npz_split, max_per_class):
@@ -205,8 +206,6 @@ def prepare(
                 )
                 writer.write(rec, class_id=ids[cname], class_name=cname, domain="sketch")
         writer.info.update(
-            source="quickdraw",
-            root=str(root),
             size=size,
             line_width=line_width,
             margin=margin,

@@ -28,9 +28,16 @@ import numpy as np
 from PIL import Image
 
 from sketch_tf.data import schema
-from sketch_tf.data.sources.common import BadInputError, BadInputPolicy, load_image_bytes
-from sketch_tf.data.tfrecord import ShardedWriter
+from sketch_tf.data.sources.common import (
+    BadInputError,
+    WriteOptions,
+    class_index,
+    load_image_bytes,
+    open_dataset,
+)
 
+#: Record kind this source writes.
+KIND = schema.KIND_CORRESPONDENCE_PAIR
 COLUMNS = ("model_0", "model_1", "index_0", "index_1", "view", "model")
 
 
@@ -89,17 +96,9 @@ def prepare(
         rows = [r for r in rows if r["model"] in set(categories)]
     if not rows:
         raise ValueError(f"{root}/csv/{split}.csv: no rows (after category filter)")
-    cats = sorted({r["model"] for r in rows})
-    ids = {c: i for i, c in enumerate(cats)}
-    with ShardedWriter(
-        out_dir,
-        schema.KIND_CORRESPONDENCE_PAIR,
-        shard_bytes=shard_bytes,
-        classes=cats,
-        group_by="class",
-        overwrite=overwrite,
-    ) as writer:
-        policy = BadInputPolicy(writer, skip_bad)
+    ids = class_index(r["model"] for r in rows)
+    opts = WriteOptions(skip_bad, shard_bytes, "class", overwrite)
+    with open_dataset(out_dir, KIND, sorted(ids), "sketchzooms", root, opts) as (writer, policy):
         for r in rows:
             c = r["model"]
             try:
@@ -122,7 +121,5 @@ def prepare(
                 view_b=r["view"],
             )
             writer.write(rec, class_id=ids[c], class_name=c, domain="sketch")
-        writer.info.update(
-            source="sketchzooms", root=str(root), split=split, point_location="centre"
-        )
+        writer.info.update(split=split, point_location="centre")
     return writer.manifest

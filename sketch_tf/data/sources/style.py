@@ -25,11 +25,13 @@ from pathlib import Path
 from sketch_tf.data import schema
 from sketch_tf.data.sources.common import (
     IMAGE_EXTENSIONS,
-    BadInputError,
-    BadInputPolicy,
-    load_image_bytes,
+    WriteOptions,
+    class_index,
+    open_dataset,
 )
-from sketch_tf.data.tfrecord import ShardedWriter
+
+#: Record kind this source writes.
+KIND = schema.KIND_LABELLED_IMAGE
 
 
 def _positive(value, threshold: float) -> bool:
@@ -147,24 +149,14 @@ def prepare(
                 entries.append((p, row["style"], row["content"], row.get("instance") or p.stem))
     if not entries:
         raise ValueError(f"{sqlite_path or csv_path}: no labelled rows")
-    styles = sorted({e[1] for e in entries})
-    contents = sorted({e[2] for e in entries})
-    sid = {s: i for i, s in enumerate(styles)}
-    cid = {c: i for i, c in enumerate(contents)}
-    with ShardedWriter(
-        out_dir,
-        schema.KIND_LABELLED_IMAGE,
-        shard_bytes=shard_bytes,
-        classes=contents,
-        group_by=group_by,
-        overwrite=overwrite,
-    ) as writer:
-        policy = BadInputPolicy(writer, skip_bad)
+    sid = class_index(e[1] for e in entries)
+    cid = class_index(e[2] for e in entries)
+    styles, contents = sorted(sid), sorted(cid)
+    opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
+    with open_dataset(out_dir, KIND, contents, "style", root, opts) as (writer, policy):
         for path, style, content, instance in entries:
-            try:
-                image = load_image_bytes(path)
-            except BadInputError as e:
-                policy.handle(e, path)
+            image = policy.load_image(path)
+            if image is None:
                 continue
             rec = schema.encode_labelled_image(
                 image,
@@ -178,8 +170,6 @@ def prepare(
             )
             writer.write(rec, class_id=cid[content], class_name=content, domain=style)
         writer.info.update(
-            source="style",
-            root=str(root),
             styles=styles,
             unlabelled_rows=unlabelled,
             label_file=str(sqlite_path or csv_path),

@@ -126,6 +126,61 @@ _PLY_TYPES = {
 }  # fmt: skip
 
 
+def _ply_ascii_reader(body: bytes):
+    """`read(prop)` returning the next value (or list, for a list property) of an ascii body."""
+    tokens = body.split()
+    pos = 0
+
+    def read(prop):
+        nonlocal pos
+        if prop[0] == "list":
+            k = int(tokens[pos])
+            values = [float(t) for t in tokens[pos + 1 : pos + 1 + k]]
+            pos += 1 + k
+            return values
+        value = float(tokens[pos])
+        pos += 1
+        return value
+
+    return read
+
+
+def _ply_binary_reader(body: bytes, order: str):
+    """`read(prop)` like `_ply_ascii_reader` for a binary body of byte order `order` (< or >)."""
+    pos = 0
+
+    def unpack(t: str, k: int = 1) -> tuple:
+        nonlocal pos
+        values = struct.unpack_from(order + t * k, body, pos)
+        pos += struct.calcsize(t) * k
+        return values
+
+    def read(prop):
+        if prop[0] == "list":
+            (k,) = unpack(_PLY_TYPES[prop[1]])
+            return list(unpack(_PLY_TYPES[prop[2]], k))
+        return unpack(_PLY_TYPES[prop[0]])[0]
+
+    return read
+
+
+def _ply_vertices_faces(elements, read) -> tuple[np.ndarray | None, list[list[int]]]:
+    """Reads every element in file order; returns vertex (V, 3) x, y, z and face index lists.
+
+    elements: [name, count, properties] from the header; read: a `_ply_*_reader` of the body.
+    The vertices are None and the faces empty when the file has no such element.
+    """
+    verts, faces = None, []
+    for name, count, props in elements:
+        rows = [[read(prop) for prop in props] for _ in range(count)]
+        if name == "vertex":
+            names = [pr[-1] for pr in props]
+            verts = np.array([[r[names.index(a)] for a in "xyz"] for r in rows], np.float64)
+        elif name == "face":
+            faces = [[int(x) for x in r[0]] for r in rows]
+    return verts, faces
+
+
 def load_ply(path: str | Path) -> Mesh:
     """Read a PLY file (ascii or binary little/big endian): vertex x, y, z and face lists."""
     path = Path(path)
@@ -146,52 +201,11 @@ def load_ply(path: str | Path) -> Mesh:
             elements.append([p[1], int(p[2]), []])
         elif p[0] == "property":
             elements[-1][2].append(p[1:])
-    verts, faces = None, []
     if fmt == "ascii":
-        tokens = body.split()
-        pos = 0
-        for name, count, props in elements:
-            rows = []
-            for _ in range(count):
-                row = []
-                for prop in props:
-                    if prop[0] == "list":
-                        k = int(tokens[pos])
-                        row.append([float(t) for t in tokens[pos + 1 : pos + 1 + k]])
-                        pos += 1 + k
-                    else:
-                        row.append(float(tokens[pos]))
-                        pos += 1
-                rows.append(row)
-            if name == "vertex":
-                names = [pr[-1] for pr in props]
-                verts = np.array([[r[names.index(a)] for a in "xyz"] for r in rows], np.float64)
-            elif name == "face":
-                faces = [[int(x) for x in r[0]] for r in rows]
+        read = _ply_ascii_reader(body)
     else:
-        order = "<" if fmt == "binary_little_endian" else ">"
-        pos = 0
-        for name, count, props in elements:
-            rows = []
-            for _ in range(count):
-                row = []
-                for prop in props:
-                    if prop[0] == "list":
-                        (k,) = struct.unpack_from(order + _PLY_TYPES[prop[1]], body, pos)
-                        pos += struct.calcsize(_PLY_TYPES[prop[1]])
-                        t = _PLY_TYPES[prop[2]]
-                        row.append(list(struct.unpack_from(order + t * k, body, pos)))
-                        pos += struct.calcsize(t) * k
-                    else:
-                        t = _PLY_TYPES[prop[0]]
-                        row.append(struct.unpack_from(order + t, body, pos)[0])
-                        pos += struct.calcsize(t)
-                rows.append(row)
-            if name == "vertex":
-                names = [pr[-1] for pr in props]
-                verts = np.array([[r[names.index(a)] for a in "xyz"] for r in rows], np.float64)
-            elif name == "face":
-                faces = [[int(x) for x in r[0]] for r in rows]
+        read = _ply_binary_reader(body, "<" if fmt == "binary_little_endian" else ">")
+    verts, faces = _ply_vertices_faces(elements, read)
     if verts is None or not faces:
         raise ValueError(f"{path}: PLY without vertex or face elements")
     tris, source = [], []
