@@ -181,6 +181,29 @@ def _semihard_negative_distances(d, negative):
     return values, found
 
 
+def _labelled_distances(labels, embeddings, distance: str, fn: str):
+    """Shared start of the single-set triplet losses: checked inputs -> (input dtype,
+    distances [N, N] in the compute dtype, positive [N, N], negative [N, N] masks)."""
+    embeddings = tf.convert_to_tensor(embeddings)
+    x = _to_compute_dtype(embeddings)
+    _check_rank(x, 2, "embeddings", fn)
+    labels = tf.reshape(labels, [-1])
+    _check_same_rows(labels, x, "labels and embeddings", fn)
+    positive, negative = _label_masks(labels, labels, same_set=True)
+    return embeddings.dtype, pairwise_distances(x, None, distance), positive, negative
+
+
+def _two_embeddings(a, b, name_a: str, name_b: str, fn: str):
+    """Two embedding matrices [N, D], [M, D] -> (input dtype of `a`, a, b in a's compute
+    dtype), rank-checked with messages naming the arguments."""
+    a = tf.convert_to_tensor(a)
+    x = _to_compute_dtype(a)
+    y = tf.cast(_to_compute_dtype(b), x.dtype)
+    _check_rank(x, 2, name_a, fn)
+    _check_rank(y, 2, name_b, fn)
+    return a.dtype, x, y
+
+
 def _finish(loss: tf.Tensor, input_dtype: tf.DType) -> tf.Tensor:
     if input_dtype in (tf.float16, tf.bfloat16):
         return tf.cast(loss, input_dtype)
@@ -208,15 +231,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, distance: str = "l2") 
     Returns:
       float scalar (dtype of `embeddings`; float32 math for half precision).
     """
-    embeddings = tf.convert_to_tensor(embeddings)
-    input_dtype = embeddings.dtype
-    x = _to_compute_dtype(embeddings)
-    _check_rank(x, 2, "embeddings", "triplet_semihard_loss")
-    labels = tf.reshape(labels, [-1])
-    _check_same_rows(labels, x, "labels and embeddings", "triplet_semihard_loss")
-
-    d = pairwise_distances(x, None, distance)
-    positive, negative = _label_masks(labels, labels, same_set=True)
+    input_dtype, d, positive, negative = _labelled_distances(
+        labels, embeddings, distance, "triplet_semihard_loss"
+    )
     semihard, found = _semihard_negative_distances(d, negative)
     has_neg = tf.reduce_any(negative, axis=1, keepdims=True)
     # Fallback: farthest negative; without any negative tfa's masked max degenerates to the
@@ -228,7 +245,7 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, distance: str = "l2") 
     )
     neg_d = tf.where(found, semihard, fallback)
     hinge = tf.maximum(margin + d - neg_d, 0.0)
-    pos_f = tf.cast(positive, x.dtype)
+    pos_f = tf.cast(positive, d.dtype)
     loss = tf.math.divide_no_nan(tf.reduce_sum(hinge * pos_f), tf.reduce_sum(pos_f))
     return _finish(loss, input_dtype)
 
@@ -256,15 +273,9 @@ def triplet_hard_loss(
     Returns:
       float scalar (dtype of `embeddings`).
     """
-    embeddings = tf.convert_to_tensor(embeddings)
-    input_dtype = embeddings.dtype
-    x = _to_compute_dtype(embeddings)
-    _check_rank(x, 2, "embeddings", "triplet_hard_loss")
-    labels = tf.reshape(labels, [-1])
-    _check_same_rows(labels, x, "labels and embeddings", "triplet_hard_loss")
-
-    d = pairwise_distances(x, None, distance)
-    positive, negative = _label_masks(labels, labels, same_set=True)
+    input_dtype, d, positive, negative = _labelled_distances(
+        labels, embeddings, distance, "triplet_hard_loss"
+    )
     has_pos = tf.reduce_any(positive, axis=1)
     has_neg = tf.reduce_any(negative, axis=1)
     hard_pos = tf.where(has_pos, _masked_row_max(d, positive), tf.reduce_min(d, axis=1))
@@ -328,6 +339,7 @@ def mined_triplet_loss(
     soft: bool = False,
     seed=None,
     same_set: bool = False,
+    pair_mask=None,
 ) -> tf.Tensor:
     """Triplet loss mined in-batch between a query set and a key set (cross-modal).
 
@@ -358,6 +370,10 @@ def mined_triplet_loss(
       seed: only for ``"random"``: None (stateful RNG) or an int / int pair for stateless,
         reproducible draws (vary it per step, e.g. ``(seed, step)``).
       same_set: queries and keys are the same rows (N == M); excludes the diagonal positives.
+      pair_mask: optional bool [N, M]: (query, key) pairs that may form a triplet at all;
+        False pairs are neither positive nor negative. E.g. SketchZooms restricts negatives to
+        the anchor's category and drops padding rows:
+        `same_category[:, None] & same_category[None, :] & valid[:, None] & valid[None, :]`.
 
     Returns:
       float scalar (dtype of `query_emb`).
@@ -367,12 +383,9 @@ def mined_triplet_loss(
             f"mined_triplet_loss: mining must be one of {MINING_MODES}, got {mining!r}"
         )
     distance = _canonical_distance(distance)
-    query_emb = tf.convert_to_tensor(query_emb)
-    input_dtype = query_emb.dtype
-    q = _to_compute_dtype(query_emb)
-    k = tf.cast(_to_compute_dtype(key_emb), q.dtype)
-    _check_rank(q, 2, "query_emb", "mined_triplet_loss")
-    _check_rank(k, 2, "key_emb", "mined_triplet_loss")
+    input_dtype, q, k = _two_embeddings(
+        query_emb, key_emb, "query_emb", "key_emb", "mined_triplet_loss"
+    )
     query_labels = tf.reshape(query_labels, [-1])
     key_labels = tf.reshape(key_labels, [-1])
     _check_same_rows(query_labels, q, "query_labels and query_emb", "mined_triplet_loss")
@@ -382,6 +395,10 @@ def mined_triplet_loss(
 
     d = pairwise_distances(q, None, distance) if same_set else pairwise_distances(q, k, distance)
     positive, negative = _label_masks(query_labels, key_labels, same_set)
+    if pair_mask is not None:
+        allowed = tf.cast(pair_mask, tf.bool)
+        positive = tf.logical_and(positive, allowed)
+        negative = tf.logical_and(negative, allowed)
     has_pos = tf.reduce_any(positive, axis=1)
     has_neg = tf.reduce_any(negative, axis=1)
 
@@ -444,12 +461,7 @@ def contrastive_loss(a, b, same, margin=1.0, distance: str = "l2") -> tf.Tensor:
       float [B] per-pair losses.
     """
     distance = _canonical_distance(distance, DISTANCES + ("l1",))
-    a = tf.convert_to_tensor(a)
-    input_dtype = a.dtype
-    x = _to_compute_dtype(a)
-    y = tf.cast(_to_compute_dtype(b), x.dtype)
-    _check_rank(x, 2, "a", "contrastive_loss")
-    _check_rank(y, 2, "b", "contrastive_loss")
+    input_dtype, x, y = _two_embeddings(a, b, "a", "b", "contrastive_loss")
     _check_same_rows(x, y, "a and b", "contrastive_loss")
     same = tf.cast(tf.reshape(same, [-1]), x.dtype)
     _check_same_rows(x, same, "a and same", "contrastive_loss")
