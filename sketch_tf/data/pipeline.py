@@ -26,16 +26,34 @@ from sketch_tf.data import schema, tfrecord
 AUTOTUNE = tf.data.AUTOTUNE
 NEGATIVES = ("random", "class_embedding")
 
+#: Train-time affine ranges: rotation +-degrees, scale 1 +- scale, shift +- fraction of side.
+AFFINE_MAX_DEGREES, AFFINE_MAX_SCALE, AFFINE_MAX_SHIFT = 10.0, 0.1, 0.05
+
 
 # ---- single-image ops --------------------------------------------------------------------------
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded PNG/JPEG (any of 1-4 channels) -> float32 [H, W, 3] in [0, 1].
+def decode_image(encoded: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Encoded PNG/JPEG/GIF/BMP (any of 1-4 channels) -> [H, W, 3]: float32 in [0, 1], or
+    uint8 with `dtype=tf.uint8` (what the training augmentation warps).
 
     Grey is repeated to 3 channels; an alpha channel is composited onto white (transparent
-    sketch backgrounds become paper, not black).
+    sketch backgrounds become paper, not black). The one image decoder of the project.
     """
-    img = tf.io.decode_image(encoded, channels=0, expand_animations=False)
-    img = tf.image.convert_image_dtype(img, tf.float32)
+    raw = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    if dtype == tf.uint8:
+        # 8-bit RGB needs no float round trip; anything else goes through the float path.
+        out = tf.cond(
+            tf.equal(tf.shape(raw)[-1], 3),
+            lambda: raw[..., :3],
+            lambda: tf.image.convert_image_dtype(_to_rgb(raw), tf.uint8, saturate=True),
+        )
+        out.set_shape([None, None, 3])
+        return out
+    return _to_rgb(raw)
+
+
+def _to_rgb(raw: tf.Tensor) -> tf.Tensor:
+    """Decoded uint8 [H, W, C] (C in 1-4) -> float32 [H, W, 3] in [0, 1]."""
+    img = tf.image.convert_image_dtype(raw, tf.float32)
     c = tf.shape(img)[-1]
 
     def grey():
@@ -125,13 +143,14 @@ def affine_matrix(angle_rad, scale, tx, ty, height, width) -> tf.Tensor:
 def random_affine(
     image: tf.Tensor,
     seed: tf.Tensor,
-    max_degrees: float = 10.0,
-    max_scale: float = 0.1,
-    max_shift: float = 0.05,
+    max_degrees: float = AFFINE_MAX_DEGREES,
+    max_scale: float = AFFINE_MAX_SCALE,
+    max_shift: float = AFFINE_MAX_SHIFT,
     fill_value: float = 1.0,
 ) -> tf.Tensor:
     """Small random rotation (+-max_degrees), scale (1 +- max_scale) and shift (+-max_shift of
-    the side), bilinear, constant fill (`fill_value`: 1.0 = white for sketches)."""
+    the side), bilinear, constant fill (`fill_value`: 1.0 = white for sketches). The per-op
+    form of the affine step that `augment_train_image` fuses into one resample."""
     image = tf.convert_to_tensor(image, tf.float32)
     u = tf.random.stateless_uniform([4], seed, -1.0, 1.0)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -204,46 +223,25 @@ def preprocess(
 ) -> tf.Tensor:
     """Decode + resize (+ augment when training) one image -> float32 [size, size, 3] in [0, 1].
 
-    Sketches keep their aspect with white padding, get flip, small affine with white fill and
-    stroke-width jitter; photos are resized + centre-cropped, get flip, small affine (edge
-    reflection) and colour jitter. `is_sketch` may be a Python bool or a scalar bool tensor.
+    Evaluation: sketches keep their aspect with white padding (`resize_keep_aspect`), photos
+    are resized and centre-cropped (`resize_crop`). Training: `augment_train_image` (the one
+    train-time path: fit, flip, small affine and stroke-width / colour jitter, `seed` int64
+    [2]). `is_sketch` may be a Python bool or a scalar bool tensor.
     """
+    if training:
+        if isinstance(is_sketch, bool):
+            return augment_train_image(encoded, is_sketch, size, seed)
+        return tf.cond(
+            is_sketch,
+            lambda: augment_train_image(encoded, True, size, seed),
+            lambda: augment_train_image(encoded, False, size, seed),
+        )
     img = decode_image(encoded)
-
-    def sketch():
-        x = resize_keep_aspect(img, size, 1.0)
-        if training:
-            s = tf.random.experimental.stateless_split(seed, 3)
-            x = random_flip(x, s[0])
-            x = random_affine(x, s[1], fill_value=1.0)
-            x = stroke_width_jitter(x, s[2])
-        return x
-
-    def photo():
-        x = resize_crop(img, size)
-        if training:
-            s = tf.random.experimental.stateless_split(seed, 3)
-            x = random_flip(x, s[0])
-            x = random_affine(x, s[1], fill_value=1.0)
-            x = color_jitter(x, s[2])
-        return x
-
     if isinstance(is_sketch, bool):
-        return sketch() if is_sketch else photo()
-    return tf.cond(is_sketch, sketch, photo)
-
-
-def _decode_rgb_uint8(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded PNG/JPEG -> uint8 [H, W, 3]; RGB passes through, grey / alpha go through
-    `decode_image` (grey repeated, alpha composited onto white) and are rounded back."""
-    img = tf.io.decode_image(encoded, channels=0, expand_animations=False)
-
-    def other():
-        return tf.image.convert_image_dtype(decode_image(encoded), tf.uint8, saturate=True)
-
-    out = tf.cond(tf.equal(tf.shape(img)[-1], 3), lambda: img[..., :3], other)
-    out.set_shape([None, None, 3])
-    return out
+        return resize_keep_aspect(img, size, 1.0) if is_sketch else resize_crop(img, size)
+    return tf.cond(
+        is_sketch, lambda: resize_keep_aspect(img, size, 1.0), lambda: resize_crop(img, size)
+    )
 
 
 def _max3x3_uint8(x: tf.Tensor) -> tf.Tensor:
@@ -269,10 +267,11 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     >= 0.5, where a bilinear sample loses little). Then sketches get `stroke_width_jitter`
     (in uint8) and photos `color_jitter`. The image stays uint8 until this final step.
 
-    Same augmentation distribution and random draws as `preprocess(..., training=True)` with
-    the same seed, not the same pixels: one resample instead of two or three plus uint8
-    rounding (mean difference < 0.02 on smooth images), and a photo's rotated-in corners show
-    the uncropped image rather than white fill. `triplet_batches(training=True)` uses it.
+    Same augmentation distribution and random draws as the per-op composition (resize,
+    `random_flip`, `random_affine`, `stroke_width_jitter` / `color_jitter`) with the same seed,
+    not the same pixels: one resample instead of two or three plus uint8 rounding (mean
+    difference < 0.02 on smooth images), and a photo's rotated-in corners show the uncropped
+    image rather than white fill. Every training dataset uses it (through `preprocess`).
 
     Args:
       encoded: scalar tf.string, PNG/JPEG bytes. is_sketch: Python bool. size: output side.
@@ -281,7 +280,7 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     Returns:
       float32 [size, size, 3] in [0, 1].
     """
-    img = _decode_rgb_uint8(encoded)
+    img = decode_image(encoded, tf.uint8)
     s = tf.random.experimental.stateless_split(seed, 3)
     hw = tf.cast(tf.shape(img)[:2], tf.float32)
     fsize = float(size)
@@ -313,10 +312,10 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     )
     u = tf.random.stateless_uniform([4], s[1], -1.0, 1.0)
     aff = affine_matrix(
-        u[0] * 10.0 * math.pi / 180.0,
-        1.0 + u[1] * 0.1,
-        u[2] * 0.05 * fsize,
-        u[3] * 0.05 * fsize,
+        u[0] * AFFINE_MAX_DEGREES * math.pi / 180.0,
+        1.0 + u[1] * AFFINE_MAX_SCALE,
+        u[2] * AFFINE_MAX_SHIFT * fsize,
+        u[3] * AFFINE_MAX_SHIFT * fsize,
         size,
         size,
     )
@@ -563,8 +562,7 @@ def triplet_batches(
         dataset's full class list or a path to such a .npy).
       classes: restrict to these class names (e.g. the seen classes of a split).
 
-    Training images come from `augment_train_image` (fused decode/fit/flip/affine, ~2x
-    cheaper than `preprocess`); evaluation (`training=False`) uses `preprocess`.
+    Images go through `preprocess` (training: the fused `augment_train_image`).
 
     Returns:
       dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
@@ -623,16 +621,10 @@ def triplet_batches(
         r_sk = schema.parse_labelled_image(sk_rec)
         r_pos = schema.parse_labelled_image(pos_rec)
         r_neg = schema.parse_labelled_image(neg_rec)
-        if training:
-            images = [
-                augment_train_image(r[schema.IMAGE], dom, image_size, s3[i])
-                for i, (r, dom) in enumerate(((r_sk, True), (r_pos, False), (r_neg, False)))
-            ]
-        else:
-            images = [
-                preprocess(r[schema.IMAGE], dom, image_size, False)
-                for r, dom in ((r_sk, True), (r_pos, False), (r_neg, False))
-            ]
+        images = [
+            preprocess(r[schema.IMAGE], dom, image_size, training, s3[i])
+            for i, (r, dom) in enumerate(((r_sk, True), (r_pos, False), (r_neg, False)))
+        ]
         return {
             "sketch": images[0],
             "photo_pos": images[1],

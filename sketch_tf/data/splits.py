@@ -16,14 +16,26 @@ from sketch_tf.paths import PROJECT_ROOT
 SPLITS_DIR = PROJECT_ROOT / "data" / "splits"
 
 
-def read_class_list(path_or_name) -> list[str]:
-    """Class names of a split file (a path, or a name under data/splits, `.txt` optional)."""
+def resolve_class_file(path_or_name) -> Path | None:
+    """The split file meant by `path_or_name`: the path as given (relative to the working
+    directory), else relative to the project root, else a name under data/splits (`.txt`
+    optional). None when none exists."""
     path = Path(path_or_name)
-    if not path.is_file():
-        name = path.name if path.suffix == ".txt" else f"{path.name}.txt"
-        path = SPLITS_DIR / name
-    if not path.is_file():
-        raise ValueError(f"split file {path_or_name!r} not found (looked in {SPLITS_DIR})")
+    name = path.name if path.suffix == ".txt" else f"{path.name}.txt"
+    for candidate in (path, PROJECT_ROOT / path, SPLITS_DIR / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_class_list(path_or_name) -> list[str]:
+    """Class names of a split file (see `resolve_class_file`); `#` starts a comment."""
+    path = resolve_class_file(path_or_name)
+    if path is None:
+        raise ValueError(
+            f"split file {path_or_name!r} not found (one class name per line; looked in the "
+            f"working directory, {PROJECT_ROOT} and {SPLITS_DIR})"
+        )
     names = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -38,18 +50,44 @@ def read_class_list(path_or_name) -> list[str]:
 
 
 def seen_unseen(classes: Iterable[str], unseen_file) -> tuple[list[str], list[str]]:
-    """(seen, unseen) class names of a dataset given a split file.
+    """(seen, unseen) class names of a dataset given a split file (`class_split` with
+    `unseen_file`).
 
     Raises:
       ValueError naming the split file and the unknown classes when it lists a class the
       dataset does not have.
     """
+    return class_split(classes, unseen_file=str(unseen_file), where=f"split {unseen_file}")
+
+
+def class_split(
+    classes: Iterable[str],
+    unseen: Iterable[str] = (),
+    unseen_file: str = "",
+    seen: Iterable[str] = (),
+    where: str = "data",
+) -> tuple[list[str], list[str]]:
+    """(seen, unseen) class names of a dataset from the config keys of every family:
+    `data.unseen_classes` (names), or `data.unseen_classes_file` (a split file, wins when
+    set), and optionally `data.seen_classes` (default: every class not unseen).
+
+    Args:
+      classes: the dataset's class names (its manifest's order).
+      where: prefix of error messages (e.g. the family name).
+
+    Raises:
+      ValueError naming the classes (and the split file) that the dataset does not have.
+    """
     classes = list(classes)
-    unseen = read_class_list(unseen_file)
-    unknown = [c for c in unseen if c not in classes]
-    if unknown:
-        raise ValueError(f"split {unseen_file}: classes {unknown} are not in the dataset")
-    seen = [c for c in classes if c not in set(unseen)]
+    unseen = read_class_list(unseen_file) if unseen_file else list(unseen)
+    seen = list(seen) or [c for c in classes if c not in set(unseen)]
+    missing = [c for c in seen + unseen if c not in classes]
+    if missing:
+        source = f" (split file {unseen_file})" if unseen_file else ""
+        raise ValueError(
+            f"{where}: classes {missing} are not in the dataset (it has {classes}; they come "
+            f"from the seen/unseen split{source})"
+        )
     return seen, unseen
 
 
@@ -84,4 +122,11 @@ def check_no_leakage(train_dir, test_dir) -> None:
         raise ValueError(f"{len(both)} images are in both train and test, e.g. {pairs}")
 
 
-__all__ = ["read_class_list", "seen_unseen", "split_instances", "check_no_leakage"]
+__all__ = [
+    "check_no_leakage",
+    "class_split",
+    "read_class_list",
+    "resolve_class_file",
+    "seen_unseen",
+    "split_instances",
+]

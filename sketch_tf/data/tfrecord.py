@@ -260,6 +260,34 @@ class ShardedWriter:
 
 
 # ---- reading -----------------------------------------------------------------------------------
+def records_dir(root: str, split: str, what: str, how_to_make: str) -> str:
+    """The record set `<root>/<split>` of a config's `data.root`, checked to hold a manifest.
+
+    A relative `root` is tried against the working directory, then the project root (so a
+    config's `data/records/...` works from any directory).
+
+    Args:
+      root, split: `config.data.root` and the split folder name (`train`, `test`, ...).
+      what: start of the error message, e.g. "zooms: no correspondence records".
+      how_to_make: the command that writes these records (ends the error message).
+
+    Raises:
+      FileNotFoundError naming the folder and `how_to_make` when there is no manifest.
+    """
+    from sketch_tf.paths import PROJECT_ROOT
+
+    root = str(root)
+    bases = [root] if os.path.isabs(root) else [root, os.path.join(PROJECT_ROOT, root)]
+    for base in bases:
+        path = os.path.join(base, split)
+        if os.path.isfile(os.path.join(path, MANIFEST)):
+            return path
+    raise FileNotFoundError(
+        f"{what} in {os.path.join(root, split)} ({MANIFEST} missing); write them with: "
+        f"{how_to_make}"
+    )
+
+
 def read_manifest(dataset_dir: str | os.PathLike, kind: str | None = None) -> dict:
     """Load and check `<dataset_dir>/manifest.json`.
 

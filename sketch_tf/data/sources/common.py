@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
+from sketch_tf.data.images import encode_png
 from sketch_tf.data.tfrecord import ShardedWriter
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -49,18 +50,9 @@ def load_image_bytes(path: str | os.PathLike, verify: bool = True) -> bytes:
                 return data
             if im.mode not in ("L", "RGB", "RGBA", "LA"):
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-            return buf.getvalue()
+            return encode_png(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BadInputError(f"{path}: not a decodable image ({e})") from e
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """PNG encoding of a PIL image."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sketch_tf.data import schema
+from sketch_tf.data.images import encode_png
 from sketch_tf.data.sources.common import (
     BadInputError,
     WriteOptions,
     class_index,
     open_dataset,
-    png_bytes,
 )
 
 #: Record kind this source writes.
@@ -200,7 +200,7 @@ def prepare(
                     continue
                 if word != cname:
                     raise ValueError(f"{where}: word {word!r} differs from file class {cname!r}")
-                image = png_bytes(rasterize(strokes, size, line_width, margin))
+                image = encode_png(rasterize(strokes, size, line_width, margin))
                 rec = schema.encode_labelled_image(
                     image, ids[cname], cname, "sketch", instance, where
                 )

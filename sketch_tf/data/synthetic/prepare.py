@@ -17,12 +17,12 @@ instance (seed, category, index) is the same shape in every task.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from sketch_tf.data.images import encode_png
 from sketch_tf.data.synthetic.categories import CATEGORIES, make_shape
 from sketch_tf.data.synthetic.correspondence import N_SEMANTIC, correspondence_pair
 from sketch_tf.data.synthetic.draw import STYLES, line_drawing, photo, stylize
@@ -30,13 +30,6 @@ from sketch_tf.data.synthetic.geometry import random_camera, render
 
 TASKS = ("zooms", "zs_sbir", "style")
 _TASK_CODE = {"zooms": 1, "zs_sbir": 2, "style": 3}
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 (H, W, 3) -> PNG bytes (deterministic: fixed compression level, no metadata)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def _shape_rng(seed: int, cat: int, inst: int) -> np.random.Generator:
