@@ -1,67 +1,55 @@
 """Evaluates the latest checkpoint of a run and writes the metrics.
 
-  python evaluate.py --workdir=runs/zs_sbir            # uses runs/zs_sbir/config.json
-  python evaluate.py --config=configs/zs_sbir.py:synthetic --workdir=runs/zs_sbir
+  python evaluate.py --workdir=runs/<run>            # uses runs/<run>/config.json
+  python evaluate.py --config=configs/<family>.py:<variant> --workdir=runs/<run>
+  python evaluate.py --workdir=runs/<run> --ablations=all   # + the config's ablations
 
 Metrics go to <workdir>/eval (TensorBoard and metrics_<step>.json) and are printed as a table.
+`--ablations` trains (or resumes) each named ablation of `config.ablations` (name ->
+overrides) in <workdir>/ablations/<name>, evaluates it the same way and adds a comparison
+table (the model, each ablation, the baselines).
 """
 
 import json
-import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app, flags, logging
 
 from sketch_tf import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Config file; default: <workdir>/config.json of the trained run.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with ckpt/ (required).")
+_CONFIG = cli.define_config_flag()
+_WORKDIR = cli.define_workdir_flag()
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the metrics JSON here.")
-_ABLATE_DOMAIN = flags.DEFINE_bool(
-    "ablate_domain",
-    False,
-    "zs_sbir only: also train (or resume) the same run with loss.domain_weight=0 in "
-    "<workdir>/ablate_domain, evaluate it and print it next to the model and random ranking.",
+_ABLATIONS = flags.DEFINE_list(
+    "ablations",
+    [],
+    "Names from config.ablations to train (or resume) and compare, or 'all'.",
 )
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        cli.fail("--workdir is required")
-    config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
-    if _ABLATE_DOMAIN.value and config.task != "zs_sbir":
-        cli.fail(f"--ablate_domain applies to the zs_sbir task only, not {config.task!r}")
-    ckpt_dir = os.path.join(_WORKDIR.value, "ckpt")
-
-    import tensorflow as tf
+    cli.check_args(argv, workdir=_WORKDIR.value)
+    run = cli.load_run_or_fail(_CONFIG.value, _WORKDIR.value)
+    if _ABLATIONS.value:
+        known = sorted((run.config.get("ablations") or {}).keys())
+        unknown = sorted(set(_ABLATIONS.value) - set(known) - {"all"})
+        if unknown:
+            cli.fail(f"--ablations: unknown {unknown}; this config defines {known}")
 
     from sketch_tf.eval.report import format_result
     from sketch_tf.train import loop
-    from sketch_tf.train.tasks import get_task_class
+    from sketch_tf.train.run import run_ablations
 
-    if tf.train.latest_checkpoint(ckpt_dir) is None:
-        cli.fail(f"no checkpoint in {ckpt_dir}: train first (python train.py ... --workdir=...)")
-    task = get_task_class(config.task)(config)
-    state = loop.build_state(task, config)
-    path = loop.restore_latest(state, ckpt_dir, for_training=False)
-    step = int(state.step.numpy())
-    result = task.evaluate(state.models, _WORKDIR.value)
-    result.setdefault("checkpoint", path)
-    if _ABLATE_DOMAIN.value:
-        from absl import logging
-
-        from sketch_tf.train.zs_sbir_task import run_domain_ablation
-
-        run_domain_ablation(config, _WORKDIR.value, result, log=logging.info)
-    json_path = loop.write_eval_results(_WORKDIR.value, step, result)
-    print(format_result(result, title=f"{config.task} @ step {step} ({path})"))
+    result = run.task.evaluate(run.models, run.workdir)
+    result.setdefault("checkpoint", run.checkpoint)
+    if _ABLATIONS.value:
+        top = (
+            _CONFIG.value
+            if _CONFIG.value is not None
+            else cli.validated_config(None, _WORKDIR.value)
+        )
+        run_ablations(top, _WORKDIR.value, result, _ABLATIONS.value, log=logging.info)
+    json_path = loop.write_eval_results(run.workdir, run.step, result)
+    print(format_result(result, title=f"{run.config.task} @ step {run.step} ({run.checkpoint})"))
     print(f"metrics: {json_path}")
     if _OUTPUT.value:
         with open(json_path) as src, open(_OUTPUT.value, "w") as dst:

@@ -3,7 +3,7 @@ dataset (if absent), train, evaluate on held-out shapes / unseen categories, exp
 SavedModel, and print one results table at the end.
 
   .venv/bin/python main_job.py                          # all families, the documented CPU budget
-  .venv/bin/python main_job.py --families=zs_sbir       # one family
+  .venv/bin/python main_job.py --families=<family>      # one family (sketch_tf/families/)
   .venv/bin/python main_job.py --smoke                  # a minute-long end-to-end check
 
 Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an ordinary run
@@ -19,26 +19,29 @@ from absl import app, flags, logging
 
 from sketch_tf import cli
 from sketch_tf.paths import PROJECT_ROOT
-
-FAMILIES = ("zooms", "zs_sbir")
+from sketch_tf.train.config import STRATEGY_NAMES
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Root folder of the main job's runs.")
-_FAMILIES = flags.DEFINE_list("families", list(FAMILIES), f"Families to run, from {FAMILIES}.")
+_FAMILIES = flags.DEFINE_list(
+    "families", [], "Families to run (default: every family of sketch_tf.families)."
+)
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny data and a few steps: checks the whole flow, not the model."
 )
-_STRATEGY = flags.DEFINE_enum(
-    "strategy", "auto", ["auto", "default", "mirrored"], "Distribution strategy."
-)
+# One machine: every strategy but multi_worker.
+_STRATEGY = cli.define_strategy_flag([n for n in STRATEGY_NAMES if n != "multi_worker"])
 
 
 def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
-    """prepare -> train -> evaluate -> export for one family; returns its evaluation result."""
+    """prepare -> train -> evaluate -> export for one family; returns its evaluation result.
+
+    The family's config is `configs/<family>.py:synthetic` (`:synthetic_smoke` with --smoke);
+    its records are rendered from the synthetic world when absent."""
     from sketch_tf.data.synthetic.prepare import prepare_synthetic
     from sketch_tf.export.serving import export_saved_model
     from sketch_tf.train import loop
     from sketch_tf.train.config import ConfigError, load_project_config, validate_config
-    from sketch_tf.train.tasks import get_task_class
+    from sketch_tf.train.run import load_run, train_run
 
     config = load_project_config(family, "synthetic_smoke" if smoke else "synthetic")
     run_dir = os.path.join(workdir, family)
@@ -57,62 +60,49 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     t0 = time.perf_counter()
     if not os.path.isdir(os.path.join(root, "train")):
         logging.info("[%s] rendering the synthetic dataset into %s", family, root)
-        prepare_synthetic(family, root, **config.data.synthetic.to_dict())
+        prepare_synthetic(config.task, root, **config.data.synthetic.to_dict())
     timings["prepare_s"] = time.perf_counter() - t0
 
-    task = get_task_class(config.task)(config)
     t0 = time.perf_counter()
-    result = loop.train(task, config, run_dir, strategy, log=logging.info)
+    result = train_run(config, run_dir, strategy, log=logging.info)
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    state = loop.build_state(task, config)
-    loop.restore_latest(state, os.path.join(run_dir, loop.CHECKPOINT_SUBDIR), for_training=False)
-    evaluation = task.evaluate(state.models, run_dir)
-    loop.write_eval_results(run_dir, result.step, evaluation)
+    run = load_run(run_dir, config)
+    evaluation = run.task.evaluate(run.models, run.workdir)
+    loop.write_eval_results(run.workdir, result.step, evaluation)
     timings["evaluate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     export_path = export_saved_model(
-        task, state.models, os.path.join(run_dir, "export"), result.step, overwrite=True
+        run.task, run.models, os.path.join(run_dir, "export"), result.step, overwrite=True
     )
     timings["export_s"] = time.perf_counter() - t0
     evaluation["export"] = export_path
     evaluation["timings"] = timings
     evaluation["step"] = result.step
+    evaluation["task"] = config.task
     return evaluation
 
 
-#: family -> (metric shown, its scalar key, [(baseline name, scalar key), ...]).
-HEADLINES = {
-    "zooms": [
-        (f"PCK@5% {split}", f"{split}/ours/pck@5%",
-         [("raw patch", f"{split}/raw_patch/pck@5%"),
-          ("shape context", f"{split}/shape_context/pck@5%")])
-        for split in ("seen", "unseen")
-    ],
-    "zs_sbir": [
-        ("mAP@all unseen", "map_all", [("random ranking", "random_map_all")]),
-        ("P@100 unseen", "p_100", [("random ranking", "random_p_100")]),
-    ],
-}  # fmt: skip
-
-
 def headline_rows(results: dict) -> list[list]:
-    """One row per (family, metric, baseline) for the final table; absent keys are skipped."""
+    """One row per (family, headline metric, baseline) for the final table, from each task's
+    declared `headlines`; absent keys are skipped."""
+    from sketch_tf.train.tasks import get_task_class
+
     rows = []
     for family, result in results.items():
         scalars = result.get("scalars", {})
-        for metric, key, baselines in HEADLINES.get(family, []):
-            if key not in scalars:
+        for headline in get_task_class(result.get("task", family)).headlines:
+            if headline.key not in scalars:
                 continue
-            for name, base_key in baselines:
+            for name, base_key in headline.baselines or (("n/a", ""),):
                 base = scalars.get(base_key)
                 rows.append(
                     [
                         family,
-                        metric,
-                        float(scalars[key]),
+                        headline.label,
+                        float(scalars[headline.key]),
                         name,
                         float(base) if base is not None else "n/a",
                     ]
@@ -121,11 +111,13 @@ def headline_rows(results: dict) -> list[list]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
-    unknown = sorted(set(_FAMILIES.value) - set(FAMILIES))
+    cli.check_args(argv)
+    from sketch_tf.train.tasks import family_names
+
+    families = _FAMILIES.value or family_names()
+    unknown = sorted(set(families) - set(family_names()))
     if unknown:
-        cli.fail(f"--families: unknown {unknown}; choose from {FAMILIES}")
+        cli.fail(f"--families: unknown {unknown}; choose from {family_names()}")
 
     from sketch_tf.eval.report import format_result, format_table
     from sketch_tf.train import strategy as strategy_lib
@@ -134,7 +126,7 @@ def main(argv):
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     results = {}
-    for family in _FAMILIES.value:
+    for family in families:
         results[family] = run_family(family, workdir, _SMOKE.value, strategy)
 
     print("\n" + "=" * 78)

@@ -18,15 +18,11 @@ stores how our mutual-NN matches agree with the reference's ("reference_agreemen
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from sketch_tf import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file; default: <workdir>/config.json of the trained run.",
-    lock_config=True,
-)  # fmt: skip
-_WORKDIR = flags.DEFINE_string("workdir", None, "Trained zooms run folder with ckpt/ (required).")
+_CONFIG = cli.define_config_flag()
+_WORKDIR = cli.define_workdir_flag("Trained zooms run folder (required).")
 _IMAGE_A = flags.DEFINE_string("image_a", None, "First sketch (PNG/JPEG).")
 _IMAGE_B = flags.DEFINE_string("image_b", None, "Second sketch (PNG/JPEG).")
 _POINTS_A = flags.DEFINE_string("points_a", None, "Optional [N, 2] (x, y) .npy points of A.")
@@ -41,12 +37,10 @@ _REF_B = flags.DEFINE_string("reference_b", None, "Optional [Nb, D] .npy referen
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
-    for name, flag in (("workdir", _WORKDIR), ("image_a", _IMAGE_A), ("image_b", _IMAGE_B),
-                       ("output", _OUTPUT)):  # fmt: skip
-        if not flag.value:
-            cli.fail(f"--{name} is required")
+    cli.check_args(
+        argv, workdir=_WORKDIR.value, image_a=_IMAGE_A.value, image_b=_IMAGE_B.value,
+        output=_OUTPUT.value,
+    )  # fmt: skip
     for name, flag in (("image_a", _IMAGE_A), ("image_b", _IMAGE_B), ("points_a", _POINTS_A),
                        ("points_b", _POINTS_B), ("reference_a", _REF_A),
                        ("reference_b", _REF_B)):  # fmt: skip
@@ -59,21 +53,16 @@ def main(argv):
     if _RADIUS.value <= 0:
         cli.fail(f"--radius must be > 0, got {_RADIUS.value}")
     config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
-    if config.task != "zooms":
-        cli.fail(f"match.py needs a zooms run; {_WORKDIR.value} is a {config.task!r} run")
 
-    import tensorflow as tf
-
-    from sketch_tf.eval import zooms_eval
-    from sketch_tf.train import loop
+    from sketch_tf.families.zooms import evaluate as zooms_evaluate
+    from sketch_tf.families.zooms.task import ZoomsTask
     from sketch_tf.train.tasks import get_task_class
 
-    ckpt_dir = os.path.join(_WORKDIR.value, loop.CHECKPOINT_SUBDIR)
-    if tf.train.latest_checkpoint(ckpt_dir) is None:
-        cli.fail(f"no checkpoint in {ckpt_dir}: train first (python train.py ...)")
+    if not issubclass(get_task_class(config.task), ZoomsTask):
+        cli.fail(f"match.py needs a zooms run; {_WORKDIR.value} is a {config.task!r} run")
     try:
-        pa = zooms_eval.load_points(_POINTS_A.value) if _POINTS_A.value else None
-        pb = zooms_eval.load_points(_POINTS_B.value) if _POINTS_B.value else None
+        pa = zooms_evaluate.load_points(_POINTS_A.value) if _POINTS_A.value else None
+        pb = zooms_evaluate.load_points(_POINTS_B.value) if _POINTS_B.value else None
     except ValueError as e:
         cli.fail(str(e))
     reference = None
@@ -84,12 +73,10 @@ def main(argv):
             reference = (np.load(_REF_A.value), np.load(_REF_B.value))
         except (OSError, ValueError) as e:
             cli.fail(f"--reference_a/--reference_b: not readable .npy arrays ({e})")
-    task = get_task_class("zooms")(config)
-    state = loop.build_state(task, config)
-    loop.restore_latest(state, ckpt_dir, for_training=False)
+    run = cli.load_run_or_fail(config, _WORKDIR.value)
     try:
-        result = zooms_eval.run_match(
-            task, state.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
+        result = zooms_evaluate.run_match(
+            run.task, run.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
             method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
             reference=reference,
         )  # fmt: skip

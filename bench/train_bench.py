@@ -19,12 +19,11 @@ import tempfile
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sketch_tf import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config.", lock_config=False)
+_CONFIG = cli.define_config_flag(trained_run=False)
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per mode.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps before timing.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override train.batch_size.")
@@ -48,7 +47,7 @@ def _measure(task, config, steps: int, warmup: int) -> float:
 
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        loop.train(task, config, workdir, log=log)
+        loop.train(task, workdir, log=log)
         wall = time.perf_counter() - start
     timed = rates[1:]  # the first interval holds tracing and autotune
     if not timed:
@@ -58,8 +57,7 @@ def _measure(task, config, steps: int, warmup: int) -> float:
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
+    cli.check_args(argv)
     if _CONFIG.value is None:
         cli.fail("--config is required, e.g. --config=configs/zs_sbir.py:synthetic")
     if _STEPS.value <= 0 or _WARMUP.value < 1 or _STEPS.value % _WARMUP.value:

@@ -13,9 +13,9 @@ Figures (last line, JSON):
   (our gather sampler; the baseline crops a bigger box, flips, rotates with PIL, crops).
 - ``descriptors_per_s``: the shipped default (`configs/zooms.py:synthetic`: small_cnn with a
   flatten, three anti-aliased 32 px views, drawings resized to 256 px) through the inference
-  path of `match.py` (`zooms_eval.describe_image`) for `--describe_points` points (1,000) on
-  the 512x512 sketch; ``descriptors_per_s_alexnet224`` the original alexnet / 224 px model
-  (`describe_points`, no resize) on `--alexnet_points` points.
+  path of `match.py` (`families.zooms.evaluate.describe_image`) for `--describe_points`
+  points (1,000) on the 512x512 sketch; ``descriptors_per_s_alexnet224`` the original
+  alexnet / 224 px model (`describe_points`, no resize) on `--alexnet_points` points.
 Measured after XLA-compiling the min-max stretch (`--describe_points 250 --alexnet_points 0`,
 224 px, 3 runs, 2 shared cores at load 11-12.7): ratio_vs_per_point 20.4, 1.96, 4.45 (median
 4.45; before: 4.4 at lighter load). Ours and the baseline are timed in separate phases, so
@@ -42,11 +42,11 @@ import tensorflow as tf
 from PIL import Image
 
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
-from sketch_tf.eval.zooms_eval import describe_image
+from sketch_tf.families.zooms.evaluate import describe_image
+from sketch_tf.families.zooms.task import ZoomsTask
 from sketch_tf.models.zooms import build_zooms_model, describe_points
 from sketch_tf.paths import shared_data_dir
 from sketch_tf.train.config import load_project_config
-from sketch_tf.train.zooms_task import ZoomsTask
 
 
 def load_sketch() -> np.ndarray:

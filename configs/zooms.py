@@ -22,7 +22,7 @@ Variants (`--config=configs/zooms.py:<variant>`):
 
 import ml_collections
 
-from sketch_tf.train.config import base_train_config
+from sketch_tf.train.config import add_run_sections, base_train_config
 
 VARIANTS = ("synthetic", "synthetic_smoke", "sketchzooms")
 
@@ -42,7 +42,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # in-image negatives (16 -> 32: PCK@5% seen 0.392 -> 0.428, twice the step time).
     config.data.num_points = 32
     # Categories never seen in training, evaluated separately (names from the manifest).
-    config.data.unseen_categories = ("guitar", "lamp", "mug")
+    config.data.unseen_classes = ("guitar", "lamp", "mug")
     config.data.shuffle_buffer = 256
     config.data.synthetic = ml_collections.ConfigDict(
         dict(image_size=256, n_per_category=30, test_fraction=0.2, pairs_per_category=30,
@@ -53,21 +53,22 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # alexnet's (a global pool loses where in the view the strokes are: PCK@5% seen 0.287 ->
     # 0.373), dropout -> fc 512 -> fc 128.
     config.model = ml_collections.ConfigDict(
-        dict(backbone="small_cnn", view_size=32, num_views=3, descriptor_dim=128,
+        dict(backbone="small_cnn", descriptor_dim=128,
              fusion="view_max", l2_normalize=False, dropout=0.3, head="auto", head_hidden=512,
              weights_path="", backbone_weights="", backbone_widths=(32, 64, 128),
              backbone_pooling="flatten")
     )  # fmt: skip
 
-    # Zoom geometry (DESIGN: half-sizes 100*z px on a 512 px sketch; scaled with the image
-    # height, so the same part of the drawing is seen at 256 px) and train-time jitter. The
+    # Zoom geometry, all in this section (DESIGN: half-sizes 100*z px on a 512 px sketch;
+    # scaled with the image height, so the same part of the drawing is seen at 256 px; one
+    # model view per zoom factor, each resampled to view_size px) and train-time jitter. The
     # original's augmentation (jitter 0.3, +-45 deg, flip p=0.5; the `sketchzooms` variant) cost
     # 4 points of PCK@5% on held-out synthetic shapes in our CPU budget (docs/zooms.md): a flip
     # makes the left and right counterparts of symmetric parts indistinguishable. `antialias`
     # area-averages before sampling: 180 px windows at 32 px views otherwise skip most stroke
     # pixels (+2 points PCK@5% on seen categories, docs/zooms.md).
     config.zooms = ml_collections.ConfigDict(
-        dict(zooms=(1.8, 1.3, 0.8), base_half_size=100.0, reference_size=512.0,
+        dict(zooms=(1.8, 1.3, 0.8), view_size=32, base_half_size=100.0, reference_size=512.0,
              scale_jitter=0.15, max_rotation_deg=10.0, flip_prob=0.0, antialias=True)
     )  # fmt: skip
 
@@ -97,7 +98,6 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         config.data.num_points = 8
         config.data.synthetic.update(image_size=128, n_per_category=4, pairs_per_category=3)
         config.data.image_size = 128
-        config.model.view_size = 32
         config.eval.max_pairs = 6
         config.serving.max_dense_points = 128
         config.train.update(num_steps=4, batch_size=4, log_every=1, warmup_steps=0)
@@ -105,10 +105,9 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         config.data.root = "data/records/sketchzooms"
         config.data.image_size = 512
         config.data.num_points = 32
-        config.data.unseen_categories = ()
-        config.model.update(
-            backbone="alexnet", view_size=224, dropout=0.5, head_hidden=0, backbone_pooling=""
-        )
+        config.data.unseen_classes = ()
+        config.model.update(backbone="alexnet", dropout=0.5, head_hidden=0, backbone_pooling="")
+        config.zooms.view_size = 224
         # The original samples its views without anti-aliasing (a 360 px window at 224 px is
         # only 1.6 source px per view px, so area-shrinking would be a no-op there anyway).
         config.zooms.update(scale_jitter=0.3, max_rotation_deg=45.0, flip_prob=0.5, antialias=False)
@@ -117,4 +116,4 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             checkpoint_every=1000, lr_schedule="constant", warmup_steps=0,
         )  # fmt: skip
         config.eval.max_pairs = 200
-    return config
+    return add_run_sections(config)

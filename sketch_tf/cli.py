@@ -1,6 +1,8 @@
 """Helpers shared by the absl command-line scripts (train.py, evaluate.py, export.py, ...).
 
-Flags are read in the scripts' `main()` only; everything below takes plain values.
+The common flags (`--config`, `--workdir`, `--strategy`) are defined here once; scripts call
+the `define_*` functions at import time and read the flags in their `main()` only; everything
+else below takes plain values.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import sys
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
+
+from sketch_tf.train.config import STRATEGY_NAMES
 
 #: Exit status for unusable flags or config values (nothing has been written when it is used).
 EXIT_BAD_CONFIG = 2
@@ -28,6 +33,53 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
         print(f"error: bad flag or config override: {message}", file=sys.stderr)
         print(f"Run `{os.path.basename(argv[0])} --helpfull` for the flags.", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+
+
+def define_config_flag(trained_run: bool = True):
+    """`--config=configs/<family>.py:<variant>` (locked: a misspelt override fails). With
+    `trained_run`, it defaults to `<workdir>/config.json` of the trained run."""
+    help_text = (
+        "Config file; default: <workdir>/config.json of the trained run."
+        if trained_run
+        else "Config file, e.g. configs/<family>.py:synthetic."
+    )
+    return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+
+
+def define_workdir_flag(help_text: str = "Run folder of a trained run (required)."):
+    return flags.DEFINE_string("workdir", None, help_text)
+
+
+def define_strategy_flag(names=STRATEGY_NAMES):
+    return flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        list(names),
+        "auto: MirroredStrategy over all GPUs when there is more than one, else default. "
+        "mirrored: all GPUs (or the logical CPUs). multi_worker reads TF_CONFIG.",
+    )
+
+
+def check_args(argv: list[str], **required) -> None:
+    """Fails (exit 2) on positional arguments or on a required flag left empty
+    (`check_args(argv, workdir=_WORKDIR.value)`)."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {argv[1:]}")
+    for name, value in required.items():
+        if value is None or value == "":
+            fail(f"--{name} is required")
+
+
+def load_run_or_fail(config: ml_collections.ConfigDict | None, workdir: str):
+    """`sketch_tf.train.run.load_run`, turning a missing run, a bad config or a checkpoint
+    that does not fit into a message and exit status 2."""
+    from sketch_tf.train.config import ConfigError
+    from sketch_tf.train.run import load_run
+
+    try:
+        return load_run(workdir, config)
+    except (FileNotFoundError, ConfigError, ValueError) as e:
+        fail(str(e))
 
 
 def fail(message: str) -> None:

@@ -88,6 +88,18 @@ def test_train_evaluate_export_end_to_end(tmp_path):
     assert (workdir / "export" / "4" / "saved_model.pb").is_file()
     proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}")
     assert proc.returncode != 0 and "already exists" in proc.stderr
+    # Generic ablations: an unknown name is exit 2 naming the known ones; a known one trains
+    # into <workdir>/ablations/<name> and lands in the comparison table.
+    proc = _run("evaluate.py", f"--config={TINY}", f"--workdir={workdir}", "--ablations=narrow")
+    assert proc.returncode == 2 and "unknown ['narrow']" in proc.stderr
+    assert "no_dropout" in proc.stderr
+    proc = _run(
+        "evaluate.py", f"--config={TINY}", f"--workdir={workdir}", "--ablations=no_dropout",
+        "--config.train.num_steps=4",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ablation no_dropout" in proc.stdout
+    assert (workdir / "ablations" / "no_dropout" / "ckpt" / "checkpoint").is_file()
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):

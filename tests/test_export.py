@@ -27,7 +27,7 @@ def test_export_layout_and_reload_parity(tmp_path, tiny):
     loaded = tf.saved_model.load(path)
     x = tiny_task._data(99, 5)[0]
     got = loaded.signatures["serving_default"](features=tf.constant(x))
-    want = models["net"](x, training=False).numpy()
+    want = task.logits(models, x, training=False).numpy()
     np.testing.assert_allclose(got["logits"].numpy(), want, atol=1e-5)
     np.testing.assert_array_equal(got["label"].numpy(), np.argmax(want, -1))
 

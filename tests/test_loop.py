@@ -31,7 +31,7 @@ def _read_scalars(event_dir):
 
 def _final_weights(workdir, config):
     task = tiny_task.TinyTask(config)
-    state = loop.build_state(task, config)
+    state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     return [v.numpy() for v in state.checkpoint.model_variables], int(state.step.numpy())
 
@@ -39,15 +39,13 @@ def _final_weights(workdir, config):
 def test_resume_matches_uninterrupted_run(tmp_path):
     config = _config(num_steps=6)
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    result = loop.train(tiny_task.TinyTask(config), config, full, log=lambda s: None)
+    result = loop.train(tiny_task.TinyTask(config), full, log=lambda s: None)
     assert result.status == "completed" and result.step == 6
 
-    first = loop.train(
-        tiny_task.TinyTask(config), config, split, stop_after_steps=3, log=lambda s: None
-    )
+    first = loop.train(tiny_task.TinyTask(config), split, stop_after_steps=3, log=lambda s: None)
     assert first.status == "interrupted" and first.step == 3
     logs = []
-    second = loop.train(tiny_task.TinyTask(config), config, split, log=logs.append)
+    second = loop.train(tiny_task.TinyTask(config), split, log=logs.append)
     assert second.step == 6 and any("resumed from" in line and "at step 3" in line for line in logs)
 
     w_full, step_full = _final_weights(full, config)
@@ -61,7 +59,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for step in (4, 5, 6):
         assert s_full[step] == pytest.approx(s_split[step], rel=1e-6, abs=1e-7)
     # Training past the end is a no-op.
-    again = loop.train(tiny_task.TinyTask(config), config, split, log=lambda s: None)
+    again = loop.train(tiny_task.TinyTask(config), split, log=lambda s: None)
     assert again.step == 6
 
 
@@ -72,9 +70,9 @@ def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy):
     # Dropout draws different masks per replica, so compare without it.
     config.model.dropout = 0.0
     default_dir, mirrored_dir = str(tmp_path / "default"), str(tmp_path / "mirrored")
-    loop.train(tiny_task.TinyTask(config), config, default_dir, log=lambda s: None)
+    loop.train(tiny_task.TinyTask(config), default_dir, log=lambda s: None)
     mirrored = two_cpu_strategy
-    loop.train(tiny_task.TinyTask(config), config, mirrored_dir, mirrored, log=lambda s: None)
+    loop.train(tiny_task.TinyTask(config), mirrored_dir, mirrored, log=lambda s: None)
     a = _read_scalars(os.path.join(default_dir, "train"))
     b = _read_scalars(os.path.join(mirrored_dir, "train"))
     for tag in ("loss/total", "loss/ce", "loss/pull"):
@@ -86,7 +84,7 @@ def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy):
 def test_tensorboard_scalars_and_eval_results(tmp_path):
     config = _config(num_steps=4, log_every=2, eval_every=2)
     workdir = str(tmp_path / "run")
-    loop.train(tiny_task.TinyTask(config), config, workdir, log=lambda s: None)
+    loop.train(tiny_task.TinyTask(config), workdir, log=lambda s: None)
     scalars = _read_scalars(os.path.join(workdir, "train"))
     for tag in (
         "loss/total",
@@ -111,27 +109,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config.model.poison_after = 3  # batches 3, 4, ... give an infinite loss (step 4 on)
     workdir = str(tmp_path / "run")
     with pytest.raises(loop.NonFiniteLossError, match=r"step 4.*ckpt-2"):
-        loop.train(tiny_task.TinyTask(config), config, workdir, log=lambda s: None)
+        loop.train(tiny_task.TinyTask(config), workdir, log=lambda s: None)
     assert tf.train.latest_checkpoint(os.path.join(workdir, "ckpt")).endswith("ckpt-2")
 
 
 def test_checkpoint_from_other_model_is_a_clear_error(tmp_path):
     config = _config(num_steps=2)
     workdir = str(tmp_path / "run")
-    loop.train(tiny_task.TinyTask(config), config, workdir, log=lambda s: None)
+    loop.train(tiny_task.TinyTask(config), workdir, log=lambda s: None)
     other = _config(num_steps=4)
     other.model.hidden = 7
     with pytest.raises(ValueError, match="does not match the models"):
-        loop.train(tiny_task.TinyTask(other), other, workdir, log=lambda s: None)
-
-
-def test_learning_rate_schedules():
-    config = _config(num_steps=100, lr_schedule="cosine", warmup_steps=10, learning_rate=1.0)
-    sched = loop.learning_rate_schedule(config.train)
-    assert float(sched(0)) == pytest.approx(0.0)
-    assert float(sched(5)) == pytest.approx(0.5)
-    assert float(sched(10)) == pytest.approx(1.0)
-    assert float(sched(55)) == pytest.approx(0.5, abs=1e-6)  # half way through the decay
-    config.train.update(lr_schedule="piecewise", lr_boundaries=(20, 50), lr_values=(1.0, 0.1, 0.01))
-    sched = loop.learning_rate_schedule(config.train)
-    assert [float(sched(s)) for s in (0, 20, 21, 60)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+        loop.train(tiny_task.TinyTask(other), workdir, log=lambda s: None)

@@ -1,5 +1,6 @@
 """MultiWorkerMirroredStrategy: two local worker processes on 127.0.0.1 train the tiny task
-through train.py and log the same losses as a default-strategy run on the same data."""
+through train.py and log the same losses as a default-strategy run on the same data; only
+the chief evaluates and writes evaluation files."""
 
 import json
 import os
@@ -24,7 +25,10 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_workers_match_default_strategy(tmp_path):
     base_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    args = [sys.executable, "train.py", f"--config={TINY}", "--config.model.dropout=0.0"]
+    args = [
+        sys.executable, "train.py", f"--config={TINY}", "--config.model.dropout=0.0",
+        "--config.train.eval_every=3",
+    ]  # fmt: skip
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     procs = []
     for index in range(2):
@@ -57,6 +61,10 @@ def test_two_workers_match_default_strategy(tmp_path):
     # Only the chief (worker 0) writes the checkpoint and summaries; worker 1's scratch is gone.
     assert (tmp_path / "mw" / "ckpt" / "ckpt-6.index").is_file()
     assert not (tmp_path / "mw" / ".scratch" / "worker_1").exists()
+    # Evaluation at step 3 ran on the chief only: one picture, one metrics file.
+    eval_files = sorted(os.listdir(tmp_path / "mw" / "eval"))
+    assert [f for f in eval_files if f.startswith("picture_")] == [f"picture_{procs[0].pid}.txt"]
+    assert "metrics_3.json" in eval_files
     mw = _read_scalars(str(tmp_path / "mw" / "train"))["loss/total"]
     ref = _read_scalars(str(tmp_path / "default" / "train"))["loss/total"]
     assert sorted(mw) == sorted(ref) == list(range(1, 7))

@@ -1,13 +1,11 @@
 """Tests for sketch_tf.train.schedules (hand-computed expected values)."""
 
-import math
-
 import keras
-import ml_collections
 import numpy as np
 import pytest
 
-from sketch_tf.train.schedules import ConstantLR, build_lr_schedule, grl_lambda
+from sketch_tf.train.config import base_train_config, validate_train_config
+from sketch_tf.train.schedules import ConstantLR, grl_lambda, learning_rate_schedule
 
 EPOCHS = (0, 4, 5, 15, 25, 40)
 
@@ -49,52 +47,47 @@ def _values(schedule, steps):
     return [float(schedule(step)) for step in steps]
 
 
+def _train(**fields):
+    train = base_train_config()
+    train.update(fields)
+    return train
+
+
 def test_constant_schedule_with_and_without_warmup():
-    assert _values(build_lr_schedule({"learning_rate": 0.1}), [0, 10, 1000]) == pytest.approx(
-        [0.1, 0.1, 0.1]
-    )
-    sched = build_lr_schedule({"name": "constant", "learning_rate": 0.2, "warmup_steps": 4})
+    sched = learning_rate_schedule(_train(learning_rate=0.1))
+    assert _values(sched, [0, 10, 1000]) == pytest.approx([0.1, 0.1, 0.1])
+    sched = learning_rate_schedule(_train(learning_rate=0.2, warmup_steps=4))
     assert _values(sched, [0, 1, 2, 4, 100]) == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.2])
 
 
-def test_cosine_schedule_with_warmup_from_config_dict():
-    config = ml_collections.ConfigDict(
-        {
-            "name": "cosine",
-            "learning_rate": 1.0,
-            "warmup_steps": 10,
-            "decay_steps": 100,
-            "alpha": 0.1,
-        }
-    )
-    sched = build_lr_schedule(config)
-
-    # Warmup 0 -> 1 over 10 steps, then 0.1 + 0.9 * 0.5 * (1 + cos(pi * t / 100)), t = step - 10.
-    def expected(t):
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 100))
-
-    got = _values(sched, [0, 5, 10, 35, 60, 110, 500])
-    want = [0.0, 0.5, 1.0, expected(25), 0.55, 0.1, 0.1]
-    np.testing.assert_allclose(got, want, atol=1e-6)
+def test_cosine_schedule_with_warmup():
+    train = _train(num_steps=100, lr_schedule="cosine", warmup_steps=10, learning_rate=1.0)
+    sched = learning_rate_schedule(train)
+    # Warmup 0 -> 1 over 10 steps, then 0.5 * (1 + cos(pi * t / 90)), t = step - 10.
+    got = _values(sched, [0, 5, 10, 55, 100, 500])
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
 
 
 def test_cosine_schedule_without_warmup():
-    sched = build_lr_schedule({"name": "cosine", "learning_rate": 0.5, "decay_steps": 4})
+    sched = learning_rate_schedule(_train(num_steps=4, lr_schedule="cosine", learning_rate=0.5))
     # 0.5 * 0.5 * (1 + cos(pi * s / 4)) for s = 0, 2, 4.
     np.testing.assert_allclose(_values(sched, [0, 2, 4, 9]), [0.5, 0.25, 0.0, 0.0], atol=1e-7)
 
 
 def test_piecewise_schedule():
-    sched = build_lr_schedule(
-        {"name": "piecewise", "boundaries": [10, 20], "values": [1.0, 0.1, 0.01]}
-    )
+    train = _train(
+        lr_schedule="piecewise", learning_rate=2.0, lr_boundaries=(10, 20),
+        lr_values=(1.0, 0.1, 0.01),
+    )  # fmt: skip
     np.testing.assert_allclose(
-        _values(sched, [0, 10, 11, 20, 21, 99]), [1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6
+        _values(learning_rate_schedule(train), [0, 10, 11, 20, 21, 99]),
+        [2.0, 2.0, 0.2, 0.2, 0.02, 0.02],
+        rtol=1e-6,
     )
 
 
 def test_schedules_drive_an_optimizer_and_serialise():
-    sched = build_lr_schedule({"learning_rate": 0.3, "warmup_steps": 2})
+    sched = learning_rate_schedule(_train(learning_rate=0.3, warmup_steps=2))
     assert isinstance(sched, keras.optimizers.schedules.LearningRateSchedule)
     opt = keras.optimizers.SGD(learning_rate=sched)
     var = keras.Variable(np.zeros(1, np.float32))
@@ -106,17 +99,13 @@ def test_schedules_drive_an_optimizer_and_serialise():
     assert isinstance(clone, ConstantLR) and clone.get_config() == sched.get_config()
 
 
-@pytest.mark.parametrize(
-    "config, message",
-    [
-        ({"name": "step"}, "name must be one of"),
-        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
-        ({"name": "cosine", "learning_rate": 0.1}, "decay_steps > 0"),
-        ({"name": "piecewise", "boundaries": [5], "values": [1.0]}, "len\\(values\\)"),
-        ({"name": "piecewise", "boundaries": [5, 5], "values": [1.0, 2.0, 3.0]}, "increase"),
-        ({"learning_rate": 0.1, "warmup_steps": -1}, "warmup_steps must be >= 0"),
-    ],
-)
-def test_build_lr_schedule_rejects_bad_config(config, message):
-    with pytest.raises(ValueError, match=message):
-        build_lr_schedule(config)
+def test_bad_schedule_fields_are_config_errors():
+    problems = validate_train_config(_train(lr_schedule="step"))
+    assert any("train.lr_schedule must be one of" in p for p in problems)
+    problems = validate_train_config(
+        _train(lr_schedule="piecewise", lr_boundaries=(5,), lr_values=(1.0,))
+    )
+    assert any("one more entry" in p for p in problems)
+    assert any(
+        "learning_rate must be > 0" in p for p in validate_train_config(_train(learning_rate=0.0))
+    )

@@ -2,15 +2,18 @@
 
 Four-class classification of 8-d vectors with an embedding pull term computed over the
 gathered global batch (so the cross-replica path of `LossContext` is exercised), dropout (so
-RNG state must be checkpointed) and a step schedule value.
+RNG state must be checkpointed) and a step schedule value. Two models, `trunk` (features,
+optionally with BatchNorm) and `head` (logits), so that stages can freeze one of them.
 """
+
+import os
 
 import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.train.config import base_train_config
+from sketch_tf.train.config import add_run_sections, base_train_config
 from sketch_tf.train.tasks import Task, register_task
 
 NUM_FEATURES, NUM_CLASSES = 8, 4
@@ -28,11 +31,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "tiny"
     config.seed = 0
-    config.model = ml_collections.ConfigDict({"hidden": 16, "dropout": 0.2, "poison_after": -1})
+    config.model = ml_collections.ConfigDict(
+        {"hidden": 16, "dropout": 0.2, "poison_after": -1, "batchnorm": False}
+    )
     config.train = base_train_config()
     config.train.update(
         batch_size=8, num_steps=6, log_every=1, checkpoint_every=100, learning_rate=0.05
     )
+    add_run_sections(config)
+    config.ablations.no_dropout = ml_collections.ConfigDict({"model": {"dropout": 0.0}})
     return config
 
 
@@ -49,10 +56,19 @@ class TinyTask(Task):
 
     def build_models(self):
         inputs = keras.Input((NUM_FEATURES,), name="features")
-        h = keras.layers.Dense(self.config.model.hidden, activation="relu")(inputs)
+        h = keras.layers.Dense(self.config.model.hidden)(inputs)
+        if self.config.model.batchnorm:
+            h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.Activation("relu")(h)
         h = keras.layers.Dropout(self.config.model.dropout, seed=1)(h)
-        logits = keras.layers.Dense(NUM_CLASSES, name="logits")(h)
-        return {"net": keras.Model(inputs, logits, name="tiny")}
+        trunk = keras.Model(inputs, h, name="tiny_trunk")
+        features = keras.Input((self.config.model.hidden,), name="hidden")
+        head = keras.Model(features, keras.layers.Dense(NUM_CLASSES)(features), name="tiny_head")
+        return {"trunk": trunk, "head": head}
+
+    @staticmethod
+    def logits(models, x, training):
+        return models["head"](models["trunk"](x, training=training), training=training)
 
     def build_train_dataset(self, global_batch_size, seed):
         x, y = _data(seed, 256)
@@ -69,7 +85,7 @@ class TinyTask(Task):
         return tf.data.Dataset.zip(tf.data.Dataset.counter(), ds).map(add_poison)
 
     def compute_losses(self, models, batch, ctx):
-        logits = models["net"](batch["x"], training=True)
+        logits = self.logits(models, batch["x"], training=True)
         ce = keras.losses.sparse_categorical_crossentropy(batch["y"], logits, from_logits=True)
         ce = tf.where(batch["poison"] > 0, float("inf"), ce)  # a diverged step, on demand
         # Pull embeddings of one class together over the *global* batch.
@@ -87,18 +103,20 @@ class TinyTask(Task):
 
     def evaluate(self, models, workdir=None):
         x, y = _data(123, 64)
-        pred = np.argmax(models["net"](x, training=False).numpy(), -1)
+        pred = np.argmax(self.logits(models, x, training=False).numpy(), -1)
         img = np.zeros((1, 4, 4, 3), np.uint8)
+        if workdir:  # a "picture" file per evaluating process: only the chief may write one
+            os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+            with open(os.path.join(workdir, "eval", f"picture_{os.getpid()}.txt"), "w") as f:
+                f.write("evaluated\n")
         return {"scalars": {"accuracy": float(np.mean(pred == y))}, "images": {"dummy": img}}
 
     def serving_signatures(self, models):
-        net = models["net"]
-
         @tf.function(
             input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="features")]
         )
         def serve(features):
-            logits = net(features, training=False)
+            logits = self.logits(models, features, training=False)
             return {"logits": logits, "label": tf.argmax(logits, -1, output_type=tf.int32)}
 
         return {"serving_default": serve.get_concrete_function()}

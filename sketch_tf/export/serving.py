@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.export import warmup
+from sketch_tf.train.tasks import unique_variables
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -31,13 +32,7 @@ class _ServingModule(tf.Module):
 
     def __init__(self, models: dict[str, Any]):
         super().__init__(name="sketch_tf_serving")
-        self.model_variables = []
-        seen = set()
-        for name in sorted(models):
-            for v in models[name].variables:
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    self.model_variables.append(v)
+        self.model_variables = unique_variables(models)
 
 
 def _to_numpy_dict(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:

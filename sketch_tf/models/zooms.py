@@ -37,7 +37,9 @@ __all__ = [
     "SplitViews",
     "build_zooms_model",
     "count_params",
+    "describe_graph",
     "describe_points",
+    "describe_views",
 ]
 
 #: Head kinds: "mlp" (dropout, fc hidden, ReLU, fc D), "fc_fc" (fc hidden, fc D), "linear".
@@ -153,13 +155,52 @@ def build_zooms_model(
     return model
 
 
-#: model -> {zoom kwargs key: traced describe function}; one trace per model and geometry
-#: instead of one per call (evaluation calls describe_points once per drawing).
+def describe_views(model: keras.Model, views, training: bool = False) -> tf.Tensor:
+    """Descriptors of points given their zoom views: [..., K, S, S, 3] -> [..., D].
+
+    The one views -> model step of training (views made in tf.data), evaluation and serving
+    (views made by `describe_graph`): leading axes are flattened into one model batch.
+    """
+    views = tf.convert_to_tensor(views, tf.float32)
+    lead = tf.shape(views)[:-4]
+    out = model(tf.reshape(views, tf.concat([[-1], tf.shape(views)[-4:]], 0)), training=training)
+    return tf.reshape(out, tf.concat([lead, tf.shape(out)[-1:]], 0))
+
+
+def describe_graph(model: keras.Model, images, points, zoom_kwargs: dict, chunk: int = 256):
+    """Graph op: images [B, H, W, 3] in [0, 1] and points [B, N, 2] -> descriptors [B, N, D].
+
+    Points go through `zoom_views` + `describe_views` in chunks of at most `chunk` points per
+    image (a `tf.map_fn`, so memory is bounded by the chunk: each point costs K * S * S * 3
+    floats of views); the last chunk is padded and the padding dropped. Used inside exported
+    signatures and, traced once per model and geometry, by `describe_points`.
+    """
+    dim = model.output_shape[-1]
+    b, n = tf.shape(points)[0], tf.shape(points)[1]
+    size = tf.maximum(tf.minimum(tf.constant(int(chunk)), n), 1)  # no padding when n <= chunk
+    num_chunks = (n + size - 1) // size
+    padded = tf.pad(points, [[0, 0], [0, num_chunks * size - n], [0, 0]])
+    chunks = tf.transpose(tf.reshape(padded, tf.stack([b, num_chunks, size, 2])), [1, 0, 2, 3])
+
+    def one(p):  # p [B, size, 2]
+        return describe_views(model, zoom_views(images, p, **zoom_kwargs), training=False)
+
+    out = tf.map_fn(
+        one,
+        chunks,
+        fn_output_signature=tf.TensorSpec([None, None, dim], tf.float32),
+        parallel_iterations=1,  # one chunk of views in memory at a time
+    )
+    return tf.reshape(tf.transpose(out, [1, 0, 2, 3]), tf.stack([b, -1, dim]))[:, :n]
+
+
+#: model -> {(zoom kwargs, chunk) key: traced `describe_graph`}; one trace per model and
+#: geometry instead of one per call (evaluation calls describe_points once per drawing).
 _DESCRIBE_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _describe_fn(model: keras.Model, k: int, s: int, kw: dict):
-    key = tuple(sorted((name, repr(value)) for name, value in kw.items()))
+def _describe_fn(model: keras.Model, kw: dict, chunk: int):
+    key = (tuple(sorted((name, repr(value)) for name, value in kw.items())), int(chunk))
     per_model = _DESCRIBE_FNS.setdefault(model, {})
     if key not in per_model:
 
@@ -167,10 +208,7 @@ def _describe_fn(model: keras.Model, k: int, s: int, kw: dict):
             input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, 2])]
         )
         def run(im, pts):
-            views = zoom_views(im, pts, **kw)
-            b, n = tf.shape(pts)[0], tf.shape(pts)[1]
-            out = model(tf.reshape(views, [-1, k, s, s, 3]), training=False)
-            return tf.reshape(out, tf.stack([b, n, -1]))
+            return describe_graph(model, im, pts, kw, chunk)
 
         per_model[key] = run
     return per_model[key]
@@ -222,17 +260,11 @@ def describe_points(
         )
     if batch_points < 1:
         raise ValueError(f"describe_points: batch_points must be >= 1, got {batch_points}")
-    img = tf.constant(images, tf.float32)
-    run = _describe_fn(model, k, s, kw)
-    n = points.shape[1]
-    chunks = [
-        run(img, tf.constant(points[:, i : i + batch_points])) for i in range(0, n, batch_points)
-    ]
-    if not chunks:
-        dim = model.output_shape[-1]
-        out = np.zeros((images.shape[0], 0, dim), np.float32)
+    if points.shape[1] == 0:
+        out = np.zeros((images.shape[0], 0, model.output_shape[-1]), np.float32)
     else:
-        out = np.concatenate([c.numpy() for c in chunks], axis=1)
+        run = _describe_fn(model, kw, batch_points)
+        out = run(tf.constant(images, tf.float32), tf.constant(points)).numpy()
     return out[0] if single else out
 
 

@@ -3,6 +3,17 @@
 Configs are `ml_collections.ConfigDict`s built by `configs/<task>.py:get_config(variant)`.
 Every script validates the whole config with `validate_config` before doing any heavy work:
 all problems are collected and reported together, and nothing is written.
+
+Sections every family's config has (`add_run_sections`), read by generic code only:
+
+- `init`: warm start. `init.workdir` names another run folder; `init.models` the models to
+  restore from its latest checkpoint (empty: every model both runs have). Applied when a run
+  starts from scratch (a resumed run has it in its own checkpoint).
+- `train.trainable`: model names the optimizer updates (empty: all); the others are frozen.
+- `stage_order` + `stages`: a multi-stage recipe. `stages.<name>` is a partial config tree of
+  overrides; `train.py` runs the stages in `stage_order` into `<workdir>/<name>/`, each one
+  initialised from the stage before (`sketch_tf.train.run`).
+- `ablations`: name -> partial config tree of overrides, run by `evaluate.py --ablations`.
 """
 
 from __future__ import annotations
@@ -11,7 +22,14 @@ import ml_collections
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+#: Values of the scripts' `--strategy` flag (built by `sketch_tf.train.strategy`).
+STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
+
+#: Keys that were renamed: old dotted key -> message. A config that still has one fails
+#: validation naming the new key (an old config.json or a copied config file).
+RENAMED_KEYS = {
+    "data.unseen_categories": "data.unseen_categories was renamed data.unseen_classes",
+}
 
 
 class ConfigError(ValueError):
@@ -61,8 +79,62 @@ def base_train_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 3,
             "eval_every": 0,  # 0 = evaluate only at the end of training
             "deterministic": True,  # tf.config.experimental.enable_op_determinism()
+            "trainable": (),  # model names the optimizer updates; () = every model
         }
     )
+
+
+def add_run_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the generic `init`, `stage_order`, `stages` and `ablations` sections (see the
+    module docstring) with their defaults, in place; returns `config`."""
+    config.init = ml_collections.ConfigDict({"workdir": "", "models": ()})
+    config.stage_order = ()
+    config.stages = ml_collections.ConfigDict()
+    config.ablations = ml_collections.ConfigDict()
+    return config
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides, where: str
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with a partial config tree `overrides` merged in.
+
+    Nested dicts merge key by key; any other value replaces the config's. Every key must
+    exist in `config` (a typo would otherwise silently train the wrong thing).
+
+    Args:
+      config: the full config (not modified).
+      overrides: dict / ConfigDict, e.g. `{"loss": {"domain_weight": 0.0}}`.
+      where: dotted name of `overrides` for error messages, e.g. "ablations.no_domain".
+
+    Raises:
+      ConfigError naming `<where>.<key>` for every key that is not in `config`.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    problems: list[str] = []
+
+    def merge(dst, src, path):
+        for key, value in dict(src).items():
+            name = f"{path}.{key}"
+            if key not in dst:
+                problems.append(f"{name}: no such key in the config ({sorted(dst.keys())})")
+                continue
+            if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(
+                dst[key], ml_collections.ConfigDict
+            ):
+                merge(dst[key], value, name)
+            else:
+                if isinstance(value, (dict, ml_collections.ConfigDict)):
+                    value = ml_collections.ConfigDict(dict(value))
+                try:
+                    dst[key] = value
+                except TypeError as e:  # ConfigDict keeps field types
+                    problems.append(f"{name}: {e}")
+
+    merge(out, overrides.to_dict() if hasattr(overrides, "to_dict") else overrides, where)
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def _check(problems: list[str], ok: bool, message: str) -> None:
@@ -137,7 +209,80 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         isinstance(train.eval_every, int) and train.eval_every >= 0,
         f"train.eval_every must be an integer >= 0, got {train.eval_every!r}",
     )
+    trainable = train.get("trainable", ())
+    _check(
+        p,
+        isinstance(trainable, (tuple, list)) and all(isinstance(n, str) for n in trainable),
+        f"train.trainable must be a tuple of model names, got {trainable!r}",
+    )
     return p
+
+
+def _get_dotted(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate_run_sections(config: ml_collections.ConfigDict) -> list[str]:
+    """Problems in `init`, `stage_order` / `stages` and `ablations` (absent sections are
+    fine: configs saved before they existed)."""
+    p: list[str] = []
+    init = config.get("init")
+    if init is not None:
+        models = tuple(init.get("models", ()) or ())
+        _check(
+            p,
+            all(isinstance(m, str) for m in models),
+            f"init.models must be model names, got {models!r}",
+        )
+        _check(
+            p,
+            not models or bool(init.get("workdir")),
+            f"init.models={models!r} needs init.workdir (the run to restore them from)",
+        )
+    order = tuple(config.get("stage_order", ()) or ())
+    stages = config.get("stages") or {}
+    names = set(stages.keys()) if stages else set()
+    _check(
+        p,
+        len(set(order)) == len(order),
+        f"stage_order lists a stage twice: {order!r}",
+    )
+    _check(
+        p,
+        set(order) == names,
+        f"stage_order {order!r} and the stages defined in config.stages {sorted(names)} "
+        "must name the same stages",
+    )
+    for name in order:
+        _check(
+            p,
+            isinstance(name, str) and name.isidentifier(),
+            f"stage name {name!r} must be an identifier (it becomes a folder name)",
+        )
+    for section in ("stages", "ablations"):
+        tree = config.get(section) or {}
+        for name in tree.keys() if tree else ():
+            try:
+                apply_overrides(_without_recipes(config), tree[name], f"{section}.{name}")
+            except ConfigError as e:
+                p.extend(e.problems)
+    return p
+
+
+def _without_recipes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` without its stages and ablations (what a stage or an ablation overrides)."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    if "stage_order" in out:
+        out.stage_order = ()
+    for section in ("stages", "ablations"):
+        if section in out:
+            out[section] = ml_collections.ConfigDict()
+    return out
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -159,10 +304,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         isinstance(config.get("seed"), int),
         f"seed must be an integer, got {config.get('seed')!r}",
     )
+    renamed = [msg for key, msg in RENAMED_KEYS.items() if _get_dotted(config, key) is not None]
+    if renamed:
+        # Checked first and alone: the family's own checks would only add confusing noise.
+        raise ConfigError(renamed)
     if "train" not in config:
         problems.append("config has no 'train' section")
     else:
         problems.extend(validate_train_config(config.train))
+    problems.extend(validate_run_sections(config))
     problems.extend(tasks.get_task_class(config.task).validate_config(config))
     if problems:
         raise ConfigError(problems)

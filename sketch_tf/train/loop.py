@@ -13,6 +13,11 @@ through `tf.train.CheckpointManager`; a rerun with the same workdir resumes from
 one and skips the batches already consumed, so an interrupted run continues exactly where an
 uninterrupted one would be (same seed, deterministic ops). SIGTERM / SIGINT save a checkpoint
 and return; a non-finite loss stops training without saving, leaving the last good checkpoint.
+
+A run that starts from scratch applies the config's warm start (`config.init`: named models
+restored from another run, `apply_init`); models outside `config.train.trainable` are frozen
+(`build_state`). Periodic evaluation (`train.eval_every`) runs on the chief only, which alone
+writes `<workdir>/eval`. Stages and ablations are run by `sketch_tf.train.run` on top of this.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.train import strategy as strategy_lib
-from sketch_tf.train.tasks import LossContext, Task
+from sketch_tf.train.schedules import learning_rate_schedule
+from sketch_tf.train.tasks import LossContext, Task, unique_variables
 
 CHECKPOINT_SUBDIR = "ckpt"
 TRAIN_SUMMARY_SUBDIR = "train"
@@ -56,34 +62,6 @@ class TrainResult:
     examples_per_s: float = 0.0
 
 
-def learning_rate_schedule(train: ml_collections.ConfigDict):
-    """Learning rate as a function of the optimizer step, from `config.train`.
-
-    `constant`, `cosine` (linear warmup over `warmup_steps`, then cosine decay to 0 at
-    `num_steps`) or `piecewise` (`learning_rate * lr_values[i]` between `lr_boundaries`).
-    """
-    base = float(train.learning_rate)
-    if train.lr_schedule == "constant":
-        if train.warmup_steps:
-            return keras.optimizers.schedules.CosineDecay(
-                0.0, decay_steps=1, alpha=1.0, warmup_target=base, warmup_steps=train.warmup_steps
-            )
-        return base
-    if train.lr_schedule == "cosine":
-        warm = int(train.warmup_steps)
-        return keras.optimizers.schedules.CosineDecay(
-            0.0 if warm else base,
-            decay_steps=max(1, train.num_steps - warm),
-            warmup_target=base if warm else None,
-            warmup_steps=warm,
-        )
-    if train.lr_schedule == "piecewise":
-        return keras.optimizers.schedules.PiecewiseConstantDecay(
-            [int(b) for b in train.lr_boundaries], [base * float(v) for v in train.lr_values]
-        )
-    raise ValueError(f"unknown train.lr_schedule {train.lr_schedule!r}")
-
-
 def build_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
     """Keras optimizer from `config.train` (call under `strategy.scope()`)."""
     lr = learning_rate_schedule(train)
@@ -101,17 +79,6 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(lr))
 
 
-def _unique_variables(models: dict[str, Any]) -> list:
-    """Every variable of every model, incl. non-trainable statistics and RNG seed states."""
-    seen, out = set(), []
-    for name in sorted(models):
-        for v in models[name].variables:
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
-
-
 @dataclass
 class TrainState:
     """Models, optimizer and checkpoint objects of one run (shared by train/evaluate/export)."""
@@ -123,13 +90,22 @@ class TrainState:
     variables: list
 
 
-def build_state(task: Task, config: ml_collections.ConfigDict, strategy=None) -> TrainState:
+def build_state(task: Task, strategy=None) -> TrainState:
     """Builds the task's models and the optimizer under `strategy.scope()` and the checkpoint
-    that tracks them. Nothing is restored yet."""
+    that tracks them. Nothing is restored yet.
+
+    Models outside `task.trainable_models` (`config.train.trainable`) are frozen
+    (`model.trainable = False`): the optimizer never sees them and their BatchNorm layers run
+    on their moving statistics, so a frozen model stays bit-identical while others train.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         models = task.build_models()
-        optimizer = build_optimizer(config.train)
+        trainable = task.trainable_models(models)
+        for name, model in models.items():
+            if name not in trainable:
+                model.trainable = False
+        optimizer = build_optimizer(task.config.train)
         variables = task.trainable_variables(models)
         optimizer.build(variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -139,9 +115,74 @@ def build_state(task: Task, config: ml_collections.ConfigDict, strategy=None) ->
         models=models,
         # Listed explicitly as well: Keras keeps RNG seed states and some statistics in
         # variables that object-graph tracking does not always reach.
-        model_variables=_unique_variables(models),
+        model_variables=unique_variables(models),
     )
     return TrainState(models, optimizer, step, checkpoint, variables)
+
+
+def copy_model_weights(src: Any, dst: Any, name: str, source: str) -> None:
+    """Assigns every weight of Keras model `src` to the same-position weight of `dst`.
+
+    Raises:
+      ValueError naming the model, the variable and both shapes on any mismatch (nothing is
+      assigned then).
+    """
+    sw, dw = src.weights, dst.weights
+    if len(sw) != len(dw):
+        raise ValueError(
+            f"init: model {name!r} has {len(dw)} weights here but {len(sw)} in {source}: "
+            "the two runs build different architectures for it"
+        )
+    for s, d in zip(sw, dw, strict=True):
+        if tuple(s.shape) != tuple(d.shape):
+            raise ValueError(
+                f"init: model {name!r} variable {d.path!r} has shape {tuple(d.shape)} here but "
+                f"{tuple(s.shape)} in {source} (variable {s.path!r})"
+            )
+    for s, d in zip(sw, dw, strict=True):
+        d.assign(s)
+
+
+def apply_init(state: TrainState, init: ml_collections.ConfigDict, log=print) -> list[str]:
+    """Warm start: restores `init.models` (all models both runs have, when empty) from the
+    latest checkpoint of the run in `init.workdir`. Returns the restored model names.
+
+    Raises:
+      FileNotFoundError when `init.workdir` holds no trained run; ValueError naming the model
+      (and variable) when a model is missing there or its weights do not fit.
+    """
+    from sketch_tf.train.run import load_run
+
+    source = load_run(str(init.workdir))
+    wanted = tuple(init.get("models", ()) or ())
+    names = list(wanted) or sorted(m for m in state.models if m in source.state.models)
+    for name in names:
+        if name not in state.models:
+            raise ValueError(
+                f"init.models: {name!r} is not a model of this run {sorted(state.models)}"
+            )
+        if name not in source.state.models:
+            raise ValueError(
+                f"init.models: model {name!r} is not in {source.checkpoint} (it has "
+                f"{sorted(source.state.models)})"
+            )
+        copy_model_weights(source.state.models[name], state.models[name], name, source.checkpoint)
+    if not names:
+        raise ValueError(
+            f"init: no model in common between this run {sorted(state.models)} and "
+            f"{source.checkpoint} {sorted(source.state.models)}"
+        )
+    log(f"initialised {names} from {source.checkpoint}")
+    return names
+
+
+def checkpoint_step(checkpoint_dir: str) -> int | None:
+    """Step of the latest checkpoint in `checkpoint_dir` (from its `ckpt-<step>` name: the
+    loop numbers checkpoints by step), or None when there is none. Reads no variable."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is None:
+        return None
+    return int(latest.rsplit("-", 1)[-1])
 
 
 def restore_latest(state: TrainState, checkpoint_dir: str, *, for_training: bool) -> str | None:
@@ -244,7 +285,6 @@ def _json_default(obj):
 
 def train(
     task: Task,
-    config: ml_collections.ConfigDict,
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
     *,
@@ -254,8 +294,7 @@ def train(
     """Trains `task` until `config.train.num_steps`, resuming from `<workdir>/ckpt`.
 
     Args:
-      task: the model family.
-      config: the validated config.
+      task: the model family; its `config` (validated) drives the run.
       workdir: run folder: `ckpt/`, `train/` and `eval/` summaries, `config.json`.
       strategy: a `tf.distribute.Strategy` (default strategy when None). Must be the one the
         caller created before any op when logical devices are configured.
@@ -270,6 +309,7 @@ def train(
       NonFiniteLossError: a loss term was NaN/inf; nothing was saved for that step.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    config = task.config
     train_cfg = config.train
     chief = strategy_lib.is_chief(strategy)
     keras.utils.set_random_seed(int(config.seed))
@@ -286,7 +326,7 @@ def train(
     if chief:
         write_config(config, workdir)
 
-    state = build_state(task, config, strategy)
+    state = build_state(task, strategy)
     manager = tf.train.CheckpointManager(
         state.checkpoint, ckpt_dir, max_to_keep=int(train_cfg.keep_checkpoints)
     )
@@ -294,6 +334,8 @@ def train(
     start_step = int(state.step.numpy())
     if restored:
         log(f"resumed from {restored} at step {start_step}")
+    elif config.get("init") and config.init.get("workdir"):
+        apply_init(state, config.init, log)
 
     num_steps = int(train_cfg.num_steps)
     global_batch = int(train_cfg.batch_size)
@@ -402,10 +444,16 @@ def train(
 
             if step % train_cfg.checkpoint_every == 0 and step < num_steps:
                 save()
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < num_steps:
+            if (
+                chief
+                and train_cfg.eval_every
+                and step % train_cfg.eval_every == 0
+                and step < num_steps
+            ):
+                # Only the chief evaluates: the others would write the same files into the
+                # same <workdir>/eval (evaluation runs outside strategy.run, no collectives).
                 result = task.evaluate(state.models, workdir)
-                if chief:
-                    write_eval_results(workdir, step, result)
+                write_eval_results(workdir, step, result)
             if stop.signal is not None or (
                 stop_after_steps is not None and run_steps >= stop_after_steps and step < num_steps
             ):

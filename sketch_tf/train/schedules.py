@@ -1,8 +1,9 @@
 """Schedules: the gradient-reversal lambda per epoch and learning rates per step.
 
-`grl_lambda` is plain Python (called once per epoch by the loop, which then calls
-``GradientReversal.set_lambda``). `build_lr_schedule` turns a small config into a
-``keras.optimizers.schedules.LearningRateSchedule`` evaluated per optimizer step.
+`grl_lambda` is plain Python (called before each step by the zs_sbir-style tasks, which then
+call ``GradientReversal.set_lambda``). `learning_rate_schedule` turns `config.train` into a
+``keras.optimizers.schedules.LearningRateSchedule`` evaluated per optimizer step; it is the
+only learning-rate builder (the loop's optimizer uses it).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["GRL_SCHEDULES", "LR_SCHEDULES", "ConstantLR", "build_lr_schedule", "grl_lambda"]
+__all__ = ["GRL_SCHEDULES", "LR_SCHEDULES", "ConstantLR", "grl_lambda", "learning_rate_schedule"]
 
 #: Names accepted by `grl_lambda`.
 GRL_SCHEDULES = ("intended_ramp", "upstream_step", "constant")
 
-#: Names accepted by `build_lr_schedule` (config key ``name``).
+#: Values of `config.train.lr_schedule`.
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 
 
@@ -91,61 +92,34 @@ class ConstantLR(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
-def _get(config, key, default=None):
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default) if hasattr(config, key) else default
+def learning_rate_schedule(train):
+    """Learning rate per optimizer step (0-based) from `config.train` (the one LR builder).
 
+    - ``lr_schedule="constant"``: `learning_rate`, after a linear warmup from 0 over
+      `warmup_steps` when that is > 0 (a `ConstantLR`);
+    - ``"cosine"``: linear warmup from 0 over `warmup_steps`, then cosine decay from
+      `learning_rate` to 0 at step `num_steps`;
+    - ``"piecewise"``: ``learning_rate * lr_values[i]`` between the step `lr_boundaries`
+      (``values[i]`` while ``boundaries[i-1] < step <= boundaries[i]``).
 
-def build_lr_schedule(config) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Learning-rate schedule from a dict or ``ml_collections.ConfigDict``.
-
-    Keys (per optimizer step, 0-based):
-
-    - ``name``: ``"constant"`` (default), ``"cosine"`` or ``"piecewise"``.
-    - ``learning_rate``: peak / base rate (float > 0; required except for piecewise).
-    - ``warmup_steps``: linear warmup from 0 to ``learning_rate`` (constant, cosine; default 0).
-    - cosine: ``decay_steps`` (> 0, counted after the warmup) and ``alpha`` (final rate as a
-      fraction of ``learning_rate``, default 0): ``lr = learning_rate * (alpha + (1 - alpha) *
-      0.5 * (1 + cos(pi * min(step - warmup, decay_steps) / decay_steps)))``.
-    - piecewise: ``boundaries`` (increasing step numbers) and ``values`` (one more than
-      boundaries): ``values[i]`` while ``boundaries[i-1] < step <= boundaries[i]``.
+    `validate_train_config` has checked the fields; this only builds.
 
     Returns:
       a ``keras.optimizers.schedules.LearningRateSchedule``.
     """
-    name = _get(config, "name", "constant")
-    if name not in LR_SCHEDULES:
-        raise ValueError(f"build_lr_schedule: name must be one of {LR_SCHEDULES}, got {name!r}")
-    if name == "piecewise":
-        boundaries = list(_get(config, "boundaries", None) or [])
-        values = [float(v) for v in (_get(config, "values", None) or [])]
-        if len(values) != len(boundaries) + 1:
-            raise ValueError(
-                "build_lr_schedule: piecewise needs len(values) == len(boundaries) + 1, got "
-                f"{len(boundaries)} boundaries and {len(values)} values"
-            )
-        if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:], strict=False)):
-            raise ValueError(f"build_lr_schedule: boundaries must increase, got {boundaries}")
-        return keras.optimizers.schedules.PiecewiseConstantDecay(
-            [int(b) for b in boundaries], values
+    base = float(train.learning_rate)
+    warm = int(train.warmup_steps)
+    if train.lr_schedule == "constant":
+        return ConstantLR(base, warm)
+    if train.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else base,
+            decay_steps=max(1, int(train.num_steps) - warm),
+            warmup_target=base if warm else None,
+            warmup_steps=warm,
         )
-
-    lr = _get(config, "learning_rate", None)
-    if lr is None or float(lr) <= 0:
-        raise ValueError(f"build_lr_schedule: learning_rate must be > 0, got {lr!r}")
-    lr = float(lr)
-    warmup = int(_get(config, "warmup_steps", 0) or 0)
-    if warmup < 0:
-        raise ValueError(f"build_lr_schedule: warmup_steps must be >= 0, got {warmup}")
-    if name == "constant":
-        return ConstantLR(lr, warmup)
-    decay_steps = _get(config, "decay_steps", None)
-    if decay_steps is None or int(decay_steps) <= 0:
-        raise ValueError(f"build_lr_schedule: cosine needs decay_steps > 0, got {decay_steps!r}")
-    alpha = float(_get(config, "alpha", 0.0) or 0.0)
-    if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(lr, int(decay_steps), alpha=alpha)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, int(decay_steps), alpha=alpha, warmup_target=lr, warmup_steps=warmup
-    )
+    if train.lr_schedule == "piecewise":
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(b) for b in train.lr_boundaries], [base * float(v) for v in train.lr_values]
+        )
+    raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {train.lr_schedule!r}")

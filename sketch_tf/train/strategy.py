@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
+from sketch_tf.train.config import STRATEGY_NAMES
 
 
 def build_strategy(name: str = "auto") -> tf.distribute.Strategy:

@@ -1,7 +1,12 @@
 """The Task interface every model family implements, and the task registry.
 
 A Task is the only thing a model family plugs into the project: the training loop
-(`sketch_tf.train.loop`), `evaluate.py` and `export.py` talk to models exclusively through it.
+(`sketch_tf.train.loop`), the run helpers (`sketch_tf.train.run`), `evaluate.py`, `export.py`
+and `main_job.py` talk to models exclusively through it and never name a family.
+
+The family list *is* the registry: every package `sketch_tf/families/<name>/` is a family
+whose `task.py` registers a Task under `<name>` (discovered on first use, so importing this
+module stays cheap). Tests and users may register more tasks with `register_task`.
 
 Contract for `compute_losses`: it runs inside `strategy.run` (one call per replica) and returns
 a dict of scalar loss terms, each being *this replica's share of the global-batch mean*, so that
@@ -14,6 +19,7 @@ triplet mining sees every replica's embeddings). The key `total` is what gets di
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +27,19 @@ from typing import Any
 import ml_collections
 import tensorflow as tf
 
-#: name -> Task class. Filled by `register_task`; the families below are imported on demand.
+#: name -> Task class. Filled by `register_task`; the families are imported on demand.
 TASKS: dict[str, type[Task]] = {}
 
-#: Modules that define the built-in tasks (imported lazily so that importing the registry is cheap).
-_BUILTIN_TASK_MODULES = {
-    "zooms": "sketch_tf.train.zooms_task",
-    "zs_sbir": "sketch_tf.train.zs_sbir_task",
-}
+#: Package whose sub-packages are the model families (each with task.py, evaluate.py,
+#: serving.py).
+FAMILIES_PACKAGE = "sketch_tf.families"
+
+
+def family_names() -> list[str]:
+    """Names of the model families shipped with sketch_tf (sub-packages of
+    `sketch_tf.families`), sorted. Cheap: nothing is imported."""
+    package = importlib.import_module(FAMILIES_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
@@ -43,17 +54,48 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task_class(name: str) -> type[Task]:
-    """Returns the Task class registered as `name`, importing a built-in family if needed."""
-    if name not in TASKS and name in _BUILTIN_TASK_MODULES:
-        importlib.import_module(_BUILTIN_TASK_MODULES[name])
+    """Returns the Task class registered as `name`, importing its family package if needed."""
+    if name not in TASKS and name in family_names():
+        importlib.import_module(f"{FAMILIES_PACKAGE}.{name}.task")
     if name not in TASKS:
-        known = sorted(set(TASKS) | set(_BUILTIN_TASK_MODULES))
-        raise KeyError(f"unknown task {name!r}; known tasks: {known}")
+        raise KeyError(f"unknown task {name!r}; known tasks: {known_task_names()}")
     return TASKS[name]
 
 
 def known_task_names() -> list[str]:
-    return sorted(set(TASKS) | set(_BUILTIN_TASK_MODULES))
+    """Every task name: the shipped families and anything registered at run time."""
+    return sorted(set(TASKS) | set(family_names()))
+
+
+def unique_variables(models: dict[str, Any], attr: str = "variables") -> list:
+    """`getattr(model, attr)` of every model (models in name order), each variable once.
+
+    `attr="variables"`: every variable incl. non-trainable statistics and RNG seed states
+    (what checkpoints and SavedModels must hold); `"trainable_variables"`: what an optimizer
+    updates. Models may share layers (a shared tower), hence the de-duplication.
+    """
+    seen, out = set(), []
+    for name in sorted(models):
+        for v in getattr(models[name], attr):
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One headline figure of a family for the main job's results table.
+
+    Attributes:
+      label: what is measured, e.g. "mAP@all, unseen classes".
+      key: its key in `evaluate()["scalars"]`.
+      baselines: (name, scalar key) of the non-learned baselines computed in the same run.
+    """
+
+    label: str
+    key: str
+    baselines: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -104,10 +146,13 @@ class Task:
     """Base class of a model family. Subclasses override the methods marked as required.
 
     The config is the whole `ml_collections.ConfigDict`; the task reads `config.data`,
-    `config.model`, `config.eval` and whatever else its family defines.
+    `config.model`, `config.eval` and whatever else its family defines. The loop and the run
+    helpers read the config from the task (`task.config`), never beside it.
     """
 
     name: str = "task"
+    #: Figures the main job prints for this family, next to their baselines.
+    headlines: tuple[Headline, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -126,15 +171,17 @@ class Task:
         """
         raise NotImplementedError
 
+    def trainable_models(self, models: dict[str, Any]) -> dict[str, Any]:
+        """The models the optimizer updates: those named in `config.train.trainable`, or all
+        when it is empty. The loop freezes the others (`model.trainable = False`, so their
+        BatchNorm statistics stay fixed too)."""
+        names = tuple(self.config.train.get("trainable", ()) or ())
+        return {k: v for k, v in models.items() if not names or k in names}
+
     def trainable_variables(self, models: dict[str, Any]) -> list[tf.Variable]:
-        """Variables the optimizer updates (default: all trainable weights of all models)."""
-        seen, out = set(), []
-        for model in models.values():
-            for v in model.trainable_variables:
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    out.append(v)
-        return out
+        """Variables the optimizer updates (default: the trainable weights of
+        `trainable_models`)."""
+        return unique_variables(self.trainable_models(models), "trainable_variables")
 
     # ---- data ----------------------------------------------------------------------------
     def build_train_dataset(self, global_batch_size: int, seed: int) -> tf.data.Dataset:
@@ -157,7 +204,9 @@ class Task:
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
         """Metrics on held-out data. Returns a dict with `scalars` (name -> float), and
-        optionally `images` (name -> uint8 [N, H, W, 3]) and `tables` (name -> rows)."""
+        optionally `images` (name -> uint8 [N, H, W, 3]) and `tables` (name -> rows).
+        Files (pictures) go under `<workdir>/eval` only when `workdir` is given: the loop
+        passes it on the chief only."""
         return {"scalars": {}}
 
     # ---- export --------------------------------------------------------------------------

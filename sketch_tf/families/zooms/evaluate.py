@@ -1,5 +1,6 @@
-"""Evaluation, serving and matching glue of the SketchZooms family (used by `ZoomsTask`,
-`match.py` and the tests).
+"""Evaluation and matching of the SketchZooms family: PCK / CMC of ours vs the raw-patch and
+shape-context baselines on held-out pairs (`ZoomsTask.evaluate`), and two-sketch matching
+(`match.py`).
 
 Coordinates: points are float (x, y) pixels with the origin at the top-left *corner* of pixel
 (0, 0) (the `sketch_tf.data.zooms` / record convention). Inference resizes a drawing to the
@@ -9,18 +10,17 @@ mapped points, and reports points back in the input image's frame.
 
 from __future__ import annotations
 
-import io
+import json
 import os
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from sketch_tf.data import pipeline
-from sketch_tf.data.zooms import zoom_views
 from sketch_tf.eval import correspondence as corr
 from sketch_tf.eval import plots
+from sketch_tf.models.zooms import describe_points
 
 METHODS = ("ours", "raw_patch", "shape_context")
 #: match.py method names -> matchers of `sketch_tf.eval.correspondence`.
@@ -56,8 +56,6 @@ def fit_image(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
 def describe_image(task, model, image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Descriptors float32 [N, D] of `points` [N, 2] (input-image pixels) of `image` [H, W, 3]
     in [0, 1], with the task's preprocessing (resize to data.image_size) and zoom geometry."""
-    from sketch_tf.models.zooms import describe_points
-
     pts = np.asarray(points, np.float32).reshape(-1, 2)
     img, scale, offset = fit_image(image, int(task.config.data.image_size))
     kw = task.zoom_kwargs(training=False)
@@ -101,7 +99,7 @@ def evaluate_split(task, model, which: str) -> dict[str, Any]:
     side = int(cfg.data.image_size)
     curve_x = np.linspace(0.0, float(cfg.eval.curve_max), int(cfg.eval.curve_steps))
     thresholds = np.concatenate([curve_x, corr.PCK_REPORT_THRESHOLDS])
-    ds = task._pairs("test", False, int(cfg.seed), 256, which).take(int(cfg.eval.max_pairs))
+    ds = task.pairs("test", False, int(cfg.seed), 256, which).take(int(cfg.eval.max_pairs))
     stats: dict[str, dict] = {}
     n_pairs, example = 0, None
     for ex in ds.as_numpy_iterator():
@@ -111,8 +109,6 @@ def evaluate_split(task, model, which: str) -> dict[str, Any]:
             continue
         n_pairs += 1
         img_a, img_b = ex["image_a"], ex["image_b"]
-        from sketch_tf.models.zooms import describe_points
-
         d = describe_points(
             model,
             np.stack([img_a, img_b]),
@@ -153,7 +149,7 @@ def evaluate_task(task, model, workdir: str | None = None) -> dict[str, Any]:
     """`ZoomsTask.evaluate`: held-out shapes of seen categories and unseen categories, ours vs
     raw-patch vs shape-context. PNG curves go to `<workdir>/eval/`."""
     cfg = task.config
-    splits = ["seen"] + (["unseen"] if len(tuple(cfg.data.unseen_categories)) else [])
+    splits = ["seen"] + (["unseen"] if len(tuple(cfg.data.unseen_classes)) else [])
     scalars: dict[str, float] = {}
     images: dict[str, np.ndarray] = {}
     rows, curves = [], {}
@@ -209,114 +205,6 @@ def evaluate_task(task, model, workdir: str | None = None) -> dict[str, Any]:
         "tables": {"zooms correspondence (held-out test pairs)": {"header": header, "rows": rows}},
         "curves": curves_json,
     }
-
-
-# ---- serving ------------------------------------------------------------------------------------
-def _describe_graph(model, kw, image, points, chunk: int):
-    """[S, S, 3] image, [N, 2] points -> [N, D] descriptors, `chunk` points per model call."""
-    k, s = len(kw["zooms"]), kw["view_size"]
-    dim = model.output_shape[-1]
-    n = tf.shape(points)[0]
-    num_chunks = (n + chunk - 1) // chunk
-    padded = tf.pad(points, [[0, num_chunks * chunk - n], [0, 0]])
-    chunks = tf.reshape(padded, tf.stack([num_chunks, chunk, 2]))
-
-    def one(p):
-        views = zoom_views(image[None], p[None], **kw)
-        return model(tf.reshape(views, [-1, k, s, s, 3]), training=False)
-
-    out = tf.map_fn(one, chunks, fn_output_signature=tf.TensorSpec([chunk, dim], tf.float32))
-    return tf.reshape(out, [-1, dim])[:n]
-
-
-def dense_points(image, stride, cap: int, dilate_px: int, ink_threshold: float):
-    """Grid points at `stride` inside the dilated ink mask of `image` [S, S, 3] (graph op).
-
-    Grid nodes sit at pixel centres `stride // 2 + i * stride` (+0.5 in the corner convention);
-    a node is kept when some ink pixel (ink = 1 - mean channel > `ink_threshold`) lies within
-    `dilate_px` (square neighbourhood). More than `cap` nodes are thinned to `cap` evenly spaced
-    ones (row-major order). Returns float32 [P, 2] (x, y), P <= cap.
-    """
-    ink = tf.cast(1.0 - tf.reduce_mean(image, -1) > ink_threshold, tf.float32)
-    width = 2 * int(dilate_px) + 1
-    mask = tf.nn.max_pool2d(ink[None, :, :, None], width, 1, "SAME")[0, :, :, 0] > 0
-    stride = tf.maximum(tf.cast(stride, tf.int32), 1)
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    ys = tf.range(stride // 2, h, stride)
-    xs = tf.range(stride // 2, w, stride)
-    gy, gx = tf.meshgrid(ys, xs, indexing="ij")
-    grid = tf.reshape(tf.stack([gy, gx], -1), [-1, 2])
-    keep = tf.gather_nd(mask, grid)
-    yx = tf.boolean_mask(grid, keep)
-    n = tf.shape(yx)[0]
-    idx = tf.cast(
-        tf.floor(tf.range(cap, dtype=tf.float32) * tf.cast(n, tf.float32) / cap), tf.int32
-    )
-    yx = tf.cond(n > cap, lambda: tf.gather(yx, idx), lambda: yx)
-    return tf.cast(tf.reverse(yx, [1]), tf.float32) + 0.5
-
-
-def serving_signatures(task, model) -> dict[str, Any]:
-    """`serving_default` = describe (image bytes + points [N, 2] -> descriptors [N, D]) and
-    `dense` (image bytes + stride -> points [P, 2] + descriptors [P, D], P <= cap). Points are
-    pixels of the *input* image (corner convention)."""
-    cfg = task.config
-    size = int(cfg.data.image_size)
-    kw = task.zoom_kwargs(training=False)
-    chunk = int(cfg.serving.chunk_points)
-    cap = int(cfg.serving.max_dense_points)
-
-    def prep(image):
-        return pipeline.resize_pad_geometry(pipeline.decode_image(image), size, 1.0)
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([], tf.string, name="image"),
-            tf.TensorSpec([None, 2], tf.float32, name="points"),
-        ]
-    )
-    def describe(image, points):
-        img, scale, offset = prep(image)
-        desc = _describe_graph(model, kw, img, points * scale + offset, chunk)
-        return {"descriptors": desc}
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([], tf.string, name="image"),
-            tf.TensorSpec([], tf.int32, name="stride"),
-        ]
-    )
-    def dense(image, stride):
-        img, scale, offset = prep(image)
-        pts = dense_points(
-            img, stride, cap, int(cfg.serving.dilate_px), float(cfg.serving.ink_threshold)
-        )
-        desc = _describe_graph(model, kw, img, pts, chunk)
-        return {
-            "points": (pts - offset) / scale,
-            "descriptors": desc,
-            "num_points": tf.shape(pts)[0],
-        }
-
-    return {
-        "serving_default": describe.get_concrete_function(),
-        "dense": dense.get_concrete_function(),
-    }
-
-
-def example_drawing(size: int = 96) -> bytes:
-    """PNG bytes of a small procedural line drawing (a box with a diagonal), for warmup."""
-    img = np.full((size, size, 3), 255, np.uint8)
-    a, b = size // 6, size - size // 6
-    img[a : a + 2, a:b] = 0
-    img[b - 2 : b, a:b] = 0
-    img[a:b, a : a + 2] = 0
-    img[a:b, b - 2 : b] = 0
-    for t in range(a, b):
-        img[t, t : t + 2] = 0
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ---- matching -----------------------------------------------------------------------------------
@@ -443,8 +331,6 @@ def run_match(
     out_dir = os.path.dirname(output_prefix)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-    import json
-
     with open(output_prefix + ".json", "w") as f:
         json.dump(payload, f, indent=1)
     shown = pairs

@@ -10,134 +10,59 @@ Training batch (global batch = B correspondence pairs, M points each; built in `
 Loss (DESIGN): every point of A and of B is an embedding labelled (category, semantic id).
 Anchor / positive = the same semantic point in two drawings of one category; negatives are
 other points *of the same category* in the global batch (gathered across replicas), mined
-semi-hard (tfa's rule) or hard; triplet hinge with margin 1.0 on the non-squared Euclidean
-distance. `loss.kind="contrastive"` is the per-pair alternative.
+semi-hard (tfa's rule) or hard by `losses.mined_triplet_loss` with a category mask; triplet
+hinge with margin 1.0 on the non-squared Euclidean distance. `loss.kind="contrastive"` is
+the per-pair alternative.
+
+Evaluation lives in `sketch_tf.families.zooms.evaluate`, signatures in `.serving`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.models.layers import FUSION_MODES
-from sketch_tf.models.zooms import build_zooms_model
-from sketch_tf.train.tasks import Task, register_task
+from sketch_tf.models.zooms import build_zooms_model, describe_views
+from sketch_tf.train.tasks import Headline, Task, register_task
 
 LOSS_KINDS = ("triplet", "contrastive")
 MINING = ("semi_hard", "hard")
-
-#: Point labels are category * _LABEL_STRIDE + semantic id (ids of the synthetic world are < 256;
-#: real layouts use their own keypoint ids, far below this).
-_LABEL_STRIDE = 1 << 20
-
-
-def category_triplet_loss(
-    embeddings,
-    point_labels,
-    categories,
-    valid,
-    margin: float = 1.0,
-    mining: str = "semi_hard",
-    distance: str = "l2",
-) -> tf.Tensor:
-    """Triplet loss with in-batch negatives restricted to the anchor's category.
-
-    Positives of anchor i: every other valid row with the same category and point label.
-    Negatives: valid rows with the same category and another point label.
-    `"semi_hard"`: per (anchor, positive) the closest negative strictly farther than the
-    positive, else the farthest negative (tfa's rule); mean over (a, p) pairs having a negative.
-    `"hard"`: per anchor the farthest positive and the closest negative; mean over anchors.
-
-    Args:
-      embeddings: float32 [N, D].
-      point_labels: int [N], semantic point id (unique within a category).
-      categories: int [N], category of each row.
-      valid: bool [N], False for padding rows (ignored entirely).
-      margin: hinge margin (unit of `distance`).
-      mining: "semi_hard" or "hard".
-      distance: "l2" (non-squared Euclidean), "squared_l2" or "angular".
-
-    Returns:
-      float32 scalar; 0 when there is no valid triplet.
-    """
-    if mining not in MINING:
-        raise ValueError(f"category_triplet_loss: mining must be one of {MINING}, got {mining!r}")
-    x = tf.convert_to_tensor(embeddings, tf.float32)
-    lab = tf.reshape(tf.cast(point_labels, tf.int64), [-1])
-    cat = tf.reshape(tf.cast(categories, tf.int64), [-1])
-    ok = tf.reshape(tf.cast(valid, tf.bool), [-1])
-    d = losses.pairwise_distances(x, None, distance)
-    both = tf.logical_and(ok[:, None], ok[None, :])
-    same_cat = tf.logical_and(tf.equal(cat[:, None], cat[None, :]), both)
-    same_pt = tf.equal(lab[:, None], lab[None, :])
-    eye = tf.cast(tf.eye(tf.shape(x)[0]), tf.bool)
-    positive = tf.logical_and(tf.logical_and(same_cat, same_pt), tf.logical_not(eye))
-    negative = tf.logical_and(same_cat, tf.logical_not(same_pt))
-    has_neg = tf.reduce_any(negative, axis=1)
-    low = tf.fill(tf.shape(d), d.dtype.min)
-    high = tf.fill(tf.shape(d), d.dtype.max)
-    farthest_neg = tf.reduce_max(tf.where(negative, d, low), axis=1)
-    if mining == "hard":
-        has_pos = tf.reduce_any(positive, axis=1)
-        use = tf.logical_and(has_pos, has_neg)
-        hp = tf.reduce_max(tf.where(positive, d, low), axis=1)
-        hn = tf.reduce_min(tf.where(negative, d, high), axis=1)
-        hinge = tf.maximum(tf.where(use, hp - hn, 0.0) + margin, 0.0)
-    else:
-        use = tf.logical_and(positive, has_neg[:, None])
-        semihard, found = losses._semihard_negative_distances(d, negative)
-        neg_d = tf.where(found, semihard, tf.where(use, farthest_neg[:, None], 0.0))
-        hinge = tf.maximum(tf.where(use, d - neg_d, 0.0) + margin, 0.0)
-    use_f = tf.cast(use, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(hinge * use_f), tf.reduce_sum(use_f))
 
 
 def _as_tuple(value) -> tuple:
     return tuple(value) if value is not None else ()
 
 
-def records_dir(config: ml_collections.ConfigDict, split: str) -> str:
-    """`<config.data.root>/<split>` (relative roots resolve against the current directory,
-    then the project root). Raises FileNotFoundError naming the folder and the command that
-    writes it when the records are missing."""
-    from sketch_tf.paths import PROJECT_ROOT
-
-    root = str(config.data.root)
-    candidates = [root] if os.path.isabs(root) else [root, os.path.join(PROJECT_ROOT, root)]
-    for base in candidates:
-        path = os.path.join(base, split)
-        if os.path.isfile(os.path.join(path, tfrecord.MANIFEST)):
-            return path
-    raise FileNotFoundError(
-        f"zooms: no correspondence records in {os.path.join(root, split)} (manifest.json "
-        f"missing). Write them with: python prepare_data.py --task=zooms --out={root} "
-        "(synthetic world), or convert the SketchZooms layout with prepare_data.py."
-    )
-
-
-def split_categories(manifest: dict, unseen: tuple) -> tuple[list[int], list[int]]:
-    """(seen ids, unseen ids) of the manifest's classes; raises on unknown unseen names."""
-    classes = list(manifest["classes"])
-    bad = [c for c in unseen if c not in classes]
-    if bad:
-        raise ValueError(
-            f"zooms: data.unseen_categories {bad} are not classes of the records {classes}"
-        )
-    unseen_ids = [classes.index(c) for c in unseen]
-    return [i for i in range(len(classes)) if i not in unseen_ids], unseen_ids
+def category_mask(categories, valid) -> tf.Tensor:
+    """bool [N, N]: rows i, j are both valid (not padding) and of the same category; the
+    pairs among which SketchZooms mines positives and negatives."""
+    cat = tf.reshape(tf.cast(categories, tf.int64), [-1])
+    ok = tf.reshape(tf.cast(valid, tf.bool), [-1])
+    both = tf.logical_and(ok[:, None], ok[None, :])
+    return tf.logical_and(tf.equal(cat[:, None], cat[None, :]), both)
 
 
 @register_task("zooms")
 class ZoomsTask(Task):
     """SketchZooms descriptors (see module docstring); models: {"zooms": keras.Model}."""
+
+    headlines = tuple(
+        Headline(
+            f"PCK@5% {split}",
+            f"{split}/ours/pck@5%",
+            (
+                ("raw patch", f"{split}/raw_patch/pck@5%"),
+                ("shape context", f"{split}/shape_context/pck@5%"),
+            ),
+        )  # fmt: skip
+        for split in ("seen", "unseen")
+    )
 
     # ---- configuration -------------------------------------------------------------------
     @classmethod
@@ -163,10 +88,13 @@ class ZoomsTask(Task):
             )
         if m.fusion not in FUSION_MODES:
             p.append(f"model.fusion must be one of {FUSION_MODES}, got {m.fusion!r}")
-        if not (isinstance(m.view_size, int) and m.view_size >= 16):
-            p.append(f"model.view_size must be an integer >= 16, got {m.view_size!r}")
-        if len(_as_tuple(z.zooms)) != m.num_views:
-            p.append(f"model.num_views={m.num_views} must equal len(zooms.zooms)={len(z.zooms)}")
+        for old, new in (("num_views", "len(zooms.zooms)"), ("view_size", "zooms.view_size")):
+            if old in m:
+                p.append(f"model.{old} is gone: zoom geometry is one section, use {new}")
+        if not (isinstance(z.get("view_size"), int) and z.view_size >= 16):
+            p.append(f"zooms.view_size must be an integer >= 16, got {z.get('view_size')!r}")
+        if not _as_tuple(z.zooms):
+            p.append("zooms.zooms must list at least one zoom factor")
         if any(float(v) <= 0 for v in _as_tuple(z.zooms)):
             p.append(f"zooms.zooms must be positive, got {tuple(z.zooms)}")
         elif not 0 <= z.scale_jitter < min(z.zooms):
@@ -207,7 +135,7 @@ class ZoomsTask(Task):
             zooms=tuple(float(v) for v in z.zooms),
             base_half_size=float(z.base_half_size),
             reference_size=float(z.reference_size),
-            view_size=int(self.config.model.view_size),
+            view_size=int(z.view_size),
             antialias=bool(z.get("antialias", False)),
         )
         if training:
@@ -230,8 +158,8 @@ class ZoomsTask(Task):
             backbone_kwargs["pooling"] = m.backbone_pooling
         model = build_zooms_model(
             backbone=m.backbone,
-            view_size=int(m.view_size),
-            num_views=int(m.num_views),
+            view_size=int(self.config.zooms.view_size),
+            num_views=len(self.config.zooms.zooms),
             descriptor_dim=int(m.descriptor_dim),
             fusion=m.fusion,
             l2_normalize=bool(m.l2_normalize),
@@ -244,14 +172,32 @@ class ZoomsTask(Task):
         return {"zooms": model}
 
     # ---- data ----------------------------------------------------------------------------
-    def _pairs(self, split: str, training: bool, seed: int, num_points: int, which: str):
-        """Unbatched pair examples of `split` restricted to seen / unseen / all categories."""
-        path = records_dir(self.config, split)
-        manifest = tfrecord.read_manifest(path)
-        seen, unseen = split_categories(manifest, _as_tuple(self.config.data.unseen_categories))
-        keep = {"seen": seen, "unseen": unseen, "all": seen + unseen}[which]
+    def records_dir(self, split: str) -> str:
+        """`<data.root>/<split>` (checked; the error names the command that writes it)."""
+        root = self.config.data.root
+        return tfrecord.records_dir(
+            root,
+            split,
+            f"zooms: no correspondence records for split {split!r}",
+            f"python prepare_data.py --task=zooms --out={root} (synthetic world), or convert "
+            "the SketchZooms layout with prepare_data.py --source=sketchzooms",
+        )
+
+    def category_ids(self, split: str, which: str) -> list[int]:
+        """Category ids of the records of `split` for `which` = seen / unseen / all."""
+        classes = list(tfrecord.read_manifest(self.records_dir(split))["classes"])
+        seen, unseen = splits.class_split(
+            classes, unseen=_as_tuple(self.config.data.unseen_classes), where="zooms"
+        )
+        names = {"seen": seen, "unseen": unseen, "all": seen + unseen}[which]
+        return sorted(classes.index(c) for c in names)
+
+    def pairs(self, split: str, training: bool, seed: int, num_points: int, which: str):
+        """Unbatched pair examples of `split` restricted to seen / unseen / all categories
+        (`pipeline.correspondence_batches` fields)."""
+        keep = self.category_ids(split, which)
         ds = pipeline.correspondence_batches(
-            path,
+            self.records_dir(split),
             batch_size=1,
             num_points=num_points,
             image_size=int(self.config.data.image_size),
@@ -265,7 +211,7 @@ class ZoomsTask(Task):
         )
 
     def build_train_dataset(self, global_batch_size, seed):
-        ds = self._pairs("train", True, seed, int(self.config.data.num_points), "seen")
+        ds = self.pairs("train", True, seed, int(self.config.data.num_points), "seen")
         ds = ds.batch(global_batch_size, drop_remainder=True)
         kw = self.zoom_kwargs(training=True)
         k, s = len(kw["zooms"]), kw["view_size"]
@@ -290,12 +236,11 @@ class ZoomsTask(Task):
 
     # ---- training ------------------------------------------------------------------------
     def compute_losses(self, models, batch, ctx):
-        model = models["zooms"]
-        va, vb = batch["views_a"], batch["views_b"]
-        m = tf.shape(va)[1]
-        shape = tf.concat([[-1], tf.shape(va)[2:]], 0)
-        views = tf.concat([tf.reshape(va, shape), tf.reshape(vb, shape)], 0)
-        desc = model(views, training=True)  # [2*b*m, D]
+        m = tf.shape(batch["views_a"])[1]
+        # A's and B's points through the model in one call: [2b, M, K, S, S, 3] -> [2b*M, D].
+        views = tf.concat([batch["views_a"], batch["views_b"]], 0)
+        desc = describe_views(models["zooms"], views, training=True)
+        desc = tf.reshape(desc, [-1, tf.shape(desc)[-1]])
         ids = tf.reshape(batch["point_ids"], [-1])
         cat = tf.reshape(tf.repeat(batch["category_id"][:, None], m, axis=1), [-1])
         mask = tf.reshape(batch["mask"], [-1])
@@ -306,9 +251,10 @@ class ZoomsTask(Task):
         mask = ctx.all_gather(tf.concat([mask, mask], 0))
         cfg = self.config.loss
         if cfg.kind == "triplet":
-            loss = category_triplet_loss(
-                desc, ids, cat, mask, float(cfg.margin), cfg.mining, cfg.distance
-            )
+            loss = losses.mined_triplet_loss(
+                desc, ids, desc, ids, mining=cfg.mining, margin=float(cfg.margin),
+                distance=cfg.distance, same_set=True, pair_mask=category_mask(cat, mask),
+            )  # fmt: skip
             return {"total": ctx.share(loss), "triplet": ctx.share(loss)}
         loss = self._contrastive(desc, ids, cat, mask)
         return {"total": ctx.share(loss), "contrastive": ctx.share(loss)}
@@ -317,8 +263,7 @@ class ZoomsTask(Task):
         """Per-pair contrastive loss: every (a_i, b_i) match plus, per anchor, the nearest
         same-category non-matching point (a hard negative pair); mean over the pairs."""
         d = losses.pairwise_distances(desc, None, self.config.loss.distance)
-        ok = tf.logical_and(mask[:, None], mask[None, :])
-        same_cat = tf.logical_and(tf.equal(cat[:, None], cat[None, :]), ok)
+        same_cat = category_mask(cat, mask)
         same_pt = tf.equal(ids[:, None], ids[None, :])
         eye = tf.cast(tf.eye(tf.shape(d)[0]), tf.bool)
         pos = tf.logical_and(tf.logical_and(same_cat, same_pt), tf.logical_not(eye))
@@ -339,25 +284,20 @@ class ZoomsTask(Task):
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, models, workdir=None):
-        from sketch_tf.eval import zooms_eval
+        from sketch_tf.families.zooms import evaluate
 
-        return zooms_eval.evaluate_task(self, models["zooms"], workdir)
+        return evaluate.evaluate_task(self, models["zooms"], workdir)
 
     # ---- export --------------------------------------------------------------------------
     def serving_signatures(self, models):
-        from sketch_tf.eval import zooms_eval
+        from sketch_tf.families.zooms import serving
 
-        return zooms_eval.serving_signatures(self, models["zooms"])
+        return serving.serving_signatures(self, models["zooms"])
 
     def warmup_inputs(self):
-        from sketch_tf.eval import zooms_eval
+        from sketch_tf.families.zooms import serving
 
-        image = zooms_eval.example_drawing(96)
-        points = np.array([[20.0, 30.0], [48.0, 48.0], [70.0, 60.0]], np.float32)
-        return {
-            "serving_default": {"image": image, "points": points},
-            "dense": {"image": image, "stride": np.int32(16)},
-        }
+        return serving.warmup_inputs()
 
 
-__all__ = ["ZoomsTask", "category_triplet_loss", "records_dir", "split_categories"]
+__all__ = ["ZoomsTask", "category_mask"]

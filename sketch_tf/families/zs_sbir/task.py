@@ -12,35 +12,32 @@ Negatives: "random" / "class_embedding" pick the negative photo's class in the i
 (sketches as queries against every photo of the batch, `losses.mined_triplet_loss`).
 The GRL lambda is set before every step from `grl_lambda(step // steps_per_epoch, ...)`.
 
-Evaluation (unseen classes only): gallery = every photo of the unseen classes in the test
-records, queries = every sketch of the unseen classes; metrics of `eval.retrieval` next to a
-random ranking; retrieval grid PNG and projector files in `<workdir>/eval`.
+Evaluation (unseen classes only, `sketch_tf.families.zs_sbir.evaluate`): gallery = every
+photo of the unseen classes in the test records, queries = every sketch of the unseen
+classes; metrics of `eval.retrieval` next to a random ranking; retrieval grid PNG and
+projector files in `<workdir>/eval`. Signatures: `sketch_tf.families.zs_sbir.serving`.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from typing import Any
 
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
-from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
-from sketch_tf.train.tasks import LossContext, Task, register_task
+from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 METRICS = ("euclidean", "cosine")
 
 
-def _prepare_command(config: ml_collections.ConfigDict) -> str:
+def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
     if "synthetic" in config.data:
         s = config.data.synthetic
@@ -50,83 +47,19 @@ def _prepare_command(config: ml_collections.ConfigDict) -> str:
             f" --test_fraction={s.get('test_fraction', 0.2)} --out={root}"
         )
     if "pacs" in root:
-        return (
-            f"python prepare_data.py --source=folders --root=../shared/data/pacs --out={root}/all"
-        )
-    return f"python prepare_data.py --source=folders --root=<dataset folder> --out={root}/<split>"
-
-
-def split_dir(config: ml_collections.ConfigDict, which: str) -> str:
-    """`<data.root>/<data.{which}_split>`, checked to hold a manifest (clear error otherwise)."""
-    split = config.data.train_split if which == "train" else config.data.test_split
-    path = os.path.join(config.data.root, split)
-    if not os.path.isfile(os.path.join(path, tfrecord.MANIFEST)):
-        raise FileNotFoundError(
-            f"zs_sbir: no {which} records in {path} (missing {tfrecord.MANIFEST}); create "
-            f"them with: {_prepare_command(config)}"
-        )
-    return path
-
-
-def _resolve(path: str) -> str:
-    """`path` as given when it exists (relative to the working directory), else relative to
-    the project root, so that `data/splits/...` works from any directory."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    return str(PROJECT_ROOT / path)
-
-
-def _read_class_file(path: str) -> list[str]:
-    path = _resolve(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"zs_sbir: class list {path} does not exist (one class name per line expected)"
-        )
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    if not names:
-        raise ValueError(f"zs_sbir: class list {path} is empty")
-    return names
-
-
-def class_split(config: ml_collections.ConfigDict, all_classes: list[str]):
-    """(seen, unseen) class name lists for the dataset's class list `all_classes`."""
-    unseen = list(config.data.unseen_classes)
-    if config.data.unseen_classes_file:
-        unseen = _read_class_file(config.data.unseen_classes_file)
-    seen = list(config.data.seen_classes) or [c for c in all_classes if c not in unseen]
-    missing = sorted(set(seen + unseen) - set(all_classes))
-    if missing:
-        raise ValueError(
-            f"zs_sbir: classes {missing} of the seen/unseen split are not in the dataset "
-            f"(it has {all_classes})"
-        )
-    if not unseen:
-        raise ValueError("zs_sbir: no unseen classes: set data.unseen_classes(_file)")
-    return seen, unseen
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _warmup_sketch(size: int) -> np.ndarray:
-    """A white uint8 [size, size, 3] canvas with a black square outline and a diagonal."""
-    img = np.full((size, size, 3), 255, np.uint8)
-    a, b = size // 4, 3 * size // 4
-    img[a, a:b] = img[b, a:b] = img[a:b, a] = img[a:b, b] = 0
-    idx = np.arange(a, b)
-    img[idx, idx] = 0
-    return img
+        pacs = "../shared/data/pacs"
+        return f"python prepare_data.py --source=folders --root={pacs} --out={root}/{split}"
+    return f"python prepare_data.py --source=folders --root=<dataset folder> --out={root}/{split}"
 
 
 @register_task("zs_sbir")
 class ZsSbirTask(Task):
     """Sketch/photo towers + GRL domain classifier (see module docstring)."""
+
+    headlines = (
+        Headline("mAP@all unseen", "map_all", (("random ranking", "random_map_all"),)),
+        Headline("P@100 unseen", "p_100", (("random ranking", "random_p_100"),)),
+    )
 
     # ---- configuration -------------------------------------------------------------------
     @classmethod
@@ -137,7 +70,7 @@ class ZsSbirTask(Task):
             p.append("data.root must name the folder holding the record splits")
         if not d.unseen_classes and not d.unseen_classes_file:
             p.append("data.unseen_classes or data.unseen_classes_file must be set")
-        if d.unseen_classes_file and not os.path.isfile(_resolve(d.unseen_classes_file)):
+        if d.unseen_classes_file and splits.resolve_class_file(d.unseen_classes_file) is None:
             p.append(
                 f"data.unseen_classes_file={d.unseen_classes_file!r} does not exist "
                 "(one class name per line; see data/README.md for the standard splits)"
@@ -196,18 +129,40 @@ class ZsSbirTask(Task):
             domain_layers=int(m.domain_layers),
         )
 
-    def trainable_variables(self, models):
+    def trainable_models(self, models):
         # Without the domain term the classifier gets no gradient: leave it out of the update.
+        models = super().trainable_models(models)
         if float(self.config.loss.domain_weight) == 0.0:
             models = {k: v for k, v in models.items() if k != "domain_classifier"}
-        return super().trainable_variables(models)
+        return models
 
     # ---- data ----------------------------------------------------------------------------
+    def records_dir(self, which: str) -> str:
+        """The training (`which="train"`) or evaluation (`"test"`) record set, checked."""
+        split = self.config.data.train_split if which == "train" else self.config.data.test_split
+        return tfrecord.records_dir(
+            self.config.data.root,
+            split,
+            f"zs_sbir: no {which} records",
+            _prepare_command(self.config, split),
+        )
+
+    def class_split(self, classes: list[str]) -> tuple[list[str], list[str]]:
+        """(seen, unseen) class names for the dataset's class list."""
+        d = self.config.data
+        seen, unseen = splits.class_split(
+            classes, unseen=d.unseen_classes, unseen_file=d.unseen_classes_file,
+            seen=d.seen_classes, where="zs_sbir",
+        )  # fmt: skip
+        if not unseen:
+            raise ValueError("zs_sbir: no unseen classes: set data.unseen_classes(_file)")
+        return seen, unseen
+
     def build_train_dataset(self, global_batch_size, seed):
         d = self.config.data
-        path = split_dir(self.config, "train")
+        path = self.records_dir("train")
         manifest = tfrecord.read_manifest(path)
-        seen, _ = class_split(self.config, manifest["classes"])
+        seen, _ = self.class_split(manifest["classes"])
         negatives = self.config.loss.negatives
         return pipeline.triplet_batches(
             path,
@@ -279,193 +234,21 @@ class ZsSbirTask(Task):
         }
 
     # ---- evaluation ----------------------------------------------------------------------
-    def embed_split(self, models, domain: str, classes: list[str]):
-        """Embeds every test record of `domain` and `classes`.
-
-        Returns (embeddings float32 [N, E], class ids int64 [N], uint8 thumbnails [N, 48, 48, 3],
-        instance ids [N] str).
-        """
-        d = self.config.data
-        path = split_dir(self.config, "test")
-        tower = (
-            zs_models.sketch_tower(models)
-            if domain == d.sketch_domain
-            else zs_models.photo_tower(models)
-        )
-        ds = pipeline.labelled_dataset(
-            path,
-            int(self.config.eval.batch_size),
-            image_size=int(d.image_size),
-            training=False,
-            classes=classes,
-            domains=[domain],
-            sketch_domain=d.sketch_domain,
-        )
-
-        @tf.function(reduce_retracing=True)  # the last batch is smaller
-        def embed(images):
-            thumbs = tf.image.resize(images, [48, 48], antialias=True)
-            return tower(images, training=False), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
-
-        embs, labels, thumbs, ids = [], [], [], []
-        for batch in ds:
-            e, t = embed(batch["image"])
-            embs.append(e.numpy())
-            thumbs.append(t.numpy())
-            labels.append(batch["class_id"].numpy())
-            ids.extend(x.decode() for x in batch["instance_id"].numpy())
-        if not embs:
-            raise ValueError(f"zs_sbir: no {domain!r} records of classes {classes} in {path}")
-        return (
-            np.concatenate(embs).astype(np.float32),
-            np.concatenate(labels),
-            np.concatenate(thumbs),
-            np.asarray(ids),
-        )
-
     def evaluate(self, models, workdir=None):
-        from sketch_tf.eval import plots, retrieval
+        from sketch_tf.families.zs_sbir import evaluate
 
-        d, e = self.config.data, self.config.eval
-        path = split_dir(self.config, "test")
-        names = tfrecord.read_manifest(path)["classes"]
-        _, unseen = class_split(self.config, names)
-        q, ql, q_img, _ = self.embed_split(models, d.sketch_domain, unseen)
-        g, gl, g_img, _ = self.embed_split(models, d.photo_domain, unseen)
-        res = retrieval.retrieval_metrics(q, ql, g, gl, metric=e.metric)
-        rnd = retrieval.random_ranking_baseline(
-            ql, gl, seed=int(self.config.seed), repeats=int(e.baseline_repeats)
-        )
-        keys = ("map_all", "map_200", "p_100", "p_200")
-        scalars = {k: float(res[k]) for k in keys}
-        scalars.update({f"random_{k}": float(rnd[k]) for k in keys})
-        scalars.update(num_queries=float(len(q)), num_gallery=float(len(g)))
-        header = ["class", "queries", "relevant"] + list(keys)
-        rows = []
-        for label in sorted(res["per_class"], key=int):
-            pc = res["per_class"][label]
-            rows.append(
-                [names[int(label)], int(pc["num_queries"]), int(pc["num_relevant"])]
-                + [float(pc[k]) for k in keys]
-            )
-        tables = {
-            "unseen classes: model vs random ranking": {
-                "header": ["ranking"] + list(keys),
-                "rows": [
-                    ["model"] + [scalars[k] for k in keys],
-                    ["random"] + [scalars[f"random_{k}"] for k in keys],
-                ],
-            },
-            "per unseen class": {"header": header, "rows": rows},
-        }
-
-        # Retrieval grid: the first queries of each class in turn, their top-k photos.
-        per_class = [np.flatnonzero(ql == c) for c in np.unique(ql)]
-        picks = []
-        for i in range(max(len(x) for x in per_class)):
-            picks += [x[i] for x in per_class if i < len(x)]
-        picks = picks[: int(e.grid_queries)]
-        sim = retrieval.similarity(q[picks], g, e.metric)
-        top = np.argsort(-sim, axis=1, kind="stable")[:, : int(e.grid_top_k)]
-        grid = plots.retrieval_grid(
-            [q_img[i] for i in picks], [[g_img[j] for j in row] for row in top],
-            gl[top] == ql[picks][:, None], thumb_size=48,
-        )  # fmt: skip
-        grid_arr = plots.to_array(grid)
-        out = {"scalars": scalars, "images": {"retrieval_grid": grid_arr[None]}, "tables": tables}
-        if workdir:
-            eval_dir = os.path.join(workdir, "eval")
-            plots.save_png(grid, os.path.join(eval_dir, "retrieval_grid.png"))
-            n_proj = min(len(g), int(e.projector_max))
-            if n_proj:
-                plots.write_projector(
-                    os.path.join(eval_dir, "projector"),
-                    g[:n_proj],
-                    [names[int(c)] for c in gl[:n_proj]],
-                    thumbnails=list(g_img[:n_proj]),
-                )
-            out["files"] = {
-                "retrieval_grid": os.path.join(eval_dir, "retrieval_grid.png"),
-                "projector": os.path.join(eval_dir, "projector"),
-            }
-        return out
+        return evaluate.evaluate_task(self, models, workdir)
 
     # ---- export --------------------------------------------------------------------------
     def serving_signatures(self, models):
-        size = int(self.config.data.image_size)
-        sk, ph = zs_models.sketch_tower(models), zs_models.photo_tower(models)
+        from sketch_tf.families.zs_sbir import serving
 
-        def decode(images, is_sketch):
-            return tf.map_fn(
-                lambda x: pipeline.preprocess(x, is_sketch, size, False),
-                images,
-                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
-            )
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def serve_sketch_bytes(images):
-            return {"embedding": sk(decode(images, True), training=False)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def embed_photo(images):
-            return {"embedding": ph(decode(images, False), training=False)}
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]
-        )
-        def embed_sketch(images):
-            return {"embedding": sk(images, training=False)}
-
-        return {
-            "serving_default": serve_sketch_bytes.get_concrete_function(),
-            "embed_photo": embed_photo.get_concrete_function(),
-            "embed_sketch": embed_sketch.get_concrete_function(),
-        }
+        return serving.serving_signatures(self, models)
 
     def warmup_inputs(self):
-        size = int(self.config.data.image_size)
-        img = _warmup_sketch(size)
-        png = _png(img)
-        return {
-            "serving_default": {"images": np.array([png, png], dtype=object)},
-            "embed_photo": {"images": np.array([_png(255 - img)], dtype=object)},
-            "embed_sketch": {"images": (img[None].astype(np.float32) / 255.0)},
-        }
+        from sketch_tf.families.zs_sbir import serving
+
+        return serving.warmup_inputs(self)
 
 
-def ablation_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Copy of `config` with the domain loss off (`loss.domain_weight = 0`)."""
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.loss.domain_weight = 0.0
-    return out
-
-
-def run_domain_ablation(
-    config: ml_collections.ConfigDict, workdir: str, main_result: dict[str, Any], log=print
-) -> dict[str, Any]:
-    """Trains (or resumes) the same run without the domain loss in `<workdir>/ablate_domain`,
-    evaluates it and adds a model / no-domain-loss / random comparison table (and
-    `ablate_domain_*` scalars) to `main_result`. Returns the ablation's own result."""
-    from sketch_tf.train import loop
-
-    abl_dir = os.path.join(workdir, "ablate_domain")
-    abl_config = ablation_config(config)
-    task = ZsSbirTask(abl_config)
-    loop.train(task, abl_config, abl_dir, log=log)
-    state = loop.build_state(task, abl_config)
-    loop.restore_latest(state, os.path.join(abl_dir, "ckpt"), for_training=False)
-    result = task.evaluate(state.models, abl_dir)
-    loop.write_eval_results(abl_dir, int(state.step.numpy()), result)
-    keys = ("map_all", "map_200", "p_100", "p_200")
-    s, a = main_result["scalars"], result["scalars"]
-    for k in keys:
-        s[f"ablate_domain_{k}"] = float(a[k])
-    main_result.setdefault("tables", {})["unseen classes: domain loss ablation"] = {
-        "header": ["model"] + list(keys),
-        "rows": [
-            [f"triplet + {config.loss.domain_weight} x domain (GRL)"] + [s[k] for k in keys],
-            ["triplet only (domain_weight=0)"] + [float(a[k]) for k in keys],
-            ["random ranking"] + [s[f"random_{k}"] for k in keys],
-        ],
-    }
-    return result
+__all__ = ["ZsSbirTask"]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketch_tf.eval import zooms_eval
+from sketch_tf.families.zooms import evaluate as zooms_eval
+from sketch_tf.families.zooms.task import ZoomsTask
 from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train import loop
-from sketch_tf.train.zooms_task import ZoomsTask
-from tests.test_zooms_task import load_config
+from tests.families.zooms.test_task import load_config
 
 
 def test_mutual_nn_agreement_by_hand():
@@ -50,11 +50,12 @@ def run_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("match")
     config = load_config("synthetic_smoke")
     config.data.image_size = 64
-    config.model.update(view_size=16, backbone_widths=(8, 16), head_hidden=32)
+    config.model.update(backbone_widths=(8, 16), head_hidden=32)
+    config.zooms.view_size = 16
     task = ZoomsTask(config)
     workdir = str(base / "run")
     loop.write_config(config, workdir)
-    state = loop.build_state(task, config)
+    state = loop.build_state(task)
     import tensorflow as tf
 
     tf.train.CheckpointManager(state.checkpoint, os.path.join(workdir, "ckpt"), 1).save()

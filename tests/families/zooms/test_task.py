@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from sketch_tf import losses
 from sketch_tf.data import pipeline
+from sketch_tf.families.zooms.task import ZoomsTask, category_mask
 from sketch_tf.train import loop
-from sketch_tf.train.config import load_project_config, validate_config
-from sketch_tf.train.zooms_task import ZoomsTask, category_triplet_loss
+from sketch_tf.train.config import ConfigError, load_project_config, validate_config
+from sketch_tf.train.run import load_run
 
 CATS = ["bottle", "mug", "table"]
 
@@ -26,10 +28,11 @@ def tiny_config(root):
     c.data.root = str(root)
     c.data.image_size = 64
     c.data.num_points = 4
-    c.data.unseen_categories = ("mug",)
+    c.data.unseen_classes = ("mug",)
     c.data.synthetic.update(image_size=64, n_per_category=3, pairs_per_category=2, n_points=16)
     c.data.synthetic.categories = CATS
-    c.model.update(view_size=16, backbone_widths=(8, 16), head_hidden=32)
+    c.model.update(backbone_widths=(8, 16), head_hidden=32)
+    c.zooms.view_size = 16
     c.eval.update(max_pairs=2, curve_steps=5, cmc_max_rank=5, raw_patch_size=16, raw_patch_out=4)
     c.serving.update(max_dense_points=20, chunk_points=8)
     c.train.update(batch_size=2, num_steps=2, checkpoint_every=100)
@@ -45,6 +48,14 @@ _ROWS = [
     (0.45, 0, 1, True),  # same point label, other category: neither positive nor negative
     (0.42, 1, 0, False),  # padding: ignored
 ]
+
+
+def category_triplet_loss(x, labels, cats, valid, margin=1.0, mining="semi_hard"):
+    """The zooms task's loss: in-batch mining restricted to valid rows of one category."""
+    return losses.mined_triplet_loss(
+        x, labels, x, labels, mining=mining, margin=margin, same_set=True,
+        pair_mask=category_mask(cats, valid),
+    )  # fmt: skip
 
 
 def _loss(mining):
@@ -77,7 +88,7 @@ def test_variants_validate():
     for variant in ("synthetic", "synthetic_smoke", "sketchzooms"):
         validate_config(load_config(variant))
     cfg = load_config("sketchzooms")
-    assert (cfg.model.backbone, cfg.model.view_size) == ("alexnet", 224)
+    assert (cfg.model.backbone, cfg.zooms.view_size) == ("alexnet", 224)
     with pytest.raises(ValueError, match="unknown variant"):
         load_config("nope")
 
@@ -87,10 +98,10 @@ def test_validate_config_lists_problems():
     c.model.backbone = "resnet1000"
     c.zooms.scale_jitter = 0.9  # >= smallest zoom 0.8
     c.loss.kind = "hinge"
-    c.model.num_views = 2
+    c.zooms.view_size = 8
     problems = ZoomsTask.validate_config(c)
     text = "\n".join(problems)
-    for key in ("model.backbone", "zooms.scale_jitter", "loss.kind", "model.num_views"):
+    for key in ("model.backbone", "zooms.scale_jitter", "loss.kind", "zooms.view_size"):
         assert key in text
     assert ZoomsTask.validate_config(load_config()) == []
     c = load_config("sketchzooms")
@@ -101,6 +112,20 @@ def test_validate_config_lists_problems():
     c = load_config()
     c.model.backbone_pooling = "sum"
     assert "model.backbone_pooling must be" in "\n".join(ZoomsTask.validate_config(c))
+
+
+def test_old_keys_fail_naming_the_new_ones():
+    import ml_collections
+
+    c = load_config().to_dict()
+    c["data"]["unseen_categories"] = ("mug",)
+    with pytest.raises(ConfigError, match="renamed data.unseen_classes"):
+        validate_config(ml_collections.ConfigDict(c))
+    c = load_config()
+    c.model.num_views = 3
+    c.model.view_size = 32
+    text = "\n".join(ZoomsTask.validate_config(c))
+    assert "len(zooms.zooms)" in text and "zooms.view_size" in text
 
 
 def test_missing_records_error_names_folder_and_command(tmp_path):
@@ -120,10 +145,9 @@ def trained(tmp_path_factory):
     validate_config(config)
     task = ZoomsTask(config)
     workdir = str(base / "run")
-    result = loop.train(task, config, workdir, log=lambda s: None)
-    state = loop.build_state(task, config)
-    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
-    return task, state.models, workdir, result
+    result = loop.train(task, workdir, log=lambda s: None)
+    run = load_run(workdir)
+    return task, run.models, workdir, result
 
 
 def test_train_batches_hold_seen_categories_only(trained):
@@ -182,8 +206,8 @@ def _png(image):
 
 
 def test_export_signatures_round_trip(trained, tmp_path):
-    from sketch_tf.eval import zooms_eval
     from sketch_tf.export.serving import export_saved_model
+    from sketch_tf.families.zooms import evaluate as zooms_eval
 
     task, models, _, _ = trained
     path = export_saved_model(task, models, str(tmp_path / "export"), 1)

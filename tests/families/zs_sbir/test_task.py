@@ -1,20 +1,17 @@
 """Zero-shot SBIR family: models, losses, GRL schedule, training steps, evaluate, export."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from sketch_tf.data import pipeline
+from sketch_tf.families.zs_sbir.task import ZsSbirTask
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train import loop
+from sketch_tf.train.config import apply_overrides, load_project_config
 from sketch_tf.train.tasks import LossContext
-from sketch_tf.train.zs_sbir_task import ZsSbirTask, ablation_config
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
-import zs_sbir as zs_config  # noqa: E402
 
 CATS = ["airplane", "bed", "bottle", "mug"]
 SIZE = 32
@@ -31,7 +28,7 @@ def records(tmp_path_factory):
 
 
 def _config(root, **loss):
-    config = zs_config.get_config("synthetic")
+    config = load_project_config("zs_sbir", "synthetic")
     config.data.root = root
     config.data.image_size = SIZE
     config.data.unseen_classes = ("bottle", "mug")
@@ -122,7 +119,9 @@ def test_mined_negatives_and_ablation_terms(records):
     assert set(out) == {"triplet", "total"} and np.isfinite(out["total"].numpy())
     ids = {id(v) for v in task.trainable_variables(models)}
     assert not ids & {id(v) for v in models["domain_classifier"].trainable_variables}
-    assert ablation_config(_config(records)).loss.domain_weight == 0.0
+    config = _config(records)
+    ablation = apply_overrides(config, config.ablations.no_domain, "ablations.no_domain")
+    assert ablation.loss.domain_weight == 0.0 and config.loss.domain_weight > 0
 
 
 def test_grl_schedule_values_set_the_layer(records):
@@ -151,7 +150,7 @@ def test_validate_config_and_missing_records(tmp_path):
 def trained(records, tmp_path_factory):
     config = _config(records)
     workdir = str(tmp_path_factory.mktemp("zs_run"))
-    result = loop.train(ZsSbirTask(config), config, workdir, log=lambda s: None)
+    result = loop.train(ZsSbirTask(config), workdir, log=lambda s: None)
     return config, workdir, result
 
 
@@ -165,7 +164,7 @@ def test_train_default_strategy(trained):
 def test_train_two_logical_cpus(records, tmp_path, two_cpu_strategy):
     config = _config(records, negatives="mined")
     strategy = two_cpu_strategy
-    result = loop.train(ZsSbirTask(config), config, str(tmp_path), strategy, log=lambda s: None)
+    result = loop.train(ZsSbirTask(config), str(tmp_path), strategy, log=lambda s: None)
     assert result.status == "completed" and result.step == 2
     assert all(np.isfinite(v) for v in result.losses.values())
 
@@ -173,7 +172,7 @@ def test_train_two_logical_cpus(records, tmp_path, two_cpu_strategy):
 def test_evaluate_outputs(trained):
     config, workdir, _ = trained
     task = ZsSbirTask(config)
-    state = loop.build_state(task, config)
+    state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     result = task.evaluate(state.models, workdir)
     scalars = result["scalars"]
@@ -199,7 +198,7 @@ def test_export_round_trip(trained, tmp_path):
 
     config, workdir, _ = trained
     task = ZsSbirTask(config)
-    state = loop.build_state(task, config)
+    state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     path = export_saved_model(task, state.models, str(tmp_path / "export"), 1)
     loaded = tf.saved_model.load(path)
@@ -212,3 +211,8 @@ def test_export_round_trip(trained, tmp_path):
     via_float = loaded.signatures["embed_sketch"](images=image[None])["embedding"].numpy()
     np.testing.assert_allclose(via_float, want, rtol=1e-4, atol=1e-5)
     assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    # Float tensors of any size are resized as evaluation does; bad bytes name the input.
+    big = tf.image.resize(image[None], [2 * SIZE, 2 * SIZE])
+    assert loaded.signatures["embed_sketch"](images=big)["embedding"].shape == want.shape
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input `images`"):
+        loaded.signatures["embed_photo"](images=tf.constant([b"not an image"]))

@@ -1,0 +1,110 @@
+"""The serving input layer: encoded images or float tensors -> model inputs, for every family.
+
+Exported signatures take images either as encoded bytes (`tf.string`: PNG / JPEG / GIF /
+BMP, any size, grey / RGB / RGBA) or as float32 tensors in [0, 1] of any size; both are turned
+into model inputs exactly as evaluation turns records into them (`sketch_tf.data.pipeline`:
+`decode_image`, then `resize_keep_aspect` with white padding for drawings, `resize_crop`
+for photos, or `resize_pad_geometry` when points must be mapped too). Bad input raises
+`InvalidArgumentError` naming the signature input ("input `images`: ...") instead of
+crashing the server. `example_drawing` is the one warmup picture of every family.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf.data import pipeline
+
+#: Leading bytes of the formats `tf.io.decode_image` reads.
+_PNG = b"\x89PNG\r\n\x1a\n"
+_MAGIC = (_PNG, b"\xff\xd8\xff", b"GIF8", b"BM")
+#: Every complete PNG ends with its IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_image_bytes(encoded: tf.Tensor, name: str) -> tf.Tensor:
+    """Asserts that scalar string `encoded` starts like a PNG / JPEG / GIF / BMP file and,
+    for a PNG, is complete (ends with its IEND chunk: not a truncated upload).
+
+    Returns `encoded` (with the check as a control dependency). Raises InvalidArgumentError
+    "input `<name>`: expected complete PNG/JPEG image bytes" at run time otherwise. Damage inside a
+    file that passes these checks is still an InvalidArgumentError, from the decoder.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    known = tf.reduce_any([tf.strings.substr(encoded, 0, len(m)) == m for m in _MAGIC])
+    n = tf.strings.length(encoded)
+    is_png = tf.strings.substr(encoded, 0, len(_PNG)) == _PNG
+    tail = tf.strings.substr(encoded, tf.maximum(n - len(_PNG_END), 0), len(_PNG_END))
+    ok = tf.logical_and(known, tf.logical_or(tf.logical_not(is_png), tail == _PNG_END))
+    check = tf.debugging.Assert(
+        ok,
+        # The byte count, not the bytes: binary data does not fit an error message.
+        [f"input `{name}`: expected complete PNG/JPEG image bytes, got a string of", n, "bytes"],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
+def decode(encoded: tf.Tensor, name: str) -> tf.Tensor:
+    """Scalar encoded image -> float32 [H, W, 3] in [0, 1] (`pipeline.decode_image`)."""
+    return pipeline.decode_image(check_image_bytes(encoded, name))
+
+
+def check_float_images(images: tf.Tensor, name: str) -> tf.Tensor:
+    """Asserts float images [N, H, W, 3] (or [H, W, 3]) are finite and within [0, 1]."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    ok = tf.logical_and(
+        tf.reduce_all(tf.math.is_finite(images)),
+        tf.logical_and(tf.reduce_all(images >= 0.0), tf.reduce_all(images <= 1.0)),
+    )
+    check = tf.debugging.Assert(ok, [f"input `{name}`: expected float pixels in [0, 1]"])
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def fit(image: tf.Tensor, is_sketch: bool, size: int) -> tf.Tensor:
+    """float [H, W, 3] -> [size, size, 3] as evaluation does: drawings keep their aspect
+    with white padding, photos are resized and centre-cropped."""
+    if is_sketch:
+        return pipeline.resize_keep_aspect(image, size, 1.0)
+    return pipeline.resize_crop(image, size)
+
+
+def images_from_bytes(images: tf.Tensor, name: str, size: int, is_sketch: bool) -> tf.Tensor:
+    """[N] encoded images -> float32 [N, size, size, 3] model inputs."""
+    return tf.map_fn(
+        lambda x: fit(decode(x, name), is_sketch, size),
+        images,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+    )
+
+
+def images_from_floats(images: tf.Tensor, name: str, size: int, is_sketch: bool) -> tf.Tensor:
+    """float32 [N, H, W, 3] in [0, 1] (any H, W) -> [N, size, size, 3] model inputs."""
+    images = check_float_images(images, name)
+    return tf.map_fn(
+        lambda x: fit(x, is_sketch, size),
+        images,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+    )
+
+
+def drawing_with_geometry(encoded: tf.Tensor, name: str, size: int):
+    """Scalar encoded drawing -> (image [size, size, 3], scale [2], offset [2]): a point p of
+    the input image lands at p * scale + offset (`pipeline.resize_pad_geometry`)."""
+    return pipeline.resize_pad_geometry(decode(encoded, name), size, 1.0)
+
+
+def example_drawing(size: int = 96) -> np.ndarray:
+    """uint8 [size, size, 3]: a white canvas with a black square outline (2 px) and its
+    diagonal; the warmup / example input of every family's signatures."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    a, b = size // 6, size - size // 6
+    img[a : a + 2, a:b] = 0
+    img[b - 2 : b, a:b] = 0
+    img[a:b, a : a + 2] = 0
+    img[a:b, b - 2 : b] = 0
+    for t in range(a, b):
+        img[t, t : t + 2] = 0
+    return img

@@ -1,0 +1,1 @@
+"""SketchZooms: multi-view zoom descriptors for points on line drawings."""

@@ -1,0 +1,1 @@
+"""Zero-shot sketch-based image retrieval with a gradient reversal domain classifier."""

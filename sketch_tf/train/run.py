@@ -1,0 +1,254 @@
+"""Run folders: load one (config, task, models, checkpoint), train one (one stage or a
+multi-stage recipe), and run a config's ablations. Generic: no family is named here.
+
+A run folder is what `train.py --workdir=DIR` writes:
+
+    DIR/config.json          the resolved config (read back by evaluate/export/match)
+    DIR/ckpt/                checkpoints (`ckpt-<step>`)
+    DIR/train/, DIR/eval/    TensorBoard summaries; eval/ also holds metrics_<step>.json
+
+A multi-stage config (`config.stage_order`, `config.stages`) writes `DIR/config.json` (the
+whole recipe) and one such run folder per stage, `DIR/<stage>/`; each stage starts from the
+weights of the stage before (`init`). Loading `DIR` then means loading its last stage.
+Ablations (`config.ablations`, `evaluate.py --ablations`) are run folders
+`DIR/ablations/<name>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+import tensorflow as tf
+
+from sketch_tf.train import loop
+from sketch_tf.train import strategy as strategy_lib
+from sketch_tf.train.config import _without_recipes, apply_overrides, validate_config
+from sketch_tf.train.tasks import Task, get_task_class
+
+CONFIG_FILE = "config.json"
+ABLATIONS_SUBDIR = "ablations"
+
+
+@dataclass
+class Run:
+    """A trained run, loaded. `workdir` is the folder holding `ckpt/` (the last stage's for a
+    multi-stage run); `checkpoint` the restored checkpoint path; `step` its step."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    task: Task
+    state: loop.TrainState
+    checkpoint: str
+    step: int
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.state.models
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """`<workdir>/config.json` as a ConfigDict. Raises FileNotFoundError naming the file."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist (is {workdir} a trained run folder?)")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def stage_configs(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[tuple[str, ml_collections.ConfigDict, str]]:
+    """The stages of `config` as (name, config of the stage, run folder of the stage).
+
+    A config without stages is one unnamed stage in `workdir` itself. Stage i > 0 is
+    initialised from stage i - 1 (`init.workdir`) unless its overrides set `init` itself;
+    the first stage keeps the recipe's own `init`.
+    """
+    order = tuple(config.get("stage_order", ()) or ())
+    if not order:
+        return [("", config, workdir)]
+    base = _without_recipes(config)
+    out = []
+    for i, name in enumerate(order):
+        overrides = config.stages[name]
+        stage = apply_overrides(base, overrides, f"stages.{name}")
+        stage_dir = os.path.join(workdir, name)
+        if i > 0 and "init" not in overrides:
+            stage.init.workdir = out[-1][2]
+            stage.init.models = ()
+        out.append((name, stage, stage_dir))
+    return out
+
+
+def final_stage_dir(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Any]:
+    """(run folder, config) of the stage that holds the run's final weights."""
+    _, stage, stage_dir = stage_configs(config, workdir)[-1]
+    return stage_dir, stage
+
+
+def load_run(
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> Run:
+    """Loads a trained run for evaluation, export or a warm start.
+
+    Args:
+      workdir: the run folder given to train.py (for a multi-stage run: its top folder or one
+        stage's folder).
+      config: the config to build the models with (default: `<workdir>/config.json`);
+        validated here.
+      strategy: build the models under this strategy (default strategy when None).
+
+    Returns:
+      Run with the latest checkpoint restored (`expect_partial`: optimizer slots are not
+      needed to evaluate).
+
+    Raises:
+      FileNotFoundError when there is no config or no checkpoint (naming the folder and the
+      command that writes it); ConfigError for an invalid config; ValueError when the
+      checkpoint does not match the models of the config.
+    """
+    config = config if config is not None else read_config(workdir)
+    validate_config(config)
+    run_dir, config = final_stage_dir(config, workdir)
+    ckpt_dir = os.path.join(run_dir, loop.CHECKPOINT_SUBDIR)
+    if tf.train.latest_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {ckpt_dir}: train first "
+            f"(python train.py --config=... --workdir={workdir})"
+        )
+    task = get_task_class(config.task)(config)
+    state = loop.build_state(task, strategy)
+    path = loop.restore_latest(state, ckpt_dir, for_training=False)
+    return Run(run_dir, config, task, state, path, int(state.step.numpy()))
+
+
+def stage_done(stage_config: ml_collections.ConfigDict, stage_dir: str) -> bool:
+    """True when `stage_dir` holds a checkpoint at `train.num_steps` or later (cheap: reads
+    the checkpoint index only)."""
+    step = loop.checkpoint_step(os.path.join(stage_dir, loop.CHECKPOINT_SUBDIR))
+    return step is not None and step >= int(stage_config.train.num_steps)
+
+
+def train_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    *,
+    stop_after_steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> loop.TrainResult:
+    """Trains a config into `workdir`: one `loop.train`, or every stage of a multi-stage
+    recipe in order. A finished stage is never rerun; a killed run resumes inside the stage
+    it was in. Returns the last stage's TrainResult (status `interrupted` stops the recipe).
+    """
+    stages = stage_configs(config, workdir)
+    if len(stages) > 1 and strategy_lib.is_chief(strategy or tf.distribute.get_strategy()):
+        loop.write_config(config, workdir)
+    result = None
+    for name, stage, stage_dir in stages:
+        if name and stage_done(stage, stage_dir):
+            ckpt_dir = os.path.join(stage_dir, loop.CHECKPOINT_SUBDIR)
+            log(f"stage {name!r} already finished in {stage_dir}")
+            result = loop.TrainResult(
+                loop.checkpoint_step(ckpt_dir),
+                "completed",
+                checkpoint=tf.train.latest_checkpoint(ckpt_dir),
+            )
+            continue
+        if name:
+            log(f"stage {name!r} -> {stage_dir}")
+        task = get_task_class(stage.task)(stage)
+        result = loop.train(task, stage_dir, strategy, stop_after_steps=stop_after_steps, log=log)
+        if result.status != "completed":
+            break
+    return result
+
+
+def run_ablations(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    result: dict[str, Any],
+    names: list[str],
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Trains (or resumes) and evaluates each named ablation of `config.ablations` in
+    `<workdir>/ablations/<name>`, and adds to `result` the scalars `ablation/<name>/<key>` for
+    the task's headline keys and a table comparing them with the model.
+
+    Args:
+      config: the main run's config (with its `ablations`).
+      workdir: the main run folder.
+      result: the main run's evaluation result (modified in place).
+      names: ablation names; `["all"]` means every ablation of the config.
+
+    Returns:
+      name -> the ablation's own evaluation result.
+
+    Raises:
+      ValueError naming unknown ablations (and the known ones).
+    """
+    known = sorted((config.get("ablations") or {}).keys())
+    names = known if list(names) == ["all"] else list(names)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"--ablations: unknown {unknown}; this config defines {known}")
+    task_class = get_task_class(config.task)
+    keys = [h.key for h in task_class.headlines]
+    baselines = [(b_name, b_key) for h in task_class.headlines for b_name, b_key in h.baselines]
+    scalars = result.setdefault("scalars", {})
+    rows = [["model"] + [scalars.get(k, float("nan")) for k in keys]]
+    out = {}
+    for name in names:
+        ablation = apply_overrides(_without_recipes(config), config.ablations[name], name)
+        validate_config(ablation)
+        ab_dir = os.path.join(workdir, ABLATIONS_SUBDIR, name)
+        log(f"ablation {name!r} -> {ab_dir}")
+        train_run(ablation, ab_dir, log=log)
+        run = load_run(ab_dir, ablation)
+        ab_result = run.task.evaluate(run.models, run.workdir)
+        loop.write_eval_results(run.workdir, run.step, ab_result)
+        for k in keys:
+            if k in ab_result.get("scalars", {}):
+                scalars[f"ablation/{name}/{k}"] = float(ab_result["scalars"][k])
+        rows.append(
+            [f"ablation {name}"] + [ab_result.get("scalars", {}).get(k, float("nan")) for k in keys]
+        )
+        out[name] = ab_result
+    seen_base = set()
+    for b_name, b_key in baselines:
+        if b_name in seen_base or b_key not in scalars:
+            continue
+        seen_base.add(b_name)
+        # A baseline row holds, per headline column, that headline's own baseline value.
+        row = [b_name]
+        for h in task_class.headlines:
+            match = [bk for bn, bk in h.baselines if bn == b_name]
+            row.append(scalars.get(match[0], float("nan")) if match else float("nan"))
+        rows.append(row)
+    result.setdefault("tables", {})["ablations (same data, same evaluation)"] = {
+        "header": ["run"] + keys,
+        "rows": rows,
+    }
+    return out
+
+
+__all__ = [
+    "Run",
+    "final_stage_dir",
+    "load_run",
+    "read_config",
+    "run_ablations",
+    "stage_configs",
+    "stage_done",
+    "train_run",
+]
