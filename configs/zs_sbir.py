@@ -3,7 +3,7 @@
 Variants (`--config=configs/zs_sbir.py:<variant>`):
 
 - `synthetic` (default, CPU, minutes): the embedded synthetic world, 9 seen / 3 unseen
-  categories, small_cnn towers at 64 px. Records are generated when missing:
+  categories, small_cnn towers at 48 px. Records are generated when missing:
     python prepare_data.py --source=synthetic --task=zs_sbir --image_size=96 \
         --n_per_category=200 --test_fraction=0.25 --out=data/records/synthetic_zs_sbir
     python train.py --config=configs/zs_sbir.py:synthetic --workdir=runs/zs_sbir_synthetic
@@ -18,13 +18,27 @@ Variants (`--config=configs/zs_sbir.py:<variant>`):
   Reaches mAP@all 0.51 / P@100 0.49 on house + person: NOT above the random ranking
   (0.53 / 0.51); see docs/zs_sbir.md.
 - `sketchy`, `tuberlin` (GPU): DenseNet121 towers at 224 px, 1024-d max-pooled embeddings as in
-  the original; unseen classes from data/splits/{sketchy,tuberlin}_unseen.txt (the standard
-  "25 unseen" / "30 unseen" lists, one class per line), seen = every other class.
+  the original; unseen classes: the standard "25 unseen" Sketchy and "30 unseen" TU-Berlin
+  lists as published with the SAKE code (data/splits/{sketchy_25,tuberlin_30}_unseen.txt),
+  seen = every other class. `sketchy_21`: the same with Yelamarthi et al.'s 21 unseen classes
+  (data/splits/sketchy_21_unseen.txt).
+- `upstream` (GPU): the original recipe (ashok-arjun/Zero-Shot-Sketch-Based-Image-Retrieval)
+  on Sketchy, as exactly as this code base allows; see `upstream` below for every value and where
+  it comes from, and docs/zs_sbir.md "Departures from the original" for what still differs.
+  Needs `data.class_embeddings` (GloVe vectors of the dataset's classes, [C, 300] .npy):
+    python train.py --config=configs/zs_sbir.py:upstream --workdir=runs/zs_sbir_upstream \
+        --config.data.class_embeddings=data/records/sketchy/glove_300d.npy
 - `quickdraw`: the rasterised Quick, Draw! sketches against photos of the same classes in a
-  `domain_class` folder layout; unseen from data/splits/quickdraw_unseen.txt.
+  `domain_class` folder layout; unseen: doodle2search's 30 classes
+  (data/splits/quickdraw_unseen_doodle2search.txt).
 
-Loss = triplet_weight * triplet(sketch, photo+, photo-) + domain_weight * BCE(domain classifier
-behind a GRL) on the sketch and both photos; lambda of the GRL follows `config.grl` per epoch.
+Every variant other than `upstream` lists its departures from `upstream` in its function's
+docstring below (`VARIANTS` maps a name to it).
+
+Loss = triplet_weight * triplet(sketch, photo+, photo-) + domain_weight * (BCE(photo+) +
+BCE(photo-) + BCE(sketch)), the BCEs of the domain classifier behind a GRL (the sum of the three
+batch means, as the original); lambda of the GRL follows `config.grl` per epoch. The CPU figures
+above were measured when the domain term was the *mean* of the three BCEs (a third of today's).
 """
 
 import ml_collections
@@ -53,7 +67,16 @@ def _base() -> ml_collections.ConfigDict:
     config.data.photo_domain = "photo"
     config.data.image_size = 224
     config.data.class_embeddings = ""  # [C, D] .npy over the dataset's classes (class_embedding)
+    # loss.negatives="class_embedding": P(n | a) ~ 1 / d(e_a, e_n) ("inverse_distance", the
+    # original) or softmax(-d / negative_temperature) ("softmax"; the temperature is used only
+    # there).
+    config.data.negative_sampling = "inverse_distance"
     config.data.negative_temperature = 1.0
+    config.data.anchor_sampling = "uniform"  # uniform | sketch_count (class mix of the sketches)
+    config.data.train_augment = True  # False: training images get the evaluation preprocessing
+    # True: an epoch (the GRL clock) is one pass over the seen training sketches,
+    # num_sketches // train.batch_size steps from the manifest; False: train.steps_per_epoch.
+    config.data.epoch_from_sketches = False
     config.data.shuffle_buffer = 256
 
     config.model = ml_collections.ConfigDict()
@@ -65,10 +88,16 @@ def _base() -> ml_collections.ConfigDict:
     config.model.normalize = False
     config.model.domain_hidden = 1024
     config.model.domain_layers = 4
+    # joint: one classifier call on [p+; p-; s] (BatchNorm statistics over all three);
+    # separate: one call per domain, as the original (per-domain BatchNorm statistics).
+    config.model.domain_batches = "joint"
+    # Domain classifier BatchNorm, Keras convention (PyTorch momentum 0.1 = Keras 0.9).
+    config.model.domain_bn_momentum = 0.99  # Keras default
+    config.model.domain_bn_epsilon = 1e-3  # Keras default
 
     config.loss = ml_collections.ConfigDict()
     config.loss.triplet_weight = 1.0
-    config.loss.domain_weight = 0.5
+    config.loss.domain_weight = 0.5  # x (BCE(p+) + BCE(p-) + BCE(s)): the original's ratio
     config.loss.margin = 1.0
     config.loss.negatives = "random"  # random | class_embedding | mined
     config.loss.mining = "semi_hard"  # negatives="mined": semi_hard | hard | all | random
@@ -97,7 +126,14 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def _cpu(config: ml_collections.ConfigDict) -> None:
-    """Light towers for CPU runs: small_cnn at 48 px, 128-d projection head."""
+    """Light towers for CPU runs: small_cnn at 48 px, 128-d projection head.
+
+    Departures from `upstream` shared by the CPU variants: small_cnn towers (widths 24-192) at
+    48 px instead of DenseNet121 at 224 px, a 128-d projection head (upstream: none, 1024-d),
+    domain classifier width 256 (upstream 1024), lr 1e-3 and batch 32 (upstream 3e-4, 16), a
+    fixed 40-step epoch (upstream: one pass over the sketches), GRL `intended_ramp` from epoch 5
+    to 12 (upstream: `upstream_step` at 25), and the `_base` departures (see `sketchy`).
+    """
     config.data.image_size = 48
     config.model.backbone = "small_cnn"
     config.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (24, 48, 96, 192)})
@@ -115,54 +151,188 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
     config.eval.batch_size = 128
 
 
+def synthetic(config: ml_collections.ConfigDict) -> None:
+    """The embedded synthetic world, 9 seen / 3 unseen categories (CPU default).
+
+    Departures from `upstream`: those of `_cpu`, and synthetic records instead of Sketchy.
+    """
+    _cpu(config)
+    config.data.root = "data/records/synthetic_zs_sbir"
+    config.data.unseen_classes = SYNTHETIC_UNSEEN
+    config.data.synthetic = ml_collections.ConfigDict(
+        {"seed": 0, "image_size": 96, "n_per_category": 200, "test_fraction": 0.25}
+    )
+
+
+def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
+    """main_job.py --smoke: the whole flow on a tiny world in seconds (numbers mean nothing).
+
+    Departures from `upstream`: those of `synthetic`, at 32 px, classifier width 32, batch 8,
+    3 steps of 1-step epochs.
+    """
+    _cpu(config)
+    config.data.root = "data/records/synthetic_zs_sbir_smoke"
+    config.data.unseen_classes = SYNTHETIC_UNSEEN
+    config.data.image_size = 32
+    config.data.synthetic = ml_collections.ConfigDict(
+        {"seed": 0, "image_size": 48, "n_per_category": 4, "test_fraction": 0.5}
+    )
+    config.model.domain_hidden = 32
+    config.eval.projector_max = 50
+    config.eval.baseline_repeats = 2
+    config.train.update(batch_size=8, num_steps=3, steps_per_epoch=1, log_every=1)
+
+
+def pacs(config: ml_collections.ConfigDict) -> None:
+    """PACS photos + sketches; seen dog, elephant, giraffe, guitar, horse; unseen house, person.
+
+    Departures from `upstream`: those of `_cpu`, and PACS instead of Sketchy.
+    """
+    _cpu(config)
+    config.data.root = "data/records/pacs"
+    # prepare_data.py --source=folders writes one dataset: unseen classes are never
+    # trained on, so training (seen) and evaluation (unseen) read the same records.
+    config.data.train_split = "all"
+    config.data.test_split = "all"
+    config.data.seen_classes = PACS_SEEN
+    config.data.unseen_classes = PACS_UNSEEN
+
+
+def sketchy(config: ml_collections.ConfigDict) -> None:
+    """Sketchy, the standard 25 unseen classes (Shen et al. 2018 / SAKE's
+    `cname_cid_zero.txt`), DenseNet121 towers at 224 px.
+
+    Departures from `upstream` (the `_base` defaults): training augmentation (upstream: none);
+    random negative classes (upstream: class-embedding negatives, P ~ 1 / distance) and uniform
+    anchor classes (upstream: the class mix of the sketches); the domain classifier run once on
+    the joint batch (upstream: once per domain) with Keras BatchNorm defaults (momentum 0.99,
+    epsilon 1e-3; upstream PyTorch's 0.9 / 1e-5 in Keras terms); a fixed 500-step epoch
+    (upstream: one pass over the training sketches); GRL `intended_ramp` from epoch 5 to 25
+    (upstream: the public code's `upstream_step`, 0 then 1 from epoch 25); lr 1e-4, batch 32
+    (upstream 3e-4, 16).
+    """
+    config.data.root = "data/records/sketchy"
+    config.data.unseen_classes_file = "data/splits/sketchy_25_unseen.txt"
+
+
+def sketchy_21(config: ml_collections.ConfigDict) -> None:
+    """Sketchy with Yelamarthi et al.'s (ECCV 2018) 21 unseen classes (not in ImageNet-1k).
+
+    Departures from `upstream`: those of `sketchy` (this is the split `upstream` uses too).
+    """
+    sketchy(config)
+    config.data.unseen_classes_file = "data/splits/sketchy_21_unseen.txt"
+
+
+def tuberlin(config: ml_collections.ConfigDict) -> None:
+    """TU-Berlin, Shen et al. (CVPR 2018) 30 unseen classes, DenseNet121 towers at 224 px.
+
+    Departures from `upstream`: those of `sketchy`, and TU-Berlin instead of Sketchy.
+    """
+    config.data.root = "data/records/tuberlin"
+    # Shen et al. (CVPR 2018) 30 unseen classes, as published with the SAKE code.
+    config.data.unseen_classes_file = "data/splits/tuberlin_30_unseen.txt"
+
+
+def quickdraw(config: ml_collections.ConfigDict) -> None:
+    """Rasterised Quick, Draw! sketches against photos of the same classes.
+
+    Departures from `upstream`: those of `_cpu`, and Quick, Draw! instead of Sketchy.
+    """
+    _cpu(config)
+    config.data.root = "data/records/quickdraw"
+    # Dey et al. (Doodle to Search, CVPR 2019): the zero-shot classes of their code.
+    config.data.unseen_classes_file = "data/splits/quickdraw_unseen_doodle2search.txt"
+
+
+def upstream(config: ml_collections.ConfigDict) -> None:
+    """The original recipe, ashok-arjun/Zero-Shot-Sketch-Based-Image-Retrieval (PyTorch).
+
+    Where each value comes from (files of that repository, HEAD 2dfa472):
+
+    - towers: `model/net.py` BasicModel = torchvision densenet121(pretrained=True).features +
+      MaxPool2d(7) at 224 px -> 1024-d, no projection, no normalisation; separate sketch and
+      photo models (`train.py`). Our densenet121 starts from random weights (load converted
+      ImageNet weights with `model.backbone_weights`).
+    - domain classifier: `model/net.py` DomainAdversarialNet = 4 x [Linear 1024, BatchNorm1d,
+      ReLU] -> Linear 1 -> sigmoid, called once per domain on the GRL'd embeddings (positives,
+      negatives, sketches; `train.py`); BatchNorm1d defaults momentum 0.1 / eps 1e-5, i.e. Keras
+      momentum 0.9.
+    - loss: `train.py` TripletMarginLoss(margin=1.0, p=2) x triplet_loss_ratio (1.0) +
+      domain_loss_ratio (0.5) x (BCE(p+) + BCE(p-) + BCE(s)) (argparse defaults).
+    - GRL: `train.py` lambda 0 before epoch 5, `lambda *= epoch / threshold` (still 0) before
+      grl_threshold_epoch (25), then 1: our `upstream_step`.
+    - data: `model/dataloader.py` SketchyTrainDataset: one item per training sketch (an epoch =
+      one pass over the sketches, DataLoader drop_last=True), a random photo of its class, the
+      negative class drawn with P ~ 1 / ||e_a - e_n|| over GloVe vectors (`cdist(...,
+      'minkowski')`, p=2), images `.resize((224, 224))` then `ToTensor()` only: [0, 1], no
+      mean/std normalisation, no augmentation.
+    - optimizer: `train.py` Adam over all three models at `config['lr']`, which its argparse
+      never defines (the script fails there); the author's notebook (sbir.ipynb, deleted in
+      commit 93863fd; its GRL-era training cell at commit 73bc9d3) sets learning_rate 3e-4 and
+      batch_size 16, used here (that cell's loss ratios 0.5 / 0.25 and GRL threshold 15 are
+      older than train.py's defaults, which we keep). `--batch_size` and `--epochs` are
+      required flags without defaults; we train 30 epochs (5 past the GRL switch): ~3.9k
+      steps per epoch for Sketchy's ~63k sketches of the 104 seen classes, ~120k steps.
+    - class split: the original's train_labels.txt / test_labels.txt are not public; we use
+      the 21 unseen classes of `sketchy_21` (the split of its ancestor, Yelamarthi et al.).
+    - evaluation (`evaluate.py`): every test sketch against every test photo, Euclidean
+      distance, scikit-learn AP per query: our `map_all`.
+    """
+    sketchy_21(config)
+    config.data.image_size = 224
+    config.data.train_augment = False
+    config.data.epoch_from_sketches = True
+    config.data.anchor_sampling = "sketch_count"
+    config.data.negative_sampling = "inverse_distance"
+    config.data.class_embeddings = "data/records/sketchy/glove_300d.npy"  # user supplied
+    config.model.backbone = "densenet121"
+    config.model.shared = False
+    config.model.projection_dim = 0
+    config.model.normalize = False
+    config.model.domain_hidden = 1024
+    config.model.domain_layers = 4
+    config.model.domain_batches = "separate"
+    config.model.domain_bn_momentum = 0.9  # PyTorch BatchNorm1d momentum 0.1
+    config.model.domain_bn_epsilon = 1e-5
+    config.loss.triplet_weight = 1.0
+    config.loss.domain_weight = 0.5
+    config.loss.margin = 1.0
+    config.loss.negatives = "class_embedding"
+    config.grl.schedule = "upstream_step"
+    config.grl.start_epoch = 5
+    config.grl.threshold_epoch = 25
+    config.grl.value = 1.0
+    config.eval.metric = "euclidean"
+    config.train.update(
+        optimizer="adam",
+        learning_rate=3e-4,
+        batch_size=16,
+        num_steps=120000,
+        lr_schedule="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        clipnorm=0.0,
+    )
+
+
+#: Variant name -> function that edits the `_base` config in place.
+VARIANTS = {
+    "synthetic": synthetic,
+    "synthetic_smoke": synthetic_smoke,
+    "pacs": pacs,
+    "sketchy": sketchy,
+    "sketchy_21": sketchy_21,
+    "tuberlin": tuberlin,
+    "quickdraw": quickdraw,
+    "upstream": upstream,
+}
+
+
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     variant = arg or "synthetic"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown zs_sbir variant {variant!r}; known: {', '.join(VARIANTS)}")
     config = _base()
-    if variant == "synthetic":
-        _cpu(config)
-        config.data.root = "data/records/synthetic_zs_sbir"
-        config.data.unseen_classes = SYNTHETIC_UNSEEN
-        config.data.synthetic = ml_collections.ConfigDict(
-            {"seed": 0, "image_size": 96, "n_per_category": 200, "test_fraction": 0.25}
-        )
-    elif variant == "synthetic_smoke":
-        # main_job.py --smoke: the whole flow on a tiny world in seconds (numbers mean nothing).
-        _cpu(config)
-        config.data.root = "data/records/synthetic_zs_sbir_smoke"
-        config.data.unseen_classes = SYNTHETIC_UNSEEN
-        config.data.image_size = 32
-        config.data.synthetic = ml_collections.ConfigDict(
-            {"seed": 0, "image_size": 48, "n_per_category": 4, "test_fraction": 0.5}
-        )
-        config.model.domain_hidden = 32
-        config.eval.projector_max = 50
-        config.eval.baseline_repeats = 2
-        config.train.update(batch_size=8, num_steps=3, steps_per_epoch=1, log_every=1)
-    elif variant == "pacs":
-        _cpu(config)
-        config.data.root = "data/records/pacs"
-        # prepare_data.py --source=folders writes one dataset: unseen classes are never
-        # trained on, so training (seen) and evaluation (unseen) read the same records.
-        config.data.train_split = "all"
-        config.data.test_split = "all"
-        config.data.seen_classes = PACS_SEEN
-        config.data.unseen_classes = PACS_UNSEEN
-    elif variant == "sketchy":
-        config.data.root = "data/records/sketchy"
-        # Yelamarthi et al. (ECCV 2018) 21 unseen classes: the list verified in public code.
-        config.data.unseen_classes_file = "data/splits/sketchy_21_unseen.txt"
-    elif variant == "tuberlin":
-        config.data.root = "data/records/tuberlin"
-        # Shen et al. (CVPR 2018) 30 unseen classes: not shipped (could not be verified
-        # here); put the authors' list in this file. validate_config names it when missing.
-        config.data.unseen_classes_file = "data/splits/tuberlin_30_unseen.txt"
-    elif variant == "quickdraw":
-        _cpu(config)
-        config.data.root = "data/records/quickdraw"
-        config.data.unseen_classes_file = "data/splits/quickdraw_unseen.txt"
-    else:
-        raise ValueError(
-            f"unknown zs_sbir variant {variant!r}; known: synthetic, synthetic_smoke, pacs, "
-            "sketchy, tuberlin, quickdraw"
-        )
+    VARIANTS[variant](config)
     return config

@@ -59,3 +59,24 @@ def test_leakage_check(tmp_path):
     _write(tmp_path / "te2", [5, 2])
     with pytest.raises(ValueError, match=r"1 images are in both .*'2.png', '2.png'"):
         splits.check_no_leakage(tmp_path / "tr", tmp_path / "te2")
+
+
+@pytest.mark.parametrize(
+    "name, count, first, last",
+    [
+        ("sketchy_25_unseen", 25, "cup", "bell"),
+        ("tuberlin_30_unseen", 30, "banana", "horse"),
+        ("quickdraw_unseen_doodle2search", 30, "bat", "fan"),
+    ],
+)
+def test_published_zero_shot_lists(name, count, first, last):
+    names = splits.read_class_list(name)
+    assert len(names) == count == len(set(names))
+    assert names[0] == first and names[-1] == last
+
+
+def test_published_lists_keep_upstream_spelling():
+    assert "teddy_bear" in splits.read_class_list("sketchy_25_unseen")
+    tu = splits.read_class_list("tuberlin_30_unseen")
+    assert {"bottle opener", "hot air balloon", "frying-pan", "t-shirt"} <= set(tu)
+    assert "palm_tree" in splits.read_class_list("quickdraw_unseen_doodle2search")
