@@ -163,36 +163,53 @@ def test_quickdraw_npz_and_bad_lines(tmp_path):
     assert m["num_records"] == 1 and m["skipped"]["items"][0]["path"].endswith("ant.ndjson:2")
 
 
-def test_sketchzooms_layout(tmp_path):
-    root = tmp_path / "sz"
+def write_sketchzooms_tree(root, size=(40, 30)):
+    """A tiny tree in the original SketchZooms layout: `csv/train.csv` as pandas writes it
+    (leading unnamed index column), `view` = "<view of model_0> <view of model_1>", and one
+    point-centred PNG per (model, point, view). Returns the rows written."""
     (root / "csv").mkdir(parents=True)
     rows = [
-        "model_0,model_1,index_0,index_1,view,model",
-        "m1,m2,3,3,0,Chair",
-        "m2,m1,5,5,1,Chair",
-        "a1,a2,0,0,2,Airplane",
+        # model_0, model_1, index_0, index_1, view, model
+        ("m1", "m2", 3, 7, "0 4", "Chair"),
+        ("m2", "m3", 5, 2, "1 8", "Chair"),
+        ("m3", "m1", 9, 6, "5 5", "Chair"),
+        ("a1", "a2", 0, 11, "2 6", "Airplane"),
+        ("a2", "a1", 4, 1, "4 0", "Airplane"),
     ]
-    (root / "csv" / "train.csv").write_text("\n".join(rows) + "\n")
-    for cat, model, idx, view in [
-        ("Chair", "m1", 3, 0),
-        ("Chair", "m2", 3, 0),
-        ("Chair", "m2", 5, 1),
-        ("Chair", "m1", 5, 1),
-        ("Airplane", "a1", 0, 2),
-        ("Airplane", "a2", 0, 2),
-    ]:
-        _img(root / f"pts_{cat}" / model / str(idx) / f"view_{view}.png", size=(40, 30))
+    lines = [",model_0,model_1,index_0,index_1,view,model"]
+    lines += [f"{i},{','.join(map(str, r))}" for i, r in enumerate(rows)]
+    (root / "csv" / "train.csv").write_text("\n".join(lines) + "\n")
+    for m0, m1, i0, i1, view, cat in rows:
+        v0, v1 = view.split()
+        _img(root / f"pts_{cat}" / m0 / str(i0) / f"view_{v0}.png", size=size)
+        _img(root / f"pts_{cat}" / m1 / str(i1) / f"view_{v1}.png", size=size)
+    return rows
+
+
+def test_sketchzooms_layout(tmp_path):
+    root = tmp_path / "sz"
+    rows = write_sketchzooms_tree(root)
     m = prepare("sketchzooms", root, tmp_path / "out")
     assert m["kind"] == "correspondence_pair"
     assert m["classes"] == ["Airplane", "Chair"]
-    assert m["counts"]["per_class"] == {"Airplane": 1, "Chair": 2}
+    assert m["num_records"] == len(rows)  # every row converts
+    assert m["counts"]["per_class"] == {"Airplane": 2, "Chair": 3}
     recs = [schema.parse_correspondence_pair(r) for r in tfrecord.record_dataset(tmp_path / "out")]
     chair = [r for r in recs if r[schema.CATEGORY].numpy() == b"Chair"]
     np.testing.assert_array_equal(chair[0][schema.POINTS_A].numpy(), [[20.0, 15.0]])
-    assert {int(r[schema.POINT_IDS][0]) for r in chair} == {3, 5}
-    (root / "pts_Chair" / "m1" / "5" / "view_1.png").unlink()
-    with pytest.raises(BadInputError, match=r"train.csv:3: .*view_1.png"):
+    assert {int(r[schema.POINT_IDS][0]) for r in chair} == {3, 5, 9}
+    # Drawing A uses the first view id, drawing B the second.
+    views = {(r[schema.VIEW_A].numpy().decode(), r[schema.VIEW_B].numpy().decode()) for r in recs}
+    assert views == {tuple(r[4].split()) for r in rows}
+    (root / "pts_Chair" / "m3" / "2" / "view_8.png").unlink()  # B of row 2
+    with pytest.raises(BadInputError, match=r"train.csv:3: .*m3/2/view_8.png"):
         prepare("sketchzooms", root, tmp_path / "out2")
+    m = prepare("sketchzooms", root, tmp_path / "out2b", skip_bad=True)
+    assert m["num_records"] == len(rows) - 1 and len(m["skipped"]["items"]) == 1
+    bad = (root / "csv" / "train.csv").read_text().replace("0 4", "0")
+    (root / "csv" / "train.csv").write_text(bad)
+    with pytest.raises(BadInputError, match=r"train.csv:2: view='0': expected two view ids"):
+        prepare("sketchzooms", root, tmp_path / "out4")
     (root / "csv" / "test.csv").write_text("model_0,model_1,index_0,view,model\n")
     with pytest.raises(ValueError, match=r"missing columns \['index_1'\]"):
         prepare("sketchzooms", root, tmp_path / "out3", split="test")

@@ -1,19 +1,22 @@
 """The original SketchZooms layout -> `correspondence_pair` records.
 
-Layout (as distributed with the SketchZooms code):
+Layout (as read by the original code, `utils/SZDataset.py` of pablo1n7/SketchZoomsDeep):
 
 ```
-<root>/csv/train.csv, <root>/csv/test.csv   columns: model_0, model_1, index_0, index_1, view, model
+<root>/csv/train.csv, <root>/csv/test.csv   columns: [pandas index,] model_0, model_1,
+                                            index_0, index_1, view, model
 <root>/pts_<Category>/<model>/<point>/view_<v>.png
 ```
 
-Each CSV row names one corresponding point seen on two shapes of one category: the drawing
-`pts_<model>/<model_0>/<index_0>/view_<view>.png` and `pts_<model>/<model_1>/<index_1>/
-view_<view>.png`, where the `model` column is the category. Each PNG is a line drawing
-rendered for (and centred on) that point, so the point's pixel position is the image centre
-`(w / 2, h / 2)` (pixel-corner convention, see `schema`). The semantic point id stored is
-`index_0` (the id of the point on the first shape; `index_1` is kept in `view_b`'s companion
-`instance_b` string as `<model_1>#<index_1>`).
+Each CSV row names one corresponding point seen on two shapes of one category (the `model`
+column): `view` holds TWO view ids separated by a space, `"<v0> <v1>"`; drawing A is
+`pts_<model>/<model_0>/<index_0>/view_<v0>.png` and drawing B is
+`pts_<model>/<model_1>/<index_1>/view_<v1>.png`. A leading unnamed column (the index pandas
+writes) is ignored. Each PNG is a line drawing rendered for (and centred on) that point, so
+the point's pixel position is the image centre `(w / 2, h / 2)` (pixel-corner convention, see
+`schema`). The semantic point id stored is `index_0` (the id of the point on the first shape;
+`index_1` is kept in the `instance_b` string as `<model_1>#<index_1>`), and `view_a` / `view_b`
+hold `v0` / `v1`.
 
 Assumption (not verifiable here without the original data): the PNGs are point-centred;
 `point_location="centre"` is the only mode implemented. Pass `categories=` to restrict.
@@ -62,6 +65,19 @@ def read_rows(csv_path: Path) -> list[dict]:
     return rows
 
 
+def row_views(row: dict) -> tuple[str, str]:
+    """(view of drawing A, view of drawing B) from a row's `view` column, `"<v0> <v1>"`.
+
+    Raises BadInputError naming the row when the column does not hold exactly two ids."""
+    views = row["view"].split()
+    if len(views) != 2:
+        raise BadInputError(
+            f"{row['_where']}: view={row['view']!r}: expected two view ids separated by a "
+            "space ('<view of model_0> <view of model_1>')"
+        )
+    return views[0], views[1]
+
+
 def _drawing(root: Path, category: str, model: str, index: str, view: str):
     path = root / f"pts_{category}" / model / index / f"view_{view}.png"
     data = load_image_bytes(path)
@@ -102,10 +118,13 @@ def prepare(
         for r in rows:
             c = r["model"]
             try:
-                img_a, pa, _ = _drawing(root, c, r["model_0"], r["index_0"], r["view"])
-                img_b, pb, _ = _drawing(root, c, r["model_1"], r["index_1"], r["view"])
+                view_a, view_b = row_views(r)
+                img_a, pa, _ = _drawing(root, c, r["model_0"], r["index_0"], view_a)
+                img_b, pb, _ = _drawing(root, c, r["model_1"], r["index_1"], view_b)
             except BadInputError as e:
-                policy.handle(BadInputError(f"{r['_where']}: {e}"), r["_where"])
+                where = r["_where"]
+                message = str(e) if str(e).startswith(where) else f"{where}: {e}"
+                policy.handle(BadInputError(message), where)
                 continue
             rec = schema.encode_correspondence_pair(
                 img_a,
@@ -117,8 +136,8 @@ def prepare(
                 ids[c],
                 instance_a=f"{r['model_0']}#{r['index_0']}",
                 instance_b=f"{r['model_1']}#{r['index_1']}",
-                view_a=r["view"],
-                view_b=r["view"],
+                view_a=view_a,
+                view_b=view_b,
             )
             writer.write(rec, class_id=ids[c], class_name=c, domain="sketch")
         writer.info.update(split=split, point_location="centre")
