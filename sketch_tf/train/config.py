@@ -266,20 +266,26 @@ def validate_run_sections(config: ml_collections.ConfigDict) -> list[str]:
         )
     for section in ("stages", "ablations"):
         tree = config.get(section) or {}
+        base = without_recipes(config, keep_stages=section == "ablations")
         for name in tree.keys() if tree else ():
             try:
-                apply_overrides(_without_recipes(config), tree[name], f"{section}.{name}")
+                apply_overrides(base, tree[name], f"{section}.{name}")
             except ConfigError as e:
                 p.extend(e.problems)
     return p
 
 
-def _without_recipes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` without its stages and ablations (what a stage or an ablation overrides)."""
+def without_recipes(
+    config: ml_collections.ConfigDict, keep_stages: bool = False
+) -> ml_collections.ConfigDict:
+    """A copy of `config` without its ablations and (unless `keep_stages`) its stages: the
+    base that a stage's or an ablation's overrides apply to. An ablation of a multi-stage
+    recipe keeps the stages (`keep_stages=True`) and runs the whole recipe."""
     out = ml_collections.ConfigDict(config.to_dict())
-    if "stage_order" in out:
+    sections = ("ablations",) if keep_stages else ("stages", "ablations")
+    if not keep_stages and "stage_order" in out:
         out.stage_order = ()
-    for section in ("stages", "ablations"):
+    for section in sections:
         if section in out:
             out[section] = ml_collections.ConfigDict()
     return out

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from sketch_tf.train import loop
 from sketch_tf.train import strategy as strategy_lib
-from sketch_tf.train.config import _without_recipes, apply_overrides, validate_config
+from sketch_tf.train.config import apply_overrides, validate_config, without_recipes
 from sketch_tf.train.tasks import Task, get_task_class
 
 CONFIG_FILE = "config.json"
@@ -75,7 +75,7 @@ def stage_configs(
     order = tuple(config.get("stage_order", ()) or ())
     if not order:
         return [("", config, workdir)]
-    base = _without_recipes(config)
+    base = without_recipes(config)
     out = []
     for i, name in enumerate(order):
         overrides = config.stages[name]
@@ -209,7 +209,9 @@ def run_ablations(
     rows = [["model"] + [scalars.get(k, float("nan")) for k in keys]]
     out = {}
     for name in names:
-        ablation = apply_overrides(_without_recipes(config), config.ablations[name], name)
+        ablation = apply_overrides(
+            without_recipes(config, keep_stages=True), config.ablations[name], f"ablations.{name}"
+        )
         validate_config(ablation)
         ab_dir = os.path.join(workdir, ABLATIONS_SUBDIR, name)
         log(f"ablation {name!r} -> {ab_dir}")
