@@ -118,8 +118,10 @@ def test_retrieval_metrics_hand_example_and_keys():
     assert out["map_all"] == pytest.approx((1 + 2 / 3) / 2)
     assert out["map_200"] == pytest.approx((1 + 2 / 3) / 2)
     assert out["map_200_sake"] == pytest.approx((1 + 2 / 3) / 2)
+    assert out["map_all_sake"] == pytest.approx((1 + 2 / 3) / 2)  # precision never rises here
     assert out["p_100"] == pytest.approx(2 / 4)  # gallery of 4 < k: divide by 4
-    assert set(out) >= {"map_all", "map_200", "p_100", "p_200", "per_class", "num_queries"}
+    assert set(out) >= {"map_all", "map_all_sake", "map_200", "p_100", "p_200", "per_class"}
+    assert "map_all_sake" in out["per_class"]["a"]
     assert out["per_class"]["a"]["num_queries"] == 1
 
 
@@ -167,3 +169,69 @@ def test_random_baseline_approaches_expectation():
     assert out["p_100"] == pytest.approx(0.2, abs=0.01)
     assert out["expected_p_100"] == pytest.approx(0.2)
     assert 0.0 <= out["map_200"] <= 1.0 and out["num_gallery"] == 300
+    # The interpolated (SAKE) AP of a random ranking is clearly above scikit-learn's.
+    assert out["map_all_sake"] > out["map_all"] + 0.01
+
+
+def _voc_ap_reference(scores, rel, top=None):
+    """Loop version of SAKE's definition: recall / precision curve, precision envelope, sum of
+    the envelope over the recall steps (with end points recall 0 / 1 at precision 0)."""
+    order = np.argsort(-scores, kind="stable")
+    hit = rel[order].astype(bool)
+    n_pos = int(rel.sum())
+    if top is not None:
+        hit, n_pos = hit[:top], min(top, n_pos)
+    tp = np.cumsum(hit)
+    fp = np.cumsum(~hit)
+    recall = np.concatenate([[0.0], tp / n_pos, [1.0]])
+    precision = np.concatenate([[0.0], tp / (tp + fp), [0.0]])
+    for i in range(len(precision) - 2, -1, -1):
+        precision[i] = max(precision[i], precision[i + 1])
+    total = 0.0
+    for i in range(1, len(recall)):
+        if recall[i] != recall[i - 1]:
+            total += (recall[i] - recall[i - 1]) * precision[i]
+    return total
+
+
+def test_average_precision_sake_hand_computed():
+    # Ranking: rel, non, non, rel, rel. Precision at the ranks: 1, 1/2, 1/3, 2/4, 3/5.
+    # scikit-learn: (1 + 2/4 + 3/5) / 3 = 0.7; SAKE interpolates rank 4 up to max(2/4, 3/5):
+    # (1 + 3/5 + 3/5) / 3 = 0.7333.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    rel = np.array([1, 0, 0, 1, 1], bool)
+    assert R.average_precision(scores, rel) == pytest.approx(0.7)
+    assert R.average_precision_sake(scores, rel) == pytest.approx((1 + 0.6 + 0.6) / 3)
+    # top=3: only rank 1 is a relevant hit; divided by min(3, 3 relevant) = 3.
+    assert R.average_precision_sake(scores, rel, top=3) == pytest.approx(1 / 3)
+    # top=2 with 3 relevant items: divided by min(2, 3) = 2.
+    assert R.average_precision_sake(scores, rel, top=2) == pytest.approx(1 / 2)
+    assert R.average_precision_sake([0.3, 0.2], [False, False]) == 0.0
+    q = np.array([[0.0]])
+    g = np.array([[0.9], [1.0], [1.1], [1.2], [1.3]])  # distances give the same ranking
+    out = R.retrieval_metrics(q, [1], g, [1, 0, 0, 1, 1])
+    assert out["map_all"] == pytest.approx(0.7)
+    assert out["map_all_sake"] == pytest.approx(2.2 / 3)
+    with pytest.raises(ValueError, match="relevant"):
+        R.average_precision_sake([0.1, 0.2], [True])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_map_all_sake_matches_reference_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(31, 5))
+    g = rng.normal(size=(143, 5))
+    ql = rng.integers(0, 4, size=31)
+    gl = rng.integers(0, 4, size=143)
+    out = R.retrieval_metrics(q, ql, g, gl, map_at=(20,), max_chunk_bytes=1, return_per_query=True)
+    scores = R.similarity(q, g)
+    ref = [_voc_ap_reference(scores[i], gl == ql[i]) for i in range(len(q))]
+    ref20 = [_voc_ap_reference(scores[i], gl == ql[i], top=20) for i in range(len(q))]
+    np.testing.assert_allclose(out["per_query"]["map_all_sake"], ref, atol=1e-12)
+    np.testing.assert_allclose(out["per_query"]["map_20_sake"], ref20, atol=1e-12)
+    single = [R.average_precision_sake(scores[i], gl == ql[i]) for i in range(len(q))]
+    np.testing.assert_allclose(single, ref, atol=1e-12)
+    assert out["map_all_sake"] == pytest.approx(np.mean(ref))
+    # Interpolation only raises precision: SAKE's AP >= scikit-learn's for every query.
+    assert np.all(out["per_query"]["map_all_sake"] >= out["per_query"]["map_all"] - 1e-12)
+    assert out["map_all_sake"] > out["map_all"]

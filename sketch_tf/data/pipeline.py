@@ -25,6 +25,10 @@ from sketch_tf.data import schema, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 NEGATIVES = ("random", "class_embedding")
+#: How `triplet_batches` draws the negative class from class embeddings (`negative_class_logits`).
+NEGATIVE_SAMPLING = ("inverse_distance", "softmax")
+#: How `triplet_batches` draws the anchor class (`class_pairs`).
+ANCHOR_SAMPLING = ("uniform", "sketch_count")
 
 #: Train-time affine ranges: rotation +-degrees, scale 1 +- scale, shift +- fraction of side.
 AFFINE_MAX_DEGREES, AFFINE_MAX_SCALE, AFFINE_MAX_SHIFT = 10.0, 0.1, 0.05
@@ -519,24 +523,98 @@ def _prep_labelled(rec, s, image_size, training, sketch_domain):
     return {"image": img, "class_id": r[schema.CLASS_ID], "domain": r[schema.DOMAIN]}
 
 
-def negative_class_logits(embeddings: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """[C, C] logits for picking the negative class n given anchor class a.
-
-    logits[a, n] = -||e_a - e_n|| / temperature (Euclidean distance between class embeddings),
-    so semantically closer classes (harder negatives) are drawn more often; the diagonal is
-    -inf (a class is never its own negative).
-    """
+def _class_distances(embeddings) -> np.ndarray:
     e = np.asarray(embeddings, np.float64)
     if e.ndim != 2 or e.shape[0] < 2:
         raise ValueError(f"class embeddings must be [C >= 2, D], got {e.shape}")
     if not np.all(np.isfinite(e)):
         raise ValueError("class embeddings contain NaN or inf")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    d = np.sqrt(np.maximum(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1), 0.0))
-    logits = -d / temperature
+    return np.sqrt(np.maximum(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1), 0.0))
+
+
+def negative_class_logits(
+    embeddings: np.ndarray, sampling: str = "inverse_distance", temperature: float | None = None
+) -> np.ndarray:
+    """[C, C] logits (unnormalised log-probabilities) of the negative class n given anchor a.
+
+    With d[a, n] = ||e_a - e_n|| (Euclidean distance between class embeddings [C, D]):
+
+    - ``sampling="inverse_distance"`` (the original zero-shot SBIR code, its
+      ``SketchyTrainDataset``): P(n | a) proportional to ``1 / d[a, n]`` over n != a, so
+      logits = ``-log d``. A zero distance between two *different* classes (duplicate
+      embeddings) gets weight 1, as upstream does (it sets the 0/0 similarity to 1.0).
+      `temperature` must be None.
+    - ``sampling="softmax"``: P(n | a) = softmax over n != a of ``-d[a, n] / temperature``
+      (temperature > 0, 1.0 when None).
+
+    Closer classes (harder negatives) are drawn more often either way; the diagonal is -inf (a
+    class is never its own negative). `negative_class_probabilities` gives the normalised rows.
+
+    Returns:
+      float32 [C, C]; ``tf.random.stateless_categorical`` of row a draws n.
+    """
+    if sampling not in NEGATIVE_SAMPLING:
+        raise ValueError(f"sampling must be one of {NEGATIVE_SAMPLING}, got {sampling!r}")
+    d = _class_distances(embeddings)
+    if sampling == "softmax":
+        t = 1.0 if temperature is None else float(temperature)
+        if t <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        logits = -d / t
+    else:
+        if temperature is not None:
+            raise ValueError(
+                "temperature applies to sampling='softmax' only, got temperature="
+                f"{temperature} with sampling='inverse_distance'"
+            )
+        logits = -np.log(np.where(d > 0, d, 1.0))  # weight 1 / d, or 1 where d == 0
     np.fill_diagonal(logits, -np.inf)
     return logits.astype(np.float32)
+
+
+def negative_class_probabilities(
+    embeddings: np.ndarray, sampling: str = "inverse_distance", temperature: float | None = None
+) -> np.ndarray:
+    """[C, C] float64 P(negative class n | anchor class a): rows sum to 1, zero diagonal.
+
+    The normalised `negative_class_logits` (same arguments).
+    """
+    logits = negative_class_logits(embeddings, sampling, temperature).astype(np.float64)
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def class_pairs(
+    negative_logits: np.ndarray, seed: int, anchor_weights: np.ndarray | None = None
+) -> tf.data.Dataset:
+    """Endless (anchor, negative) class index pairs: int64 scalars in [0, C).
+
+    The anchor a is uniform over the C classes (`anchor_weights` None) or drawn with
+    probability proportional to `anchor_weights` [C] (e.g. the per-class sketch counts: the
+    class distribution of a pass over the training sketches); the negative n is drawn from row
+    a of `negative_logits` [C, C] (`negative_class_logits`, or 0 off the diagonal for uniform).
+    Element i uses the stateless seed ``[seed, i]``.
+    """
+    logits_t = tf.constant(np.asarray(negative_logits, np.float32))
+    n = int(logits_t.shape[0])
+    anchor_logits = None
+    if anchor_weights is not None:
+        w = np.asarray(anchor_weights, np.float64)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"anchor_weights must be {n} finite weights >= 0, got {w}")
+        with np.errstate(divide="ignore"):
+            anchor_logits = tf.constant(np.log(w)[None].astype(np.float32))
+
+    def choose(s):
+        s2 = tf.random.experimental.stateless_split(s, 2)
+        if anchor_logits is None:
+            a = tf.random.stateless_uniform([], s2[0], 0, n, dtype=tf.int64)
+        else:
+            a = tf.random.stateless_categorical(anchor_logits, 1, s2[0], dtype=tf.int64)[0, 0]
+        neg = tf.random.stateless_categorical(logits_t[a][None], 1, s2[1], dtype=tf.int64)[0, 0]
+        return a, neg
+
+    return _seeds(seed).map(choose)
 
 
 def triplet_batches(
@@ -546,23 +624,33 @@ def triplet_batches(
     seed: int = 0,
     negatives: str = "random",
     class_embeddings=None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     classes=None,
     sketch_domain: str = "sketch",
     photo_domain: str = "photo",
     training: bool = True,
     shuffle_buffer: int = 256,
+    negative_sampling: str = "inverse_distance",
+    anchor_sampling: str = "uniform",
 ) -> tf.data.Dataset:
     """Endless cross-domain triplets: sketch anchor of class a, photo of class a, photo of n != a.
 
     Args:
       batch_size: GLOBAL batch size.
       negatives: "random" (n uniform over the other classes) or "class_embedding" (n drawn
-        with `negative_class_logits` from `class_embeddings`, a [C, D] array over the
-        dataset's full class list or a path to such a .npy).
+        with `negative_class_logits(class_embeddings, negative_sampling, temperature)` from
+        `class_embeddings`, a [C, D] array over the dataset's full class list or a path to such
+        a .npy, restricted to `classes`).
+      negative_sampling: "inverse_distance" (the original's P(n | a) ~ 1 / d) or "softmax"
+        (softmax of -d / temperature); only with negatives="class_embedding".
+      temperature: softmax temperature (None = 1.0); only with negative_sampling="softmax".
+      anchor_sampling: "uniform" (the anchor class uniform over `classes`) or "sketch_count"
+        (proportional to each class's number of sketches in the manifest, i.e. the class mix
+        of the original's pass over every training sketch).
       classes: restrict to these class names (e.g. the seen classes of a split).
-
-    Images go through `preprocess` (training: the fused `augment_train_image`).
+      training: True augments every image (the fused `augment_train_image`); False gives the
+        evaluation preprocessing (fit + centre crop/pad, no randomness in the pixels). The
+        streams are endless and shuffled either way.
 
     Returns:
       dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
@@ -575,6 +663,14 @@ def triplet_batches(
     n = len(ids)
     if n < 2:
         raise ValueError("triplets need at least 2 classes")
+    if anchor_sampling not in ANCHOR_SAMPLING:
+        raise ValueError(
+            f"anchor_sampling must be one of {ANCHOR_SAMPLING}, got {anchor_sampling!r}"
+        )
+    if negative_sampling not in NEGATIVE_SAMPLING:
+        raise ValueError(
+            f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}"
+        )
     if negatives == "class_embedding":
         if class_embeddings is None:
             raise ValueError("negatives='class_embedding' needs class_embeddings")
@@ -589,19 +685,15 @@ def triplet_batches(
                 f"class embeddings must be [{len(manifest['classes'])}, D] (one row per "
                 f"dataset class), got {emb.shape}"
             )
-        logits = negative_class_logits(emb[ids], temperature)
+        logits = negative_class_logits(emb[ids], negative_sampling, temperature)
     else:
         logits = np.full((n, n), 0.0, np.float32)
         np.fill_diagonal(logits, -np.inf)
-    logits_t = tf.constant(logits)
-
-    def choose(s):
-        s2 = tf.random.experimental.stateless_split(s, 2)
-        a = tf.random.stateless_uniform([], s2[0], 0, n, dtype=tf.int64)
-        neg = tf.random.stateless_categorical(logits_t[a][None], 1, s2[1], dtype=tf.int64)[0, 0]
-        return a, neg
-
-    pairs = _seeds(seed + 1).map(choose)
+    anchor_weights = None
+    if anchor_sampling == "sketch_count":
+        per_class = manifest["counts"]["per_domain_class"][sketch_domain]
+        anchor_weights = [per_class.get(manifest["classes"][c], 0) for c in ids]
+    pairs = class_pairs(logits, seed + 1, anchor_weights)
 
     def streams(domain, offset):
         return [
@@ -712,3 +804,94 @@ def correspondence_batches(
 
     ds = tf.data.Dataset.zip((ds, _seeds(seed))).map(prep, num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE).with_options(_options())
+
+
+def correspondence_triplets(
+    dataset_dir,
+    num_candidates: int = 5,
+    image_size: int = 512,
+    seed: int = 0,
+    classes=None,
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
+    """Endless, unbatched SketchZooms triplets as the original draws them (`utils/SZDataset.py`):
+    one corresponding point seen in drawing A (anchor) and drawing B (positive) of a record,
+    and `num_candidates` negative candidates, each a point of drawing B of another random
+    record *of the same category* (the original tries up to 5 and keeps the first semi-hard
+    one; that choice needs the model and is made in the loss).
+
+    A record's category is drawn in proportion to its record count (the original walks its
+    shuffled CSV), then the record from that category's shuffled stream; negatives come from
+    a second, independently shuffled stream of the same category. Records with several
+    points (the synthetic world) contribute one random point per draw. Images are resized to
+    `image_size` (aspect kept, white pad) and points mapped with them.
+
+    Returns:
+      dict {"image_a", "image_b": [S, S, 3] float32, "point_a", "point_b": [2] float32 (x, y),
+      "neg_images": [C, S, S, 3], "neg_points": [C, 2], "category_id": int64 [],
+      "neg_category_ids": int64 [C]}, C = `num_candidates`.
+    """
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_CORRESPONDENCE_PAIR)
+    ids = _check_classes(manifest, classes, [], dataset_dir)
+    per_class = manifest["counts"]["per_class"]
+    names = manifest["classes"]
+    counts = np.array([per_class.get(names[i], 0) for i in ids], np.float64)
+    if not counts.sum():
+        raise ValueError(f"{dataset_dir}: no records of classes {[names[i] for i in ids]}")
+    logits = tf.constant(np.log(np.maximum(counts, 1e-30))[None], tf.float32)
+
+    def streams(offset):
+        return [
+            _class_domain_stream(
+                dataset_dir, manifest, c, None, seed + offset + 7919 * (i + 1), shuffle_buffer
+            )
+            for i, c in enumerate(ids)
+        ]
+
+    category = _seeds(seed + 1).map(
+        lambda s: tf.random.stateless_categorical(logits, 1, s, dtype=tf.int64)[0, 0]
+    )
+    anchors = tf.data.Dataset.choose_from_datasets(streams(11), category)
+    negatives = tf.data.Dataset.choose_from_datasets(
+        streams(23),
+        category.flat_map(lambda c: tf.data.Dataset.from_tensors(c).repeat(num_candidates)),
+    ).batch(num_candidates, drop_remainder=True)
+
+    def fit(encoded, pts):
+        img, scale, offset = resize_pad_geometry(decode_image(encoded), image_size, 1.0)
+        return img, pts * scale + offset
+
+    def one_point(rec, s, sides):
+        r = schema.parse_correspondence_pair(rec)
+        n = tf.shape(r[schema.POINT_IDS])[0]
+        j = tf.random.stateless_uniform([], s, 0, tf.maximum(n, 1), dtype=tf.int32)
+        out = []
+        for image_key, points_key in sides:
+            img, pts = fit(r[image_key], r[points_key])
+            out += [img, pts[j]]
+        return out + [r[schema.CATEGORY_ID]]
+
+    def prep(anchor, candidates, cat, s):
+        s2 = tf.random.experimental.stateless_split(s, num_candidates + 1)
+        img_a, pt_a, img_b, pt_b, cat_id = one_point(
+            anchor, s2[0], [(schema.IMAGE_A, schema.POINTS_A), (schema.IMAGE_B, schema.POINTS_B)]
+        )
+        negs = [
+            one_point(candidates[i], s2[i + 1], [(schema.IMAGE_B, schema.POINTS_B)])
+            for i in range(num_candidates)
+        ]
+        return {
+            "image_a": img_a,
+            "point_a": pt_a,
+            "image_b": img_b,
+            "point_b": pt_b,
+            "neg_images": tf.stack([x[0] for x in negs]),
+            "neg_points": tf.stack([x[1] for x in negs]),
+            "category_id": cat_id,
+            "neg_category_ids": tf.stack([x[2] for x in negs]),
+        }
+
+    ds = tf.data.Dataset.zip((anchors, negatives, category, _seeds(seed)))
+    return ds.map(prep, num_parallel_calls=AUTOTUNE).with_options(_options())

@@ -17,21 +17,38 @@ Protocol (what every figure this module returns means):
 * **mAP@all** (``map_all``). Mean over queries of the average precision computed exactly like
   ``sklearn.metrics.average_precision_score(relevant, scores)``: ``AP = sum_n (R_n - R_{n-1}) P_n``
   over the *distinct* score thresholds, i.e. a group of tied items enters the curve as one step and
-  the result does not depend on the order inside the group. This is also what Doodle-to-Search's
-  evaluation code computes (``average_precision_score`` per query, then the mean). A query with no
-  relevant gallery item has AP 0.0 (scikit-learn also returns 0 there, with a warning); such
-  queries stay in the mean and are counted in ``num_queries_without_relevant``.
+  the result does not depend on the order inside the group. A query with no relevant gallery item
+  has AP 0.0 (scikit-learn also returns 0 there, with a warning); such queries stay in the mean
+  and are counted in ``num_queries_without_relevant``.
+* **mAP@all, SAKE/VOC style** (``map_all_sake``, :func:`average_precision_sake`). SAKE's
+  ``eval_AP_inner`` + ``VOCap`` (``src/test_cse_resnet_tuberlin_zeroshot.py``, imported by its
+  Sketchy script): the precision curve is made monotone (``p_interp(k) = max_{j >= k} P_j``) and
+  summed at every relevant rank, divided by the number of relevant items. Always >= ``map_all``
+  (0.233 vs 0.214 for random rankings of 300 items with 60 relevant). No tie grouping (SAKE ranks
+  with ``np.argsort(-scores)``; we use our stable ranking). SAKE gets NaN for a query without
+  relevant items and averages with ``np.nanmean``; we count 0.0 as for ``map_all``.
 * **mAP@200** (``map_200``). The public evaluation codes disagree, so both are reported:
 
-  - ``map_200`` (Doodle-to-Search definition; its public ``test.py`` computes
-    ``average_precision_score(rel[top200], sim[top200])`` on the 200 best-ranked items): AP over
-    the top-200 list only, normalised by the number of relevant items *retrieved in the top 200*
-    (0.0 when none is retrieved), ties inside the list grouped as for mAP@all. Equal to
-    ``average_precision_score`` applied to the top-200 slice of our ranking.
+  - ``map_200`` (SEM-PCYC definition: ``utils.apsak(sim, str_sim, k=200)`` in its public
+    ``src/utils.py``, called from ``src/test.py``): ``average_precision_score`` on the 200
+    best-ranked items (``(-sim).argsort()[:, :200]``), i.e. AP over the top-200 list only,
+    normalised by the number of relevant items *retrieved in the top 200* (0.0 when none is
+    retrieved), ties inside the list grouped as for mAP@all. Equal to
+    ``average_precision_score`` applied to the top-200 slice of our ranking. (Doodle-to-Search's
+    ``src/test.py`` has the same top-200 computation, but commented out: its live code reports
+    mAP@all only.)
   - ``map_200_sake`` (SAKE's ``eval_AP_inner(..., top=200)`` + ``VOCap``): VOC-style
     *interpolated* precision (``max`` precision at any later rank) summed at each relevant rank of
     the top-200 list and normalised by ``min(200, number of relevant items in the gallery)``. No
     tie grouping (SAKE sorts with ``np.argsort(-scores)``; we use our stable ranking).
+
+  Which figure a paper reports (checked in the public evaluation code): scikit-learn AP
+  (``map_all``, ``map_200``) in SEM-PCYC (Dutta & Akata, CVPR 2019), Doodle-to-Search
+  (Dey et al., CVPR 2019; mAP@all only) and the zero-shot SBIR GRL code this project reimplements
+  (ashok-arjun/Zero-Shot-Sketch-Based-Image-Retrieval, ``evaluate.py``, mAP@all only);
+  VOC-interpolated AP (``map_all_sake``, ``map_200_sake``) in SAKE (Liu et al., ICCV 2019) and
+  in the papers that reuse SAKE's evaluation script. Compare a figure only with figures of the
+  same definition.
 
 * **P@k** (``p_100``, ``p_200``). Relevant items among the top ``k`` ranked ones divided by ``k``
   (by the number of ranked items instead when the gallery holds fewer than ``k``, as SAKE's
@@ -167,6 +184,43 @@ def average_precision(scores, relevant) -> float:
     return float(ap[0])
 
 
+def average_precision_sake(scores, relevant, top: int | None = None) -> float:
+    """SAKE's VOC-style interpolated average precision of one query (``map_all_sake``).
+
+    Ranks by descending score (stable: ties keep input order), takes the precision ``P_k`` at
+    every rank ``k`` of the first ``top`` ranks (all when None), replaces it by its upper envelope
+    ``max_{j >= k} P_j`` and sums the envelope over the relevant ranks; the sum is divided by the
+    number of relevant items, ``min(top, that number)`` when ``top`` is given. This is SAKE's
+    ``eval_AP_inner(..., top)`` + ``VOCap``: VOCap's recall steps are ``1 / denominator`` at each
+    relevant rank and its appended end point (recall 1, precision 0) adds nothing.
+
+    Args:
+      scores: float array [N], higher = more similar. ``-inf`` is allowed (ranked last).
+      relevant: bool array [N], True for gallery items of the query's class.
+      top: optional cut-off (``top=200`` gives ``map_200_sake``).
+
+    Returns:
+      AP in [0, 1] as a Python float; 0.0 when no item is relevant (SAKE gets NaN there).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    r = np.asarray(relevant)
+    if s.ndim != 1 or r.shape != s.shape:
+        raise ValueError(
+            f"scores {s.shape} and relevant {r.shape}: expected two 1-D arrays of equal length"
+        )
+    if np.any(np.isnan(s)):
+        raise ValueError("scores: contains NaN")
+    if top is not None and int(top) <= 0:
+        raise ValueError(f"top: expected a positive cut-off, got {top}")
+    r = r.astype(bool)
+    ranked = r[np.argsort(-s, kind="stable")]
+    n_rel = int(r.sum())
+    if top is not None:
+        ranked = ranked[: int(top)]
+        n_rel = min(int(top), n_rel)
+    return float(_interpolated_ap(ranked[None, :], np.array([n_rel]))[0])
+
+
 def _metrics_from_scores(
     scores: np.ndarray,
     rel: np.ndarray,
@@ -179,7 +233,11 @@ def _metrics_from_scores(
     s_sorted = np.take_along_axis(scores, order, axis=1)
     r_sorted = np.take_along_axis(rel, order, axis=1)
     n_rel = r_sorted.sum(axis=1)
-    out = {"map_all": _tie_grouped_ap(r_sorted, s_sorted, n_rel), "num_relevant": n_rel}
+    out = {
+        "map_all": _tie_grouped_ap(r_sorted, s_sorted, n_rel),
+        "map_all_sake": _interpolated_ap(r_sorted, n_rel),
+        "num_relevant": n_rel,
+    }
     cumtp = np.cumsum(r_sorted, axis=1)
     for k in precision_at:
         kk = np.minimum(k, valid_count)
@@ -213,10 +271,16 @@ def _summarise(
     return result
 
 
+def _metric_keys(precision_at: Sequence[int], map_at: Sequence[int]) -> list[str]:
+    keys = ["map_all", "map_all_sake"] + [f"p_{k}" for k in precision_at]
+    return keys + [f"map_{k}" for k in map_at] + [f"map_{k}_sake" for k in map_at]
+
+
 def _chunk_rows(num_gallery: int, max_chunk_bytes: int) -> int:
     # Up to ~16 [chunk, N] 8-byte arrays are alive at once (scores, sort order, sorted copies,
-    # cumulative sums, tie-group indices and temporaries), measured with bench/retrieval_bench.py.
-    return max(1, int(max_chunk_bytes // max(1, 16 * 8 * num_gallery)))
+    # cumulative sums, tie-group indices and temporaries), measured with bench/retrieval_bench.py;
+    # 4 more for the interpolated precision of map_all_sake (estimated, not re-measured).
+    return max(1, int(max_chunk_bytes // max(1, 20 * 8 * num_gallery)))
 
 
 def retrieval_metrics(
@@ -243,12 +307,13 @@ def retrieval_metrics(
       query_ids, gallery_ids: optional [Q] / [N] item ids; when both are given a gallery item
         with the query's id is excluded from that query's ranking (no self matches).
       precision_at: cut-offs k for ``p_{k}``.
-      map_at: cut-offs k for ``map_{k}`` (Doodle-to-Search) and ``map_{k}_sake`` (SAKE).
+      map_at: cut-offs k for ``map_{k}`` (SEM-PCYC) and ``map_{k}_sake`` (SAKE).
       max_chunk_bytes: memory budget of one query chunk.
       return_per_query: also return ``per_query`` {metric: float array [Q]}.
 
     Returns:
-      dict with ``map_all``, ``map_200``, ``map_200_sake``, ``p_100``, ``p_200`` (floats in
+      dict with ``map_all``, ``map_all_sake``, ``map_200``, ``map_200_sake``, ``p_100``,
+      ``p_200`` (floats in
       [0, 1]), ``per_class`` {label: {same keys, num_queries, num_relevant}}, ``num_queries``,
       ``num_gallery``, ``num_queries_without_relevant``, ``metric``.
     """
@@ -291,8 +356,7 @@ def retrieval_metrics(
     per_query = {key: np.concatenate(val) for key, val in parts.items()}
     if not per_query:
         raise ValueError("query_embeddings: no queries given")
-    keys = ["map_all"] + [f"p_{k}" for k in precision_at]
-    keys += [f"map_{k}" for k in map_at] + [f"map_{k}_sake" for k in map_at]
+    keys = _metric_keys(precision_at, map_at)
     result = _summarise(per_query, ql, keys)
     result.update(num_queries=int(q.shape[0]), num_gallery=int(n), metric=metric)
     if return_per_query:
@@ -350,8 +414,7 @@ def random_ranking_baseline(
         raise ValueError(f"repeats: expected a positive count, got {repeats}")
     rng = np.random.default_rng(seed)
     n = len(gl)
-    keys = ["map_all"] + [f"p_{k}" for k in precision_at]
-    keys += [f"map_{k}" for k in map_at] + [f"map_{k}_sake" for k in map_at]
+    keys = _metric_keys(precision_at, map_at)
     rows = _chunk_rows(n, max_chunk_bytes)
     per_query = {key: np.zeros(len(ql)) for key in keys}
     per_query["num_relevant"] = np.zeros(len(ql))

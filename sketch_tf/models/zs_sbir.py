@@ -8,7 +8,9 @@ tower for both domains).
 Domain classifier: GradientReversal -> 4 x [Dense 1024, BatchNorm, ReLU] -> Dense 1 (a logit of
 "is a photo"). The GRL makes the towers *maximise* the classifier's loss, i.e. learn
 domain-invariant embeddings; its lambda is set per epoch by the task's schedule through
-`set_grl_lambda`.
+`set_grl_lambda`. `domain_logits` runs it on the sketch and photo embeddings of a batch, either
+once on their concatenation ("joint": BatchNorm statistics over all domains) or once per domain
+("separate": per-domain BatchNorm statistics, as the original's three calls).
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import inspect
 from typing import Any
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from sketch_tf.models.backbones import BACKBONES, build_backbone
 from sketch_tf.models.layers import GradientReversal, L2Normalize
 
 __all__ = [
+    "DOMAIN_BATCHES",
     "build_domain_classifier",
     "build_tower",
     "build_zs_sbir_models",
+    "domain_logits",
     "grl_layer",
     "photo_tower",
     "set_grl_lambda",
@@ -34,6 +38,8 @@ __all__ = [
 
 #: Name of the GradientReversal layer inside the domain classifier.
 GRL_LAYER_NAME = "grl"
+#: How `domain_logits` batches the embeddings of the domains through the classifier.
+DOMAIN_BATCHES = ("joint", "separate")
 
 
 def build_tower(
@@ -80,6 +86,8 @@ def build_domain_classifier(
     hidden: int = 1024,
     num_layers: int = 4,
     grl_lambda: float = 0.0,
+    bn_momentum: float = 0.99,
+    bn_epsilon: float = 1e-3,
     name: str = "domain_classifier",
 ) -> keras.Model:
     """GRL -> num_layers x [Dense hidden, BatchNorm, ReLU] -> Dense 1.
@@ -88,17 +96,26 @@ def build_domain_classifier(
       embed_dim: size of the embeddings fed in (float32 [B, embed_dim]).
       hidden, num_layers: the MLP (1024 and 4 in the original).
       grl_lambda: initial lambda of the gradient reversal layer.
+      bn_momentum, bn_epsilon: of every BatchNormalization, Keras convention
+        (``moving = momentum * moving + (1 - momentum) * batch``). Defaults: Keras's 0.99 / 1e-3;
+        PyTorch's BatchNorm1d (the original) is momentum 0.9 / epsilon 1e-5 in this convention.
 
     Returns:
       keras.Model float32 [B, embed_dim] -> [B, 1] logits (sigmoid = P(photo)).
     """
     if hidden <= 0 or num_layers < 0:
         raise ValueError(f"hidden must be > 0 and num_layers >= 0, got {hidden}, {num_layers}")
+    if not 0.0 <= bn_momentum < 1.0 or bn_epsilon <= 0:
+        raise ValueError(
+            f"bn_momentum must be in [0, 1) and bn_epsilon > 0, got {bn_momentum}, {bn_epsilon}"
+        )
     inp = keras.Input((embed_dim,), name="embedding")
     x = GradientReversal(grl_lambda, name=GRL_LAYER_NAME)(inp)
     for i in range(num_layers):
         x = layers.Dense(hidden, name=f"dense{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(
+            momentum=float(bn_momentum), epsilon=float(bn_epsilon), name=f"bn{i}"
+        )(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     out = layers.Dense(1, name="logit")(x)
     return keras.Model(inp, out, name=name)
@@ -114,8 +131,10 @@ def build_zs_sbir_models(
     backbone_kwargs: dict[str, Any] | None = None,
     domain_hidden: int = 1024,
     domain_layers: int = 4,
+    domain_bn_momentum: float = 0.99,
+    domain_bn_epsilon: float = 1e-3,
 ) -> dict[str, keras.Model]:
-    """All models of the family.
+    """All models of the family (domain_* arguments: `build_domain_classifier`'s).
 
     Returns:
       {"sketch_tower", "photo_tower", "domain_classifier"} when `shared` is False, else
@@ -139,9 +158,41 @@ def build_zs_sbir_models(
     }  # fmt: skip
     embed_dim = int(next(iter(models.values())).output.shape[-1])
     models["domain_classifier"] = build_domain_classifier(
-        embed_dim, hidden=domain_hidden, num_layers=domain_layers
+        embed_dim,
+        hidden=domain_hidden,
+        num_layers=domain_layers,
+        bn_momentum=domain_bn_momentum,
+        bn_epsilon=domain_bn_epsilon,
     )
     return models
+
+
+def domain_logits(
+    classifier: keras.Model, embeddings, batches: str = "joint", training: bool = True
+):
+    """Domain classifier logits of several equally sized embedding batches.
+
+    Args:
+      classifier: the domain classifier ([B, E] -> [B, 1]).
+      embeddings: list of K float32 [B, E] tensors (e.g. photo+, photo-, sketch).
+      batches: "joint" runs the classifier once on their concatenation [K*B, E], so its
+        BatchNorm normalises with statistics over all K batches (and updates its moving
+        statistics once); "separate" runs it once per batch, in list order, so each batch is
+        normalised with its own statistics (and the moving statistics are updated K times), as
+        the original code's three calls.
+      training: passed to the classifier (BatchNorm batch statistics when True).
+
+    Returns:
+      float32 [K, B] logits, row k for embeddings[k].
+    """
+    if batches not in DOMAIN_BATCHES:
+        raise ValueError(f"batches must be one of {DOMAIN_BATCHES}, got {batches!r}")
+    k = len(embeddings)
+    if batches == "joint":
+        out = classifier(ops.concatenate(list(embeddings), axis=0), training=training)
+        return ops.reshape(out, (k, -1))
+    rows = [ops.reshape(classifier(e, training=training), (-1,)) for e in embeddings]
+    return ops.stack(rows, axis=0)
 
 
 def sketch_tower(models: dict[str, keras.Model]) -> keras.Model:

@@ -3,8 +3,11 @@
 Protocol: queries = every test sketch of the unseen classes, gallery = every test photo of
 the unseen classes (no query is in the gallery: different domains), ranked by `eval.metric`
 (Euclidean or cosine) with ties broken by gallery order; metrics of
-`sketch_tf.eval.retrieval` (mAP@all, mAP@200, P@100, P@200) with per-class tables, next to a
-random ranking of the same queries and gallery. Pictures: a retrieval grid (and the
+`sketch_tf.eval.retrieval` (`METRIC_KEYS`: mAP@all and mAP@200 both as scikit-learn AP and as
+SAKE's VOC-interpolated AP, P@100, P@200) with per-class tables, next to a random ranking of
+the same queries and gallery. Compare `map_all` with papers that use scikit-learn's AP
+(SEM-PCYC, Doodle-to-Search, the original GRL code) and `map_all_sake` with SAKE and the papers
+that reuse its evaluation (see `sketch_tf.eval.retrieval`). Pictures: a retrieval grid (and the
 TensorBoard projector files) under `<workdir>/eval`.
 """
 
@@ -19,6 +22,9 @@ import tensorflow as tf
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.models import zs_sbir as zs_models
+
+#: Scalars (and table columns) of the evaluation; each also as `random_<key>`.
+METRIC_KEYS = ("map_all", "map_all_sake", "map_200", "map_200_sake", "p_100", "p_200")
 
 
 def embed_split(task, models, domain: str, classes: list[str]):
@@ -78,7 +84,7 @@ def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
     rnd = retrieval.random_ranking_baseline(
         ql, gl, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
     )
-    keys = ("map_all", "map_200", "p_100", "p_200")
+    keys = METRIC_KEYS
     scalars = {k: float(res[k]) for k in keys}
     scalars.update({f"random_{k}": float(rnd[k]) for k in keys})
     scalars.update(num_queries=float(len(q)), num_gallery=float(len(g)))

@@ -3,14 +3,27 @@
 Training (seen classes only): a batch holds triplets (sketch of class a, photo of a, photo of
 n != a). Loss per replica share of the global-batch mean:
 
-    total = triplet_weight * triplet + domain_weight * domain
+    total   = triplet_weight * triplet + domain_weight * domain
     triplet = max(||s - p+|| - ||s - p-|| + margin, 0)      (Euclidean, not squared)
-    domain  = mean over {s, p+, p-} of BCE(domain_classifier(GRL(e)), photo ? 1 : 0)
+    domain  = BCE(p+) + BCE(p-) + BCE(s)     (the SUM of the three batch-mean BCEs)
+    BCE(e)  = batch mean of BCE(domain_classifier(GRL(e)), photo ? 1 : 0)
+
+as the original's `domain_loss_ratio * (BCE(p+) + BCE(p-)) + domain_loss_ratio * BCE(s)`
+(train.py), so `loss.domain_weight` is its `domain_loss_ratio` (0.5). `model.domain_batches`
+says whether the classifier sees the three embedding batches at once ("joint") or one after the
+other ("separate", the original: per-domain BatchNorm statistics), `models.zs_sbir.domain_logits`.
 
 Negatives: "random" / "class_embedding" pick the negative photo's class in the input pipeline
-(`pipeline.triplet_batches`); "mined" ignores it and mines in-batch over the *global* batch
-(sketches as queries against every photo of the batch, `losses.mined_triplet_loss`).
-The GRL lambda is set before every step from `grl_lambda(step // steps_per_epoch, ...)`.
+(`pipeline.triplet_batches`; class embeddings drawn with `data.negative_sampling`:
+"inverse_distance" as the original, or "softmax" with `data.negative_temperature`); "mined"
+ignores it and mines in-batch over the *global* batch (sketches as queries against every photo
+of the batch, `losses.mined_triplet_loss`). `data.train_augment=False` trains on the evaluation
+preprocessing (no augmentation, as the original).
+
+The GRL lambda is set before every step from `grl_lambda(step // steps_per_epoch, ...)`, where
+`steps_per_epoch` is `train.steps_per_epoch`, or, with `data.epoch_from_sketches=True`, one pass
+over the seen training sketches: ``num_sketches // train.batch_size`` from the manifest (the
+original's `len(DataLoader(sketches, batch_size, drop_last=True))`), see `steps_per_epoch()`.
 
 Evaluation (unseen classes only, `sketch_tf.families.zs_sbir.evaluate`): gallery = every
 photo of the unseen classes in the test records, queries = every sketch of the unseen
@@ -33,6 +46,9 @@ from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
+NEGATIVE_SAMPLING = pipeline.NEGATIVE_SAMPLING
+ANCHOR_SAMPLING = pipeline.ANCHOR_SAMPLING
+DOMAIN_BATCHES = zs_models.DOMAIN_BATCHES
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 METRICS = ("euclidean", "cosine")
 
@@ -102,6 +118,27 @@ class ZsSbirTask(Task):
             p.append("loss.negatives='class_embedding' needs data.class_embeddings (.npy path)")
         if d.class_embeddings and not os.path.isfile(d.class_embeddings):
             p.append(f"data.class_embeddings file {d.class_embeddings} does not exist")
+        sampling = d.get("negative_sampling", "softmax")
+        if sampling not in NEGATIVE_SAMPLING:
+            p.append(f"data.negative_sampling must be one of {NEGATIVE_SAMPLING}, got {sampling!r}")
+        elif sampling == "softmax" and not d.negative_temperature > 0:
+            p.append(
+                "data.negative_temperature must be > 0 for data.negative_sampling='softmax', "
+                f"got {d.negative_temperature!r}"
+            )
+        anchors = d.get("anchor_sampling", "uniform")
+        if anchors not in ANCHOR_SAMPLING:
+            p.append(f"data.anchor_sampling must be one of {ANCHOR_SAMPLING}, got {anchors!r}")
+        for key in ("train_augment", "epoch_from_sketches"):
+            if not isinstance(d.get(key, False), bool):
+                p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
+        batches = m.get("domain_batches", "joint")
+        if batches not in DOMAIN_BATCHES:
+            p.append(f"model.domain_batches must be one of {DOMAIN_BATCHES}, got {batches!r}")
+        if not 0.0 <= m.get("domain_bn_momentum", 0.99) < 1.0:
+            p.append(f"model.domain_bn_momentum must be in [0, 1), got {m.domain_bn_momentum!r}")
+        if not m.get("domain_bn_epsilon", 1e-3) > 0:
+            p.append(f"model.domain_bn_epsilon must be > 0, got {m.domain_bn_epsilon!r}")
         if g.schedule not in GRL_SCHEDULES:
             p.append(f"grl.schedule must be one of {GRL_SCHEDULES}, got {g.schedule!r}")
         elif g.schedule == "intended_ramp" and g.threshold_epoch <= g.start_epoch:
@@ -127,6 +164,8 @@ class ZsSbirTask(Task):
             backbone_kwargs=kwargs,
             domain_hidden=int(m.domain_hidden),
             domain_layers=int(m.domain_layers),
+            domain_bn_momentum=float(m.get("domain_bn_momentum", 0.99)),
+            domain_bn_epsilon=float(m.get("domain_bn_epsilon", 1e-3)),
         )
 
     def trainable_models(self, models):
@@ -164,6 +203,8 @@ class ZsSbirTask(Task):
         manifest = tfrecord.read_manifest(path)
         seen, _ = self.class_split(manifest["classes"])
         negatives = self.config.loss.negatives
+        # Configs saved before these keys existed get the behaviour they were trained with.
+        sampling = d.get("negative_sampling", "softmax")
         return pipeline.triplet_batches(
             path,
             global_batch_size,
@@ -171,13 +212,40 @@ class ZsSbirTask(Task):
             seed=seed,
             negatives="random" if negatives == "mined" else negatives,
             class_embeddings=d.class_embeddings or None,
-            temperature=float(d.negative_temperature),
+            negative_sampling=sampling,
+            temperature=float(d.negative_temperature) if sampling == "softmax" else None,
+            anchor_sampling=d.get("anchor_sampling", "uniform"),
             classes=seen,
             sketch_domain=d.sketch_domain,
             photo_domain=d.photo_domain,
-            training=True,
+            training=bool(d.get("train_augment", True)),  # False: no augmentation
             shuffle_buffer=int(d.shuffle_buffer),
         )
+
+    def steps_per_epoch(self) -> int:
+        """Training steps per epoch, the clock of the GRL schedule (and `schedule/epoch`).
+
+        `train.steps_per_epoch`, or with `data.epoch_from_sketches=True` one pass over the
+        training sketches of the seen classes: ``num_sketches // train.batch_size`` from the
+        training manifest's counts (at least 1), computed once per task.
+        """
+        d = self.config.data
+        if not d.get("epoch_from_sketches", False):
+            return int(self.config.train.steps_per_epoch)
+        cached = getattr(self, "_steps_per_epoch", None)
+        if cached is None:
+            manifest = tfrecord.read_manifest(self.records_dir("train"))
+            seen, _ = self.class_split(manifest["classes"])
+            per_class = manifest["counts"]["per_domain_class"].get(d.sketch_domain, {})
+            sketches = sum(int(per_class.get(c, 0)) for c in seen)
+            batch = int(self.config.train.batch_size)
+            if sketches < batch:
+                raise ValueError(
+                    f"zs_sbir: data.epoch_from_sketches: {sketches} training sketches of the "
+                    f"seen classes are fewer than train.batch_size={batch}"
+                )
+            cached = self._steps_per_epoch = sketches // batch
+        return cached
 
     # ---- training ------------------------------------------------------------------------
     def compute_losses(self, models, batch, ctx: LossContext):
@@ -204,19 +272,28 @@ class ZsSbirTask(Task):
         out = {"triplet": triplet}
         total = float(cfg.triplet_weight) * triplet
         if float(cfg.domain_weight) > 0:
+            # Order p+, p-, s as the original's three calls (it matters for "separate": the
+            # BatchNorm moving statistics are updated in this order).
+            logits = zs_models.domain_logits(
+                models["domain_classifier"],
+                [p, n, s],
+                self.config.model.get("domain_batches", "joint"),
+                training=True,
+            )
             b = tf.shape(s)[0]
-            logits = models["domain_classifier"](tf.concat([s, p, n], 0), training=True)
-            labels = tf.concat([tf.zeros([b]), tf.ones([2 * b])], 0)  # 1 = photo
-            bce = tf.reshape(losses.domain_loss(logits, labels), [3, b])
-            domain = ctx.mean(tf.reduce_mean(bce, axis=0))
+            labels = tf.concat([tf.ones([2 * b]), tf.zeros([b])], 0)  # 1 = photo
+            bce = tf.reshape(losses.domain_loss(tf.reshape(logits, [-1]), labels), [3, b])
+            # Sum over the three domains of each batch mean (not their mean), as the original.
+            domain = ctx.mean(tf.reduce_sum(bce, axis=0))
             out["domain"] = domain
             total += float(cfg.domain_weight) * domain
         out["total"] = total
         return out
 
     def grl_lambda_at(self, step: int) -> float:
+        """GRL lambda before training step `step` (0-based): `grl_lambda` of its epoch."""
         g = self.config.grl
-        epoch = int(step) // int(self.config.train.steps_per_epoch)
+        epoch = int(step) // self.steps_per_epoch()
         return grl_lambda(
             epoch,
             g.schedule,
@@ -230,7 +307,7 @@ class ZsSbirTask(Task):
         zs_models.set_grl_lambda(models, lam)
         return {
             "grl_lambda": lam,
-            "epoch": float(int(step) // int(self.config.train.steps_per_epoch)),
+            "epoch": float(int(step) // self.steps_per_epoch()),
         }
 
     # ---- evaluation ----------------------------------------------------------------------

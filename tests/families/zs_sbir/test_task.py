@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sketch_tf.data import pipeline
+from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.families.zs_sbir.task import ZsSbirTask
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train import loop
@@ -89,6 +89,10 @@ def test_domain_classifier_gradient_is_reversed_and_scaled():
         np.testing.assert_allclose(tape.gradient(y, x), -lam * g_plain, rtol=1e-5, atol=1e-7)
 
 
+def _bce(z, y):
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
 def test_losses_match_hand_computation(records):
     task = ZsSbirTask(_config(records))
     models = task.build_models()
@@ -100,15 +104,142 @@ def test_losses_match_hand_computation(records):
     dp, dn = np.linalg.norm(s - p, axis=1), np.linalg.norm(s - n, axis=1)
     expected = np.mean(np.maximum(dp - dn + 1.0, 0.0))
     np.testing.assert_allclose(out["triplet"], expected, rtol=1e-4)
-    z = models["domain_classifier"](np.concatenate([s, p, n]), training=True).numpy()[:, 0]
-    y = np.array([0] * 4 + [1] * 8, np.float64)
-    bce = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-    np.testing.assert_allclose(out["domain"], bce.mean(), rtol=1e-4)
-    np.testing.assert_allclose(out["total"], expected + 0.5 * bce.mean(), rtol=1e-4)
+    # Joint classifier call (the synthetic default) on [p+; p-; s].
+    z = models["domain_classifier"](np.concatenate([p, n, s]), training=True).numpy()[:, 0]
+    y = np.array([1] * 8 + [0] * 4, np.float64)
+    bce = _bce(z, y).reshape(3, 4)
+    domain = bce.mean(axis=1).sum()  # BCE(p+) + BCE(p-) + BCE(s), not their mean
+    np.testing.assert_allclose(out["domain"], domain, rtol=1e-4)
+    np.testing.assert_allclose(out["total"], expected + 0.5 * domain, rtol=1e-4)
     # Seen classes only in training.
     unseen_ids = {CATS.index("bottle"), CATS.index("mug")}
     assert not set(batch["class_id"].numpy()) & unseen_ids
     assert not set(batch["neg_class_id"].numpy()) & unseen_ids
+
+
+def test_domain_term_is_the_weighted_sum_of_three_bce_means(records):
+    # A classifier whose logit is 0.5 for every input: BCE = softplus(0.5) for sketches (label
+    # 0) and softplus(-0.5) for photos (label 1). The original adds
+    # ratio * (BCE(p+) + BCE(p-)) + ratio * BCE(s).
+    task = ZsSbirTask(_config(records))
+    models = task.build_models()
+    clf = zs_models.build_domain_classifier(16, hidden=4, num_layers=0)
+    clf.get_layer("logit").set_weights([np.zeros((16, 1), np.float32), np.array([0.5], np.float32)])
+    models["domain_classifier"] = clf
+    batch = next(iter(task.build_train_dataset(4, seed=0)))
+    out = task.compute_losses(models, batch, LossContext(global_batch_size=4, num_replicas=1))
+    sketch_bce = np.log1p(np.exp(0.5))  # 0.974077
+    photo_bce = np.log1p(np.exp(-0.5))  # 0.474077
+    assert float(out["domain"]) == pytest.approx(sketch_bce + 2 * photo_bce, rel=1e-5)  # 1.922230
+    assert float(out["domain"]) == pytest.approx(1.922230, abs=1e-5)
+    assert float(out["total"]) == pytest.approx(float(out["triplet"]) + 0.5 * 1.922230, abs=1e-5)
+
+
+def test_domain_batches_separate_vs_joint(records):
+    config = _config(records)
+    models = ZsSbirTask(config).build_models()
+    clf = models["domain_classifier"]
+    initial = clf.get_weights()
+    batch = next(iter(ZsSbirTask(config).build_train_dataset(4, seed=0)))
+    ctx = LossContext(global_batch_size=4, num_replicas=1)
+    s = zs_models.sketch_tower(models)(batch["sketch"], training=True).numpy()
+    p = zs_models.photo_tower(models)(batch["photo_pos"], training=True).numpy()
+    n = zs_models.photo_tower(models)(batch["photo_neg"], training=True).numpy()
+    dense0 = clf.get_layer("dense0")  # the GRL is the identity forward
+    mu = {k: dense0(v).numpy().mean(axis=0) for k, v in (("p", p), ("n", n), ("s", s))}
+    mom = float(clf.get_layer("bn0").momentum)
+    m0 = clf.get_layer("bn0").moving_mean.numpy()
+
+    results = {}
+    for mode in ("joint", "separate"):
+        clf.set_weights(initial)
+        config.model.domain_batches = mode
+        out = ZsSbirTask(config).compute_losses(models, batch, ctx)
+        results[mode] = (float(out["domain"]), clf.get_layer("bn0").moving_mean.numpy())
+    # Joint: one update with the statistics of all 12 rows; separate: p+, p-, s in turn.
+    joint_mean = (mu["p"] + mu["n"] + mu["s"]) / 3
+    np.testing.assert_allclose(results["joint"][1], mom * m0 + (1 - mom) * joint_mean, atol=1e-5)
+    expected = m0
+    for k in ("p", "n", "s"):
+        expected = mom * expected + (1 - mom) * mu[k]
+    np.testing.assert_allclose(results["separate"][1], expected, atol=1e-5)
+    assert not np.allclose(results["joint"][1], results["separate"][1], atol=1e-6)
+    assert results["joint"][0] != pytest.approx(results["separate"][0], rel=1e-3)
+    # "separate" is three classifier calls, one per domain, each with its own BN statistics.
+    clf.set_weights(initial)
+    bce = [
+        _bce(clf(e, training=True).numpy()[:, 0], label).mean()
+        for e, label in ((p, 1.0), (n, 1.0), (s, 0.0))
+    ]
+    assert results["separate"][0] == pytest.approx(sum(bce), rel=1e-4)
+    # Both modes agree with domain_logits' own contract.
+    clf.set_weights(initial)
+    logits = zs_models.domain_logits(clf, [p, n, s], "separate").numpy()
+    clf.set_weights(initial)
+    np.testing.assert_allclose(logits[2], clf(s, training=True).numpy()[:, 0], rtol=1e-5)
+    with pytest.raises(ValueError, match="batches"):
+        zs_models.domain_logits(clf, [p], "both")
+
+
+def test_domain_classifier_batchnorm_settings(records):
+    config = _config(records)
+    config.model.update(domain_bn_momentum=0.9, domain_bn_epsilon=1e-5)
+    clf = ZsSbirTask(config).build_models()["domain_classifier"]
+    bns = [layer for layer in clf.layers if layer.name.startswith("bn")]
+    assert bns and all(b.momentum == 0.9 and b.epsilon == pytest.approx(1e-5) for b in bns)
+
+
+def test_train_dataset_wiring_and_no_augmentation(records, monkeypatch):
+    config = _config(records, negatives="class_embedding")
+    emb = os.path.join(records, "emb.npy")
+    np.save(emb, np.arange(8, dtype=np.float32).reshape(4, 2))
+    config.data.update(class_embeddings=emb, anchor_sampling="sketch_count", train_augment=False)
+    seen_kwargs = {}
+    real = pipeline.triplet_batches
+
+    def spy(*args, **kwargs):
+        seen_kwargs.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "triplet_batches", spy)
+    task = ZsSbirTask(config)
+    batch = next(iter(task.build_train_dataset(4, seed=0)))
+    assert seen_kwargs["training"] is False
+    assert seen_kwargs["negative_sampling"] == "inverse_distance"
+    assert seen_kwargs["temperature"] is None  # the temperature is for softmax only
+    assert seen_kwargs["anchor_sampling"] == "sketch_count"
+    # No augmentation: every training sketch is exactly one record's evaluation preprocessing.
+    plain = pipeline.labelled_dataset(
+        task.records_dir("train"), 16, image_size=SIZE, domains=["sketch"],
+        classes=["airplane", "bed"],
+    )  # fmt: skip
+    refs = np.concatenate([b["image"].numpy() for b in plain])
+    for img in batch["sketch"].numpy():
+        assert np.min(np.abs(refs - img[None]).max(axis=(1, 2, 3))) < 1e-6
+    config.data.update(negative_sampling="softmax", negative_temperature=0.5)
+    ZsSbirTask(config).build_train_dataset(4, seed=0)
+    assert seen_kwargs["negative_sampling"] == "softmax" and seen_kwargs["temperature"] == 0.5
+    config.data.train_augment = True
+    ZsSbirTask(config).build_train_dataset(4, seed=0)
+    assert seen_kwargs["training"] is True
+
+
+def test_epoch_from_sketches_sets_the_grl_clock(records):
+    config = _config(records)  # train.steps_per_epoch = 2, ramp from epoch 1 to 3
+    config.data.epoch_from_sketches = True
+    config.train.batch_size = 3
+    task = ZsSbirTask(config)
+    manifest = tfrecord.read_manifest(task.records_dir("train"))
+    sketches = sum(manifest["counts"]["per_domain_class"]["sketch"][c] for c in ("airplane", "bed"))
+    assert task.steps_per_epoch() == sketches // 3 == 1  # 4 seen training sketches, batch 3
+    models = task.build_models()
+    values = task.schedule_values(models, 2)  # epoch 2 (not 1 as with steps_per_epoch=2)
+    assert values["epoch"] == 2.0 and values["grl_lambda"] == pytest.approx(0.5)
+    config.train.batch_size = 5
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        ZsSbirTask(config).steps_per_epoch()
+    config.data.epoch_from_sketches = False
+    assert ZsSbirTask(config).steps_per_epoch() == 2
 
 
 def test_mined_negatives_and_ablation_terms(records):
@@ -141,6 +272,19 @@ def test_validate_config_and_missing_records(tmp_path):
     config.data.seen_classes = ("mug",)
     problems = " ".join(ZsSbirTask.validate_config(config))
     assert "loss.negatives" in problems and "model.backbone" in problems and "overlap" in problems
+    config = _config(str(tmp_path / "nowhere"))
+    config.data.negative_sampling = "nearest"
+    config.data.anchor_sampling = "per_photo"
+    config.model.domain_batches = "both"
+    config.model.domain_bn_momentum = 1.0
+    config.model.domain_bn_epsilon = 0.0
+    problems = " ".join(ZsSbirTask.validate_config(config))
+    for key in ("data.negative_sampling", "data.anchor_sampling", "model.domain_batches",
+                "model.domain_bn_momentum", "model.domain_bn_epsilon"):  # fmt: skip
+        assert key in problems, key
+    config = _config(str(tmp_path / "nowhere"))
+    config.data.update(negative_sampling="softmax", negative_temperature=0.0)
+    assert "data.negative_temperature" in " ".join(ZsSbirTask.validate_config(config))
     task = ZsSbirTask(_config(str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match="nowhere.*prepare_data.py --source=synthetic"):
         task.build_train_dataset(4, 0)
@@ -176,14 +320,20 @@ def test_evaluate_outputs(trained):
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     result = task.evaluate(state.models, workdir)
     scalars = result["scalars"]
-    for key in ("map_all", "map_200", "p_100", "p_200"):
+    for key in ("map_all", "map_all_sake", "map_200", "map_200_sake", "p_100", "p_200"):
         assert 0.0 <= scalars[key] <= 1.0 and 0.0 <= scalars[f"random_{key}"] <= 1.0
+    # VOC-interpolated AP is never below scikit-learn's AP.
+    assert scalars["map_all_sake"] >= scalars["map_all"] - 1e-12
+    assert scalars["random_map_all_sake"] >= scalars["random_map_all"] - 1e-12
+    table = result["tables"]["unseen classes: model vs random ranking"]
+    assert "map_all_sake" in table["header"] and len(table["rows"][1]) == len(table["header"])
     # 2 unseen classes x 2 test instances: 4 sketch queries against 4 photos.
     assert scalars["num_queries"] == 4 and scalars["num_gallery"] == 4
     # A random ranking over 4 items, 2 relevant: P@100 = relevant / gallery = 0.5 exactly.
     assert scalars["random_p_100"] == pytest.approx(0.5)
     per_class = result["tables"]["per unseen class"]
     assert [row[0] for row in per_class["rows"]] == ["bottle", "mug"]
+    assert "map_all_sake" in per_class["header"]
     grid = result["images"]["retrieval_grid"]
     assert grid.dtype == np.uint8 and grid.ndim == 4 and grid.shape[-1] == 3
     eval_dir = os.path.join(workdir, "eval")
@@ -216,3 +366,63 @@ def test_export_round_trip(trained, tmp_path):
     assert loaded.signatures["embed_sketch"](images=big)["embedding"].shape == want.shape
     with pytest.raises(tf.errors.InvalidArgumentError, match="input `images`"):
         loaded.signatures["embed_photo"](images=tf.constant([b"not an image"]))
+
+
+def _config_module():
+    import importlib.util
+
+    from sketch_tf.paths import PROJECT_ROOT
+
+    path = os.path.join(PROJECT_ROOT, "configs", "zs_sbir.py")
+    spec = importlib.util.spec_from_file_location("configs_zs_sbir_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_upstream_variant_values_and_validation(tmp_path):
+    from sketch_tf.train.config import ConfigError, validate_config
+
+    c = load_project_config("zs_sbir", "upstream")
+    # model/net.py: separate densenet121 towers, 7x7 max pool at 224 px -> 1024-d, no head.
+    assert c.model.backbone == "densenet121" and c.data.image_size == 224
+    assert c.model.shared is False and c.model.projection_dim == 0 and c.model.normalize is False
+    # DomainAdversarialNet: 4 x [Linear 1024, BatchNorm1d, ReLU] -> 1, one call per domain,
+    # BatchNorm1d defaults (torch momentum 0.1 = Keras 0.9, eps 1e-5).
+    assert c.model.domain_hidden == 1024 and c.model.domain_layers == 4
+    assert c.model.domain_batches == "separate"
+    assert c.model.domain_bn_momentum == 0.9 and c.model.domain_bn_epsilon == 1e-5
+    # train.py argparse defaults: triplet_loss_ratio 1.0, domain_loss_ratio 0.5,
+    # grl_threshold_epoch 25; TripletMarginLoss(margin=1.0, p=2); lambda 0 before epoch 5.
+    assert c.loss.triplet_weight == 1.0 and c.loss.domain_weight == 0.5 and c.loss.margin == 1.0
+    assert c.grl.schedule == "upstream_step"
+    assert (c.grl.start_epoch, c.grl.threshold_epoch, c.grl.value) == (5, 25, 1.0)
+    # model/dataloader.py: negatives by class embedding with P ~ 1 / distance, one item per
+    # sketch (epoch = a pass over the sketches), no augmentation (resize + ToTensor only).
+    assert c.loss.negatives == "class_embedding"
+    assert c.data.negative_sampling == "inverse_distance"
+    assert c.data.anchor_sampling == "sketch_count"
+    assert c.data.train_augment is False and c.data.epoch_from_sketches is True
+    # Adam, lr 3e-4, batch 16 (the author's notebook), constant, no decay or clipping.
+    t = c.train
+    assert (t.optimizer, t.learning_rate, t.batch_size) == ("adam", 3e-4, 16)
+    assert t.lr_schedule == "constant" and t.warmup_steps == 0
+    assert t.weight_decay == 0.0 and t.clipnorm == 0.0
+    assert c.eval.metric == "euclidean"
+    # Validates once the class embeddings exist; without them, only that key is named.
+    with pytest.raises(ConfigError) as err:
+        validate_config(c)
+    assert len(err.value.problems) == 1 and "data.class_embeddings" in err.value.problems[0]
+    np.save(tmp_path / "glove.npy", np.zeros((3, 300), np.float32))
+    c.data.class_embeddings = str(tmp_path / "glove.npy")
+    validate_config(c)
+
+
+def test_every_other_variant_lists_its_departures_from_upstream():
+    module = _config_module()
+    assert set(module.VARIANTS) >= {"synthetic", "pacs", "sketchy", "tuberlin", "upstream"}
+    for name, fn in module.VARIANTS.items():
+        if name != "upstream":
+            assert "Departures from `upstream`" in (fn.__doc__ or ""), name
+    with pytest.raises(ValueError, match="upstream"):
+        module.get_config("nope")
