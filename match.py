@@ -5,7 +5,9 @@
       --points_a=a_pts.npy --points_b=b_pts.npy --method=hungarian --output=runs/match/ab
 
 Points: (x, y) pixels of the input images as [N, 2] .npy files, or (default) a Poisson-disk
-sample of the stroke pixels with --radius. Methods: nn (nearest neighbour of every A point),
+sample with --radius (5 px, the original's) inside the silhouette mask --mask_a / --mask_b
+(dark shape on white, like the SketchZooms example `*_mask.png`), or inside the filled
+silhouette of the strokes when no mask is given. Methods: nn (nearest neighbour of every A point),
 mutual_nn, hungarian (one-to-one, scipy), sinkhorn (balanced OT plan + mutual argmax).
 Writes <output>.json (every match: indices, coordinates, descriptor distance) and <output>.png
 (the drawings side by side with one coloured line per match).
@@ -27,7 +29,9 @@ _IMAGE_A = flags.DEFINE_string("image_a", None, "First sketch (PNG/JPEG).")
 _IMAGE_B = flags.DEFINE_string("image_b", None, "Second sketch (PNG/JPEG).")
 _POINTS_A = flags.DEFINE_string("points_a", None, "Optional [N, 2] (x, y) .npy points of A.")
 _POINTS_B = flags.DEFINE_string("points_b", None, "Optional [N, 2] (x, y) .npy points of B.")
-_RADIUS = flags.DEFINE_float("radius", 8.0, "Poisson-disk radius (px) when points are not given.")
+_RADIUS = flags.DEFINE_float("radius", 5.0, "Poisson-disk radius (px) when points are not given.")
+_MASK_A = flags.DEFINE_string("mask_a", None, "Optional silhouette mask of A (dark = inside).")
+_MASK_B = flags.DEFINE_string("mask_b", None, "Optional silhouette mask of B (dark = inside).")
 _METHOD = flags.DEFINE_enum(
     "method", "mutual_nn", ["nn", "mutual_nn", "hungarian", "sinkhorn"], "Matcher."
 )
@@ -43,7 +47,8 @@ def main(argv):
     )  # fmt: skip
     for name, flag in (("image_a", _IMAGE_A), ("image_b", _IMAGE_B), ("points_a", _POINTS_A),
                        ("points_b", _POINTS_B), ("reference_a", _REF_A),
-                       ("reference_b", _REF_B)):  # fmt: skip
+                       ("reference_b", _REF_B), ("mask_a", _MASK_A),
+                       ("mask_b", _MASK_B)):  # fmt: skip
         if flag.value and not os.path.isfile(flag.value):
             cli.fail(f"--{name}: {flag.value} does not exist")
     if bool(_REF_A.value) != bool(_REF_B.value):
@@ -78,7 +83,7 @@ def main(argv):
         result = zooms_evaluate.run_match(
             run.task, run.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
             method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
-            reference=reference,
+            reference=reference, mask_a=_MASK_A.value, mask_b=_MASK_B.value,
         )  # fmt: skip
     except ValueError as e:
         cli.fail(str(e))

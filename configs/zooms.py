@@ -16,8 +16,12 @@ Variants (`--config=configs/zooms.py:<variant>`):
     python prepare_data.py --task=zooms --out=data/records/synthetic_zooms
 
 - `synthetic_smoke`: the same flow on a tiny world and a few steps (main_job.py --smoke).
-- `sketchzooms`: the original layout (alexnet, 224 px views, 512 px drawings), records converted
-  from the SketchZooms csv layout into `data/records/sketchzooms/{train,test}` (see data/README).
+- `sketchzooms`: the original recipe (alexnet, 224 px views of 512 px drawings, jitter 0.3,
+  +-45 deg, flip 0.5, Adam 1e-4, steps of 64 real triplets with the original's first-semi-hard
+  of 5 same-category candidate negatives), records converted from the SketchZooms csv layout
+  into `data/records/sketchzooms/{train,test}` (see data/README):
+    python prepare_data.py --source=sketchzooms --root=<SketchZooms data> --split=train \
+        --out=data/records/sketchzooms/train
 """
 
 import ml_collections
@@ -44,6 +48,9 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # Categories never seen in training, evaluated separately (names from the manifest).
     config.data.unseen_classes = ("guitar", "lamp", "mug")
     config.data.shuffle_buffer = 256
+    # "pairs": B pairs x num_points points, negatives mined in the batch (CPU default);
+    # "triplets": the original's steps of train.batch_size real triplets (sketchzooms variant).
+    config.data.batching = "pairs"
     config.data.synthetic = ml_collections.ConfigDict(
         dict(image_size=256, n_per_category=30, test_fraction=0.2, pairs_per_category=30,
              n_points=64, seed=0)
@@ -72,11 +79,14 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
              scale_jitter=0.15, max_rotation_deg=10.0, flip_prob=0.0, antialias=True)
     )  # fmt: skip
 
-    # DESIGN: triplet, margin 1.0, non-squared Euclidean, semi-hard negatives among other points
-    # of the same category in the global batch. kind="contrastive" is the alternative.
+    # DESIGN: triplet, margin 1.0, non-squared Euclidean. The CPU default mines semi-hard
+    # negatives (tfa's rule) among other points of the same category in the global batch; the
+    # original's rule (mining="first_semi_hard": first semi-hard of num_candidates random
+    # same-category points, else the last) needs data.batching="triplets" (sketchzooms
+    # variant). kind="contrastive" is the alternative.
     config.loss = ml_collections.ConfigDict(
         dict(kind="triplet", mining="semi_hard", margin=1.0, distance="l2",
-             contrastive_margin=1.0)
+             contrastive_margin=1.0, num_candidates=5)
     )  # fmt: skip
 
     config.eval = ml_collections.ConfigDict(
@@ -104,7 +114,10 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     elif variant == "sketchzooms":
         config.data.root = "data/records/sketchzooms"
         config.data.image_size = 512
-        config.data.num_points = 32
+        # The original step: 64 real triplets (one point each, converted records hold one
+        # point), negatives = first semi-hard of 5 random points of the same category.
+        config.data.batching = "triplets"
+        config.loss.mining = "first_semi_hard"
         config.data.unseen_classes = ()
         config.model.update(backbone="alexnet", dropout=0.5, head_hidden=0, backbone_pooling="")
         config.zooms.view_size = 224
@@ -112,7 +125,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         # only 1.6 source px per view px, so area-shrinking would be a no-op there anyway).
         config.zooms.update(scale_jitter=0.3, max_rotation_deg=45.0, flip_prob=0.5, antialias=False)
         config.train.update(
-            batch_size=4, num_steps=20000, learning_rate=1e-4, log_every=20,
+            batch_size=64, num_steps=20000, learning_rate=1e-4, log_every=20,
             checkpoint_every=1000, lr_schedule="constant", warmup_steps=0,
         )  # fmt: skip
         config.eval.max_pairs = 200

@@ -260,10 +260,47 @@ def load_points(path: str) -> np.ndarray:
     return pts.astype(np.float32)
 
 
-def sample_points(image: np.ndarray, radius: float, seed: int = 0, threshold: float = 0.5):
-    """Poisson-disk sample (min distance `radius` px) of the stroke pixels of `image`,
-    float32 [N, 2] in the corner convention (pixel centres)."""
-    mask = corr.ink_map(image) > threshold
+#: The original's dense sampling radius (px on a 512 px sketch; `utils/sampling.py`).
+DEFAULT_RADIUS = 5.0
+
+
+def load_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """Silhouette mask from an image file: bool [H, W], True inside the shape.
+
+    Convention of the SketchZooms example masks (`*_mask.png`): the filled shape is dark on
+    white (luminance < 0.5 after compositing alpha on white). Raises ValueError naming the file
+    when it is unreadable or its size differs from the sketch's `shape`.
+    """
+    try:
+        ink = corr.ink_map(load_image(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"mask {path}: {e}") from e
+    if ink.shape != tuple(shape):
+        raise ValueError(f"mask {path}: size {ink.shape} differs from its sketch's {tuple(shape)}")
+    return ink > 0.5
+
+
+def stroke_silhouette(image: np.ndarray, threshold: float = 0.5, close_px: int = 2) -> np.ndarray:
+    """Filled silhouette of a drawing's strokes, bool [H, W]: stroke pixels closed over gaps
+    of up to `2 * close_px` px, then every enclosed region filled (`binary_fill_holes`). The
+    stand-in for a silhouette mask when none is given."""
+    from scipy import ndimage
+
+    ink = corr.ink_map(image) > threshold
+    structure = np.ones((2 * close_px + 1, 2 * close_px + 1), bool)
+    closed = ndimage.binary_closing(ink, structure=structure, border_value=0)
+    return ndimage.binary_fill_holes(closed | ink)
+
+
+def sample_points(
+    image: np.ndarray, radius: float = DEFAULT_RADIUS, seed: int = 0, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Poisson-disk sample (min distance `radius` px) inside `mask` (bool [H, W]), as the
+    original samples dense points inside the filled silhouette; without a mask, inside
+    `stroke_silhouette(image)`. Returns float32 [N, 2] (x, y) pixel centres (corner
+    convention)."""
+    if mask is None:
+        mask = stroke_silhouette(image)
     return (corr.poisson_disk_points(mask, radius, seed) + 0.5).astype(np.float32)
 
 
@@ -276,21 +313,33 @@ def run_match(
     method: str = "mutual_nn",
     points_a: np.ndarray | None = None,
     points_b: np.ndarray | None = None,
-    radius: float = 8.0,
+    radius: float = DEFAULT_RADIUS,
     max_lines: int = 200,
     reference: tuple[np.ndarray, np.ndarray] | None = None,
+    mask_a: str | None = None,
+    mask_b: str | None = None,
 ) -> dict[str, Any]:
     """Two sketches in -> correspondences out: writes `<output_prefix>.json` and
     `<output_prefix>.png` (side by side, one coloured line per match, at most `max_lines`
     drawn) and returns the JSON payload (plus the descriptors under `_desc_a`/`_desc_b`).
 
+    Points not given are a Poisson-disk sample with `radius` px (5, the original's) inside the
+    silhouette mask file `mask_a` / `mask_b` (`load_mask`), or inside the filled silhouette of
+    the strokes when no mask is given.
+
     `reference`: optional descriptors ([Na, D'], [Nb, D']) of the same given points from
     another model (e.g. the original SketchZooms' stored ones); the payload then carries
-    `"reference_agreement"` (`mutual_nn_agreement`). Shapes are checked before anything is
-    computed or written."""
+    `"reference_agreement"` (`mutual_nn_agreement`). Shapes and masks are checked before
+    anything is computed or written."""
     img_a, img_b = load_image(image_a_path), load_image(image_b_path)
-    pa = sample_points(img_a, radius) if points_a is None else np.asarray(points_a, np.float32)
-    pb = sample_points(img_b, radius) if points_b is None else np.asarray(points_b, np.float32)
+
+    def points(img, given, mask_path):
+        if given is not None:
+            return np.asarray(given, np.float32)
+        mask = load_mask(mask_path, img.shape[:2]) if mask_path else None
+        return sample_points(img, radius, mask=mask)
+
+    pa, pb = points(img_a, points_a, mask_a), points(img_b, points_b, mask_b)
     if len(pa) == 0 or len(pb) == 0:
         raise ValueError(
             f"no points to match ({len(pa)} in {image_a_path}, {len(pb)} in {image_b_path})"

@@ -10,9 +10,19 @@ Training batch (global batch = B correspondence pairs, M points each; built in `
 Loss (DESIGN): every point of A and of B is an embedding labelled (category, semantic id).
 Anchor / positive = the same semantic point in two drawings of one category; negatives are
 other points *of the same category* in the global batch (gathered across replicas), mined
-semi-hard (tfa's rule) or hard by `losses.mined_triplet_loss` with a category mask; triplet
-hinge with margin 1.0 on the non-squared Euclidean distance. `loss.kind="contrastive"` is
-the per-pair alternative.
+semi-hard (tfa's rule; the CPU default) or hard by `losses.mined_triplet_loss` with a
+category mask; triplet hinge with margin 1.0 on the non-squared Euclidean distance.
+`loss.kind="contrastive"` is the per-pair alternative.
+
+The original's batches (`data.batching="triplets"`, the `sketchzooms` variant): a step is
+`train.batch_size` (64) real triplets, one point each, built by
+`pipeline.correspondence_triplets`: anchor = a point of drawing A, positive = the same point
+in drawing B, and `loss.num_candidates` (5) negative candidates, points of other drawings of
+the same category. `loss.mining="first_semi_hard"` keeps, per triplet, the first candidate
+with d2(a, p) < d2(a, n) < d2(a, p) + margin (squared distances, candidates described in
+inference mode, no gradient), else the last one, as the original's data loader does; only
+anchor, positive and the chosen negative go through the model in training mode (no padding
+rows).
 
 Evaluation lives in `sketch_tf.families.zooms.evaluate`, signatures in `.serving`.
 """
@@ -32,11 +42,33 @@ from sketch_tf.models.zooms import build_zooms_model, describe_views
 from sketch_tf.train.tasks import Headline, Task, register_task
 
 LOSS_KINDS = ("triplet", "contrastive")
-MINING = ("semi_hard", "hard")
+#: In-batch mining over pair batches, or the original's per-triplet candidates.
+MINING = ("semi_hard", "hard", "first_semi_hard")
+BATCHING = ("pairs", "triplets")
 
 
 def _as_tuple(value) -> tuple:
     return tuple(value) if value is not None else ()
+
+
+def select_first_semi_hard(anchor, positive, candidates, margin: float = 1.0) -> tf.Tensor:
+    """Index of the negative the original keeps per triplet: the first candidate n with
+    d2(a, p) < d2(a, n) < d2(a, p) + margin (squared Euclidean distances), else the last.
+
+    Args:
+      anchor, positive: float [B, D]; candidates: float [B, C, D]; margin: in squared units,
+        as the original compares it (1.0).
+
+    Returns:
+      int32 [B] in [0, C).
+    """
+    candidates = tf.stop_gradient(tf.convert_to_tensor(candidates, tf.float32))
+    d_ap = tf.reduce_sum(tf.square(anchor - positive), -1)[:, None]  # [B, 1]
+    d_an = tf.reduce_sum(tf.square(anchor[:, None] - candidates), -1)  # [B, C]
+    semi = tf.logical_and(d_ap < d_an, d_an < d_ap + margin)
+    c = tf.shape(candidates)[1]
+    first = tf.argmax(tf.cast(semi, tf.int32), axis=1, output_type=tf.int32)
+    return tf.where(tf.reduce_any(semi, axis=1), first, c - 1)
 
 
 def category_mask(categories, valid) -> tf.Tensor:
@@ -111,6 +143,21 @@ class ZoomsTask(Task):
             p.append(f"loss.distance must be one of {losses.DISTANCES}, got {loss.distance!r}")
         if loss.margin <= 0:
             p.append(f"loss.margin must be > 0, got {loss.margin}")
+        batching = data.get("batching", "pairs")
+        if batching not in BATCHING:
+            p.append(f"data.batching must be one of {BATCHING}, got {batching!r}")
+        elif (batching == "triplets") != (loss.mining == "first_semi_hard"):
+            p.append(
+                "data.batching='triplets' goes with loss.mining='first_semi_hard' (the original's "
+                f"candidate negatives) and only with it; got batching={batching!r}, "
+                f"mining={loss.mining!r}"
+            )
+        elif batching == "triplets" and loss.kind != "triplet":
+            p.append("data.batching='triplets' trains loss.kind='triplet' only")
+        if not (
+            isinstance(loss.get("num_candidates", 5), int) and loss.get("num_candidates", 5) >= 1
+        ):
+            p.append(f"loss.num_candidates must be an integer >= 1, got {loss.num_candidates!r}")
         if not (isinstance(data.num_points, int) and data.num_points >= 2):
             p.append(f"data.num_points must be an integer >= 2, got {data.num_points!r}")
         if not (isinstance(data.image_size, int) and data.image_size >= 32):
@@ -211,6 +258,8 @@ class ZoomsTask(Task):
         )
 
     def build_train_dataset(self, global_batch_size, seed):
+        if self.config.data.get("batching", "pairs") == "triplets":
+            return self._triplet_dataset(global_batch_size, seed)
         ds = self.pairs("train", True, seed, int(self.config.data.num_points), "seen")
         ds = ds.batch(global_batch_size, drop_remainder=True)
         kw = self.zoom_kwargs(training=True)
@@ -234,8 +283,48 @@ class ZoomsTask(Task):
         ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
         return ds.map(views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
+    def _triplet_dataset(self, global_batch_size, seed):
+        """The original's batches: {"views_a", "views_b": [B, K, S, S, 3], "views_neg":
+        [B, C, K, S, S, 3], "category_id": [B], "neg_category_ids": [B, C]} (see module
+        docstring). Views are made per triplet, before batching: a batch never holds the
+        full-size drawings."""
+        classes = list(tfrecord.read_manifest(self.records_dir("train"))["classes"])
+        seen = [classes[i] for i in self.category_ids("train", "seen")]
+        c = int(self.config.loss.get("num_candidates", 5))
+        ds = pipeline.correspondence_triplets(
+            self.records_dir("train"),
+            num_candidates=c,
+            image_size=int(self.config.data.image_size),
+            seed=seed,
+            classes=seen,
+            shuffle_buffer=int(self.config.data.shuffle_buffer),
+        )
+        kw = self.zoom_kwargs(training=True)
+
+        def views(i, t):
+            # Anchor, positive and candidates are 2 + C drawings with one point each; every
+            # point gets its own jitter / flip / rotation, as in the original.
+            images = tf.concat([t["image_a"][None], t["image_b"][None], t["neg_images"]], 0)
+            points = tf.concat([t["point_a"][None], t["point_b"][None], t["neg_points"]], 0)
+            v = zoom_views(
+                images, points[:, None], seed=tf.stack([tf.cast(seed, tf.int64), i]), **kw
+            )[:, 0]
+            return {
+                "views_a": v[0],
+                "views_b": v[1],
+                "views_neg": v[2:],
+                "category_id": t["category_id"],
+                "neg_category_ids": t["neg_category_ids"],
+            }
+
+        ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
+        ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(global_batch_size, drop_remainder=True).prefetch(2)
+
     # ---- training ------------------------------------------------------------------------
     def compute_losses(self, models, batch, ctx):
+        if "views_neg" in batch:
+            return self._candidate_triplet_losses(models["zooms"], batch, ctx)
         m = tf.shape(batch["views_a"])[1]
         # A's and B's points through the model in one call: [2b, M, K, S, S, 3] -> [2b*M, D].
         views = tf.concat([batch["views_a"], batch["views_b"]], 0)
@@ -258,6 +347,25 @@ class ZoomsTask(Task):
             return {"total": ctx.share(loss), "triplet": ctx.share(loss)}
         loss = self._contrastive(desc, ids, cat, mask)
         return {"total": ctx.share(loss), "contrastive": ctx.share(loss)}
+
+    def _candidate_triplet_losses(self, model, batch, ctx):
+        """The original's loss on `_triplet_dataset` batches: the first semi-hard candidate
+        negative per triplet (squared distances), else the last; then
+        `max(||a - p|| - ||a - n|| + margin, 0)` averaged over the triplets (PyTorch's
+        `TripletMarginLoss(margin=1.0)`)."""
+        margin = float(self.config.loss.margin)
+        a = describe_views(model, batch["views_a"], training=True)  # [b, D]
+        p = describe_views(model, batch["views_b"], training=True)
+        negatives = select_first_semi_hard(
+            tf.stop_gradient(a),
+            tf.stop_gradient(p),
+            describe_views(model, batch["views_neg"], training=False),  # [b, C, D]
+            margin,
+        )  # [b] candidate index
+        views_n = tf.gather(batch["views_neg"], negatives, batch_dims=1)
+        n = describe_views(model, views_n, training=True)
+        loss = ctx.mean(losses.triplet_loss(a, p, n, margin=margin))
+        return {"total": loss, "triplet": loss}
 
     def _contrastive(self, desc, ids, cat, mask):
         """Per-pair contrastive loss: every (a_i, b_i) match plus, per anchor, the nearest
@@ -300,4 +408,4 @@ class ZoomsTask(Task):
         return serving.warmup_inputs()
 
 
-__all__ = ["ZoomsTask", "category_mask"]
+__all__ = ["ZoomsTask", "category_mask", "select_first_semi_hard"]

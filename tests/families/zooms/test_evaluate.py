@@ -144,3 +144,44 @@ def test_sketchzooms_examples_agreement(run_dir, shared_data, tmp_path):
     for key in ("agreement", "precision", "nn_agreement"):
         assert 0.0 <= agree[key] <= 1.0
     assert os.path.getsize(tmp_path / "ex.png") > 0
+
+
+# ---- dense sampling (the original: Poisson disk, r = 5 px, inside the filled silhouette) ----
+def _square_outline(size=64, a=12, b=52):
+    img = np.full((size, size, 3), 1.0, np.float32)
+    img[a : a + 2, a:b] = img[b - 2 : b, a:b] = img[a:b, a : a + 2] = img[a:b, b - 2 : b] = 0.0
+    return img
+
+
+def test_default_sampling_fills_the_stroke_silhouette_at_5px():
+    assert zooms_eval.DEFAULT_RADIUS == 5.0
+    img = _square_outline()
+    pts = zooms_eval.sample_points(img)
+    inside = (pts[:, 0] > 16) & (pts[:, 0] < 48) & (pts[:, 1] > 16) & (pts[:, 1] < 48)
+    assert inside.sum() > 20  # the interior of the closed outline, not only its strokes
+    assert not ((pts < 11).any(axis=1) | (pts > 53).any(axis=1)).any()  # nothing outside it
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
+    assert d.min() >= 5.0
+
+
+def test_mask_files_restrict_the_sample(tmp_path):
+    img = _square_outline()
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[30:40, 30:40] = 0  # dark = inside, as the SketchZooms example masks
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    m = zooms_eval.load_mask(str(tmp_path / "m.png"), (64, 64))
+    assert m.sum() == 100 and m[35, 35]
+    pts = zooms_eval.sample_points(img, mask=m)
+    assert len(pts) > 0 and ((pts >= 30) & (pts <= 40)).all()
+    with pytest.raises(ValueError, match=r"m.png: size \(64, 64\) differs"):
+        zooms_eval.load_mask(str(tmp_path / "m.png"), (32, 32))
+
+
+def test_example_masks_hold_the_original_samples(shared_data):
+    ex = shared_data / "sketchzooms_examples"
+    img = zooms_eval.load_image(str(ex / "1_img.png"))
+    mask = zooms_eval.load_mask(str(ex / "1_img_mask.png"), img.shape[:2])
+    sample = np.load(ex / "1_img_sample.npy")  # (x, y) of the original's points
+    assert mask[sample[:, 1], sample[:, 0]].mean() > 0.95
+    ours = zooms_eval.sample_points(img, mask=mask)
+    assert mask[ours[:, 1].astype(int), ours[:, 0].astype(int)].all()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sketch_tf import losses
 from sketch_tf.data import pipeline
-from sketch_tf.families.zooms.task import ZoomsTask, category_mask
+from sketch_tf.families.zooms.task import ZoomsTask, category_mask, select_first_semi_hard
 from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
 from sketch_tf.train.run import load_run
@@ -235,3 +235,88 @@ def test_export_signatures_round_trip(trained, tmp_path):
     ink = np.argwhere(img[..., 0] < 128)[:, ::-1] + 0.5
     near = np.min(np.linalg.norm(dp[:, None] - ink[None], axis=-1), axis=1)
     assert near.max() <= (task.config.serving.dilate_px + 1) * 128 / 64 + 1e-3
+
+
+# ---- the original's batches and negatives (sketchzooms variant) -----------------------------
+def test_first_semi_hard_selection_by_hand():
+    a = np.zeros((2, 1), np.float32)
+    p = np.array([[1.0], [1.0]], np.float32)  # d2(a, p) = 1 for both triplets
+    cands = np.array(
+        [
+            [[0.5], [1.2], [1.3], [3.0], [0.1]],  # d2 0.25, 1.44 (first semi-hard), 1.69, ...
+            [[0.5], [0.9], [2.0], [3.0], [0.2]],  # d2 0.25, 0.81, 4, 9, 0.04: none -> last
+        ],
+        np.float32,
+    )
+    got = select_first_semi_hard(tf.constant(a), tf.constant(p), tf.constant(cands), 1.0)
+    assert got.numpy().tolist() == [1, 4]
+
+
+def _original_format_config(tmp_path):
+    """The sketchzooms variant on a converted original-format tree, with a small CPU model
+    (the batching, the negatives and the loss are the original's)."""
+    from sketch_tf.data.sources import prepare as prepare_source
+    from tests.test_sources import write_sketchzooms_tree
+
+    root = tmp_path / "sz"
+    write_sketchzooms_tree(root, size=(64, 64))
+    prepare_source("sketchzooms", root, tmp_path / "records" / "train")
+    c = load_config("sketchzooms")
+    c.data.root = str(tmp_path / "records")
+    c.data.image_size = 64
+    c.data.shuffle_buffer = 4
+    c.model.update(backbone="small_cnn", backbone_widths=(8, 16), head_hidden=32, dropout=0.0)
+    c.model.backbone_pooling = "flatten"
+    c.zooms.view_size = 16
+    c.train.update(batch_size=6, num_steps=2, log_every=1)
+    validate_config(c)
+    return c
+
+
+def test_original_batches_are_real_triplets_with_same_category_negatives(tmp_path):
+    config = _original_format_config(tmp_path)
+    assert (config.data.batching, config.loss.mining) == ("triplets", "first_semi_hard")
+    task = ZoomsTask(config)
+    batch = next(iter(task.build_train_dataset(6, 0)))
+    assert batch["views_a"].shape == (6, 3, 16, 16, 3)
+    assert batch["views_b"].shape == (6, 3, 16, 16, 3)
+    assert batch["views_neg"].shape == (6, 5, 3, 16, 16, 3)
+    assert "mask" not in batch  # nothing is padding
+    for b in task.build_train_dataset(6, 0).take(4):
+        cats, negs = b["category_id"].numpy(), b["neg_category_ids"].numpy()
+        assert (negs == cats[:, None]).all()
+
+    # Rows through the model: anchor, positive and the chosen negative in training mode
+    # (3 x 6 real rows), the 5 candidates per triplet in inference mode only.
+    models = task.build_models()
+    rows = {True: [], False: []}
+
+    class Counting:
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, x, training=False):
+            rows[bool(training)].append(int(x.shape[0]))
+            return self.model(x, training=training)
+
+    from sketch_tf.train.tasks import LossContext
+
+    out = task.compute_losses({"zooms": Counting(models["zooms"])}, batch, LossContext(6, 1))
+    assert rows[True] == [6, 6, 6] and rows[False] == [30]
+    assert np.isfinite(float(out["total"])) and set(out) == {"total", "triplet"}
+
+
+def test_original_format_fixture_converts_and_trains_two_steps(tmp_path):
+    config = _original_format_config(tmp_path)
+    result = loop.train(ZoomsTask(config), str(tmp_path / "run"), log=lambda s: None)
+    assert result.status == "completed" and result.step == 2
+    assert np.isfinite(result.losses["total"])
+
+
+def test_triplet_batching_needs_the_original_mining():
+    c = load_config("sketchzooms")
+    c.loss.mining = "semi_hard"
+    assert "goes with loss.mining='first_semi_hard'" in "\n".join(ZoomsTask.validate_config(c))
+    c = load_config()
+    c.loss.mining = "first_semi_hard"
+    assert "goes with loss.mining='first_semi_hard'" in "\n".join(ZoomsTask.validate_config(c))
