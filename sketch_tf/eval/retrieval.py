@@ -158,6 +158,19 @@ def _interpolated_ap(rel: np.ndarray, denom: np.ndarray) -> np.ndarray:
     return np.divide(total, denom, out=np.zeros(b), where=denom > 0)
 
 
+def _one_query(scores, relevant) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (scores float64 [N], relevant [N]) of one query; ValueError on bad shapes/NaN."""
+    s = np.asarray(scores, dtype=np.float64)
+    r = np.asarray(relevant)
+    if s.ndim != 1 or r.shape != s.shape:
+        raise ValueError(
+            f"scores {s.shape} and relevant {r.shape}: expected two 1-D arrays of equal length"
+        )
+    if np.any(np.isnan(s)):
+        raise ValueError("scores: contains NaN")
+    return s, r
+
+
 def average_precision(scores, relevant) -> float:
     """Average precision of one query, equal to ``sklearn.metrics.average_precision_score``.
 
@@ -170,14 +183,7 @@ def average_precision(scores, relevant) -> float:
       scikit-learn). 0.0 when no item is relevant (scikit-learn returns 0 there too, with a
       warning).
     """
-    s = np.asarray(scores, dtype=np.float64)
-    r = np.asarray(relevant)
-    if s.ndim != 1 or r.shape != s.shape:
-        raise ValueError(
-            f"scores {s.shape} and relevant {r.shape}: expected two 1-D arrays of equal length"
-        )
-    if np.any(np.isnan(s)):
-        raise ValueError("scores: contains NaN")
+    s, r = _one_query(scores, relevant)
     r = r.astype(bool)
     order = np.argsort(-s, kind="stable")
     ap = _tie_grouped_ap(r[order][None, :], s[order][None, :], np.array([r.sum()]))
@@ -202,14 +208,7 @@ def average_precision_sake(scores, relevant, top: int | None = None) -> float:
     Returns:
       AP in [0, 1] as a Python float; 0.0 when no item is relevant (SAKE gets NaN there).
     """
-    s = np.asarray(scores, dtype=np.float64)
-    r = np.asarray(relevant)
-    if s.ndim != 1 or r.shape != s.shape:
-        raise ValueError(
-            f"scores {s.shape} and relevant {r.shape}: expected two 1-D arrays of equal length"
-        )
-    if np.any(np.isnan(s)):
-        raise ValueError("scores: contains NaN")
+    s, r = _one_query(scores, relevant)
     if top is not None and int(top) <= 0:
         raise ValueError(f"top: expected a positive cut-off, got {top}")
     r = r.astype(bool)
