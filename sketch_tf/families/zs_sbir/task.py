@@ -72,9 +72,17 @@ def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
 class ZsSbirTask(Task):
     """Sketch/photo towers + GRL domain classifier (see module docstring)."""
 
-    headlines = (
-        Headline("mAP@all unseen", "map_all", (("random ranking", "random_map_all"),)),
-        Headline("P@100 unseen", "p_100", (("random ranking", "random_p_100"),)),
+    headlines = tuple(
+        Headline(
+            label,
+            key,
+            (
+                ("random ranking", f"random_{key}"),
+                ("HOG", f"hog_{key}"),
+                ("raw pixels", f"raw_pixels_{key}"),
+            ),
+        )
+        for label, key in (("mAP@all unseen", "map_all"), ("P@100 unseen", "p_100"))
     )
 
     # ---- configuration -------------------------------------------------------------------
@@ -147,6 +155,17 @@ class ZsSbirTask(Task):
             p.append(f"eval.metric must be one of {METRICS}, got {e.metric!r}")
         if e.batch_size <= 0:
             p.append(f"eval.batch_size must be > 0, got {e.batch_size}")
+        from sketch_tf.eval.baselines import BASELINE_NAMES
+
+        names = e.get("baselines", BASELINE_NAMES)
+        names = () if names is None else names
+        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+            p.append(f"eval.baselines must be a tuple of names of {BASELINE_NAMES}, got {names!r}")
+        elif set(names) - set(BASELINE_NAMES) or len(set(names)) != len(names):
+            p.append(
+                f"eval.baselines must be distinct names of {BASELINE_NAMES} (() = none), "
+                f"got {tuple(names)!r}"
+            )
         return p
 
     # ---- model ---------------------------------------------------------------------------

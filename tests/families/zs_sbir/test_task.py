@@ -110,7 +110,8 @@ def test_losses_match_hand_computation(records):
     bce = _bce(z, y).reshape(3, 4)
     domain = bce.mean(axis=1).sum()  # BCE(p+) + BCE(p-) + BCE(s), not their mean
     np.testing.assert_allclose(out["domain"], domain, rtol=1e-4)
-    np.testing.assert_allclose(out["total"], expected + 0.5 * domain, rtol=1e-4)
+    weight = task.config.loss.domain_weight  # 1/6 in the CPU variants
+    np.testing.assert_allclose(out["total"], expected + weight * domain, rtol=1e-4)
     # Seen classes only in training.
     unseen_ids = {CATS.index("bottle"), CATS.index("mug")}
     assert not set(batch["class_id"].numpy()) & unseen_ids
@@ -132,7 +133,8 @@ def test_domain_term_is_the_weighted_sum_of_three_bce_means(records):
     photo_bce = np.log1p(np.exp(-0.5))  # 0.474077
     assert float(out["domain"]) == pytest.approx(sketch_bce + 2 * photo_bce, rel=1e-5)  # 1.922230
     assert float(out["domain"]) == pytest.approx(1.922230, abs=1e-5)
-    assert float(out["total"]) == pytest.approx(float(out["triplet"]) + 0.5 * 1.922230, abs=1e-5)
+    weight = task.config.loss.domain_weight
+    assert float(out["total"]) == pytest.approx(float(out["triplet"]) + weight * 1.922230, abs=1e-5)
 
 
 def test_domain_batches_separate_vs_joint(records):
@@ -313,20 +315,37 @@ def test_train_two_logical_cpus(records, tmp_path, two_cpu_strategy):
     assert all(np.isfinite(v) for v in result.losses.values())
 
 
-def test_evaluate_outputs(trained):
+def test_evaluate_outputs(trained, monkeypatch):
+    from sketch_tf.eval import retrieval
+
     config, workdir, _ = trained
     task = ZsSbirTask(config)
     state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+    ranked = []  # (queries, gallery, labels) of every ranking: the model's, then each baseline's
+    real = retrieval.retrieval_metrics
+
+    def spy(q, ql, g, gl, **kwargs):
+        ranked.append((np.shape(q)[0], np.shape(g)[0], list(ql), list(gl)))
+        return real(q, ql, g, gl, **kwargs)
+
+    monkeypatch.setattr(retrieval, "retrieval_metrics", spy)
+    assert tuple(config.eval.baselines) == ("hog", "raw_pixels")
     result = task.evaluate(state.models, workdir)
     scalars = result["scalars"]
     for key in ("map_all", "map_all_sake", "map_200", "map_200_sake", "p_100", "p_200"):
-        assert 0.0 <= scalars[key] <= 1.0 and 0.0 <= scalars[f"random_{key}"] <= 1.0
+        for prefix in ("", "random_", "hog_", "raw_pixels_"):
+            assert 0.0 <= scalars[prefix + key] <= 1.0, prefix + key
+    # The baselines rank exactly the model's queries against its gallery.
+    assert len(ranked) == 3 and all(r == ranked[0] for r in ranked[1:])
+    assert ranked[0][:2] == (scalars["num_queries"], scalars["num_gallery"])
     # VOC-interpolated AP is never below scikit-learn's AP.
     assert scalars["map_all_sake"] >= scalars["map_all"] - 1e-12
     assert scalars["random_map_all_sake"] >= scalars["random_map_all"] - 1e-12
-    table = result["tables"]["unseen classes: model vs random ranking"]
+    table = result["tables"]["unseen classes: model vs baselines"]
     assert "map_all_sake" in table["header"] and len(table["rows"][1]) == len(table["header"])
+    assert [row[0] for row in table["rows"]] == ["model", "random", "HOG (edge maps)", "raw pixels"]
+    assert table["rows"][2][1:] == [scalars[f"hog_{k}"] for k in table["header"][1:]]
     # 2 unseen classes x 2 test instances: 4 sketch queries against 4 photos.
     assert scalars["num_queries"] == 4 and scalars["num_gallery"] == 4
     # A random ranking over 4 items, 2 relevant: P@100 = relevant / gallery = 0.5 exactly.
@@ -341,6 +360,41 @@ def test_evaluate_outputs(trained):
         assert os.path.isfile(os.path.join(eval_dir, name)), name
     with open(os.path.join(eval_dir, "projector", "metadata.tsv")) as f:
         assert set(f.read().split()) == {"bottle", "mug"}
+
+
+def test_evaluate_baselines_skippable_and_validated(trained, tmp_path):
+    config, workdir, _ = trained
+    config = apply_overrides(config, {"eval": {"baselines": ()}}, "test")
+    task = ZsSbirTask(config)
+    state = loop.build_state(task)
+    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+    scalars = task.evaluate(state.models)["scalars"]
+    assert "map_all" in scalars and not any(k.startswith(("hog_", "raw_pixels_")) for k in scalars)
+    assert ZsSbirTask.validate_config(config) == []
+    for bad in (("hog", "sift"), ("hog", "hog"), "hog"):
+        config = _config(str(tmp_path))
+        del config.eval["baselines"]  # the field is typed as a tuple
+        config.eval.baselines = bad
+        assert "eval.baselines" in " ".join(ZsSbirTask.validate_config(config)), bad
+    # The main job's table lists the baselines next to each headline.
+    for h in ZsSbirTask.headlines:
+        keys = [f"{p}_{h.key}" for p in ("random", "hog", "raw_pixels")]
+        assert [k for _, k in h.baselines] == keys
+
+
+def test_baseline_metrics_cosine_is_euclidean_of_unit_rows():
+    from sketch_tf.eval import retrieval
+    from sketch_tf.families.zs_sbir import evaluate
+
+    rng = np.random.default_rng(0)
+    q, g = rng.random((6, 5)), rng.random((9, 5))
+    ql, gl = np.arange(6) % 3, np.arange(9) % 3
+    want = retrieval.retrieval_metrics(q, ql, g, gl, metric="cosine")
+    got = evaluate.baseline_metrics(q, ql, g, gl, "cosine")
+    for key in evaluate.METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key]), key
+    q[0] = g[3] = 0.0  # blank images: cosine 0 to everything instead of an error
+    assert 0.0 <= evaluate.baseline_metrics(q, ql, g, gl, "cosine")["map_all"] <= 1.0
 
 
 def test_export_round_trip(trained, tmp_path):
