@@ -9,12 +9,12 @@ Figures (last line, JSON): ``metric_queries_per_s`` (retrieval_metrics, all metr
 top-200 search with :class:`sketch_tf.index.GalleryIndex`, ``peak_rss_mb`` of the process.
 """
 
-import argparse
 import json
 import resource
 import time
 
 import numpy as np
+from bench_args import int_flags
 from sklearn.metrics import average_precision_score
 
 from sketch_tf.eval.retrieval import retrieval_metrics, similarity
@@ -22,13 +22,10 @@ from sketch_tf.index import GalleryIndex
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--gallery", type=int, default=100000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=25)
-    parser.add_argument("--sklearn_queries", type=int, default=50)
-    args = parser.parse_args()
+    args = int_flags(
+        __doc__.splitlines()[0], queries=1000, gallery=100000, dim=128, classes=25,
+        sklearn_queries=50,
+    )  # fmt: skip
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(args.classes, args.dim)).astype(np.float32)

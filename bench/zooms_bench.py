@@ -32,13 +32,13 @@ The sketch is ``sketchzooms_examples/1_img.png`` from the shared data when prese
 a procedurally drawn one.
 """
 
-import argparse
 import json
 import math
 import time
 
 import numpy as np
 import tensorflow as tf
+from bench_args import int_flags
 from PIL import Image
 
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
@@ -112,14 +112,10 @@ def _best_time(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=64)
-    parser.add_argument("--baseline_points", type=int, default=16)
-    parser.add_argument("--view_size", type=int, default=224)
-    parser.add_argument("--describe_points", type=int, default=1000)
-    parser.add_argument("--alexnet_points", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = int_flags(
+        __doc__.splitlines()[0], points=64, baseline_points=16, view_size=224,
+        describe_points=1000, alexnet_points=32, repeats=3,
+    )  # fmt: skip
 
     img = load_sketch()
     rng = np.random.default_rng(0)

@@ -74,8 +74,9 @@ def ink(images) -> np.ndarray:
     return 1.0 - grey(images)
 
 
-def _area_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] weights of area (box) resampling from src to dst samples."""
+def area_matrix(src: int, dst: int) -> np.ndarray:
+    """[dst, src] weights of area (box) resampling from src to dst samples (rows sum to 1); also
+    the raw-patch correspondence baseline's downsampling."""
     edges = np.linspace(0.0, src, dst + 1)
     lo, hi = edges[:-1, None], edges[1:, None]
     px = np.arange(src)[None, :]
@@ -96,7 +97,7 @@ def _bilinear_matrix(src: int, dst: int) -> np.ndarray:
 
 
 def _resize_matrix(src: int, dst: int) -> np.ndarray:
-    return _area_matrix(src, dst) if dst <= src else _bilinear_matrix(src, dst)
+    return area_matrix(src, dst) if dst <= src else _bilinear_matrix(src, dst)
 
 
 def resize(maps, size: int) -> np.ndarray:
@@ -226,13 +227,7 @@ def hog(
     Returns:
       float32 [N, D].
     """
-    try:
-        from skimage.feature import hog as sk_hog
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the HOG baseline needs scikit-image (pip install 'scikit-image>=0.22,<0.26'); "
-            "or leave 'hog' out of eval.baselines"
-        ) from err
+    from skimage.feature import hog as sk_hog  # a dependency; imported here as it is slow
     cells = int(size) // int(pixels_per_cell)
     if cells < int(cells_per_block) or int(cells_per_block) <= 0 or int(orientations) <= 0:
         raise ValueError(

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist
 from scipy.special import logsumexp
 
+from sketch_tf.eval.baselines import area_matrix
 from sketch_tf.eval.retrieval import as_finite_2d
 
 #: Thresholds (fractions of the image side) reported in tables: 2.5 %, 5 % and 10 %.
@@ -302,15 +303,6 @@ def cmc(descriptors_a, descriptors_b, match_index, max_rank: int | None = None):
 # -- non-learned baselines ------------------------------------------------------------------------
 
 
-def _area_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] averaging weights of area (box) resampling from src to dst samples."""
-    edges = np.linspace(0.0, src, dst + 1)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    px = np.arange(src)[None, :]
-    overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
-    return overlap / overlap.sum(axis=1, keepdims=True)
-
-
 def raw_patch_descriptors(image, points, patch_size: int = 64, out_size: int = 8) -> np.ndarray:
     """Downsampled raw patch around each point (non-learned baseline).
 
@@ -341,7 +333,7 @@ def raw_patch_descriptors(image, points, patch_size: int = 64, out_size: int = 8
     cy = np.clip(cy, half, padded.shape[0] - (patch_size - half))
     offs = np.arange(patch_size) - half
     patches = padded[(cy[:, None] + offs)[:, :, None], (cx[:, None] + offs)[:, None, :]]
-    a = _area_matrix(patch_size, out_size)
+    a = area_matrix(patch_size, out_size)
     small = np.einsum("op,npq,rq->nor", a, patches, a).reshape(len(pts), -1)
     norm = np.linalg.norm(small, axis=1, keepdims=True)
     small = np.divide(small, norm, out=np.zeros_like(small), where=norm > 0)
