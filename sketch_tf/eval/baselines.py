@@ -228,6 +228,7 @@ def hog(
       float32 [N, D].
     """
     from skimage.feature import hog as sk_hog  # a dependency; imported here as it is slow
+
     cells = int(size) // int(pixels_per_cell)
     if cells < int(cells_per_block) or int(cells_per_block) <= 0 or int(orientations) <= 0:
         raise ValueError(
