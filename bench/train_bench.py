@@ -83,8 +83,8 @@ def main(argv):
     class InMemory(task_cls):
         """Same task; the dataset repeats one batch already held as tensors."""
 
-        def build_train_dataset(self, global_batch_size, seed):
-            batch = next(iter(task_cls.build_train_dataset(self, global_batch_size, seed)))
+        def build_train_dataset(self, global_batch_size, seed, models=None):
+            batch = next(iter(task_cls.build_train_dataset(self, global_batch_size, seed, models)))
             batch = tf.nest.map_structure(tf.identity, batch)  # materialised tensors
             return tf.data.Dataset.from_tensors(batch).repeat()
 

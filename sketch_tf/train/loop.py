@@ -348,7 +348,7 @@ def train(
         log(f"nothing to do: step {start_step} >= train.num_steps={num_steps}")
         return TrainResult(start_step, "completed", checkpoint=restored)
 
-    dataset = task.build_train_dataset(global_batch, int(config.seed))
+    dataset = task.build_train_dataset(global_batch, int(config.seed), models=state.models)
     if start_step:
         # Same batches as an uninterrupted run would see from here on.
         dataset = dataset.skip(start_step)

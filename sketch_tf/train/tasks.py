@@ -184,9 +184,15 @@ class Task:
         return unique_variables(self.trainable_models(models), "trainable_variables")
 
     # ---- data ----------------------------------------------------------------------------
-    def build_train_dataset(self, global_batch_size: int, seed: int) -> tf.data.Dataset:
+    def build_train_dataset(
+        self, global_batch_size: int, seed: int, models: dict[str, Any] | None = None
+    ) -> tf.data.Dataset:
         """Required. An infinite dataset of global batches (dicts of tensors) in a fixed order
-        for a given seed; the loop skips the batches already consumed when it resumes."""
+        for a given seed; the loop skips the batches already consumed when it resumes.
+
+        `models`: the built models with their restored / initialised weights, for tasks whose
+        input depends on them (batches of cached trunk features, `sketch_tf.data.cache`);
+        the loop always passes them."""
         raise NotImplementedError
 
     # ---- training ------------------------------------------------------------------------

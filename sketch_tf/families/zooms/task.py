@@ -257,7 +257,7 @@ class ZoomsTask(Task):
             lambda ex: tf.reduce_any(tf.equal(tf.cast(ex["category_id"], tf.int64), keep_t))
         )
 
-    def build_train_dataset(self, global_batch_size, seed):
+    def build_train_dataset(self, global_batch_size, seed, models=None):
         if self.config.data.get("batching", "pairs") == "triplets":
             return self._triplet_dataset(global_batch_size, seed)
         ds = self.pairs("train", True, seed, int(self.config.data.num_points), "seen")

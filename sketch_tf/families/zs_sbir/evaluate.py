@@ -67,15 +67,29 @@ def embed_split(task, models, domain: str, classes: list[str], baselines=()):
         sketch_domain=d.sketch_domain,
     )
 
+    if task.uses_feature_cache():
+        # The heads on the cached features of the frozen trunk: the same embeddings as
+        # `tower(images)` (tests/families/zs_sbir), without running the trunk again.
+        role = "sketch" if is_sketch else "photo"
+        lookup = task.feature_caches(models, "test")[role].lookup(f"zs_sbir test {domain}")
+        head = task.tower_heads(models)[role]
+
+        def embedding(batch):
+            return head(lookup(batch["image_key"]), training=False)
+    else:
+
+        def embedding(batch):
+            return tower(batch["image"], training=False)
+
     @tf.function(reduce_retracing=True)  # the last batch is smaller
-    def embed(images):
-        thumbs = tf.image.resize(images, [48, 48], antialias=True)
-        return tower(images, training=False), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
+    def embed(batch):
+        thumbs = tf.image.resize(batch["image"], [48, 48], antialias=True)
+        return embedding(batch), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
 
     embs, labels, thumbs, ids = [], [], [], []
     descs = {name: [] for name in baselines}
     for batch in ds:
-        e, t = embed(batch["image"])
+        e, t = embed({"image": batch["image"], "image_key": batch["image_key"]})
         embs.append(e.numpy())
         thumbs.append(t.numpy())
         labels.append(batch["class_id"].numpy())

