@@ -11,6 +11,11 @@ Real layouts (see data/README.md for where each dataset comes from):
   python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --size=256
   python prepare_data.py --source=sketchzooms --root=path/to/SketchZooms --split=train --out=...
 
+Derived data of a config (the cached features of a frozen pretrained trunk, beside the records
+or in --config.data.cache_dir), computed now instead of on the first training run:
+
+  python prepare_data.py --derived --config=configs/zs_sbir.py:pacs
+
 Output is written to a temporary folder and renamed at the end: an interrupted run never
 leaves a dataset that looks complete. Unreadable inputs fail the run naming the file, unless
 --skip_bad (then they are skipped and listed in the manifest).
@@ -52,11 +57,42 @@ _LINE_WIDTH = flags.DEFINE_float("line_width", 3.0, "quickdraw: stroke width in 
 _SPLIT = flags.DEFINE_string("split", "train", "sketchzooms: csv split (train or test).")
 _CSV = flags.DEFINE_string("csv_path", None, "style: CSV of image, content, style columns.")
 _SQLITE = flags.DEFINE_string("sqlite_path", None, "style: BAM!-like sqlite database.")
+# derived data
+_DERIVED = flags.DEFINE_bool(
+    "derived", False, "Compute the derived data (feature caches) of --config's records."
+)
+_CONFIG = cli.define_config_flag(trained_run=False)
+
+
+def _derived() -> None:
+    """--derived: the task's caches for training and evaluation (`Task.precompute`)."""
+    from sketch_tf.train import loop
+    from sketch_tf.train.config import ConfigError, validate_config
+    from sketch_tf.train.tasks import get_task_class
+
+    config = _CONFIG.value
+    if config is None:
+        cli.fail("--derived needs --config=configs/<family>.py:<variant>")
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        cli.fail(str(e))
+    task = get_task_class(config.task)(config)
+    state = loop.build_state(task)
+    if config.get("init") and config.init.get("workdir"):
+        loop.apply_init(state, config.init, print)
+    try:
+        paths = task.precompute(state.models)
+    except (ValueError, OSError) as e:
+        cli.fail(str(e))
+    print(json.dumps({"task": config.task, "derived": paths}))
 
 
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {argv[1:]}")
+    if _DERIVED.value:
+        return _derived()
     if not _OUT.value:
         cli.fail("--out is required")
     if os.path.exists(_OUT.value) and not _OVERWRITE.value:

@@ -141,3 +141,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     step = int(out.split("interrupted at step ")[1].split(";")[0])
     assert 3 <= step < 1000000
     assert tf.train.latest_checkpoint(str(workdir / "ckpt")).endswith(f"ckpt-{step}")
+
+
+def test_prepare_data_derived_precomputes_the_feature_caches(tmp_path):
+    from sketch_tf.data.synthetic.prepare import prepare_synthetic
+
+    root = tmp_path / "records"
+    prepare_synthetic("zs_sbir", root, image_size=32, n_per_category=2, test_fraction=0.5,
+                      categories=["airplane", "bed", "bottle", "mug"])  # fmt: skip
+    args = [
+        "--derived", "--config=configs/zs_sbir.py:synthetic_smoke", f"--config.data.root={root}",
+        "--config.data.unseen_classes=('bottle', 'mug')", "--config.model.freeze_trunk=True",
+        "--config.data.feature_cache=True", "--config.data.train_augment=False",
+    ]  # fmt: skip
+    proc = _run("prepare_data.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    derived = json.loads(proc.stdout.strip().splitlines()[-1])["derived"]
+    assert sorted(derived) == ["test/photo", "test/sketch", "train/photo", "train/sketch"]
+    for path in derived.values():
+        assert os.path.isfile(os.path.join(path, "features.npz"))
+        assert os.path.dirname(os.path.dirname(path)).startswith(str(root))
+    proc = _run("prepare_data.py", "--derived")
+    assert proc.returncode == 2 and "--derived needs --config" in proc.stderr

@@ -195,6 +195,14 @@ class Task:
         the loop always passes them."""
         raise NotImplementedError
 
+    def precompute(
+        self, models: dict[str, Any], log: Callable[[str], None] = print
+    ) -> dict[str, str]:
+        """Computes (or checks) the task's cached derived data for training and evaluation,
+        as the first training run would (`prepare_data.py --derived`). Returns {what: cache
+        folder}; the default task has nothing to cache."""
+        return {}
+
     # ---- training ------------------------------------------------------------------------
     def compute_losses(
         self, models: dict[str, Any], batch: dict[str, tf.Tensor], ctx: LossContext

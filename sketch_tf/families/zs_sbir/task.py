@@ -298,6 +298,15 @@ class ZsSbirTask(Task):
             memo[key] = (tower, out[role])
         return out
 
+    def precompute(self, models, log=print) -> dict[str, str]:
+        if not self.uses_feature_cache():
+            return {}
+        return {
+            f"{which}/{role}": entry.path
+            for which in ("train", "test")
+            for role, entry in self.feature_caches(models, which, log).items()
+        }
+
     def tower_heads(self, models) -> dict:
         """{"sketch", "photo": the towers' heads (features -> embeddings)}, built once."""
         memo = self.__dict__.setdefault("_heads", {})
