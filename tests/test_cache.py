@@ -102,7 +102,7 @@ def test_cache_invalidates_when_the_trunk_or_spec_changes(tmp_path):
     assert c.path not in (a.path, b.path) and c.computed == 5
 
 
-def test_cache_completes_when_images_change_and_drops_stale(tmp_path):
+def test_cache_completes_when_images_change(tmp_path):
     # The cache in its own folder (data.cache_dir): rewriting the records folder with
     # prepare_data.py would remove a cache inside it.
     path, root = _records(tmp_path / "rec", range(5)), str(tmp_path / "elsewhere")
@@ -113,12 +113,20 @@ def test_cache_completes_when_images_change_and_drops_stale(tmp_path):
     log = []
     second = _cached(path, model, log, root=root)
     assert second.path == first.path
-    assert second.computed == 2 and len(second.keys) == 5
-    assert any("dropping 2 images" in m for m in log)
+    assert second.computed == 2 and "computed 2 of 5" in log[-1]
     direct = _direct(path, model)
-    assert set(second.keys.tolist()) == set(direct)
-    for k, v in zip(second.keys, second.values, strict=True):
-        np.testing.assert_allclose(v, direct[int(k)], rtol=1e-6, atol=1e-7)
+    assert set(direct) <= set(second.keys.tolist()) and len(second.keys) == 7  # old ones kept
+    lookup = second.lookup()
+    for k, v in direct.items():
+        np.testing.assert_allclose(lookup(tf.constant([k]))[0], v, rtol=1e-6, atol=1e-7)
+    # A subset of the records (e.g. the unseen classes) reads the same entry.
+    subset = pipeline.labelled_image_bytes(path, classes=["a"])
+    log = []
+    third = cache.cached_features(
+        root, "photo_features", {"size": SIZE}, model, subset,
+        lambda e: pipeline.preprocess(e, False, SIZE, False), log=log.append,
+    )  # fmt: skip
+    assert third.path == first.path and third.computed == 0 and len(third.keys) == 7
 
 
 def test_cache_probe_rebuilds_a_stale_entry(tmp_path):

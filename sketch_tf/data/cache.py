@@ -16,11 +16,12 @@ values. Rewriting a record folder with `prepare_data.py --overwrite` removes a c
 file and renamed (atomic: a crash or a full disk leaves the previous file, never a half-written
 one).
 
-Staleness: on load, every key the records need must be present (records rewritten with other
-images -> the missing keys are computed and the file is rewritten with exactly the needed
-keys), and a probe of a few cached images is recomputed and compared (`PROBE_IMAGES`, relative
-tolerance 1e-4), which catches what the digest cannot see (a code or library change in the
-computation); a failed probe rebuilds the whole entry.
+Staleness: on load, every key the caller needs must be present (records rewritten with other
+images, or another subset of them -> the missing keys are computed and added; nothing cached is
+dropped, so training and evaluation subsets of one record folder share an entry), and a probe
+of a few cached images is recomputed and compared (`PROBE_IMAGES`, relative tolerance 1e-4),
+which catches what the digest cannot see (a code or library change in the computation); a
+failed probe rebuilds the whole entry.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def cached_features(
       log: progress sink.
 
     Returns:
-      FeatureCache holding exactly the keys of `images`.
+      FeatureCache holding (at least) every key of `images`.
 
     Raises:
       OSError: the entry cannot be written (names the folder and `data.cache_dir`).
@@ -237,10 +238,12 @@ def cached_features(
     keys, values = np.zeros([0], np.int64), None
     entry = _read_entry(path)
     if entry is not None:
-        present = np.isin(entry[0], needed)
-        keys, values = entry[0][present], entry[1][present]
-        probe_k, probe_v = _compute(images, keys[:PROBE_IMAGES], preprocess, model, batch_size)
-        if len(keys):
+        # Every cached image is kept, needed now or not: callers may cache different subsets
+        # of one record folder (seen classes for training, unseen for evaluation) in one entry.
+        keys, values = entry
+        probe = keys[np.isin(keys, needed)][:PROBE_IMAGES]
+        probe_k, probe_v = _compute(images, probe, preprocess, model, batch_size)
+        if len(probe):
             ref = values[np.searchsorted(keys, probe_k)] if len(probe_k) else None
             scale = 1e-4 * max(float(np.abs(ref).max()), 1e-6) if ref is not None else 0.0
             if ref is None or not np.allclose(probe_v, ref, rtol=1e-4, atol=scale):
@@ -249,11 +252,8 @@ def cached_features(
                     "(stale: trunk code or library changed); rebuilding"
                 )
                 keys, values = np.zeros([0], np.int64), None
-        stale = len(entry[0]) - int(present.sum())
-        if stale:
-            log(f"feature cache {path}: dropping {stale} images no longer in the records")
     missing = np.setdiff1d(needed, keys)
-    if not len(missing) and entry is not None and len(keys) == len(entry[0]):
+    if not len(missing) and values is not None:
         return FeatureCache(path, keys, values, computed=0)
     start = time.time()
     new_k, new_v = _compute(images, missing, preprocess, model, batch_size)
