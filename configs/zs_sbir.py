@@ -184,6 +184,17 @@ def synthetic(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def synthetic_hed(config: ml_collections.ConfigDict) -> None:
+    """`synthetic` on the pretrained trunk: frozen, cached `vgg16_hed` towers
+    (`_pretrained_trunk`) at 64 px, the records' 96 px images resized.
+
+    Departures from `upstream`: those of `synthetic`, and the frozen `vgg16_hed` trunk instead
+    of DenseNet121.
+    """
+    synthetic(config)
+    _pretrained_trunk(config, 64, "block5")
+
+
 def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
     """main_job.py --smoke: the whole flow on a tiny world in seconds (numbers mean nothing).
 
@@ -372,6 +383,7 @@ def upstream(config: ml_collections.ConfigDict) -> None:
 #: Variant name -> function that edits the `_base` config in place.
 VARIANTS = {
     "synthetic": synthetic,
+    "synthetic_hed": synthetic_hed,
     "synthetic_smoke": synthetic_smoke,
     "pacs": pacs,
     "pacs_scratch": pacs_scratch,

