@@ -585,3 +585,13 @@ def test_photo_edge_maps_cached_trained_and_exported(records, tmp_path, photo_in
     feats = caches["photo"].lookup()(tf.constant(keys, tf.int64))
     via_cache = task.tower_heads(state.models)["photo"](feats, training=False).numpy()
     np.testing.assert_allclose(via_cache, want, rtol=1e-4, atol=1e-5)
+
+
+def test_feature_cache_under_two_logical_cpus(records, tmp_path, two_cpu_strategy):
+    # The lookup tables of the cache live in the input pipeline that MirroredStrategy splits.
+    config = _frozen(records, tmp_path / "cache")
+    config.loss.negatives = "mined"
+    result = loop.train(ZsSbirTask(config), str(tmp_path / "run"), two_cpu_strategy,
+                        log=lambda s: None)  # fmt: skip
+    assert result.status == "completed" and result.step == 2
+    assert all(np.isfinite(v) for v in result.losses.values())
