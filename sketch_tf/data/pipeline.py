@@ -641,6 +641,22 @@ def class_pairs(
     return _seeds(seed).map(choose)
 
 
+def _keys_by_domain_class(dataset_dir, manifest) -> dict[tuple[str, int], np.ndarray]:
+    """{(domain, class_id): int64 cache keys of its records, in shard order} (one pass)."""
+    ds = tfrecord.record_dataset(dataset_dir, manifest=manifest).map(
+        schema.parse_labelled_image, num_parallel_calls=AUTOTUNE
+    )
+    ds = ds.map(
+        lambda r: (r[schema.DOMAIN], r[schema.CLASS_ID], cache.image_keys(r[schema.IMAGE])),
+        num_parallel_calls=AUTOTUNE,
+    ).batch(4096)
+    groups: dict[tuple[str, int], list[np.ndarray]] = {}
+    for domains, classes, keys in ds.as_numpy_iterator():
+        for d, c, k in zip(domains, classes, keys, strict=True):
+            groups.setdefault((d.decode(), int(c)), []).append(k)
+    return {g: np.asarray(v, np.int64) for g, v in groups.items()}
+
+
 def triplet_batches(
     dataset_dir,
     batch_size: int,
@@ -677,13 +693,14 @@ def triplet_batches(
         evaluation preprocessing (fit + centre crop/pad, no randomness in the pixels). The
         streams are endless and shuffled either way.
       output: "images" (decoded, preprocessed images) or "keys" (only the images' int64 cache
-        keys `cache.image_keys`, nothing decoded: for training on cached trunk features).
+        keys `cache.image_keys`, nothing decoded and no shard read after one pass that lists
+        each (domain, class)'s keys: for training on cached trunk features). Both draw the
+        same classes (`class_pairs`), but the records within a class in another order.
 
     Returns:
       dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
       "neg_class_id": [B] int64 (dataset class ids)}; with output="keys", "sketch_key",
-      "photo_pos_key", "photo_neg_key": [B] int64 instead of the images. The same seed gives
-      the same records in the same order for both outputs.
+      "photo_pos_key", "photo_neg_key": [B] int64 instead of the images.
     """
     if output not in TRIPLET_OUTPUTS:
         raise ValueError(f"output must be one of {TRIPLET_OUTPUTS}, got {output!r}")
@@ -726,13 +743,25 @@ def triplet_batches(
         anchor_weights = [per_class.get(manifest["classes"][c], 0) for c in ids]
     pairs = class_pairs(logits, seed + 1, anchor_weights)
 
-    def streams(domain, offset):
-        return [
-            _class_domain_stream(
-                dataset_dir, manifest, c, domain, seed + offset + 7919 * (i + 1), shuffle_buffer
+    if output == "keys":
+        # Nothing to decode: the streams are the records' cache keys, read once into memory
+        # (a few bytes per record) instead of re-reading and filtering shards per class.
+        by_class = _keys_by_domain_class(dataset_dir, manifest)
+
+        def stream(domain, c, seed_c):
+            keys = by_class.get((domain, c), np.zeros([0], np.int64))
+            return (
+                tf.data.Dataset.from_tensor_slices(keys)
+                .repeat()
+                .shuffle(shuffle_buffer, seed=seed_c, reshuffle_each_iteration=True)
             )
-            for i, c in enumerate(ids)
-        ]
+    else:
+
+        def stream(domain, c, seed_c):
+            return _class_domain_stream(dataset_dir, manifest, c, domain, seed_c, shuffle_buffer)
+
+    def streams(domain, offset):
+        return [stream(domain, c, seed + offset + 7919 * (i + 1)) for i, c in enumerate(ids)]
 
     sk = tf.data.Dataset.choose_from_datasets(streams(sketch_domain, 11), pairs.map(lambda a, b: a))
     pos = tf.data.Dataset.choose_from_datasets(streams(photo_domain, 23), pairs.map(lambda a, b: a))
@@ -740,18 +769,17 @@ def triplet_batches(
     ids_t = tf.constant(ids, tf.int64)
 
     def prep(sk_rec, pos_rec, neg_rec, pair, s):
-        s3 = tf.random.experimental.stateless_split(s, 3)
-        r_sk = schema.parse_labelled_image(sk_rec)
-        r_pos = schema.parse_labelled_image(pos_rec)
-        r_neg = schema.parse_labelled_image(neg_rec)
         labels = {
             "class_id": tf.gather(ids_t, pair[0]),
             "neg_class_id": tf.gather(ids_t, pair[1]),
         }
-        if output == "keys":
-            keys = (cache.image_keys(r[schema.IMAGE]) for r in (r_sk, r_pos, r_neg))
-            names = ("sketch_key", "photo_pos_key", "photo_neg_key")
-            return dict(zip(names, keys, strict=True), **labels)
+        if output == "keys":  # the streams hold keys already
+            return {"sketch_key": sk_rec, "photo_pos_key": pos_rec, "photo_neg_key": neg_rec,
+                    **labels}  # fmt: skip
+        s3 = tf.random.experimental.stateless_split(s, 3)
+        r_sk = schema.parse_labelled_image(sk_rec)
+        r_pos = schema.parse_labelled_image(pos_rec)
+        r_neg = schema.parse_labelled_image(neg_rec)
         images = [
             preprocess(r[schema.IMAGE], dom, image_size, training, s3[i])
             for i, (r, dom) in enumerate(((r_sk, True), (r_pos, False), (r_neg, False)))

@@ -353,13 +353,12 @@ class ZsSbirTask(Task):
         sketch = caches["sketch"].lookup("zs_sbir training sketches")
         photo = caches["photo"].lookup("zs_sbir training photos")
 
-        def to_features(b):
+        def to_features(b):  # the keys stay in the batch (which images these are)
             return {
                 "sketch_features": sketch(b["sketch_key"]),
                 "photo_pos_features": photo(b["photo_pos_key"]),
                 "photo_neg_features": photo(b["photo_neg_key"]),
-                "class_id": b["class_id"],
-                "neg_class_id": b["neg_class_id"],
+                **b,
             }
 
         return triplets.map(to_features, num_parallel_calls=tf.data.AUTOTUNE)

@@ -496,23 +496,48 @@ def _frozen(root, cache_dir, feature_cache=True, **model):
 
 
 def test_feature_cache_trains_and_evaluates_like_the_towers(records, tmp_path):
-    results = {}
-    for cached in (True, False):
-        config = _frozen(records, tmp_path / "cache", feature_cache=cached)
-        assert ZsSbirTask.validate_config(config) == []
-        task = ZsSbirTask(config)
-        workdir = str(tmp_path / f"run_{cached}")
-        result = loop.train(task, workdir, log=lambda s: None)
-        state = loop.build_state(task)
-        loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
-        results[cached] = (result.losses, task.evaluate(state.models)["scalars"], state.models)
-    (loss_c, ev_c, models), (loss_t, ev_t, _) = results[True], results[False]
-    # Same batches (keys vs images of the same records), same heads: the same losses.
-    for k in loss_t:
-        np.testing.assert_allclose(loss_c[k], loss_t[k], rtol=1e-5, err_msg=k)
+    config = _frozen(records, tmp_path / "cache")
+    assert ZsSbirTask.validate_config(config) == []
+    task = ZsSbirTask(config)
+    workdir = str(tmp_path / "run")
+    tf.keras.utils.set_random_seed(int(config.seed))  # as loop.train does before building
+    before = {v.path: v.numpy() for v in zs_models.photo_tower(task.build_models()).weights}
+    result = loop.train(task, workdir, log=lambda s: None)
+    assert result.status == "completed" and np.isfinite(result.losses["total"])
+    state = loop.build_state(task)
+    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
+    models = state.models
+    tower = zs_models.photo_tower(models)
+    assert zs_models.trunk_is_frozen(tower)
+    assert {v.path.split("/")[0] for v in tower.trainable_weights} == {"projection"}
+    for v in zs_models.tower_trunk(tower).weights:  # the pretrained / frozen trunk is untouched
+        np.testing.assert_array_equal(v.numpy(), before[v.path])
+
+    # A batch of cached features gives the losses of the towers on the same images.
+    features = next(iter(task.build_train_dataset(4, 0, models=models)))
+    batch = features
+    rows = {}
+    for k, e in pipeline.labelled_image_bytes(task.records_dir("train")).as_numpy_iterator():
+        rows[int(k)] = e
+    images = {
+        name: tf.stack([
+            pipeline.preprocess(tf.constant(rows[int(k)]), name == "sketch", SIZE, False)
+            for k in batch[f"{name}_key"].numpy()
+        ])
+        for name in ("sketch", "photo_pos", "photo_neg")
+    }  # fmt: skip
+    ctx = LossContext(global_batch_size=4, num_replicas=1)
+    plain = ZsSbirTask(_frozen(records, tmp_path / "cache", feature_cache=False))
+    with_images = plain.compute_losses(models, {**images, **_labels(batch)}, ctx)
+    with_cache = task.compute_losses(models, features, ctx)
+    for k in with_images:
+        np.testing.assert_allclose(with_cache[k], with_images[k], rtol=1e-5, err_msg=k)
+
+    # Evaluation through the cache equals evaluation through the towers.
+    ev_cached = task.evaluate(models)["scalars"]
+    ev_towers = plain.evaluate(models)["scalars"]
     for k in ("map_all", "p_100", "hog_map_all"):
-        np.testing.assert_allclose(ev_c[k], ev_t[k], rtol=1e-6, err_msg=k)
-    # Only the heads trained; the frozen trunks are in the entries' digest.
+        np.testing.assert_allclose(ev_cached[k], ev_towers[k], rtol=1e-6, err_msg=k)
     # One cache folder per record folder (train, test) under data.cache_dir, each with the
     # sketch and the photo trunk's entry.
     for split in ("train", "test"):
@@ -521,9 +546,10 @@ def test_feature_cache_trains_and_evaluates_like_the_towers(records, tmp_path):
         assert [e.rsplit("-", 1)[0] for e in entries] == [
             "zs_sbir_photo_features", "zs_sbir_sketch_features"
         ]  # fmt: skip
-    tower = zs_models.photo_tower(models)
-    assert zs_models.trunk_is_frozen(tower)
-    assert {v.path.split("/")[0] for v in tower.trainable_weights} == {"projection"}
+
+
+def _labels(batch):
+    return {"class_id": batch["class_id"], "neg_class_id": batch["neg_class_id"]}
 
 
 def test_feature_cache_config_errors(records, tmp_path):
