@@ -64,8 +64,11 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         dict(backbone="small_cnn", descriptor_dim=128,
              fusion="view_max", l2_normalize=False, dropout=0.3, head="auto", head_hidden=512,
              weights_path="", backbone_weights="", backbone_widths=(32, 64, 128),
-             backbone_pooling="flatten")
+             backbone_pooling="flatten", backbone_cut="", backbone_freeze_blocks=0)
     )  # fmt: skip
+    # The pretrained trunk instead (measured in docs/zooms.md, not the default):
+    # --config.model.backbone=vgg16_hed --config.model.backbone_cut=block3 \
+    #   --config.model.backbone_freeze_blocks=3  (backbone_widths is small_cnn's only)
 
     # Zoom geometry, all in this section (DESIGN: half-sizes 100*z px on a 512 px sketch;
     # scaled with the image height, so the same part of the drawing is seen at 256 px; one

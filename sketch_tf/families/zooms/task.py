@@ -36,7 +36,7 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
-from sketch_tf.models.backbones import BACKBONES
+from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
 from sketch_tf.models.layers import FUSION_MODES
 from sketch_tf.models.zooms import build_zooms_model, describe_views
 from sketch_tf.train.tasks import Headline, Task, register_task
@@ -108,16 +108,23 @@ class ZoomsTask(Task):
         m, z, loss, data = config.model, config.zooms, config.loss, config.data
         if m.backbone not in BACKBONES:
             p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-        if m.get("backbone_pooling") and m.backbone != "small_cnn":
+        poolings = {"small_cnn": ("avg", "max", "flatten"), "vgg16_hed": HED_POOLINGS}
+        if m.get("backbone_pooling") and m.backbone not in poolings:
             p.append(
-                f"model.backbone_pooling={m.backbone_pooling!r} applies to small_cnn only (the "
-                f"torchvision layouts keep their own pooling); set it to '' for {m.backbone!r}"
+                f"model.backbone_pooling={m.backbone_pooling!r} applies to small_cnn and "
+                "vgg16_hed only (the torchvision layouts keep their own pooling); set it to '' "
+                f"for {m.backbone!r}"
             )
-        elif m.get("backbone_pooling") and m.backbone_pooling not in ("avg", "max", "flatten"):
+        elif m.get("backbone_pooling") and m.backbone_pooling not in poolings[m.backbone]:
             p.append(
-                "model.backbone_pooling must be 'avg', 'max', 'flatten' or '', got "
-                f"{m.backbone_pooling!r}"
+                f"model.backbone_pooling must be one of {poolings[m.backbone]} or '' for "
+                f"{m.backbone}, got {m.backbone_pooling!r}"
             )
+        for key in ("backbone_cut", "backbone_freeze_blocks"):
+            if m.get(key) and m.backbone != "vgg16_hed":
+                p.append(f"model.{key} applies to vgg16_hed only, got {m.get(key)!r}")
+        if m.get("backbone_cut") and m.backbone_cut not in HED_CUTS:
+            p.append(f"model.backbone_cut must be one of {HED_CUTS} or '', got {m.backbone_cut!r}")
         if m.fusion not in FUSION_MODES:
             p.append(f"model.fusion must be one of {FUSION_MODES}, got {m.fusion!r}")
         for old, new in (("num_views", "len(zooms.zooms)"), ("view_size", "zooms.view_size")):
@@ -199,10 +206,14 @@ class ZoomsTask(Task):
         backbone_kwargs = {}
         if m.get("backbone_weights"):
             backbone_kwargs["weights_path"] = m.backbone_weights
-        if m.get("backbone_widths"):
+        if m.get("backbone_widths") and m.backbone == "small_cnn":
             backbone_kwargs["widths"] = tuple(m.backbone_widths)
         if m.get("backbone_pooling"):
             backbone_kwargs["pooling"] = m.backbone_pooling
+        if m.get("backbone_cut"):
+            backbone_kwargs["cut"] = m.backbone_cut
+        if m.get("backbone_freeze_blocks"):
+            backbone_kwargs["freeze_blocks"] = int(m.backbone_freeze_blocks)
         model = build_zooms_model(
             backbone=m.backbone,
             view_size=int(self.config.zooms.view_size),

