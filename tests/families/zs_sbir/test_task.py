@@ -28,7 +28,7 @@ def records(tmp_path_factory):
 
 
 def _config(root, **loss):
-    config = load_project_config("zs_sbir", "synthetic")
+    config = load_project_config("zs_sbir", "synthetic_scratch")
     config.data.root = root
     config.data.image_size = SIZE
     config.data.unseen_classes = ("bottle", "mug")
