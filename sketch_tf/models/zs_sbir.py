@@ -135,7 +135,11 @@ def tower_trunk(tower: keras.Model) -> keras.Model:
 def tower_head(tower: keras.Model) -> keras.Model:
     """The tower after its features: float32 [B, F] -> [B, E] embeddings (shares weights), so
     that ``tower_head(t)(tower_trunk(t)(x)) == t(x)``."""
-    return keras.Model(_features_tensor(tower), tower.output, name=f"{tower.name}_head")
+    features = _features_tensor(tower)
+    if tower.output is features:  # no projection, no normalisation: the head is the identity
+        inp = keras.Input(tuple(features.shape[1:]), name="features")
+        return keras.Model(inp, layers.Identity()(inp), name=f"{tower.name}_head")
+    return keras.Model(features, tower.output, name=f"{tower.name}_head")
 
 
 def trunk_is_frozen(tower: keras.Model) -> bool:

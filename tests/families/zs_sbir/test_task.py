@@ -621,3 +621,17 @@ def test_feature_cache_under_two_logical_cpus(records, tmp_path, two_cpu_strateg
                         log=lambda s: None)  # fmt: skip
     assert result.status == "completed" and result.step == 2
     assert all(np.isfinite(v) for v in result.losses.values())
+
+
+@pytest.mark.parametrize("projection_dim, normalize", [(0, False), (0, True), (8, False)])
+def test_tower_splits_into_trunk_and_head(projection_dim, normalize):
+    tower = zs_models.build_tower(
+        "small_cnn", SIZE, projection_dim=projection_dim, normalize=normalize,
+        backbone_kwargs={"widths": (8, 16)}, freeze_trunk=True,
+    )  # fmt: skip
+    x = tf.random.uniform([3, SIZE, SIZE, 3], seed=4)
+    trunk, head = zs_models.tower_trunk(tower), zs_models.tower_head(tower)
+    assert trunk.output_shape == (None, 16)
+    np.testing.assert_allclose(head(trunk(x)).numpy(), tower(x).numpy(), rtol=1e-6, atol=1e-7)
+    assert zs_models.trunk_is_frozen(tower)
+    assert len(head.trainable_weights) == (2 if projection_dim else 0)
