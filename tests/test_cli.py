@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sketch_tf.paths import PROJECT_ROOT
+from tests.conftest import requires_hed
 
 TINY = "tests/fixtures/tiny_config.py"
 
@@ -143,6 +144,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert tf.train.latest_checkpoint(str(workdir / "ckpt")).endswith(f"ckpt-{step}")
 
 
+@requires_hed
 def test_prepare_data_derived_precomputes_the_feature_caches(tmp_path):
     from sketch_tf.data.synthetic.prepare import prepare_synthetic
 

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from sketch_tf.paths import PROJECT_ROOT
+from tests.conftest import requires_hed
 
 
+@requires_hed
 @pytest.mark.slow
 def test_main_job_smoke(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
