@@ -422,6 +422,24 @@ def _seeds(seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(seed, tf.int64), i]))
 
 
+def _labelled_records(
+    dataset_dir, domains=None, classes=None, shuffle_shards: bool = False, seed: int = 0
+) -> tf.data.Dataset:
+    """Parsed labelled-image records of `dataset_dir`, one pass, restricted to `domains` /
+    `classes` (names; unknown classes fail naming the dataset) when given."""
+    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
+    ds = tfrecord.record_dataset(
+        dataset_dir, shuffle_shards=shuffle_shards, seed=seed, manifest=manifest
+    ).map(schema.parse_labelled_image, num_parallel_calls=AUTOTUNE)
+    if classes is not None:
+        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
+    if domains is not None:
+        doms = tf.constant(list(domains))
+        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.DOMAIN], doms)))
+    return ds
+
+
 def labelled_dataset(
     dataset_dir,
     batch_size: int,
@@ -442,16 +460,7 @@ def labelled_dataset(
     Training: endless, shard order and records shuffled (seeded), augmented, full batches.
     `classes` / `domains` restrict the records (filter on parsed fields).
     """
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
-    ds = tfrecord.record_dataset(
-        dataset_dir, shuffle_shards=training, seed=seed, manifest=manifest
-    ).map(schema.parse_labelled_image, num_parallel_calls=AUTOTUNE)
-    if classes is not None:
-        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
-        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
-    if domains is not None:
-        doms = tf.constant(list(domains))
-        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.DOMAIN], doms)))
+    ds = _labelled_records(dataset_dir, domains, classes, shuffle_shards=training, seed=seed)
     if training:
         ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
     ds = tf.data.Dataset.zip((ds, _seeds(seed)))
@@ -479,20 +488,14 @@ def labelled_image_bytes(dataset_dir, domains=None, classes=None) -> tf.data.Dat
     """One pass over the encoded images of a labelled-image dataset, in shard order:
     (int64 cache key `cache.image_keys`, string encoded image) per record, restricted to
     `domains` / `classes` (names) when given. The input of `cache.cached_features`."""
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
-    ds = tfrecord.record_dataset(dataset_dir, manifest=manifest).map(
-        schema.parse_labelled_image, num_parallel_calls=AUTOTUNE
+    return (
+        _labelled_records(dataset_dir, domains, classes)
+        .map(
+            lambda r: (cache.image_keys(r[schema.IMAGE]), r[schema.IMAGE]),
+            num_parallel_calls=AUTOTUNE,
+        )
+        .with_options(_options())
     )
-    if classes is not None:
-        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
-        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
-    if domains is not None:
-        doms = tf.constant(list(domains))
-        ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.DOMAIN], doms)))
-    return ds.map(
-        lambda r: (cache.image_keys(r[schema.IMAGE]), r[schema.IMAGE]),
-        num_parallel_calls=AUTOTUNE,
-    ).with_options(_options())
 
 
 def pk_batches(

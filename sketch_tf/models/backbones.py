@@ -56,12 +56,15 @@ __all__ = [
 _BN = dict(epsilon=1e-5, momentum=0.9)  # PyTorch BatchNorm2d defaults
 
 
+def _cell_bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """[(start, end)] of PyTorch's adaptive pooling cells along one axis."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] averaging matrix of PyTorch's adaptive average pooling along one axis."""
     m = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-        start = (i * n_in) // n_out
-        end = -((-(i + 1) * n_in) // n_out)  # ceil
+    for i, (start, end) in enumerate(_cell_bounds(n_in, n_out)):
         m[i, start:end] = 1.0 / (end - start)
     return m
 
@@ -83,9 +86,12 @@ class AdaptiveAvgPool2D(layers.Layer):
             output_size = (output_size, output_size)
         self.output_size = tuple(int(v) for v in output_size)
 
-    def build(self, input_shape):
+    def _check_static(self, input_shape):
         if input_shape[1] is None or input_shape[2] is None:
-            raise ValueError(f"AdaptiveAvgPool2D needs static H and W, got {input_shape}")
+            raise ValueError(f"{type(self).__name__} needs static H and W, got {input_shape}")
+
+    def build(self, input_shape):
+        self._check_static(input_shape)
         self._ph = _pool_matrix(int(input_shape[1]), self.output_size[0])
         self._pw = _pool_matrix(int(input_shape[2]), self.output_size[1])
 
@@ -103,13 +109,8 @@ class AdaptiveAvgPool2D(layers.Layer):
         return config
 
 
-def _cell_bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
-    """[(start, end)] of PyTorch's adaptive pooling cells along one axis."""
-    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
-
-
 @keras.saving.register_keras_serializable(package="sketch_tf")
-class AdaptiveMaxPool2D(layers.Layer):
+class AdaptiveMaxPool2D(AdaptiveAvgPool2D):
     """PyTorch-style adaptive max pooling: [B, H, W, C] -> [B, oh, ow, C], the cells of
     `AdaptiveAvgPool2D` (``torch.nn.AdaptiveMaxPool2d``). H and W must be static.
 
@@ -117,15 +118,8 @@ class AdaptiveMaxPool2D(layers.Layer):
       output_size: int or (oh, ow).
     """
 
-    def __init__(self, output_size, **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        self.output_size = tuple(int(v) for v in output_size)
-
     def build(self, input_shape):
-        if input_shape[1] is None or input_shape[2] is None:
-            raise ValueError(f"AdaptiveMaxPool2D needs static H and W, got {input_shape}")
+        self._check_static(input_shape)
         self._rows = _cell_bounds(int(input_shape[1]), self.output_size[0])
         self._cols = _cell_bounds(int(input_shape[2]), self.output_size[1])
 
@@ -135,14 +129,6 @@ class AdaptiveMaxPool2D(layers.Layer):
             band = ops.max(inputs[:, r0:r1], axis=1)  # [B, W, C]
             rows.append(ops.stack([ops.max(band[:, c0:c1], axis=1) for c0, c1 in self._cols], 1))
         return ops.stack(rows, axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], *self.output_size, input_shape[3])
-
-    def get_config(self):
-        config = super().get_config()
-        config["output_size"] = self.output_size
-        return config
 
 
 def _image_input(input_size: int, min_size: int, name: str) -> keras.KerasTensor:
