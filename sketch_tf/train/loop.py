@@ -359,9 +359,19 @@ def train(
     optimizer = state.optimizer
     clipnorm = float(train_cfg.clipnorm)
 
+    if not variables:
+        # E.g. a frozen pretrained trunk without a head and without the domain term: the run
+        # evaluates the frozen features; the steps compute (and log) the losses only.
+        log(
+            "nothing to train: every model is frozen or has no trainable weight; the steps only "
+            "compute the losses"
+        )
+
     def replica_step(batch):
         with tf.GradientTape() as tape:
             losses = task.compute_losses(state.models, batch, loss_ctx)
+        if not variables:
+            return losses
         grads = tape.gradient(losses["total"], variables)
         if clipnorm > 0:
             # Clip the *global* gradient: sum over replicas first, clip, then hand each

@@ -635,3 +635,17 @@ def test_tower_splits_into_trunk_and_head(projection_dim, normalize):
     np.testing.assert_allclose(head(trunk(x)).numpy(), tower(x).numpy(), rtol=1e-6, atol=1e-7)
     assert zs_models.trunk_is_frozen(tower)
     assert len(head.trainable_weights) == (2 if projection_dim else 0)
+
+
+def test_nothing_trainable_runs_and_says_so(records, tmp_path):
+    # Frozen trunk, no head, no domain term (the `pacs` recipe's no_domain ablation): the run
+    # evaluates the frozen features; its steps only compute the losses.
+    config = _frozen(records, tmp_path / "cache", projection_dim=0)
+    config.loss.domain_weight = 0.0
+    config.eval.metric = "cosine"
+    task = ZsSbirTask(config)
+    lines = []
+    result = loop.train(task, str(tmp_path / "run"), log=lines.append)
+    assert result.status == "completed" and result.step == 2
+    assert any("nothing to train" in line for line in lines)
+    assert np.isfinite(result.losses["triplet"])
