@@ -185,7 +185,7 @@ def _compute(
         .batch(batch_size)
         .prefetch(2)
     )
-    call = tf.function(lambda x: model(x, training=False))
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     keys, values, seen = [], [], set()
     for k, x in ds:
         k = k.numpy()
