@@ -3,8 +3,8 @@
 Variants (`--config=configs/zs_sbir.py:<variant>`):
 
 - `synthetic` (default, CPU, minutes): the embedded synthetic world, 9 seen / 3 unseen
-  categories, the pretrained `vgg16_hed` trunk frozen at 64 px with its features cached, and
-  128-d heads trained on them. Records are generated when missing:
+  categories, the pretrained `vgg16_hed` trunk frozen at 64 px (block5 on a 2x2 max grid) with
+  its features cached, and 128-d heads trained on them. Records are generated when missing:
     python prepare_data.py --source=synthetic --task=zs_sbir --image_size=96 \
         --n_per_category=200 --test_fraction=0.25 --out=data/records/synthetic_zs_sbir
     python train.py --config=configs/zs_sbir.py:synthetic --workdir=runs/zs_sbir_synthetic
@@ -206,13 +206,17 @@ def synthetic_scratch(config: ml_collections.ConfigDict) -> None:
 def synthetic(config: ml_collections.ConfigDict) -> None:
     """The embedded synthetic world, 9 seen / 3 unseen categories (CPU default), on the
     pretrained trunk: frozen, cached `vgg16_hed` towers (`_pretrained_trunk`) at 64 px (the
-    records' 96 px images resized), photos as photos (their HED edge maps measured worse).
+    records' 96 px images resized), block5 max-pooled on a 2x2 grid, and trained 128-d heads;
+    photos as photos (their HED edge maps measured worse).
 
     Departures from `upstream`: those of `_cpu` (but the towers), synthetic records instead of
     Sketchy, and the frozen `vgg16_hed` trunk at 64 px instead of DenseNet121 at 224 px.
     """
     synthetic_scratch(config)
     _pretrained_trunk(config, 64, "block5")
+    # The 4x4 block5 map max-pooled on a 2x2 grid (2048-d): keeps the coarse layout that a
+    # global pool loses (mAP@all 0.691 / 0.712 over seeds 0 / 1 vs 0.609-0.649 global max).
+    config.model.backbone_kwargs.pooling = "max_grid2"
 
 
 def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
