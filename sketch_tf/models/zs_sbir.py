@@ -193,20 +193,23 @@ def build_zs_sbir_models(
     image_size: int = 224,
     *,
     shared: bool = False,
-    projection_dim: int = 0,
-    normalize: bool = False,
-    backbone_kwargs: dict[str, Any] | None = None,
-    freeze_trunk: bool = False,
     photo_input: str = "photo",
-    edge_kwargs: dict[str, Any] | None = None,
     domain_hidden: int = 1024,
     domain_layers: int = 4,
     domain_bn_momentum: float = 0.99,
     domain_bn_epsilon: float = 1e-3,
+    **tower_kwargs: Any,
 ) -> dict[str, keras.Model]:
-    """All models of the family (domain_* arguments: `build_domain_classifier`'s; the others
-    `build_tower`'s, `photo_input` for the photo tower only, which needs `shared=False` unless
-    it is "photo").
+    """All models of the family.
+
+    Args:
+      backbone, image_size: of every tower (`build_tower`).
+      shared: one tower for both domains.
+      photo_input: `PHOTO_INPUTS`, for the photo tower only (needs `shared=False` unless it is
+        "photo").
+      domain_*: `build_domain_classifier`'s hidden, num_layers, bn_momentum, bn_epsilon.
+      **tower_kwargs: the other `build_tower` arguments (projection_dim, normalize,
+        backbone_kwargs, freeze_trunk, edge_kwargs), the same for every tower.
 
     Returns:
       {"sketch_tower", "photo_tower", "domain_classifier"} when `shared` is False, else
@@ -221,17 +224,7 @@ def build_zs_sbir_models(
         )
 
     def tower(name, photo_input="photo"):
-        return build_tower(
-            backbone,
-            image_size,
-            projection_dim=projection_dim,
-            normalize=normalize,
-            backbone_kwargs=backbone_kwargs,
-            freeze_trunk=freeze_trunk,
-            photo_input=photo_input,
-            edge_kwargs=edge_kwargs,
-            name=name,
-        )
+        return build_tower(backbone, image_size, photo_input=photo_input, name=name, **tower_kwargs)
 
     models = {"tower": tower("tower")} if shared else {
         "sketch_tower": tower("sketch_tower"),
