@@ -135,3 +135,32 @@ def test_baseline_descriptors_dispatch_and_errors():
     np.testing.assert_allclose(
         baselines.raw_pixels((x * 255).astype(np.uint8)), baselines.raw_pixels(x), atol=1e-5
     )
+
+
+def test_edge_maps_and_style_statistics_do_not_mix_images_of_a_batch():
+    rng = np.random.default_rng(0)
+    batch = rng.random((3, S, S, 3)).astype(np.float32)
+    one_by_one = np.concatenate([baselines.edge_map(batch[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(baselines.edge_map(batch), one_by_one, rtol=1e-6)
+    stats = baselines.colour_texture(batch)
+    singles = np.concatenate([baselines.colour_texture(batch[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(stats, singles, rtol=1e-6)
+
+
+def test_colour_texture_blocks_and_what_it_separates():
+    red = np.zeros((1, S, S, 3), np.float32)
+    red[..., 0] = 0.9
+    d = baselines.colour_texture(red)
+    assert d.shape == (1, 4**3 + 3 * 8)
+    # A flat red image: one colour bin (3, 0, 0) holds everything, zero gradient, zero contrast,
+    # and no orientation at all (an empty block stays 0): norm sqrt(3) / 2.
+    np.testing.assert_allclose(np.linalg.norm(d), np.sqrt(3) / 2, rtol=1e-6)
+    assert d[0, (3 * 4 + 0) * 4 + 0] == pytest.approx(0.5)
+    assert not d[0, 72:80].any()
+    assert d[0, 64] == pytest.approx(0.5) and d[0, 64 + 16] == pytest.approx(0.5)
+    # Same colours, different texture: stripes differ from the flat image in the texture blocks.
+    stripes = red.copy()
+    stripes[:, :, ::2, 0] = 0.8
+    e = baselines.colour_texture(stripes)
+    assert np.allclose(e[0, :64], d[0, :64]) and not np.allclose(e[0, 64:], d[0, 64:])
+    assert baselines.baseline_descriptors("colour_texture", red, False).shape == d.shape

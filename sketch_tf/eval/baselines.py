@@ -24,6 +24,11 @@ Settings and where they come from:
   Canny edges). The photo edge map here is a Sobel gradient magnitude (see `edge_map`).
 * ``"raw_pixels"``: `raw_pixels`, grey area-downsampled to 16 x 16, zero mean / unit norm per
   image (D = 256): what a ranking on appearance alone achieves.
+* ``"colour_texture"`` (a *style* descriptor, for the style-aware family's non-learned
+  baseline): `colour_texture`, a joint RGB colour histogram (4 x 4 x 4 bins) plus histograms
+  of gradient magnitude and orientation and of the local contrast, the classic global colour
+  and texture statistics of image retrieval (Swain & Ballard's colour histograms; gradient /
+  contrast statistics in the spirit of Tamura's coarseness and contrast).
 
 Only `hog` needs scikit-image (``skimage.feature.hog``), imported when it is first called, so
 importing this module (e.g. to validate a config) stays cheap.
@@ -37,7 +42,14 @@ from scipy import ndimage
 #: Baseline names `baseline_descriptors` accepts (``eval.baselines`` in the configs).
 BASELINE_NAMES = ("hog", "raw_pixels")
 #: Row names of the baselines in evaluation tables.
-BASELINE_LABELS = {"hog": "HOG (edge maps)", "raw_pixels": "raw pixels"}
+BASELINE_LABELS = {
+    "hog": "HOG (edge maps)",
+    "raw_pixels": "raw pixels",
+    "colour_texture": "colour + texture statistics",
+}
+#: Style descriptors `baseline_descriptors` also accepts (what an image looks like, not what
+#: it shows).
+STYLE_BASELINE_NAMES = ("colour_texture",)
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -159,6 +171,20 @@ def _non_max_suppression(mag: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.
     return np.where(keep, mag, 0.0)
 
 
+def sobel_xy(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel derivatives (d/dx, d/dy) of a batch of grey images [N, H, W], image by image.
+
+    ``ndimage.sobel(g, axis)`` would smooth along *every* other axis, the batch axis too,
+    blending each image with its neighbours in the batch; here the [1, 2, 1] smoothing runs
+    along the image's other spatial axis only. Borders repeat the edge pixel."""
+    d, sm = [-1.0, 0.0, 1.0], [1.0, 2.0, 1.0]
+    gx = ndimage.correlate1d(ndimage.correlate1d(g, d, axis=2, mode="nearest"), sm, axis=1,
+                             mode="nearest")  # fmt: skip
+    gy = ndimage.correlate1d(ndimage.correlate1d(g, d, axis=1, mode="nearest"), sm, axis=2,
+                             mode="nearest")  # fmt: skip
+    return gx, gy
+
+
 def edge_map(images, sigma: float = 1.0, threshold: float = 0.0, thin: bool = False):
     """Non-learned edge map of photos, so that they look like drawings (1 = edge).
 
@@ -188,8 +214,7 @@ def edge_map(images, sigma: float = 1.0, threshold: float = 0.0, thin: bool = Fa
     g = grey(images)
     if sigma > 0:
         g = ndimage.gaussian_filter(g, sigma=(0.0, sigma, sigma), mode="nearest")
-    gy = ndimage.sobel(g, axis=1, mode="nearest")
-    gx = ndimage.sobel(g, axis=2, mode="nearest")
+    gx, gy = sobel_xy(g)
     mag = np.hypot(gx, gy)
     if thin:
         mag = _non_max_suppression(mag, gx, gy)
@@ -251,6 +276,56 @@ def hog(
     return out
 
 
+def colour_texture(images, colour_bins: int = 4, texture_bins: int = 8) -> np.ndarray:
+    """Global colour + texture statistics of each image (a non-learned style descriptor).
+
+    Four blocks, each a histogram normalised to sum 1 and square-rooted (Hellinger, so that
+    Euclidean / cosine ranking compares distributions), then scaled by 1/2 so the whole
+    vector has unit norm (an empty block, e.g. the orientations of a flat image, stays 0):
+
+    1. joint RGB histogram, `colour_bins` per channel (64 bins by default);
+    2. gradient magnitude (Sobel on grey, in [0, 1] clipped) in `texture_bins` bins;
+    3. gradient orientation (unsigned, 0..pi) weighted by magnitude, `texture_bins` bins;
+    4. local contrast: the 5 x 5 standard deviation of grey, in [0, 0.5], `texture_bins` bins.
+
+    Returns:
+      float32 [N, colour_bins**3 + 3 * texture_bins].
+    """
+    x = _batch(images)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    cb, tb = int(colour_bins), int(texture_bins)
+    if cb <= 0 or tb <= 0:
+        raise ValueError(
+            f"colour_bins / texture_bins must be > 0, got {colour_bins}, {texture_bins}"
+        )
+    q = np.minimum((x * cb).astype(np.int64), cb - 1)
+    codes = (q[..., 0] * cb + q[..., 1]) * cb + q[..., 2]
+    g = grey(x)
+    gx, gy = sobel_xy(g)
+    gx, gy = gx / 8.0, gy / 8.0
+    mag = np.hypot(gx, gy)
+    ori = np.mod(np.arctan2(gy, gx), np.pi)
+    mean = ndimage.uniform_filter(g, size=(1, 5, 5))
+    sq = ndimage.uniform_filter(g * g, size=(1, 5, 5))
+    contrast = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    n = len(x)
+    out = np.zeros((n, cb**3 + 3 * tb), np.float64)
+    for i in range(n):
+        blocks = [
+            np.bincount(codes[i].ravel(), minlength=cb**3).astype(np.float64),
+            np.histogram(np.clip(mag[i], 0, 1), tb, (0.0, 1.0))[0].astype(np.float64),
+            np.histogram(ori[i], tb, (0.0, np.pi), weights=mag[i])[0],
+            np.histogram(np.clip(contrast[i], 0, 0.5), tb, (0.0, 0.5))[0].astype(np.float64),
+        ]
+        parts = []
+        for b in blocks:
+            total = b.sum()
+            parts.append(0.5 * np.sqrt(b / total) if total > 0 else b)
+        out[i] = np.concatenate(parts)
+    return out.astype(np.float32)
+
+
 def baseline_descriptors(name: str, images, is_sketch: bool, **kwargs) -> np.ndarray:
     """Descriptors float32 [N, D] of baseline ``name`` (one of `BASELINE_NAMES`) for a batch.
 
@@ -261,13 +336,19 @@ def baseline_descriptors(name: str, images, is_sketch: bool, **kwargs) -> np.nda
         return hog(images, is_sketch, **kwargs)
     if name == "raw_pixels":
         return raw_pixels(images, **kwargs)
-    raise ValueError(f"baseline: expected one of {BASELINE_NAMES}, got {name!r}")
+    if name == "colour_texture":
+        return colour_texture(images, **kwargs)
+    raise ValueError(
+        f"baseline: expected one of {BASELINE_NAMES + STYLE_BASELINE_NAMES}, got {name!r}"
+    )
 
 
 __all__ = [
     "BASELINE_LABELS",
     "BASELINE_NAMES",
+    "STYLE_BASELINE_NAMES",
     "baseline_descriptors",
+    "colour_texture",
     "edge_map",
     "grey",
     "hog",
@@ -275,4 +356,5 @@ __all__ = [
     "line_map",
     "raw_pixels",
     "resize",
+    "sobel_xy",
 ]
