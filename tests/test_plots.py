@@ -32,6 +32,26 @@ def test_retrieval_grid_size_and_frames(tmp_path):
         P.retrieval_grid(queries, results, [[True, False]])
 
 
+def test_retrieval_grid_with_exemplars_and_heatmap(tmp_path):
+    grid = P.retrieval_grid([_img(0)], [[_img(255), _img(9)]], [[True, False]], thumb_size=32,
+                            border=3, gap=4, exemplar_images=[_img(100)])  # fmt: skip
+    cell = 32 + 6
+    assert grid.size == (4 + 4 * (cell + 4) + 4, 4 + (cell + 4))
+    arr = P.to_array(grid)
+    assert tuple(arr[4, 4 + cell + 4]) == P.EXEMPLAR_ORANGE
+    assert tuple(arr[4, 4 + 2 * (cell + 4) + 4]) == P.GREEN
+    with pytest.raises(ValueError, match="exemplars"):
+        P.retrieval_grid([_img(0)], [[_img(1)]], [[True]], exemplar_images=[])
+    heat = P.heatmap([[0.0, 1.0], [np.nan, 0.5]], ["a", "b"], ["x", "y"], title="t", cell=40)
+    h = P.to_array(heat)
+    assert heat.size[0] > 80 and heat.size[1] > 80
+    # The value 1.0 is the darkest blue, 0.0 white, NaN grey.
+    colours = {tuple(c) for c in h.reshape(-1, 3)}
+    assert (30, 80, 200) in colours and (200, 200, 200) in colours
+    with pytest.raises(ValueError, match="heatmap"):
+        P.heatmap([[1.0]], ["a", "b"], ["x"])
+
+
 def test_match_picture_size_and_lines():
     a = np.full((50, 60), 255, np.uint8)
     b = np.full((70, 40), 255, np.uint8)

@@ -235,3 +235,26 @@ def test_map_all_sake_matches_reference_on_random_data(seed):
     # Interpolation only raises precision: SAKE's AP >= scikit-learn's for every query.
     assert np.all(out["per_query"]["map_all_sake"] >= out["per_query"]["map_all"] - 1e-12)
     assert out["map_all_sake"] > out["map_all"]
+
+
+def test_metrics_from_scores_equal_the_embedding_metrics():
+    rng = np.random.default_rng(5)
+    q, g = rng.normal(size=(7, 4)), rng.normal(size=(30, 4))
+    ql, gl = rng.integers(0, 3, 7), rng.integers(0, 3, 30)
+    ref = R.retrieval_metrics(q, ql, g, gl, metric="cosine")
+    sims = R.similarity(q, g, "cosine")
+    rel = ql[:, None] == gl[None]
+    got = R.metrics_from_scores(sims, rel, ql, max_chunk_bytes=20 * 8 * 30 * 3)  # 3-row chunks
+    for key in ("map_all", "map_all_sake", "p_100", "map_200"):
+        assert got[key] == pytest.approx(ref[key])
+    # As functions of the row range, with excluded items (they leave the ranking).
+    excl = np.zeros_like(rel)
+    excl[:, 0] = True
+    by_rows = R.metrics_from_scores(lambda a, b: sims[a:b], lambda a, b: rel[a:b], ql,
+                                    excluded=lambda a, b: excl[a:b], num_gallery=30)  # fmt: skip
+    ref_ex = R.retrieval_metrics(q, ql, g[1:], gl[1:], metric="cosine")
+    assert by_rows["map_all"] == pytest.approx(ref_ex["map_all"])
+    with pytest.raises(ValueError, match="scores"):
+        R.metrics_from_scores(sims[:, :3], rel, ql)
+    with pytest.raises(ValueError, match="NaN"):
+        R.metrics_from_scores(np.full_like(sims, np.nan), rel, ql)

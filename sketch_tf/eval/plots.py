@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 GREEN = (30, 170, 60)
 RED = (220, 40, 40)
 QUERY_BLUE = (40, 90, 220)
+EXEMPLAR_ORANGE = (240, 150, 20)
 _PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
@@ -80,10 +81,13 @@ def retrieval_grid(
     thumb_size: int = 96,
     border: int = 4,
     gap: int = 4,
+    exemplar_images: Sequence | None = None,
 ) -> Image.Image:
     """One row per query: the query sketch (blue frame), then its top-k results.
 
-    Results get a green frame when they are of the query's class and red otherwise.
+    Results get a green frame when they are relevant to the query (e.g. of its class) and red
+    otherwise. With `exemplar_images` (Q images: a style exemplar per query) each row shows
+    the sketch, then the exemplar (orange frame), then the results.
 
     Args:
       query_images: Q images.
@@ -105,11 +109,14 @@ def retrieval_grid(
             f"{ok.shape}: expected Q rows everywhere and correct of shape [Q, k]"
         )
     k = ok.shape[1]
+    extra = 0 if exemplar_images is None else 1
+    if extra and len(exemplar_images) != q:
+        raise ValueError(f"retrieval_grid: {q} queries but {len(exemplar_images)} exemplars")
     for i, row in enumerate(result_images):
         if len(row) != k:
             raise ValueError(f"retrieval_grid: result row {i} has {len(row)} images, expected {k}")
     cell = thumb_size + 2 * border
-    width = gap + (k + 1) * (cell + gap) + gap
+    width = gap + (k + 1 + extra) * (cell + gap) + gap
     height = gap + q * (cell + gap)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -121,9 +128,67 @@ def retrieval_grid(
     for i in range(q):
         y = gap + i * (cell + gap)
         put(query_images[i], gap, y, QUERY_BLUE)
+        if extra:
+            put(exemplar_images[i], gap + cell + gap, y, EXEMPLAR_ORANGE)
         for j in range(k):
-            x = gap + (j + 1) * (cell + gap) + gap
+            x = gap + (j + 1 + extra) * (cell + gap) + gap
             put(result_images[i][j], x, y, GREEN if ok[i, j] else RED)
+    return canvas
+
+
+def heatmap(
+    values,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str = "",
+    cell: int = 44,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Image.Image:
+    """A table of values in [vmin, vmax] as coloured cells (white -> blue) with the value
+    written in each cell, row labels on the left and column labels on top.
+
+    Args:
+      values: float [R, C] (NaN cells are drawn grey, "n/a").
+      row_labels, col_labels: R and C names.
+      title: drawn above the table.
+      cell: cell side, pixels.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(
+            f"heatmap: values of shape {v.shape} for {len(row_labels)} rows and "
+            f"{len(col_labels)} columns"
+        )
+    font = ImageFont.load_default()
+    left = 8 + 7 * max([len(str(r)) for r in row_labels] + [1])
+    top = 24 + 7 * max([len(str(c)) for c in col_labels] + [1]) // 2
+    width = left + cell * v.shape[1] + 8
+    height = top + cell * v.shape[0] + 8
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill=(0, 0, 0), font=font)
+    for j, name in enumerate(col_labels):
+        # Column labels alternate between two lines so that long names do not overlap.
+        draw.text(
+            (left + j * cell + 2, 16 + 10 * (j % 2)), str(name)[:12], fill=(0, 0, 0), font=font
+        )
+    span = max(vmax - vmin, 1e-12)
+    for i, name in enumerate(row_labels):
+        y = top + i * cell
+        draw.text((4, y + cell // 2 - 5), str(name), fill=(0, 0, 0), font=font)
+        for j in range(v.shape[1]):
+            x = left + j * cell
+            val = v[i, j]
+            if np.isfinite(val):
+                t = float(np.clip((val - vmin) / span, 0.0, 1.0))
+                colour = tuple(int(round(255 + (b - 255) * t)) for b in (30, 80, 200))
+                text = f"{val:.2f}"
+            else:
+                colour, text = (200, 200, 200), "n/a"
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour)
+            ink = (255, 255, 255) if np.isfinite(val) and t > 0.6 else (0, 0, 0)
+            draw.text((x + 6, y + cell // 2 - 5), text, fill=ink, font=font)
     return canvas
 
 

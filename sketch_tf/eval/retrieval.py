@@ -363,6 +363,81 @@ def retrieval_metrics(
     return result
 
 
+def metrics_from_scores(
+    scores,
+    relevant,
+    query_labels,
+    excluded=None,
+    num_gallery: int | None = None,
+    precision_at: Sequence[int] = (100, 200),
+    map_at: Sequence[int] = (200,),
+    max_chunk_bytes: int = 256 * 2**20,
+    return_per_query: bool = False,
+) -> dict:
+    """`retrieval_metrics` on precomputed scores and relevance (the same protocol: stable
+    ranking by descending score, tie-grouped AP, excluded items removed from the ranking).
+
+    For rankings that are not a single embedding distance, e.g. the combined structure +
+    style score of style-aware SBIR, whose relevance (same content *and* style) is not a
+    label match either.
+
+    Args:
+      scores: float [Q, N] (higher = more similar), or a function (start, stop) -> the rows
+        [stop - start, N] (computed per query chunk, so [Q, N] never has to exist at once).
+      relevant: bool [Q, N] or such a function.
+      query_labels: [Q] group of each query, for `per_class` (e.g. its content x style cell).
+      excluded: optional bool [Q, N] or function: items removed from a query's ranking (its
+        exemplar image; neither relevant nor retrieved).
+      num_gallery: N (needed when `scores` is a function).
+
+    Returns:
+      the dict of `retrieval_metrics` (metric "precomputed").
+    """
+    ql = np.asarray(query_labels)
+    if ql.ndim != 1 or not len(ql):
+        raise ValueError(f"query_labels: expected a non-empty 1-D array, got shape {ql.shape}")
+
+    def rows_of(x, name):
+        if callable(x):
+            return x
+        arr = np.asarray(x)
+        if arr.ndim != 2 or arr.shape[0] != len(ql):
+            raise ValueError(f"{name}: expected [{len(ql)}, N], got shape {arr.shape}")
+        return lambda a, b: arr[a:b]
+
+    score_rows = rows_of(scores, "scores")
+    rel_rows = rows_of(relevant, "relevant")
+    excl_rows = None if excluded is None else rows_of(excluded, "excluded")
+    n = int(num_gallery) if num_gallery is not None else int(np.shape(scores)[1])
+    rows = _chunk_rows(n, max_chunk_bytes)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(ql), rows):
+        stop = min(start + rows, len(ql))
+        sc = np.array(score_rows(start, stop), dtype=np.float64)
+        rel = np.array(rel_rows(start, stop), dtype=bool)
+        if sc.shape != (stop - start, n) or rel.shape != sc.shape:
+            raise ValueError(
+                f"scores rows {sc.shape} / relevant rows {rel.shape}: expected {(stop - start, n)}"
+            )
+        if not np.all(np.isfinite(sc)):
+            raise ValueError("scores: contains NaN or inf")
+        valid = np.full(stop - start, n, dtype=np.int64)
+        if excl_rows is not None:
+            ex = np.asarray(excl_rows(start, stop), dtype=bool)
+            sc[ex] = -np.inf
+            rel &= ~ex
+            valid -= ex.sum(axis=1)
+        chunk = _metrics_from_scores(sc, rel, valid, precision_at, map_at)
+        for key, val in chunk.items():
+            parts.setdefault(key, []).append(val)
+    per_query = {key: np.concatenate(val) for key, val in parts.items()}
+    result = _summarise(per_query, ql, _metric_keys(precision_at, map_at))
+    result.update(num_queries=int(len(ql)), num_gallery=n, metric="precomputed")
+    if return_per_query:
+        result["per_query"] = per_query
+    return result
+
+
 def expected_random_ap(num_relevant: int, num_gallery: int) -> float:
     """Exact expected AP of a uniformly random ranking (no ties).
 
