@@ -8,6 +8,8 @@ Embedded default data (no download): the procedural shape world, one dataset per
 Real layouts (see data/README.md for where each dataset comes from):
 
   python prepare_data.py --source=folders --root=../shared/data/pacs --out=data/records/pacs
+  python prepare_data.py --source=folders --root=../shared/data/pacs --out=data/records/pacs_style \
+      --style_domains=art_painting,cartoon,photo --test_fraction=0.3     # train/ + test/
   python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --size=256
   python prepare_data.py --source=sketchzooms --root=path/to/SketchZooms --split=train --out=...
 
@@ -44,7 +46,11 @@ _TASK = flags.DEFINE_enum("task", "zs_sbir", ["zooms", "zs_sbir", "style"], "Syn
 _SEED = flags.DEFINE_integer("seed", 0, "Synthetic: generator seed (same seed, same bytes).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Synthetic: image side in pixels.")
 _N_PER_CATEGORY = flags.DEFINE_integer("n_per_category", 20, "Synthetic: instances per category.")
-_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2, "Synthetic: held-out instance share.")
+_TEST_FRACTION = flags.DEFINE_float(
+    "test_fraction",
+    0.2,
+    "Held-out instance share (synthetic; folders only when given: then <out>/train, <out>/test).",
+)
 _CATEGORIES = flags.DEFINE_list("categories", None, "Subset of categories / classes to write.")
 _N_POINTS = flags.DEFINE_integer("n_points", 64, "Synthetic zooms: points per pair.")
 # real layouts
@@ -52,6 +58,9 @@ _LAYOUT = flags.DEFINE_enum(
     "layout", "auto", ["auto", "domain_class", "class"], "folders: folder layout."
 )
 _DOMAIN = flags.DEFINE_string("domain", None, "folders: domain name for the <root>/<class> layout.")
+_STYLE_DOMAINS = flags.DEFINE_list(
+    "style_domains", None, "folders: domains labelled as styles (style_id, content_id)."
+)
 _SIZE = flags.DEFINE_integer("size", 256, "quickdraw: raster size in pixels.")
 _LINE_WIDTH = flags.DEFINE_float("line_width", 3.0, "quickdraw: stroke width in pixels.")
 _SPLIT = flags.DEFINE_string("split", "train", "sketchzooms: csv split (train or test).")
@@ -138,6 +147,9 @@ def main(argv):
         }
         if _SOURCE.value == "folders":
             options.update(layout=_LAYOUT.value, domain=_DOMAIN.value)
+            options.update(style_domains=_STYLE_DOMAINS.value)
+            if flags.FLAGS["test_fraction"].present:
+                options.update(test_fraction=_TEST_FRACTION.value)
         elif _SOURCE.value == "quickdraw":
             options.update(
                 size=_SIZE.value, line_width=_LINE_WIDTH.value, categories=_CATEGORIES.value
@@ -151,10 +163,12 @@ def main(argv):
             manifest = sources.prepare(_SOURCE.value, _ROOT.value, _OUT.value, **options)
         except (ValueError, OSError) as e:
             cli.fail(str(e))
+        parts = manifest if "num_records" not in manifest else {"": manifest}
         summary = {
-            "records": manifest.get("num_records"),
-            "skipped": manifest.get("skipped", {}).get("count", 0),
+            f"{split}/records" if split else "records": m.get("num_records")
+            for split, m in parts.items()
         }
+        summary["skipped"] = sum(m.get("skipped", {}).get("count", 0) for m in parts.values())
     print(json.dumps({"out": _OUT.value, **summary}))
 
 

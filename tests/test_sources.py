@@ -59,6 +59,37 @@ def test_folders_sketchy_tx_and_instances(tmp_path):
         prepare("folders", root, tmp_path / "out3", tx_dir="tx_9")
 
 
+def test_folders_style_labels_and_held_out_split(tmp_path):
+    root = tmp_path / "media"
+    for domain in ("ink", "oil", "sketch"):
+        for cls in ("cat", "dog"):
+            for i in range(20):
+                _img(root / domain / cls / f"{cls}{i}.png", 10 * i)
+    out = tmp_path / "out"
+    parts = prepare("folders", root, out, style_domains=["oil", "ink"], test_fraction=0.3)
+    assert set(parts) == {"train", "test"}
+    n_test, n_train = parts["test"]["num_records"], parts["train"]["num_records"]
+    assert n_test + n_train == 3 * 2 * 20 and 0.15 < n_test / 120 < 0.45
+    train = _records(out / "train")
+    test = _records(out / "test")
+    key = lambda r: (r[schema.CLASS_NAME].numpy(), r[schema.INSTANCE_ID].numpy())  # noqa: E731
+    # The split is by instance: no instance on both sides, and it is the same every time.
+    assert not {key(r) for r in train} & {key(r) for r in test}
+    for r in train + test:
+        domain = r[schema.DOMAIN].numpy().decode()
+        want = {"ink": 0, "oil": 1}.get(domain, -1)  # index in the sorted style list
+        assert int(r[schema.STYLE_ID]) == want
+        assert int(r[schema.CONTENT_ID]) == (int(r[schema.CLASS_ID]) if want >= 0 else -1)
+    again = prepare("folders", root, tmp_path / "again", style_domains=["ink", "oil"],
+                    test_fraction=0.3)  # fmt: skip
+    assert again["test"]["num_records"] == n_test
+    assert parts["test"]["info"]["styles"] == ["ink", "oil"]
+    with pytest.raises(ValueError, match="style_domains"):
+        prepare("folders", root, tmp_path / "bad", style_domains=["watercolour"])
+    with pytest.raises(ValueError, match="test_fraction"):
+        prepare("folders", root, tmp_path / "bad2", test_fraction=1.0)
+
+
 def test_folders_class_layout_bmp_and_errors(tmp_path):
     root = tmp_path / "png"  # TU-Berlin style
     _img(root / "airplane" / "1.png")

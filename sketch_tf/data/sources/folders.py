@@ -15,6 +15,7 @@ Instance ids: the file stem with a trailing `-<n>` removed, so Sketchy's sketch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -108,8 +109,14 @@ def prepare(
     group_by: str = "domain_class",
     overwrite: bool = False,
     max_per_class: int | None = None,
+    style_domains=None,
+    test_fraction: float = 0.0,
 ) -> dict:
     """Convert an image folder tree into a `labelled_image` dataset.
+
+    With `test_fraction` > 0 two datasets are written, `<out_dir>/train` and `<out_dir>/test`:
+    an image is held out when a stable hash of its (class, instance id) falls below the
+    fraction (so a Sketchy photo and its sketches, which share an instance id, stay together).
 
     Args:
       root: dataset root (see module docstring for layouts).
@@ -123,9 +130,14 @@ def prepare(
         cross-domain triplets need every class in every domain).
       verify_images: fully decode every image while preparing.
       max_per_class: keep at most this many images per (domain, class), first by name.
+      style_domains: domains whose images get style labels (`style_id` = index of the domain
+        in this list sorted, `content_id` = class id): the gallery media of style-aware SBIR,
+        e.g. PACS's art_painting, cartoon, photo. Other domains keep -1.
+      test_fraction: in [0, 1): share of instances written to `<out_dir>/test` (0 = one
+        dataset in `out_dir`).
 
     Returns:
-      the manifest dict.
+      the manifest dict (with test_fraction > 0: {"train": manifest, "test": manifest}).
 
     Raises:
       ValueError on an empty class folder or a class missing in a domain; BadInputError naming
@@ -145,17 +157,48 @@ def prepare(
             )
     ids = class_index(all_classes)
     root = Path(root)
+    styles = sorted(style_domains or ())
+    unknown = sorted(set(styles) - set(tree))
+    if unknown:
+        raise ValueError(f"{root}: style_domains {unknown} are not domains here ({sorted(tree)})")
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
-    with open_dataset(out_dir, KIND, all_classes, "folders", root, opts) as (writer, policy):
-        for d in sorted(tree):
-            for c in sorted(tree[d]):
-                files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
-                for path in files:
-                    image = policy.load_image(path, verify=verify_images)
-                    if image is None:
-                        continue
-                    rel = os.path.relpath(path, root)
-                    rec = schema.encode_labelled_image(image, ids[c], c, d, instance_of(path), rel)
-                    writer.write(rec, class_id=ids[c], class_name=c, domain=d)
-        writer.info.update(layout=layout, tx_dir=tx_dir, max_per_class=max_per_class)
-    return writer.manifest
+    parts = {"": None} if not test_fraction else {"train": False, "test": True}
+    manifests = {}
+    for part, held_out in parts.items():
+        target = os.path.join(out_dir, part) if part else out_dir
+        with open_dataset(target, KIND, all_classes, "folders", root, opts) as (writer, policy):
+            for d in sorted(tree):
+                for c in sorted(tree[d]):
+                    files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
+                    for path in files:
+                        inst = instance_of(path)
+                        if (
+                            held_out is not None
+                            and _is_held_out(c, inst, test_fraction) != held_out
+                        ):
+                            continue
+                        image = policy.load_image(path, verify=verify_images)
+                        if image is None:
+                            continue
+                        rel = os.path.relpath(path, root)
+                        labels = {}
+                        if d in styles:
+                            labels = {"style_id": styles.index(d), "content_id": ids[c]}
+                        rec = schema.encode_labelled_image(image, ids[c], c, d, inst, rel, **labels)
+                        writer.write(rec, class_id=ids[c], class_name=c, domain=d)
+            writer.info.update(layout=layout, tx_dir=tx_dir, max_per_class=max_per_class)
+            if styles:
+                writer.info["styles"] = styles
+            if held_out is not None:
+                writer.info.update(split=part, test_fraction=float(test_fraction))
+        manifests[part] = writer.manifest
+    return manifests[""] if "" in manifests else manifests
+
+
+def _is_held_out(class_name: str, instance: str, fraction: float) -> bool:
+    """Stable split: the first 8 bytes of sha256("<class>/<instance>") as a fraction of 2**64
+    below `fraction` (the same on every machine and Python version)."""
+    digest = hashlib.sha256(f"{class_name}/{instance}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < float(fraction)
