@@ -148,12 +148,20 @@ def apply_init(state: TrainState, init: ml_collections.ConfigDict, log=print) ->
     latest checkpoint of the run in `init.workdir`. Returns the restored model names.
 
     Raises:
-      FileNotFoundError when `init.workdir` holds no trained run; ValueError naming the model
-      (and variable) when a model is missing there or its weights do not fit.
+      FileNotFoundError when `init.workdir` holds no trained run; ValueError when that run
+      stopped before its `train.num_steps` (an unfinished earlier stage: finish it first), or
+      naming the model (and variable) when a model is missing there or its weights do not fit.
     """
     from sketch_tf.train.run import load_run
 
     source = load_run(str(init.workdir))
+    planned = int(source.config.train.num_steps)
+    if source.step < planned:
+        raise ValueError(
+            f"init.workdir={init.workdir}: that run is unfinished (step {source.step} of "
+            f"{planned}); finish it first (python train.py --workdir={init.workdir} resumes "
+            "it, or the multi-stage recipe resumes its stage)"
+        )
     wanted = tuple(init.get("models", ()) or ())
     names = list(wanted) or sorted(m for m in state.models if m in source.state.models)
     for name in names:
