@@ -60,7 +60,9 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     t0 = time.perf_counter()
     if not os.path.isdir(os.path.join(root, "train")):
         logging.info("[%s] rendering the synthetic dataset into %s", family, root)
-        prepare_synthetic(config.task, root, **config.data.synthetic.to_dict())
+        options = config.data.synthetic.to_dict()
+        # The synthetic world's dataset kind, when it is not named like the family.
+        prepare_synthetic(options.pop("task", config.task), root, **options)
     timings["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

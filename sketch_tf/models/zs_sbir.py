@@ -63,6 +63,7 @@ def build_tower(
     image_size: int,
     *,
     projection_dim: int = 0,
+    head_hidden: tuple[int, ...] = (),
     normalize: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
     freeze_trunk: bool = False,
@@ -79,6 +80,8 @@ def build_tower(
         features, as in the original).
       image_size: S, input side in pixels.
       projection_dim: E of an extra Dense projection head; 0 = none (E = backbone features).
+      head_hidden: widths of Dense + ReLU layers before the projection (an MLP head; the
+        style towers use one on their feature statistics); () = none.
       normalize: L2-normalise the embeddings.
       backbone_kwargs: extra keyword arguments of the backbone builder.
       freeze_trunk: the backbone is not trainable (`trunk_is_frozen`): only the head trains.
@@ -110,6 +113,10 @@ def build_tower(
             x = layers.Average(name=FEATURES_LAYER_NAME)([net(inp), net(edges)])
         else:
             x = layers.Identity(name=FEATURES_LAYER_NAME)(net(edges))
+    if any(int(w) <= 0 for w in head_hidden):
+        raise ValueError(f"head_hidden widths must be > 0, got {tuple(head_hidden)}")
+    for i, width in enumerate(head_hidden):
+        x = layers.Dense(int(width), activation="relu", name=f"head_hidden{i}")(x)
     if projection_dim:
         x = layers.Dense(projection_dim, name="projection")(x)
     if normalize:
