@@ -22,7 +22,7 @@ GENERIC_FILES = [
 
 def test_families_are_the_registry_and_share_one_layout():
     names = tasks.family_names()
-    assert {"zooms", "zs_sbir"} <= set(names)
+    assert {"zooms", "zs_sbir", "style_sbir"} <= set(names)
     for name in names:
         folder = PROJECT_ROOT / "sketch_tf" / "families" / name
         for module in ("task.py", "evaluate.py", "serving.py"):

@@ -1,0 +1,1 @@
+"""Style-aware sketch-based image retrieval: structure and style branches."""

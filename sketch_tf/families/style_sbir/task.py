@@ -1,0 +1,448 @@
+"""Task "style_sbir": style-aware sketch-based image retrieval (a sketch says what is wanted,
+an exemplar image how it is depicted).
+
+Models (`sketch_tf.models.style`): structure towers (sketch, image) and a style tower with a
+content x style classifier. Every training batch (`pipeline.style_triplet_batches`) holds, per
+element, an anchor image A (content c, style s), a positive P (style s, another content), a
+negative N (another style; content c under `data.negative_rule="same_content"`, any with
+"any") and a sketch K of content c. Loss terms, each a replica share of the global-batch mean:
+
+    structure   = triplet mined in-batch (`loss.structure_mining`), sketches K as queries
+                  against the structure embeddings of every A, P, N of the global batch,
+                  positives = same content (`losses.mined_triplet_loss`, margin
+                  `loss.structure_margin`, Euclidean on L2-normalised embeddings)
+    style_class = mean cross-entropy of `style_classifier(style(x))` over A, P, N, label
+                  content * num_styles + style (stage 1 of the original)
+    style_triplet = max(||a - p|| - ||a - n|| + loss.style_margin, 0) on style embeddings
+                  (stage 2: same style / other content is positive, so style is decorrelated
+                  from content)
+    total = structure_weight * structure + style_class_weight * style_class
+            + style_triplet_weight * style_triplet
+
+The recipe is two stages of one config (`config.stages`, run by `train.py`): `classify`
+(style_class, plus structure by default) then `triplet` (style_triplet), initialised from
+`classify`; which stage trains the structure branch is `loss.structure_weight` of each stage.
+Models whose terms all weigh 0 are left out of the update (`trainable_models`).
+
+With frozen trunks (`model.*.freeze_trunk`) and `data.feature_cache=True`, the trunks'
+features are computed once per image and cached (`sketch_tf.data.cache`) and only the heads
+train; exports always hold the whole towers. Evaluation: `sketch_tf.families.style_sbir.
+evaluate`; signatures: `sketch_tf.families.style_sbir.serving`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import tensorflow as tf
+
+from sketch_tf import losses
+from sketch_tf.data import cache, pipeline, tfrecord
+from sketch_tf.models import style as style_models
+from sketch_tf.models import zs_sbir as tower_lib
+from sketch_tf.models.backbones import BACKBONES
+from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
+
+MINING_MODES = ("semi_hard", "hard", "all", "random")
+NEGATIVE_RULES = pipeline.STYLE_NEGATIVE_RULES
+#: Image roles of a batch that the gallery towers embed (the sketch K goes to the sketch tower).
+GALLERY_ROLES = ("anchor", "positive", "negative")
+
+
+def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
+    root = config.data.root
+    if "synthetic" in config.data:
+        s = config.data.synthetic
+        return (
+            "python prepare_data.py --source=synthetic --task=style "
+            f"--image_size={s.get('image_size', 96)} --n_per_category={s.get('n_per_category', 20)}"
+            f" --test_fraction={s.get('test_fraction', 0.2)} --out={root}"
+        )
+    if "pacs" in root:
+        return (
+            "python prepare_data.py --source=folders --root=../shared/data/pacs "
+            "--style_domains=art_painting,cartoon,photo --test_fraction=0.3 "
+            f"--out={root}"
+        )
+    return f"python prepare_data.py --source=style --root=<dataset folder> --out={root}/{split}"
+
+
+def _tower_kwargs(section: ml_collections.ConfigDict) -> dict:
+    """`build_tower` arguments of a `model.structure` / `model.style` section."""
+    kwargs = dict(section.backbone_kwargs.to_dict()) if section.get("backbone_kwargs") else {}
+    if section.get("backbone_weights"):
+        kwargs["weights_path"] = section.backbone_weights
+    return {
+        "backbone": section.backbone,
+        "backbone_kwargs": kwargs,
+        "projection_dim": int(section.projection_dim),
+        "head_hidden": tuple(int(w) for w in section.get("head_hidden", ())),
+        "freeze_trunk": bool(section.get("freeze_trunk", False)),
+    }
+
+
+@register_task("style_sbir")
+class StyleSbirTask(Task):
+    """Structure + style branches, sketch + exemplar queries (see module docstring)."""
+
+    headlines = (
+        Headline(
+            "sketch + style mAP (content and style)",
+            "sketch_style_map",
+            (
+                ("random ranking", "random/sketch_style_map"),
+                ("structure only (alpha=1)", "structure_only/sketch_style_map"),
+                ("style only (alpha=0)", "style_only/sketch_style_map"),
+                ("non-learned (HOG + colour/texture)", "non_learned/sketch_style_map"),
+            ),
+        ),
+        Headline(
+            "sketch-only mAP (content), mean over styles",
+            "sketch_map",
+            (("random ranking", "random/sketch_map"), ("HOG", "hog/sketch_map")),
+        ),
+    )
+
+    # ---- configuration -------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config):
+        from sketch_tf.models.backbones import HED_POOLINGS
+
+        p = []
+        d, m, loss, e = config.data, config.model, config.loss, config.eval
+        if not d.root:
+            p.append("data.root must name the folder holding the record splits")
+        if not isinstance(d.image_size, int) or d.image_size < 32:
+            p.append(f"data.image_size must be an integer >= 32, got {d.image_size!r}")
+        if d.negative_rule not in NEGATIVE_RULES:
+            p.append(f"data.negative_rule must be one of {NEGATIVE_RULES}, got {d.negative_rule!r}")
+        if d.sketch_domain in tuple(d.styles):
+            p.append(f"data.styles must not hold the sketch domain {d.sketch_domain!r}")
+        if len(set(d.styles)) != len(tuple(d.styles)):
+            p.append(f"data.styles lists a style twice: {tuple(d.styles)!r}")
+        for key in ("feature_cache", "train_augment"):
+            if not isinstance(d.get(key), bool):
+                p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
+        for name in ("structure", "style"):
+            s = m[name]
+            if s.backbone not in BACKBONES:
+                p.append(
+                    f"model.{name}.backbone must be one of {sorted(BACKBONES)}, got {s.backbone!r}"
+                )
+            pooling = (s.get("backbone_kwargs") or {}).get("pooling")
+            if s.backbone == "vgg16_hed" and pooling is not None and pooling not in HED_POOLINGS:
+                p.append(f"model.{name}.backbone_kwargs.pooling must be one of {HED_POOLINGS}")
+            if s.get("backbone_weights") and not os.path.isfile(s.backbone_weights):
+                p.append(f"model.{name}.backbone_weights file {s.backbone_weights} does not exist")
+            if not isinstance(s.projection_dim, int) or s.projection_dim < 0:
+                p.append(f"model.{name}.projection_dim must be an integer >= 0")
+            if any(int(w) <= 0 for w in s.get("head_hidden", ())):
+                p.append(f"model.{name}.head_hidden widths must be > 0, got {tuple(s.head_hidden)}")
+            if not isinstance(s.get("freeze_trunk", False), bool):
+                p.append(f"model.{name}.freeze_trunk must be True or False")
+            if d.get("feature_cache") and not s.get("freeze_trunk", False):
+                p.append(
+                    f"data.feature_cache=True needs model.{name}.freeze_trunk=True (only a "
+                    "frozen trunk's features can be cached)"
+                )
+        if d.get("feature_cache") and d.get("train_augment"):
+            p.append(
+                "data.feature_cache=True needs data.train_augment=False (the cached features "
+                "are those of the un-augmented images)"
+            )
+        weights = ("structure_weight", "style_class_weight", "style_triplet_weight")
+        if any(float(loss[k]) < 0 for k in weights):
+            p.append(f"loss.{'/'.join(weights)} must be >= 0")
+        elif not config.get("stage_order") and all(float(loss[k]) == 0 for k in weights):
+            p.append(f"loss: {', '.join(weights)} are all 0: nothing to learn")
+        for k in ("structure_margin", "style_margin"):
+            if float(loss[k]) < 0:
+                p.append(f"loss.{k} must be >= 0, got {loss[k]}")
+        if loss.structure_mining not in MINING_MODES:
+            mining = loss.structure_mining
+            p.append(f"loss.structure_mining must be one of {MINING_MODES}, got {mining!r}")
+        try:
+            style_models.check_alpha(e.alpha, "eval.alpha")
+            for a in e.alpha_sweep:
+                style_models.check_alpha(a, "eval.alpha_sweep values")
+        except ValueError as err:
+            p.append(str(err))
+        if e.batch_size <= 0:
+            p.append(f"eval.batch_size must be > 0, got {e.batch_size}")
+        return p
+
+    # ---- records -------------------------------------------------------------------------
+    def records_dir(self, which: str) -> str:
+        """The training (`which="train"`) or evaluation (`"test"`) record set, checked."""
+        split = self.config.data.train_split if which == "train" else self.config.data.test_split
+        return tfrecord.records_dir(
+            self.config.data.root,
+            split,
+            f"style_sbir: no {which} records",
+            _prepare_command(self.config, split),
+        )
+
+    def styles(self) -> list[str]:
+        """Gallery style names (sorted): `data.styles`, or every domain of the training
+        records but the sketch domain. Style label = index in this list."""
+        d = self.config.data
+        if tuple(d.styles):
+            return sorted(d.styles)
+        manifest = tfrecord.read_manifest(self.records_dir("train"))
+        domains = manifest["counts"]["per_domain_class"]
+        return sorted(x for x in domains if x != d.sketch_domain)
+
+    def contents(self) -> list[str]:
+        """Content class names: the training records' class list (label = index)."""
+        return list(tfrecord.read_manifest(self.records_dir("train"))["classes"])
+
+    def style_index(self, which: str) -> pipeline.StyleIndex:
+        """`pipeline.StyleIndex` of the train / test records (read once per task)."""
+        memo = self.__dict__.setdefault("_indexes", {})
+        if which not in memo:
+            d = self.config.data
+            memo[which] = pipeline.StyleIndex(
+                self.records_dir(which), self.styles(), d.sketch_domain,
+                classes=tuple(d.classes) or None,
+            )  # fmt: skip
+            if memo[which].classes != self.contents():
+                raise ValueError(
+                    f"style_sbir: {self.records_dir(which)} has classes {memo[which].classes}, "
+                    f"the training records {self.contents()}: prepare both splits together"
+                )
+        return memo[which]
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_models(self):
+        m = self.config.model
+        return style_models.build_style_models(
+            int(self.config.data.image_size),
+            len(self.contents()),
+            len(self.styles()),
+            structure=_tower_kwargs(m.structure),
+            style=_tower_kwargs(m.style),
+            shared_structure=bool(m.structure.shared),
+        )
+
+    def trainable_models(self, models):
+        # A model no non-zero loss term reaches gets no gradient: leave it out of the update.
+        models = super().trainable_models(models)
+        w = self.config.loss
+        unused = set()
+        if float(w.structure_weight) == 0:
+            unused |= {"structure_tower", *style_models.STRUCTURE_MODELS}
+        if float(w.style_class_weight) == 0:
+            unused.add("style_classifier")
+        if float(w.style_class_weight) == 0 and float(w.style_triplet_weight) == 0:
+            unused.add("style_tower")
+        return {k: v for k, v in models.items() if k not in unused}
+
+    # ---- feature cache -------------------------------------------------------------------
+    def uses_feature_cache(self) -> bool:
+        return bool(self.config.data.get("feature_cache", False))
+
+    def towers(self, models) -> dict:
+        """{"structure_sketch", "structure_image", "style": tower} (shared towers repeat)."""
+        return {
+            "structure_sketch": style_models.structure_sketch_tower(models),
+            "structure_image": style_models.structure_image_tower(models),
+            "style": models["style_tower"],
+        }
+
+    def feature_caches(self, models, which: str, log=print) -> dict:
+        """{"structure_sketch", "structure_image", "style": `cache.FeatureCache`} of the frozen
+        trunks over the `which` ("train" / "test") records: sketches for the first, the gallery
+        styles for the others; computed on first use.
+
+        Raises:
+          ValueError: a tower's trunk has trainable weights.
+        """
+        d = self.config.data
+        path = self.records_dir(which)
+        memo = self.__dict__.setdefault("_feature_caches", {})
+        size = int(d.image_size)
+        out = {}
+        for role, tower in self.towers(models).items():
+            key = (which, role, id(tower))
+            if key in memo:
+                out[role] = memo[key][1]
+                continue
+            if not tower_lib.trunk_is_frozen(tower):
+                raise ValueError(
+                    f"style_sbir: data.feature_cache: the {tower.name} trunk has trainable "
+                    "weights; set model.structure/style.freeze_trunk=True"
+                )
+            section = self.config.model.style if role == "style" else self.config.model.structure
+            spec = {
+                "task": "style_sbir",
+                "role": role,
+                "image_size": size,
+                "backbone": section.backbone,
+                "backbone_kwargs": section.backbone_kwargs.to_dict(),
+            }
+            is_sketch = role == "structure_sketch"
+            domains = [d.sketch_domain] if is_sketch else self.styles()
+            out[role] = cache.cached_features(
+                cache.cache_root(path, d.get("cache_dir", "")),
+                f"style_sbir_{role}_features",
+                spec,
+                tower_lib.tower_trunk(tower),
+                pipeline.labelled_image_bytes(
+                    path, domains=domains, classes=tuple(d.classes) or None
+                ),
+                lambda e, is_sketch=is_sketch: pipeline.preprocess(e, is_sketch, size, False),
+                batch_size=int(self.config.eval.batch_size),
+                log=log,
+            )
+            memo[key] = (tower, out[role])
+        return out
+
+    def heads(self, models) -> dict:
+        """{role: the tower's head (trunk features -> embedding)} for the roles of `towers`."""
+        memo = self.__dict__.setdefault("_heads", {})
+        out = {}
+        for role, tower in self.towers(models).items():
+            if id(tower) not in memo:
+                memo[id(tower)] = (tower, tower_lib.tower_head(tower))
+            out[role] = memo[id(tower)][1]
+        return out
+
+    def precompute(self, models, log=print) -> dict[str, str]:
+        if not self.uses_feature_cache():
+            return {}
+        return {
+            f"{which}/{role}": entry.path
+            for which in ("train", "test")
+            for role, entry in self.feature_caches(models, which, log).items()
+        }
+
+    # ---- data ----------------------------------------------------------------------------
+    def build_train_dataset(self, global_batch_size, seed, models=None):
+        d = self.config.data
+        keys_mode = self.uses_feature_cache()
+        batches = pipeline.style_triplet_batches(
+            self.style_index("train"),
+            global_batch_size,
+            seed=seed,
+            negative_rule=d.negative_rule,
+            output="keys" if keys_mode else "images",
+            image_size=int(d.image_size),
+            training=bool(d.train_augment),
+            shuffle_buffer=int(d.shuffle_buffer),
+        )
+        if not keys_mode:
+            return batches
+        if models is None:
+            raise ValueError("style_sbir: data.feature_cache needs the models to build the cache")
+        caches = self.feature_caches(models, "train")
+        sketch = caches["structure_sketch"].lookup("style_sbir training sketches")
+        structure = caches["structure_image"].lookup("style_sbir training images (structure)")
+        style = caches["style"].lookup("style_sbir training images (style)")
+
+        def to_features(b):  # the keys stay in the batch (which images these are)
+            out = {"sketch_features": sketch(b["sketch_key"]), **b}
+            for role in GALLERY_ROLES:
+                out[f"{role}_structure_features"] = structure(b[f"{role}_key"])
+                out[f"{role}_style_features"] = style(b[f"{role}_key"])
+            return out
+
+        return batches.map(to_features, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # ---- training ------------------------------------------------------------------------
+    def _embed_batch(self, models, batch, training: bool):
+        """(sketch structure emb [B, E], {role: structure emb}, {role: style emb})."""
+        w = self.config.loss
+        need_structure = float(w.structure_weight) > 0
+        need_style = float(w.style_class_weight) > 0 or float(w.style_triplet_weight) > 0
+        structure, style = {}, {}
+        if "sketch_features" in batch:
+            heads = self.heads(models)
+            sketch = heads["structure_sketch"](batch["sketch_features"], training=training)
+            for role in GALLERY_ROLES:
+                if need_structure:
+                    structure[role] = heads["structure_image"](
+                        batch[f"{role}_structure_features"], training=training
+                    )
+                if need_style:
+                    style[role] = heads["style"](batch[f"{role}_style_features"], training=training)
+            return sketch, structure, style
+        towers = self.towers(models)
+        sketch = towers["structure_sketch"](batch["sketch"], training=training)
+        for role in GALLERY_ROLES:
+            if need_structure:
+                structure[role] = towers["structure_image"](batch[role], training=training)
+            if need_style:
+                style[role] = towers["style"](batch[role], training=training)
+        return sketch, structure, style
+
+    def compute_losses(self, models, batch, ctx: LossContext):
+        w = self.config.loss
+        sketch, structure, style = self._embed_batch(models, batch, training=True)
+        out = {}
+        total = tf.constant(0.0)
+        if float(w.structure_weight) > 0:
+            keys = tf.concat([structure[r] for r in GALLERY_ROLES], 0)
+            key_labels = tf.concat(
+                [batch["content_id"], batch["positive_content_id"], batch["negative_content_id"]],
+                0,
+            )
+            out["structure"] = ctx.share(
+                losses.mined_triplet_loss(
+                    ctx.all_gather(sketch),
+                    ctx.all_gather(batch["content_id"]),
+                    ctx.all_gather(keys),
+                    ctx.all_gather(key_labels),
+                    mining=w.structure_mining,
+                    margin=float(w.structure_margin),
+                )
+            )
+            total += float(w.structure_weight) * out["structure"]
+        if float(w.style_class_weight) > 0:
+            num_styles = len(self.styles())
+            labels = {
+                "anchor": batch["content_id"] * num_styles + batch["style_id"],
+                "positive": batch["positive_content_id"] * num_styles + batch["style_id"],
+                "negative": batch["negative_content_id"] * num_styles + batch["negative_style_id"],
+            }
+            ce = tf.add_n(
+                [
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=labels[r],
+                        logits=models["style_classifier"](style[r], training=True),
+                    )
+                    for r in GALLERY_ROLES
+                ]
+            ) / float(len(GALLERY_ROLES))
+            out["style_class"] = ctx.mean(ce)
+            total += float(w.style_class_weight) * out["style_class"]
+        if float(w.style_triplet_weight) > 0:
+            out["style_triplet"] = ctx.mean(
+                losses.triplet_loss(
+                    style["anchor"], style["positive"], style["negative"],
+                    margin=float(w.style_margin),
+                )
+            )  # fmt: skip
+            total += float(w.style_triplet_weight) * out["style_triplet"]
+        out["total"] = total
+        return out
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(self, models, workdir=None):
+        from sketch_tf.families.style_sbir import evaluate
+
+        return evaluate.evaluate_task(self, models, workdir)
+
+    # ---- export --------------------------------------------------------------------------
+    def serving_signatures(self, models):
+        from sketch_tf.families.style_sbir import serving
+
+        return serving.serving_signatures(self, models)
+
+    def warmup_inputs(self):
+        from sketch_tf.families.style_sbir import serving
+
+        return serving.warmup_inputs(self)
+
+
+__all__ = ["StyleSbirTask"]
