@@ -49,7 +49,7 @@ _N_PER_CATEGORY = flags.DEFINE_integer("n_per_category", 20, "Synthetic: instanc
 _TEST_FRACTION = flags.DEFINE_float(
     "test_fraction",
     0.2,
-    "Held-out instance share (synthetic; folders only when given: then <out>/train, <out>/test).",
+    "Held-out instance share (synthetic; folders / style only when given: <out>/train, /test).",
 )
 _CATEGORIES = flags.DEFINE_list("categories", None, "Subset of categories / classes to write.")
 _N_POINTS = flags.DEFINE_integer("n_points", 64, "Synthetic zooms: points per pair.")
@@ -158,6 +158,8 @@ def main(argv):
             options.update(split=_SPLIT.value, categories=_CATEGORIES.value)
         elif _SOURCE.value == "style":
             options.update(csv_path=_CSV.value, sqlite_path=_SQLITE.value)
+            if flags.FLAGS["test_fraction"].present:
+                options.update(test_fraction=_TEST_FRACTION.value)
         options = {k: v for k, v in options.items() if v is not None}
         try:
             manifest = sources.prepare(_SOURCE.value, _ROOT.value, _OUT.value, **options)

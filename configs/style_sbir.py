@@ -16,9 +16,10 @@ Variants (`--config=configs/style_sbir.py:<variant>`):
         --style_domains=art_painting,cartoon,photo --test_fraction=0.3 \\
         --out=data/records/pacs_style
     python train.py --config=configs/style_sbir.py:pacs --workdir=runs/style_pacs
+- `pacs_quickdraw`: `pacs` queried with Quick, Draw! drawings of its classes (no "person").
 - `bam` (GPU-sized): BAM! images with one media and one content label (the original's 5
   contents bicycle, bird, cars, cat, dog and 7 media), `prepare_data.py --source=style
-  --sqlite_path=...`, with sketch queries in the same records under the domain "sketch".
+  --sqlite_path=... --test_fraction=0.2`, with Quick, Draw! drawings as the sketches.
 
 The recipe is the original's two stages, one config (`stage_order`): `classify` trains the
 style tower on content x style classes (and the structure branch), `triplet` then trains the
@@ -34,6 +35,7 @@ from sketch_tf.train.config import add_run_sections, base_train_config
 
 #: Gallery media of the PACS variant.
 PACS_STYLES = ("art_painting", "cartoon", "photo")
+PACS_CONTENTS = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
 #: The original's BAM! content classes and media.
 BAM_CONTENTS = ("bicycle", "bird", "cars", "cat", "dog")
 BAM_STYLES = ("3d_graphics", "comic", "graphite", "oilpaint", "pen_ink", "vectorart", "watercolor")
@@ -64,6 +66,12 @@ def _base() -> ml_collections.ConfigDict:
     config.data.sketch_domain = "sketch"
     config.data.styles = ()  # gallery media (domains); () = every domain but the sketches'
     config.data.classes = ()  # content classes; () = all
+    # Sketches from other record folders (matched to the contents by class name, or by
+    # sketch_class_names {sketch class: content}): for training ("" = the training records'
+    # own sketch domain) and as evaluation queries ("" = the test records' own).
+    config.data.train_sketches = ""
+    config.data.query_sketches = ""
+    config.data.sketch_class_names = ml_collections.ConfigDict()
     config.data.image_size = 224
     # The style negative: another style and the anchor's content ("same_content", the
     # decorrelating rule of the original's stage 2) or another style of any content ("any").
@@ -165,13 +173,34 @@ def pacs(config: ml_collections.ConfigDict) -> None:
     config.eval.batch_size = 32
 
 
+def pacs_quickdraw(config: ml_collections.ConfigDict) -> None:
+    """`pacs` evaluated with Quick, Draw! drawings of the same classes as the sketch queries
+    (trained on the PACS sketches as `pacs`); Quick, Draw! has no "person", so the 6 other
+    classes:
+      python prepare_data.py --source=quickdraw --root=../shared/data/quickdraw \
+          --categories=dog,elephant,giraffe,guitar,horse,house --out=data/records/quickdraw_pacs
+    """
+    pacs(config)
+    config.data.classes = tuple(c for c in PACS_CONTENTS if c != "person")
+    config.data.query_sketches = "data/records/quickdraw_pacs"
+
+
 def bam(config: ml_collections.ConfigDict) -> None:
-    """BAM!: the original's 5 contents x 7 media at 224 px, longer training (a GPU job with
-    unfrozen trunks: `--config.model.*.freeze_trunk=False --config.data.feature_cache=False`).
+    """BAM!: the original's 5 contents x 7 media at 224 px, Quick, Draw! drawings as the
+    sketches (as the original), longer training (a GPU job with unfrozen trunks:
+    `--config.model.*.freeze_trunk=False --config.data.feature_cache=False`):
+      python prepare_data.py --source=style --root=<BAM images> --sqlite_path=<bam.sqlite> \
+          --test_fraction=0.2 --out=data/records/bam
+      python prepare_data.py --source=quickdraw --root=<ndjson folder> \
+          --categories=bicycle,bird,car,cat,dog --out=data/records/quickdraw_bam/train
+      (and the same from held-out drawings into data/records/quickdraw_bam/test)
     """
     config.data.root = "data/records/bam"
     config.data.classes = BAM_CONTENTS
     config.data.styles = BAM_STYLES
+    config.data.train_sketches = "data/records/quickdraw_bam/train"
+    config.data.query_sketches = "data/records/quickdraw_bam/test"
+    config.data.sketch_class_names = ml_collections.ConfigDict({"car": "cars"})
     config.data.image_size = 224
     _two_stages(config, 5000, 5000)
 
@@ -181,6 +210,7 @@ VARIANTS = {
     "synthetic": synthetic,
     "synthetic_smoke": synthetic_smoke,
     "pacs": pacs,
+    "pacs_quickdraw": pacs_quickdraw,
     "bam": bam,
 }
 

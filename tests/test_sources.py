@@ -284,6 +284,19 @@ def test_style_csv_and_bam_sqlite(tmp_path):
     (root / "labels.csv").write_text("path,style,content\n1.jpg,pen_ink,dog\n2.png,comic,dog\n")
     m = prepare("style", root, tmp_path / "o2")
     assert m["info"]["styles"] == ["comic", "pen_ink"] and m["classes"] == ["dog"]
+    # Split by instance (stable hash): 12 instances per class, 3 images each.
+    rows = [f"{k % 4 + 1}.{'jpg' if k % 4 == 0 else 'png'},{st},{cls},{cls}{k // 3}"
+            for cls in ("cat", "dog") for k in range(36) for st in ("comic",)]  # fmt: skip
+    rows += [r.replace("comic", "ink") for r in rows[::2]]
+    (root / "many.csv").write_text("path,style,content,instance\n" + "\n".join(rows) + "\n")
+    split = prepare("style", root, tmp_path / "o4", csv_path=root / "many.csv", test_fraction=0.3)
+    assert set(split) == {"train", "test"}
+    assert split["train"]["num_records"] + split["test"]["num_records"] == len(rows)
+    by_part = {
+        part: {r[schema.INSTANCE_ID].numpy() for r in _records(tmp_path / "o4" / part)}
+        for part in ("train", "test")
+    }
+    assert by_part["test"] and not by_part["train"] & by_part["test"]
     (root / "bad.csv").write_text("path,style,content\nmissing.png,comic,dog\n")
     with pytest.raises(BadInputError, match="missing.png"):
         prepare("style", root, tmp_path / "o3", csv_path=root / "bad.csv")

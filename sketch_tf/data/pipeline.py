@@ -817,9 +817,26 @@ class StyleIndex:
       groups: int64 [G, 2] (content, style) of every non-empty gallery group, sorted.
       group_keys: list of G int64 arrays, the cache keys of each group's images (shard order).
       sketch_keys: {content: int64 array of the keys of its sketches}.
+      sketch_dir, sketch_manifest: where the sketches are (`dataset_dir` unless `sketch_dir`).
+      sketch_class_of: {content: class id of its sketches in `sketch_dir`'s class list}.
+
+    Args:
+      sketch_dir: another record folder whose `sketch_domain` records are the sketches (e.g.
+        rasterised Quick, Draw! drawings for a gallery without sketches), matched to the
+        contents by class name; the sketches of `dataset_dir` are then ignored.
+      sketch_class_names: {class name in `sketch_dir`: content name} for names that differ
+        (Quick, Draw!'s "car" for BAM's "cars").
     """
 
-    def __init__(self, dataset_dir, styles, sketch_domain="sketch", classes=None):
+    def __init__(
+        self,
+        dataset_dir,
+        styles,
+        sketch_domain="sketch",
+        classes=None,
+        sketch_dir=None,
+        sketch_class_names=None,
+    ):
         self.dataset_dir = str(dataset_dir)
         self.manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
         names = list(self.manifest["classes"])
@@ -852,7 +869,8 @@ class StyleIndex:
                 if wanted is not None and c not in wanted:
                     continue
                 if d == sketch_domain:
-                    sketches.setdefault(c, []).append(int(k))
+                    if sketch_dir is None:
+                        sketches.setdefault(c, []).append(int(k))
                     continue
                 if d not in style_of:
                     continue
@@ -877,6 +895,14 @@ class StyleIndex:
             raise ValueError(
                 f"{self.dataset_dir}: no records of styles {missing} (has domains "
                 f"{sorted(self.manifest['counts']['per_domain_class'])})"
+            )
+        self.sketch_dir = self.dataset_dir if sketch_dir is None else str(sketch_dir)
+        if sketch_dir is None:
+            self.sketch_manifest = self.manifest
+            self.sketch_class_of = {c: c for c in sketches}
+        else:
+            self.sketch_manifest, self.sketch_class_of, sketches = _foreign_sketches(
+                sketch_dir, sketch_domain, names, wanted, sketch_class_names
             )
         order = sorted(groups)
         self.groups = np.asarray(order, np.int64).reshape(-1, 2)
@@ -929,6 +955,44 @@ class StyleIndex:
             )
         as_logits = lambda m: np.where(m, 0.0, -np.inf).astype(np.float32)  # noqa: E731
         return np.zeros(len(self.groups), np.float32), as_logits(pos), as_logits(neg)
+
+
+def sketch_classes_of(sketch_manifest, contents, wanted=None, sketch_class_names=None):
+    """{content id: class id in a sketch dataset} for the sketch classes whose name (or alias
+    in `sketch_class_names`) is a content name (`contents`, restricted to ids in `wanted`)."""
+    aliases = dict(sketch_class_names or {})
+    out = {}
+    names = sketch_manifest["classes"]
+    for sc, own in enumerate(names):
+        name = aliases.get(own, own)
+        if name in contents and (wanted is None or contents.index(name) in wanted):
+            c = contents.index(name)
+            if c in out:
+                raise ValueError(
+                    f"sketch classes {names[out[c]]!r} and {own!r} both map to content "
+                    f"{name!r} (sketch_class_names {aliases})"
+                )
+            out[c] = sc
+    return out
+
+
+def _foreign_sketches(sketch_dir, sketch_domain, contents, wanted, sketch_class_names):
+    """(manifest, {content: sketch class id}, {content: keys}) of the sketches of another
+    record folder, matched to `contents` by name."""
+    manifest = tfrecord.read_manifest(sketch_dir, kind=schema.KIND_LABELLED_IMAGE)
+    class_of = sketch_classes_of(manifest, contents, wanted, sketch_class_names)
+    if not class_of:
+        raise ValueError(
+            f"{sketch_dir}: no sketch class matches a content class (sketch classes "
+            f"{manifest['classes'][:8]}..., contents {contents}); map names with "
+            "sketch_class_names"
+        )
+    content_of = {sc: c for c, sc in class_of.items()}
+    keys: dict[int, list[int]] = {}
+    for (domain, cid), k in _keys_by_domain_class(sketch_dir, manifest).items():
+        if domain == sketch_domain and cid in content_of:
+            keys.setdefault(content_of[cid], []).extend(int(x) for x in k)
+    return manifest, class_of, {c: np.asarray(v, np.int64) for c, v in sorted(keys.items())}
 
 
 def _key_picker(key_lists: list[np.ndarray]):
@@ -1027,8 +1091,8 @@ def style_triplet_batches(
         ]  # fmt: skip
 
     sketch_streams = [
-        _class_domain_stream(index.dataset_dir, index.manifest, int(c), index.sketch_domain,
-                             seed + 53 + 7919 * (i + 1), shuffle_buffer)
+        _class_domain_stream(index.sketch_dir, index.sketch_manifest, index.sketch_class_of[c],
+                             index.sketch_domain, seed + 53 + 7919 * (i + 1), shuffle_buffer)
         for i, c in enumerate(contents)
     ]  # fmt: skip
     a_ds = tf.data.Dataset.choose_from_datasets(group_streams(11), picks.map(lambda a, p, n, s: a))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -96,6 +97,14 @@ class BadInputPolicy:
         except BadInputError as e:
             self.handle(e, path)
             return None
+
+
+def is_held_out(class_name: str, instance: str, fraction: float) -> bool:
+    """The stable train / test split of the sources' `test_fraction`: True when the first 8
+    bytes of sha256("<class>/<instance>") as a fraction of 2**64 fall below `fraction` (the
+    same on every machine and Python version; all images of an instance go together)."""
+    digest = hashlib.sha256(f"{class_name}/{instance}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < float(fraction)
 
 
 class WriteOptions(NamedTuple):

@@ -15,7 +15,6 @@ Instance ids: the file stem with a trailing `-<n>` removed, so Sketchy's sketch
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -24,6 +23,7 @@ from sketch_tf.data import schema
 from sketch_tf.data.sources.common import (
     WriteOptions,
     class_index,
+    is_held_out,
     list_images,
     open_dataset,
     subdirs,
@@ -174,10 +174,7 @@ def prepare(
                     files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
                     for path in files:
                         inst = instance_of(path)
-                        if (
-                            held_out is not None
-                            and _is_held_out(c, inst, test_fraction) != held_out
-                        ):
+                        if held_out is not None and is_held_out(c, inst, test_fraction) != held_out:
                             continue
                         image = policy.load_image(path, verify=verify_images)
                         if image is None:
@@ -195,10 +192,3 @@ def prepare(
                 writer.info.update(split=part, test_fraction=float(test_fraction))
         manifests[part] = writer.manifest
     return manifests[""] if "" in manifests else manifests
-
-
-def _is_held_out(class_name: str, instance: str, fraction: float) -> bool:
-    """Stable split: the first 8 bytes of sha256("<class>/<instance>") as a fraction of 2**64
-    below `fraction` (the same on every machine and Python version)."""
-    digest = hashlib.sha256(f"{class_name}/{instance}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < float(fraction)

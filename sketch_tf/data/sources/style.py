@@ -27,6 +27,7 @@ from sketch_tf.data.sources.common import (
     IMAGE_EXTENSIONS,
     WriteOptions,
     class_index,
+    is_held_out,
     open_dataset,
 )
 
@@ -108,8 +109,11 @@ def prepare(
     shard_bytes: int = 128 << 20,
     group_by: str = "domain_class",
     overwrite: bool = False,
+    test_fraction: float = 0.0,
 ) -> dict:
-    """Convert a style-labelled collection into a `labelled_image` dataset.
+    """Convert a style-labelled collection into a `labelled_image` dataset (with
+    `test_fraction` > 0: two, `<out_dir>/train` and `<out_dir>/test`, split by instance as
+    `common.is_held_out`).
 
     Args:
       root: collection folder (default location of `labels.csv` and of the images).
@@ -117,9 +121,11 @@ def prepare(
       image_dir: image folder (default: CSV folder, or `root` for sqlite).
       table, id_column, threshold: BAM!-like sqlite options (see module docstring).
       skip_bad: skip missing / corrupt images (recorded in the manifest) instead of failing.
+      test_fraction: in [0, 1): share of instances written to `<out_dir>/test`.
 
     Returns:
-      the manifest dict (its `info` holds `styles` and `unlabelled_rows`).
+      the manifest dict (its `info` holds `styles` and `unlabelled_rows`); with
+      test_fraction > 0 {"train": manifest, "test": manifest}.
     """
     root = Path(root)
     if csv_path and sqlite_path:
@@ -152,9 +158,24 @@ def prepare(
     sid = class_index(e[1] for e in entries)
     cid = class_index(e[2] for e in entries)
     styles, contents = sorted(sid), sorted(cid)
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
-    with open_dataset(out_dir, KIND, contents, "style", root, opts) as (writer, policy):
+    parts = {"": None} if not test_fraction else {"train": False, "test": True}
+    manifests = {part: _write(out_dir, part, held_out, entries, sid, cid, styles, contents,
+                              root, img_dir, opts, unlabelled, sqlite_path or csv_path,
+                              test_fraction)
+                 for part, held_out in parts.items()}  # fmt: skip
+    return manifests[""] if "" in manifests else manifests
+
+
+def _write(out_dir, part, held_out, entries, sid, cid, styles, contents, root, img_dir, opts,
+           unlabelled, label_file, test_fraction) -> dict:  # fmt: skip
+    target = os.path.join(out_dir, part) if part else out_dir
+    with open_dataset(target, KIND, contents, "style", root, opts) as (writer, policy):
         for path, style, content, instance in entries:
+            if held_out is not None and is_held_out(content, instance, test_fraction) != held_out:
+                continue
             image = policy.load_image(path)
             if image is None:
                 continue
@@ -169,9 +190,7 @@ def prepare(
                 content_id=cid[content],
             )
             writer.write(rec, class_id=cid[content], class_name=content, domain=style)
-        writer.info.update(
-            styles=styles,
-            unlabelled_rows=unlabelled,
-            label_file=str(sqlite_path or csv_path),
-        )
+        writer.info.update(styles=styles, unlabelled_rows=unlabelled, label_file=str(label_file))
+        if held_out is not None:
+            writer.info.update(split=part, test_fraction=float(test_fraction))
     return writer.manifest

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.data import pipeline
+from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.report import format_result
@@ -66,9 +66,16 @@ def embed_test_records(task, models, domains, roles, with_baselines: bool) -> di
     path = task.records_dir("test")
     styles = task.styles()
     is_sketch = list(domains) == [d.sketch_domain]
+    classes = tuple(d.classes) or None
+    content_of = None  # class id of the records -> content id (sketches of another folder)
+    if is_sketch:
+        path, class_of = task.sketch_records("test")
+        names = tfrecord.read_manifest(path)["classes"]
+        classes = [names[i] for i in sorted(class_of.values())]
+        content_of = {sc: c for c, sc in class_of.items()}
     ds = pipeline.labelled_dataset(
         path, int(task.config.eval.batch_size), image_size=int(d.image_size), training=False,
-        classes=tuple(d.classes) or None, domains=list(domains), sketch_domain=d.sketch_domain,
+        classes=classes, domains=list(domains), sketch_domain=d.sketch_domain,
     )  # fmt: skip
     towers = task.towers(models)
     if task.uses_feature_cache():
@@ -95,7 +102,10 @@ def embed_test_records(task, models, domains, roles, with_baselines: bool) -> di
         for r in roles:
             parts[r].append(embs[r].numpy())
         parts["thumbs"].append(thumbs.numpy())
-        parts["content_id"].append(batch["class_id"].numpy())
+        ids = batch["class_id"].numpy()
+        if content_of is not None:
+            ids = np.array([content_of[int(i)] for i in ids], np.int64)
+        parts["content_id"].append(ids)
         dom = [x.decode() for x in batch["domain"].numpy()]
         parts["style_id"].append(np.array([styles.index(x) if x in styles else -1 for x in dom]))
         if with_baselines:
@@ -179,6 +189,12 @@ def sketch_style_metrics(structure_sim, style_sim, alpha, sketch_content, exempl
         scores, relevant, q_content * num_styles + q_style, excluded=excluded,
         num_gallery=len(content),
     )  # fmt: skip
+
+
+def _mean_of_cells(values) -> float:
+    """Mean of the cells that have queries (NaN = a content without sketches)."""
+    v = np.asarray(values, np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
 
 def _cells(result, num_contents, num_styles) -> np.ndarray:
@@ -307,8 +323,8 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
     for name, grid in grids.items():
         rows = []
         for ci, c in enumerate(contents):
-            rows.append([c, *[float(v) for v in grid[ci]], float(np.nanmean(grid[ci]))])
-        rows.append(["mean", *[float(v) for v in np.nanmean(grid, axis=0)],
+            rows.append([c, *[float(v) for v in grid[ci]], _mean_of_cells(grid[ci])])
+        rows.append(["mean", *[_mean_of_cells(grid[:, j]) for j in range(n_s)],
                      float(results[name]["map_all"])])  # fmt: skip
         a = {"structure_only": 1.0, "style_only": 0.0}.get(name, alpha)
         label = "model" if name == "model" else f"baseline {name}"

@@ -121,6 +121,10 @@ class StyleSbirTask(Task):
             p.append(f"data.styles must not hold the sketch domain {d.sketch_domain!r}")
         if len(set(d.styles)) != len(tuple(d.styles)):
             p.append(f"data.styles lists a style twice: {tuple(d.styles)!r}")
+        for key in ("train_sketches", "query_sketches"):
+            folder = d.get(key, "")
+            if folder and not os.path.isfile(os.path.join(folder, "manifest.json")):
+                p.append(f"data.{key}={folder} holds no records (no manifest.json)")
         for key in ("feature_cache", "train_augment"):
             if not isinstance(d.get(key), bool):
                 p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
@@ -197,14 +201,43 @@ class StyleSbirTask(Task):
         """Content class names: the training records' class list (label = index)."""
         return list(tfrecord.read_manifest(self.records_dir("train"))["classes"])
 
+    def sketch_records(self, which: str) -> tuple[str, dict[int, int]]:
+        """(record folder, {content id: class id there}) of the sketches of `which`:
+        `data.train_sketches` / `data.query_sketches` when set (another record folder, its
+        classes matched to the contents by name or `data.sketch_class_names`), else the
+        sketch domain of the train / test records themselves (the same class ids)."""
+        d = self.config.data
+        folder = d.get("train_sketches" if which == "train" else "query_sketches", "")
+        if not folder:
+            path = self.records_dir(which)
+            ids = range(len(self.contents()))
+            return path, {c: c for c in ids}
+        if not os.path.isfile(os.path.join(folder, "manifest.json")):
+            key = "train_sketches" if which == "train" else "query_sketches"
+            raise FileNotFoundError(
+                f"style_sbir: data.{key}={folder} holds no records (manifest.json); e.g. "
+                "python prepare_data.py --source=quickdraw --root=../shared/data/quickdraw "
+                f"--categories=... --out={folder}"
+            )
+        manifest = tfrecord.read_manifest(folder)
+        names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
+        wanted = None
+        if tuple(d.classes):
+            wanted = {self.contents().index(c) for c in d.classes}
+        return folder, pipeline.sketch_classes_of(manifest, self.contents(), wanted, names)
+
     def style_index(self, which: str) -> pipeline.StyleIndex:
         """`pipeline.StyleIndex` of the train / test records (read once per task)."""
         memo = self.__dict__.setdefault("_indexes", {})
         if which not in memo:
             d = self.config.data
+            names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
+            own = which == "train" and not d.get("train_sketches", "")
             memo[which] = pipeline.StyleIndex(
                 self.records_dir(which), self.styles(), d.sketch_domain,
                 classes=tuple(d.classes) or None,
+                sketch_dir=None if own else self.sketch_records(which)[0],
+                sketch_class_names=names,
             )  # fmt: skip
             if memo[which].classes != self.contents():
                 raise ValueError(
@@ -282,15 +315,18 @@ class StyleSbirTask(Task):
                 "backbone_kwargs": section.backbone_kwargs.to_dict(),
             }
             is_sketch = role == "structure_sketch"
-            domains = [d.sketch_domain] if is_sketch else self.styles()
+            where, domains, classes = path, self.styles(), tuple(d.classes) or None
+            if is_sketch:
+                where, class_of = self.sketch_records(which)
+                domains = [d.sketch_domain]
+                names = tfrecord.read_manifest(where)["classes"]
+                classes = [names[i] for i in sorted(class_of.values())]
             out[role] = cache.cached_features(
-                cache.cache_root(path, d.get("cache_dir", "")),
+                cache.cache_root(where, d.get("cache_dir", "")),
                 f"style_sbir_{role}_features",
                 spec,
                 tower_lib.tower_trunk(tower),
-                pipeline.labelled_image_bytes(
-                    path, domains=domains, classes=tuple(d.classes) or None
-                ),
+                pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
                 lambda e, is_sketch=is_sketch: pipeline.preprocess(e, is_sketch, size, False),
                 batch_size=int(self.config.eval.batch_size),
                 log=log,

@@ -148,6 +148,42 @@ def test_too_few_images_and_unlabelled_records_fail_clearly(tmp_path):
         pipeline.StyleIndex(bad, STYLES)
 
 
+def write_sketch_records(path, names, per_class=2):
+    """A sketch-only record folder with its own class list (like rasterised Quick, Draw!)."""
+    with ShardedWriter(path, schema.KIND_LABELLED_IMAGE, classes=names) as w:
+        for i, name in enumerate(names):
+            content = {"teacup": 2}.get(name, CONTENTS.index(name) if name in CONTENTS else 0)
+            for v in range(per_class):
+                rec = schema.encode_labelled_image(encode_png(_sketch(content, v + 3)), i, name,
+                                                   "sketch", f"qd/{name}/{v}")  # fmt: skip
+                w.write(rec, class_id=i, class_name=name, domain="sketch")
+    return str(path)
+
+
+def test_sketches_from_another_record_folder(records, tmp_path, trained):
+    # Its classes: a content under another name ("teacup" = "cup"), one unknown class, and
+    # another order than the gallery's.
+    names = {"teacup": "cup"}
+    folder = write_sketch_records(tmp_path / "qd", ["zebra", "teacup", "apple"])
+    with pytest.raises(ValueError, match="'cup' and 'teacup' both"):
+        pipeline.sketch_classes_of({"classes": ["cup", "teacup"]}, CONTENTS, None, names)
+    index = pipeline.StyleIndex(os.path.join(records, "train"), STYLES, sketch_dir=folder,
+                                sketch_class_names=names)  # fmt: skip
+    assert index.sketch_class_of == {2: 1, 0: 2}
+    assert sorted(index.sketch_keys) == [0, 2] and len(index.sketch_keys[2]) == 2
+    # "boat" has no sketch there: its groups cannot anchor a triplet.
+    with pytest.raises(ValueError, match="no 'sketch' record of 'boat'"):
+        index.triplet_tables("any")
+    _, workdir = trained
+    run = load_run(workdir)
+    stage = run.config
+    stage.data.query_sketches = folder
+    stage.data.sketch_class_names = ml_collections.ConfigDict(names)
+    result = StyleSbirTask(stage).evaluate(run.models)
+    # The apple and cup (teacup) sketches of the other folder, 2 each ("zebra" is no content).
+    assert result["scalars"]["num_sketches"] == 4
+
+
 def test_alpha_outside_unit_interval_is_rejected(records):
     for bad in (-0.1, 1.5, float("nan"), "x"):
         with pytest.raises(ValueError, match="alpha"):
