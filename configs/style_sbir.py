@@ -85,8 +85,9 @@ def _base() -> ml_collections.ConfigDict:
     # Structure: HED's VGG16 to block5, max-pooled on a 2x2 grid, 128-d head.
     config.model.structure = _tower("vgg16_hed", "block5", "max_grid2", 128)
     config.model.structure.shared = False
-    # Style: the feature statistics (mean, std per channel) of HED's block3, MLP head.
-    config.model.style = _tower("vgg16_hed", "block3", "mean_std", 64, (256,))
+    # Style: the feature statistics (mean, std per channel) of HED's blocks 1-4, MLP head
+    # (on PACS: style_map 0.82 vs 0.79 for block3 alone, sketch + style mAP 0.312 vs 0.292).
+    config.model.style = _tower("vgg16_hed", "block4", "mean_std_blocks", 64, (256,))
 
     config.loss = ml_collections.ConfigDict()
     config.loss.structure_weight = 1.0
@@ -95,6 +96,10 @@ def _base() -> ml_collections.ConfigDict:
     config.loss.style_class_weight = 1.0
     config.loss.style_triplet_weight = 0.0
     config.loss.style_margin = 0.2
+    # "" = the explicit (A, P, N) triplets of the batch (the original); semi_hard / hard /
+    # all / random = mined over every A, P, N of the global batch (positives: same style,
+    # other content; negatives: data.negative_rule).
+    config.loss.style_mining = "semi_hard"  # PACS: 0.321 vs 0.312 explicit, 0.178 "hard"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.alpha = 0.5  # structure weight of the combined score (query-time)

@@ -15,7 +15,8 @@ negative N (another style; content c under `data.negative_rule="same_content"`, 
                   content * num_styles + style (stage 1 of the original)
     style_triplet = max(||a - p|| - ||a - n|| + loss.style_margin, 0) on style embeddings
                   (stage 2: same style / other content is positive, so style is decorrelated
-                  from content)
+                  from content); with `loss.style_mining` mined over every A, P, N of the
+                  global batch under the same positive / negative rules
     total = structure_weight * structure + style_class_weight * style_class
             + style_triplet_weight * style_triplet
 
@@ -163,6 +164,8 @@ class StyleSbirTask(Task):
         for k in ("structure_margin", "style_margin"):
             if float(loss[k]) < 0:
                 p.append(f"loss.{k} must be >= 0, got {loss[k]}")
+        if loss.get("style_mining", "") not in ("",) + MINING_MODES:
+            p.append(f"loss.style_mining must be '' or one of {MINING_MODES}")
         if loss.structure_mining not in MINING_MODES:
             mining = loss.structure_mining
             p.append(f"loss.structure_mining must be one of {MINING_MODES}, got {mining!r}")
@@ -452,7 +455,10 @@ class StyleSbirTask(Task):
             ) / float(len(GALLERY_ROLES))
             out["style_class"] = ctx.mean(ce)
             total += float(w.style_class_weight) * out["style_class"]
-        if float(w.style_triplet_weight) > 0:
+        if float(w.style_triplet_weight) > 0 and w.get("style_mining", ""):
+            out["style_triplet"] = ctx.share(self._mined_style_triplet(style, batch, ctx))
+            total += float(w.style_triplet_weight) * out["style_triplet"]
+        elif float(w.style_triplet_weight) > 0:
             out["style_triplet"] = ctx.mean(
                 losses.triplet_loss(
                     style["anchor"], style["positive"], style["negative"],
@@ -462,6 +468,32 @@ class StyleSbirTask(Task):
             total += float(w.style_triplet_weight) * out["style_triplet"]
         out["total"] = total
         return out
+
+    def _mined_style_triplet(self, style, batch, ctx):
+        """The style triplet mined over every A, P, N of the global batch (`loss.style_mining`):
+        positives = same style and another content, negatives = another style (of the same
+        content under `data.negative_rule="same_content"`)."""
+        w = self.config.loss
+        emb = ctx.all_gather(tf.concat([style[r] for r in GALLERY_ROLES], 0))
+        styles = ctx.all_gather(
+            tf.concat([batch["style_id"], batch["style_id"], batch["negative_style_id"]], 0)
+        )
+        contents = ctx.all_gather(
+            tf.concat(
+                [batch["content_id"], batch["positive_content_id"], batch["negative_content_id"]],
+                0,
+            )
+        )
+        same_style = tf.equal(styles[:, None], styles[None, :])
+        same_content = tf.equal(contents[:, None], contents[None, :])
+        if self.config.data.negative_rule == "same_content":
+            allowed = (same_style & ~same_content) | (~same_style & same_content)
+        else:
+            allowed = ~(same_style & same_content)
+        return losses.mined_triplet_loss(
+            emb, styles, emb, styles, mining=w.style_mining, margin=float(w.style_margin),
+            same_set=True, pair_mask=allowed,
+        )  # fmt: skip
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, models, workdir=None):

@@ -295,6 +295,13 @@ def test_losses_of_each_stage(records):
         trainable = set(task.trainable_models(models))
         if stage is c2:
             assert trainable == {"style_tower"}
+            # Mined over the batch instead of the explicit triplets: a different, finite term.
+            for rule in ("same_content", "any"):
+                stage.loss.style_mining = "semi_hard"
+                stage.data.negative_rule = rule
+                mined = StyleSbirTask(stage).compute_losses(models, batch, loop.LossContext(6, 1))
+                assert np.isfinite(float(mined["style_triplet"]))
+                assert float(mined["style_triplet"]) != pytest.approx(float(out["style_triplet"]))
         else:
             assert trainable == {"structure_sketch", "structure_image", "style_tower",
                                  "style_classifier"}  # fmt: skip
