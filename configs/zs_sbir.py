@@ -11,16 +11,18 @@ Variants (`--config=configs/zs_sbir.py:<variant>`):
     python evaluate.py --workdir=runs/zs_sbir_synthetic --ablations=no_domain
   Reaches mAP@all 0.670 / P@100 0.431 on the 3 unseen categories after 600 steps. The same
   session measured 0.654 / 0.430 for `synthetic_scratch` (small_cnn from scratch at 48 px), and
-  the random ranking gives 0.359 / 0.339. HOG gets 0.904 on these clean renderings, and no
-  learned model here comes close (docs/zs_sbir.md).
+  the random ranking gives 0.359 / 0.339. HOG gets 0.853 on these clean renderings (0.904
+  before its edge maps stopped blending neighbouring images), and no learned model here comes
+  close (docs/zs_sbir.md).
 - `pacs` (CPU): PACS photos + sketches, seen dog, elephant, giraffe, guitar, horse; unseen
   house, person (evaluated on all their photos and sketches, never seen in training):
     python prepare_data.py --source=folders --root=../shared/data/pacs --out=data/records/pacs/all
     python train.py --config=configs/zs_sbir.py:pacs --workdir=runs/zs_sbir_pacs
     python evaluate.py --workdir=runs/zs_sbir_pacs
   The frozen `vgg16_hed` features on a 4x4 grid reach mAP@all 0.575 / P@100 0.545. That is
-  above HOG (0.552 / 0.524) and random (0.530 / 0.514) of the same run, but far from what
-  zero-shot SBIR needs. Heads trained on the 5 seen classes do worse (docs/zs_sbir.md).
+  above HOG (0.552 / 0.524; 0.545 / 0.493 with the fixed edge maps) and random (0.530 /
+  0.514) of the same run, but far from what zero-shot SBIR needs. Heads trained on the 5
+  seen classes do worse (docs/zs_sbir.md).
 - `sketchy`, `tuberlin` (GPU): DenseNet121 towers at 224 px, 1024-d max-pooled embeddings as in
   the original; unseen classes: the standard "25 unseen" Sketchy and "30 unseen" TU-Berlin
   lists as published with the SAKE code (data/splits/{sketchy_25,tuberlin_30}_unseen.txt),
