@@ -336,30 +336,26 @@ def retrieval_metrics(
         if int(k) <= 0:
             raise ValueError(f"precision_at / map_at: cut-offs must be positive, got {k}")
 
-    n = g.shape[0]
-    rows = _chunk_rows(n, max_chunk_bytes)
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, q.shape[0], rows):
-        stop = min(start + rows, q.shape[0])
-        scores = similarity(q[start:stop], g, metric)
-        rel = ql[start:stop, None] == gl[None, :]
-        valid = np.full(stop - start, n, dtype=np.int64)
-        if qid is not None:
-            self_match = qid[start:stop, None] == gid[None, :]
-            scores[self_match] = -np.inf
-            rel &= ~self_match
-            valid -= self_match.sum(axis=1)
-        chunk = _metrics_from_scores(scores, rel, valid, precision_at, map_at)
-        for key, val in chunk.items():
-            parts.setdefault(key, []).append(val)
-    per_query = {key: np.concatenate(val) for key, val in parts.items()}
-    if not per_query:
+    if not q.shape[0]:
         raise ValueError("query_embeddings: no queries given")
-    keys = _metric_keys(precision_at, map_at)
-    result = _summarise(per_query, ql, keys)
-    result.update(num_queries=int(q.shape[0]), num_gallery=int(n), metric=metric)
-    if return_per_query:
-        result["per_query"] = per_query
+    excluded = None
+    if qid is not None:  # no self matches
+
+        def excluded(a, b):
+            return qid[a:b, None] == gid[None, :]
+
+    result = metrics_from_scores(
+        lambda a, b: similarity(q[a:b], g, metric),
+        lambda a, b: ql[a:b, None] == gl[None, :],
+        ql,
+        excluded=excluded,
+        num_gallery=g.shape[0],
+        precision_at=precision_at,
+        map_at=map_at,
+        max_chunk_bytes=max_chunk_bytes,
+        return_per_query=return_per_query,
+    )
+    result["metric"] = metric
     return result
 
 

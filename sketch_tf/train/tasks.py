@@ -215,23 +215,42 @@ class Task:
         lambda) to the models and returns the values to log (name -> float)."""
         return {}
 
+    # ---- the family's other two files ----------------------------------------------------
+    def family_module(self, module: str):
+        """`sketch_tf.families.<name>.<module>` ("evaluate" / "serving") when this task is a
+        shipped family, else None (tasks registered at run time)."""
+        if self.name not in family_names():
+            return None
+        return importlib.import_module(f"{FAMILIES_PACKAGE}.{self.name}.{module}")
+
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
         """Metrics on held-out data. Returns a dict with `scalars` (name -> float), and
         optionally `images` (name -> uint8 [N, H, W, 3]) and `tables` (name -> rows).
         Files (pictures) go under `<workdir>/eval` only when `workdir` is given: the loop
-        passes it on the chief only."""
-        return {"scalars": {}}
+        passes it on the chief only.
+
+        Default: the family's `evaluate.evaluate_task(task, models, workdir)`; no metric for
+        a task outside the families."""
+        module = self.family_module("evaluate")
+        if module is None:
+            return {"scalars": {}}
+        return module.evaluate_task(self, models, workdir)
 
     # ---- export --------------------------------------------------------------------------
     def serving_signatures(
         self, models: dict[str, Any]
     ) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Serving signatures for `export.py` (name -> concrete function); one must be
-        `serving_default`."""
-        raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
+        `serving_default`. Default: the family's `serving.serving_signatures(task, models)`."""
+        module = self.family_module("serving")
+        if module is None:
+            raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
+        return module.serving_signatures(self, models)
 
     def warmup_inputs(self) -> dict[str, dict[str, Any]]:
         """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
-        warmup file and the export round-trip check."""
-        return {}
+        warmup file and the export round-trip check. Default: the family's
+        `serving.warmup_inputs(task)` ({} outside the families)."""
+        module = self.family_module("serving")
+        return {} if module is None else module.warmup_inputs(self)

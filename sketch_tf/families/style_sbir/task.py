@@ -39,9 +39,9 @@ import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import cache, pipeline, tfrecord
+from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.families.cached_towers import CachedTowers
 from sketch_tf.models import style as style_models
-from sketch_tf.models import zs_sbir as tower_lib
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
@@ -296,24 +296,11 @@ class StyleSbirTask(Task):
         """
         d = self.config.data
         path = self.records_dir(which)
-        memo = self.__dict__.setdefault("_feature_caches", {})
-        size = int(d.image_size)
+        towers = self._cached_towers()
         out = {}
         for role, tower in self.towers(models).items():
-            key = (which, role, id(tower))
-            if key in memo:
-                out[role] = memo[key][1]
-                continue
-            if not tower_lib.trunk_is_frozen(tower):
-                raise ValueError(
-                    f"style_sbir: data.feature_cache: the {tower.name} trunk has trainable "
-                    "weights; set model.structure/style.freeze_trunk=True"
-                )
             section = self.config.model.style if role == "style" else self.config.model.structure
             spec = {
-                "task": "style_sbir",
-                "role": role,
-                "image_size": size,
                 "backbone": section.backbone,
                 "backbone_kwargs": section.backbone_kwargs.to_dict(),
             }
@@ -324,28 +311,23 @@ class StyleSbirTask(Task):
                 domains = [d.sketch_domain]
                 names = tfrecord.read_manifest(where)["classes"]
                 classes = [names[i] for i in sorted(class_of.values())]
-            out[role] = cache.cached_features(
-                cache.cache_root(where, d.get("cache_dir", "")),
-                f"style_sbir_{role}_features",
-                spec,
-                tower_lib.tower_trunk(tower),
-                pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
-                lambda e, is_sketch=is_sketch: pipeline.preprocess(e, is_sketch, size, False),
-                batch_size=int(self.config.eval.batch_size),
-                log=log,
-            )
-            memo[key] = (tower, out[role])
+            out[role] = towers.features(
+                which, role, tower, records_dir=where, cache_dir=d.get("cache_dir", ""),
+                spec=spec,
+                images=pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
+                is_sketch=is_sketch, image_size=int(d.image_size),
+                batch_size=int(self.config.eval.batch_size), log=log,
+            )  # fmt: skip
         return out
+
+    def _cached_towers(self) -> CachedTowers:
+        return self.__dict__.setdefault(
+            "_towers", CachedTowers("style_sbir", "model.structure/style.freeze_trunk")
+        )
 
     def heads(self, models) -> dict:
         """{role: the tower's head (trunk features -> embedding)} for the roles of `towers`."""
-        memo = self.__dict__.setdefault("_heads", {})
-        out = {}
-        for role, tower in self.towers(models).items():
-            if id(tower) not in memo:
-                memo[id(tower)] = (tower, tower_lib.tower_head(tower))
-            out[role] = memo[id(tower)][1]
-        return out
+        return {role: self._cached_towers().head(t) for role, t in self.towers(models).items()}
 
     def precompute(self, models, log=print) -> dict[str, str]:
         if not self.uses_feature_cache():
@@ -494,23 +476,6 @@ class StyleSbirTask(Task):
             emb, styles, emb, styles, mining=w.style_mining, margin=float(w.style_margin),
             same_set=True, pair_mask=allowed,
         )  # fmt: skip
-
-    # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, models, workdir=None):
-        from sketch_tf.families.style_sbir import evaluate
-
-        return evaluate.evaluate_task(self, models, workdir)
-
-    # ---- export --------------------------------------------------------------------------
-    def serving_signatures(self, models):
-        from sketch_tf.families.style_sbir import serving
-
-        return serving.serving_signatures(self, models)
-
-    def warmup_inputs(self):
-        from sketch_tf.families.style_sbir import serving
-
-        return serving.warmup_inputs(self)
 
 
 __all__ = ["StyleSbirTask"]

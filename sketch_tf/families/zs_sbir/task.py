@@ -39,7 +39,8 @@ import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import cache, pipeline, splits, tfrecord
+from sketch_tf.data import pipeline, splits, tfrecord
+from sketch_tf.families.cached_towers import CachedTowers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
@@ -258,44 +259,25 @@ class ZsSbirTask(Task):
         path = self.records_dir(which)
         seen, unseen = self.class_split(tfrecord.read_manifest(path)["classes"])
         classes = seen if which == "train" else unseen
-        # Memo values keep their tower alive, so an id() is never reused by another tower.
-        memo = self.__dict__.setdefault("_feature_caches", {})
-        size = int(d.image_size)
+        towers = self.__dict__.setdefault("_towers", CachedTowers("zs_sbir", "model.freeze_trunk"))
         out = {}
         for role, domain, tower in (
             ("sketch", d.sketch_domain, zs_models.sketch_tower(models)),
             ("photo", d.photo_domain, zs_models.photo_tower(models)),
         ):
-            key = (which, role, id(tower))
-            if key in memo:
-                out[role] = memo[key][1]
-                continue
-            if not zs_models.trunk_is_frozen(tower):
-                raise ValueError(
-                    f"zs_sbir: data.feature_cache: the {tower.name} trunk has trainable "
-                    "weights; set model.freeze_trunk=True"
-                )
             spec = {
-                "task": "zs_sbir",
-                "role": role,
-                "image_size": int(d.image_size),
                 "backbone": m.backbone,
                 "backbone_kwargs": m.backbone_kwargs.to_dict() if m.get("backbone_kwargs") else {},
                 "photo_input": m.get("photo_input", "photo") if role == "photo" else "photo",
                 "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
             }
-            is_sketch = role == "sketch"
-            out[role] = cache.cached_features(
-                cache.cache_root(path, d.get("cache_dir", "")),
-                f"zs_sbir_{role}_features",
-                spec,
-                zs_models.tower_trunk(tower),
-                pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
-                lambda e, is_sketch=is_sketch: pipeline.preprocess(e, is_sketch, size, False),
-                batch_size=int(self.config.eval.batch_size),
-                log=log,
-            )
-            memo[key] = (tower, out[role])
+            out[role] = towers.features(
+                which, role, tower, records_dir=path, cache_dir=d.get("cache_dir", ""),
+                spec=spec,
+                images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
+                is_sketch=role == "sketch", image_size=int(d.image_size),
+                batch_size=int(self.config.eval.batch_size), log=log,
+            )  # fmt: skip
         return out
 
     def precompute(self, models, log=print) -> dict[str, str]:
@@ -309,16 +291,11 @@ class ZsSbirTask(Task):
 
     def tower_heads(self, models) -> dict:
         """{"sketch", "photo": the towers' heads (features -> embeddings)}, built once."""
-        memo = self.__dict__.setdefault("_heads", {})
-        out = {}
-        for role, tower in (
-            ("sketch", zs_models.sketch_tower(models)),
-            ("photo", zs_models.photo_tower(models)),
-        ):
-            if id(tower) not in memo:
-                memo[id(tower)] = (tower, zs_models.tower_head(tower))
-            out[role] = memo[id(tower)][1]
-        return out
+        towers = self.__dict__.setdefault("_towers", CachedTowers("zs_sbir", "model.freeze_trunk"))
+        return {
+            "sketch": towers.head(zs_models.sketch_tower(models)),
+            "photo": towers.head(zs_models.photo_tower(models)),
+        }
 
     def build_train_dataset(self, global_batch_size, seed, models=None):
         d = self.config.data
@@ -456,23 +433,6 @@ class ZsSbirTask(Task):
             "grl_lambda": lam,
             "epoch": float(int(step) // self.steps_per_epoch()),
         }
-
-    # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, models, workdir=None):
-        from sketch_tf.families.zs_sbir import evaluate
-
-        return evaluate.evaluate_task(self, models, workdir)
-
-    # ---- export --------------------------------------------------------------------------
-    def serving_signatures(self, models):
-        from sketch_tf.families.zs_sbir import serving
-
-        return serving.serving_signatures(self, models)
-
-    def warmup_inputs(self):
-        from sketch_tf.families.zs_sbir import serving
-
-        return serving.warmup_inputs(self)
 
 
 __all__ = ["ZsSbirTask"]

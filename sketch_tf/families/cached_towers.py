@@ -1,0 +1,93 @@
+"""Frozen-trunk feature caches and heads of a task's towers, shared by the families whose
+towers are `sketch_tf.models.zs_sbir.build_tower` towers (zs_sbir, style_sbir).
+
+With a frozen trunk (`trunk_is_frozen`), a tower is `head(trunk(image))`: the trunk's features
+are computed once per image and cached beside the records (`sketch_tf.data.cache`), and
+training and evaluation run only the head on them. `CachedTowers` builds each cache and each
+head once per task (a tower's id is its key, and the memo keeps the tower alive so that the id
+is never reused). This module is not a family (the registry lists sub-packages only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from sketch_tf.data import cache, pipeline
+from sketch_tf.models.zs_sbir import tower_head, tower_trunk, trunk_is_frozen
+
+
+class CachedTowers:
+    """Feature caches (`features`) and heads (`head`) of one task's towers, built once.
+
+    Args:
+      family: the task name; prefixes the cache entry names and the error messages.
+      freeze_key: the config key that freezes the trunks, named when a trunk is trainable.
+    """
+
+    def __init__(self, family: str, freeze_key: str):
+        self.family = family
+        self.freeze_key = freeze_key
+        self._caches: dict[tuple, tuple[Any, cache.FeatureCache]] = {}
+        self._heads: dict[int, tuple[Any, Any]] = {}
+
+    def features(
+        self,
+        which: str,
+        role: str,
+        tower,
+        *,
+        records_dir: str,
+        cache_dir: str,
+        spec: dict[str, Any],
+        images: tf.data.Dataset,
+        is_sketch: bool,
+        image_size: int,
+        batch_size: int,
+        log: Callable[[str], None] = print,
+    ) -> cache.FeatureCache:
+        """The cache of `tower`'s trunk over `images` (computed on first use).
+
+        Args:
+          which: "train" / "test" (part of the memo key only).
+          role: what the tower embeds here ("sketch", "photo", "style", ...); the entry is
+            `<records_dir or cache_dir>/cache/<family>_<role>_features-<digest>/`.
+          spec: what besides the weights determines the features (backbone and its
+            arguments, ...); `task`, `role` and `image_size` are added.
+          images: (cache key, encoded image) pairs (`pipeline.labelled_image_bytes`).
+          is_sketch, image_size: the evaluation preprocessing of the images.
+
+        Raises:
+          ValueError: the tower's trunk has trainable weights.
+        """
+        key = (which, role, id(tower))
+        if key in self._caches:
+            return self._caches[key][1]
+        if not trunk_is_frozen(tower):
+            raise ValueError(
+                f"{self.family}: data.feature_cache: the {tower.name} trunk has trainable "
+                f"weights; set {self.freeze_key}=True"
+            )
+        entry = cache.cached_features(
+            cache.cache_root(records_dir, cache_dir),
+            f"{self.family}_{role}_features",
+            {"task": self.family, "role": role, "image_size": int(image_size), **spec},
+            tower_trunk(tower),
+            images,
+            lambda e: pipeline.preprocess(e, is_sketch, int(image_size), False),
+            batch_size=int(batch_size),
+            log=log,
+        )
+        self._caches[key] = (tower, entry)
+        return entry
+
+    def head(self, tower):
+        """`tower_head(tower)` (features -> embedding), built once per tower."""
+        if id(tower) not in self._heads:
+            self._heads[id(tower)] = (tower, tower_head(tower))
+        return self._heads[id(tower)][1]
+
+
+__all__ = ["CachedTowers"]
