@@ -150,13 +150,29 @@ def pick_exemplars(content, style, sketch_content, num_styles: int, seed: int) -
     return out
 
 
+class SimilarityRows:
+    """Cosine similarities of query rows to a gallery, computed for the rows indexed:
+    ``SimilarityRows(q, g)[idx]`` = ``unit(q[idx]) @ unit(g).T`` (float64 [len(idx), N]), so
+    that a [Q, N] matrix never has to exist for a large gallery. An all-zero row has cosine 0
+    to everything."""
+
+    def __init__(self, queries, gallery):
+        self.queries = _unit_rows(queries)
+        self.gallery_t = _unit_rows(gallery).T
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.atleast_2d(self.queries[index]) @ self.gallery_t
+
+
 def sketch_style_metrics(structure_sim, style_sim, alpha, sketch_content, exemplars, content,
                          style, num_styles) -> dict:  # fmt: skip
     """mAP of the sketch + style queries for one ranking.
 
     Args:
-      structure_sim: [K, N] similarity of each sketch to each gallery image.
-      style_sim: [N, N] similarity between gallery images (exemplar rows are taken from it).
+      structure_sim: [K, N] similarity of each sketch to each gallery image, or a
+        `SimilarityRows` (rows computed when needed: large galleries never hold [K, N]).
+      style_sim: [N, N] similarity between gallery images (exemplar rows are taken from it),
+        or a `SimilarityRows`.
       alpha: structure weight in [0, 1] (`style_models.combined_scores`).
       sketch_content: [K] content of each sketch.
       exemplars: [K, S] gallery index of the exemplar of (sketch, style) (`pick_exemplars`).
@@ -175,6 +191,7 @@ def sketch_style_metrics(structure_sim, style_sim, alpha, sketch_content, exempl
     q_sketch, q_style, q_ex = q_sketch[keep], q_style[keep], q_ex[keep]
     q_content = sketch_content[q_sketch]
 
+    # Each block of queries takes its rows only: [K * S, N] is never formed at once.
     def scores(a, b):
         return style_models.combined_scores(structure_sim[q_sketch[a:b]], style_sim[q_ex[a:b]],
                                             alpha)  # fmt: skip
@@ -224,8 +241,8 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
         raise ValueError(
             f"style_sbir: no test images of styles {missing} in {task.records_dir('test')}"
         )
-    structure_sim = _unit_rows(sk["structure_sketch"]) @ _unit_rows(gal["structure_image"]).T
-    style_sim = _unit_rows(gal["style"]) @ _unit_rows(gal["style"]).T
+    structure_sim = SimilarityRows(sk["structure_sketch"], gal["structure_image"])
+    style_sim = SimilarityRows(gal["style"], gal["style"])
     scalars: dict[str, float] = {}
     tables: dict[str, dict] = {}
 
@@ -298,8 +315,8 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
     )
     nl_structure = nl_style = None
     if base:
-        nl_structure = _unit_rows(sk["hog"]) @ _unit_rows(gal["hog"]).T
-        nl_style = _unit_rows(gal["colour_texture"]) @ _unit_rows(gal["colour_texture"]).T
+        nl_structure = SimilarityRows(sk["hog"], gal["hog"])
+        nl_style = SimilarityRows(gal["colour_texture"], gal["colour_texture"])
         results["non_learned"] = sketch_style_metrics(nl_structure, nl_style, alpha, *args)
     scalars["sketch_style_map"] = float(results["model"]["map_all"])
     for name in BASELINES:
@@ -385,7 +402,7 @@ def _query_grid(task, sk, gal, structure_sim, style_sim, exemplars, alpha):
         x = exemplars[q, s]
         if x < 0:
             continue
-        score = style_models.combined_scores(structure_sim[q][None], style_sim[x][None], alpha)[0]
+        score = style_models.combined_scores(structure_sim[[q]], style_sim[[x]], alpha)[0]
         score[x] = -np.inf
         top = np.argsort(-score, kind="stable")[: int(e.grid_top_k)]
         rows.append(sk["thumbs"][q])

@@ -228,6 +228,23 @@ def test_metric_tables_match_a_hand_computed_case():
     assert whole == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+def test_similarity_rows_rank_like_the_full_matrices():
+    rng = np.random.default_rng(2)
+    sketches, gallery, styles = rng.normal(size=(5, 4)), rng.normal(size=(12, 4)), rng.normal(
+        size=(12, 3))  # fmt: skip
+    content, style = np.arange(12) % 3, np.arange(12) // 4
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    ex = style_eval.pick_exemplars(content, style, np.arange(5) % 3, 3, seed=1)
+    full = style_eval.sketch_style_metrics(unit(sketches) @ unit(gallery).T,
+                                           unit(styles) @ unit(styles).T, 0.4, np.arange(5) % 3,
+                                           ex, content, style, 3)  # fmt: skip
+    rows = style_eval.sketch_style_metrics(style_eval.SimilarityRows(sketches, gallery),
+                                           style_eval.SimilarityRows(styles, styles), 0.4,
+                                           np.arange(5) % 3, ex, content, style, 3)  # fmt: skip
+    assert rows["map_all"] == pytest.approx(full["map_all"])
+    assert rows["per_class"].keys() == full["per_class"].keys()
+
+
 def test_exemplars_have_the_style_and_another_content():
     content, style = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 0, 1])
     ex = style_eval.pick_exemplars(content, style, np.array([0, 1, 2]), 2, seed=0)
