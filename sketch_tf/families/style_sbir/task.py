@@ -211,10 +211,14 @@ class StyleSbirTask(Task):
         sketch domain of the train / test records themselves (the same class ids)."""
         d = self.config.data
         folder = d.get("train_sketches" if which == "train" else "query_sketches", "")
+        contents = self.contents()
+        unknown = sorted(set(d.classes) - set(contents))
+        if unknown:
+            raise ValueError(f"style_sbir: data.classes {unknown} are not classes of {contents}")
+        wanted = {contents.index(c) for c in d.classes} if tuple(d.classes) else None
         if not folder:
-            path = self.records_dir(which)
-            ids = range(len(self.contents()))
-            return path, {c: c for c in ids}
+            ids = range(len(contents)) if wanted is None else sorted(wanted)
+            return self.records_dir(which), {c: c for c in ids}
         if not os.path.isfile(os.path.join(folder, "manifest.json")):
             key = "train_sketches" if which == "train" else "query_sketches"
             raise FileNotFoundError(
@@ -224,10 +228,7 @@ class StyleSbirTask(Task):
             )
         manifest = tfrecord.read_manifest(folder)
         names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
-        wanted = None
-        if tuple(d.classes):
-            wanted = {self.contents().index(c) for c in d.classes}
-        return folder, pipeline.sketch_classes_of(manifest, self.contents(), wanted, names)
+        return folder, pipeline.sketch_classes_of(manifest, contents, wanted, names)
 
     def style_index(self, which: str) -> pipeline.StyleIndex:
         """`pipeline.StyleIndex` of the train / test records (read once per task)."""

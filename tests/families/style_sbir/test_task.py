@@ -182,6 +182,14 @@ def test_sketches_from_another_record_folder(records, tmp_path, trained):
     result = StyleSbirTask(stage).evaluate(run.models)
     # The apple and cup (teacup) sketches of the other folder, 2 each ("zebra" is no content).
     assert result["scalars"]["num_sketches"] == 4
+    # data.classes restricts the sketches of the records themselves too (2 of 3 contents).
+    own = load_run(workdir).config
+    own.data.classes = ("apple", "cup")
+    only = StyleSbirTask(own).evaluate(run.models)["scalars"]
+    assert only["num_sketches"] == 4 and only["num_gallery"] == 2 * 3 * 2
+    own.data.classes = ("apple", "pear")
+    with pytest.raises(ValueError, match=r"data.classes \['pear'\]"):
+        StyleSbirTask(own).sketch_records("test")
 
 
 def test_alpha_outside_unit_interval_is_rejected(records):
