@@ -38,6 +38,24 @@ def test_folders_on_pacs(shared_data, tmp_path):
     assert m["classes"][int(first[schema.CLASS_ID])] == first[schema.CLASS_NAME].numpy().decode()
 
 
+@pytest.mark.shared_data
+def test_folders_pacs_as_a_style_collection(shared_data, tmp_path):
+    # The `style_sbir:pacs` records: 3 gallery styles with labels, the sketches unlabelled,
+    # an instance-hashed split that a StyleIndex can sample triplets from.
+    from sketch_tf.data.pipeline import StyleIndex
+
+    styles = ["art_painting", "cartoon", "photo"]
+    parts = prepare("folders", shared_data / "pacs", tmp_path / "pacs", max_per_class=20,
+                    style_domains=styles, test_fraction=0.3)  # fmt: skip
+    assert parts["train"]["info"]["styles"] == styles
+    for part in ("train", "test"):
+        index = StyleIndex(tmp_path / "pacs" / part, styles)
+        assert index.groups.shape == (7 * 3, 2)
+        assert sorted(index.sketch_keys) == list(range(7))
+        anchor, pos, neg = index.triplet_tables("same_content")
+        assert np.isfinite(pos).sum(axis=1).min() >= 1 and np.isfinite(neg).sum(axis=1).min() >= 1
+
+
 def test_folders_sketchy_tx_and_instances(tmp_path):
     root = tmp_path / "Sketchy"
     for cls in ("cat", "dog"):
