@@ -90,4 +90,36 @@ class CachedTowers:
         return self._heads[id(tower)][1]
 
 
-__all__ = ["CachedTowers"]
+def cache_problems(config, frozen: dict[str, bool]) -> list[str]:
+    """Problems of `data.feature_cache=True` in `config`: every trunk must be frozen
+    (`frozen`: config key -> its value, e.g. {"model.freeze_trunk": False}) and
+    `data.train_augment` off. Empty when the cache is off or the config fits it."""
+    d = config.data
+    if not d.get("feature_cache", False):
+        return []
+    problems = [
+        f"data.feature_cache=True needs {key}=True (only a frozen trunk's features can be cached)"
+        for key, value in frozen.items()
+        if not value
+    ]
+    if d.get("train_augment", True):
+        problems.append(
+            "data.feature_cache=True needs data.train_augment=False (the cached features are "
+            "those of the un-augmented images)"
+        )
+    return problems
+
+
+def precompute(task, models, log: Callable[[str], None] = print) -> dict[str, str]:
+    """`Task.precompute` of a task with `uses_feature_cache()` and `feature_caches(models,
+    which, log)`: builds (or checks) the train and test caches; {"<which>/<role>": folder}."""
+    if not task.uses_feature_cache():
+        return {}
+    return {
+        f"{which}/{role}": entry.path
+        for which in ("train", "test")
+        for role, entry in task.feature_caches(models, which, log).items()
+    }
+
+
+__all__ = ["CachedTowers", "cache_problems", "precompute"]

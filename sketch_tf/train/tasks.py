@@ -184,6 +184,18 @@ class Task:
         return unique_variables(self.trainable_models(models), "trainable_variables")
 
     # ---- data ----------------------------------------------------------------------------
+    def train_test_records(self, which: str, prepare_command: Callable[[str], str]) -> str:
+        """The record folder `<data.root>/<data.train_split>` (`which="train"`) or
+        `<data.root>/<data.test_split>` (`"test"`), checked to hold a manifest; the error
+        names the folder and `prepare_command(split)`, the command that writes it."""
+        from sketch_tf.data import tfrecord
+
+        d = self.config.data
+        split = d.train_split if which == "train" else d.test_split
+        return tfrecord.records_dir(
+            d.root, split, f"{self.name}: no {which} records", prepare_command(split)
+        )
+
     def build_train_dataset(
         self, global_batch_size: int, seed: int, models: dict[str, Any] | None = None
     ) -> tf.data.Dataset:

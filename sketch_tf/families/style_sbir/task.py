@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
-from sketch_tf.families.cached_towers import CachedTowers
+from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
 from sketch_tf.models import style as style_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
@@ -146,16 +146,9 @@ class StyleSbirTask(Task):
                 p.append(f"model.{name}.head_hidden widths must be > 0, got {tuple(s.head_hidden)}")
             if not isinstance(s.get("freeze_trunk", False), bool):
                 p.append(f"model.{name}.freeze_trunk must be True or False")
-            if d.get("feature_cache") and not s.get("freeze_trunk", False):
-                p.append(
-                    f"data.feature_cache=True needs model.{name}.freeze_trunk=True (only a "
-                    "frozen trunk's features can be cached)"
-                )
-        if d.get("feature_cache") and d.get("train_augment"):
-            p.append(
-                "data.feature_cache=True needs data.train_augment=False (the cached features "
-                "are those of the un-augmented images)"
-            )
+        frozen = {f"model.{n}.freeze_trunk": m[n].get("freeze_trunk", False)
+                  for n in ("structure", "style")}  # fmt: skip
+        p.extend(cache_problems(config, frozen))
         weights = ("structure_weight", "style_class_weight", "style_triplet_weight")
         if any(float(loss[k]) < 0 for k in weights):
             p.append(f"loss.{'/'.join(weights)} must be >= 0")
@@ -182,13 +175,7 @@ class StyleSbirTask(Task):
     # ---- records -------------------------------------------------------------------------
     def records_dir(self, which: str) -> str:
         """The training (`which="train"`) or evaluation (`"test"`) record set, checked."""
-        split = self.config.data.train_split if which == "train" else self.config.data.test_split
-        return tfrecord.records_dir(
-            self.config.data.root,
-            split,
-            f"style_sbir: no {which} records",
-            _prepare_command(self.config, split),
-        )
+        return self.train_test_records(which, lambda split: _prepare_command(self.config, split))
 
     def styles(self) -> list[str]:
         """Gallery style names (sorted): `data.styles`, or every domain of the training
@@ -331,13 +318,7 @@ class StyleSbirTask(Task):
         return {role: self._cached_towers().head(t) for role, t in self.towers(models).items()}
 
     def precompute(self, models, log=print) -> dict[str, str]:
-        if not self.uses_feature_cache():
-            return {}
-        return {
-            f"{which}/{role}": entry.path
-            for which in ("train", "test")
-            for role, entry in self.feature_caches(models, which, log).items()
-        }
+        return precompute(self, models, log)
 
     # ---- data ----------------------------------------------------------------------------
     def build_train_dataset(self, global_batch_size, seed, models=None):

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
-from sketch_tf.families.cached_towers import CachedTowers
+from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
@@ -123,17 +123,7 @@ class ZsSbirTask(Task):
         for key in ("freeze_trunk",):
             if not isinstance(m.get(key, False), bool):
                 p.append(f"model.{key} must be True or False, got {m.get(key)!r}")
-        if d.get("feature_cache", False):
-            if not m.get("freeze_trunk", False):
-                p.append(
-                    "data.feature_cache=True needs model.freeze_trunk=True (only a frozen "
-                    "trunk's features can be cached)"
-                )
-            if d.get("train_augment", True):
-                p.append(
-                    "data.feature_cache=True needs data.train_augment=False (the cached "
-                    "features are those of the un-augmented images)"
-                )
+        p.extend(cache_problems(config, {"model.freeze_trunk": m.get("freeze_trunk", False)}))
         if m.domain_hidden <= 0 or m.domain_layers < 0:
             p.append("model.domain_hidden must be > 0 and model.domain_layers >= 0")
         if loss.triplet_weight < 0 or loss.domain_weight < 0:
@@ -224,13 +214,7 @@ class ZsSbirTask(Task):
     # ---- data ----------------------------------------------------------------------------
     def records_dir(self, which: str) -> str:
         """The training (`which="train"`) or evaluation (`"test"`) record set, checked."""
-        split = self.config.data.train_split if which == "train" else self.config.data.test_split
-        return tfrecord.records_dir(
-            self.config.data.root,
-            split,
-            f"zs_sbir: no {which} records",
-            _prepare_command(self.config, split),
-        )
+        return self.train_test_records(which, lambda split: _prepare_command(self.config, split))
 
     def class_split(self, classes: list[str]) -> tuple[list[str], list[str]]:
         """(seen, unseen) class names for the dataset's class list."""
@@ -281,13 +265,7 @@ class ZsSbirTask(Task):
         return out
 
     def precompute(self, models, log=print) -> dict[str, str]:
-        if not self.uses_feature_cache():
-            return {}
-        return {
-            f"{which}/{role}": entry.path
-            for which in ("train", "test")
-            for role, entry in self.feature_caches(models, which, log).items()
-        }
+        return precompute(self, models, log)
 
     def tower_heads(self, models) -> dict:
         """{"sketch", "photo": the towers' heads (features -> embeddings)}, built once."""
