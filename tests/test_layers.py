@@ -1,11 +1,17 @@
-"""Tests for sketch_tf.models.layers: GradientReversal, L2Normalize, ViewFusion."""
+"""Tests for sketch_tf.models.layers: GradientReversal, L2Normalize, ViewFusion,
+FusedBatchNormalization."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sketch_tf.models.layers import GradientReversal, L2Normalize, ViewFusion
+from sketch_tf.models.layers import (
+    FusedBatchNormalization,
+    GradientReversal,
+    L2Normalize,
+    ViewFusion,
+)
 
 
 def _grl_grad(layer, x, upstream):
@@ -152,3 +158,53 @@ def test_view_fusion_rejects_bad_mode_and_shape():
         ViewFusion("mean")
     with pytest.raises(ValueError, match=r"\[B, K, D\]"):
         ViewFusion()(np.zeros((2, 3), np.float32))
+
+
+# ---------------------------------------------------------------------- FusedBatchNormalization
+def _bn_pair(**kwargs):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same weights."""
+    ref, fused = keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs)
+    shape = (None, 5, 6, 4)
+    ref.build(shape), fused.build(shape)
+    rng = np.random.default_rng(3)
+    weights = [rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) for w in ref.weights]
+    ref.set_weights(weights)
+    fused.set_weights(weights)
+    return ref, fused
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"momentum": 0.9, "epsilon": 1e-4}, {"scale": False}])
+def test_fused_batch_norm_matches_keras(kwargs):
+    ref, fused = _bn_pair(**kwargs)
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (7, 5, 6, 4)).astype(np.float32))
+    up = tf.constant(np.random.default_rng(1).normal(size=(7, 5, 6, 4)).astype(np.float32))
+    results = []
+    for layer in (ref, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        grads = tape.gradient(y, [x, *layer.trainable_weights], output_gradients=up)
+        results.append((y, grads, [w.numpy() for w in layer.weights], layer(x, training=False)))
+    (y_r, g_r, w_r, inf_r), (y_f, g_f, w_f, inf_f) = results
+    np.testing.assert_allclose(y_f.numpy(), y_r.numpy(), atol=2e-5)
+    for a, b in zip(g_f, g_r, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=5e-5)
+    # The moving averages take the biased batch variance, as Keras does.
+    for a, b in zip(w_f, w_r, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inf_f.numpy(), inf_r.numpy(), atol=2e-5)
+
+
+def test_fused_batch_norm_falls_back_where_the_kernel_differs():
+    # Rank 2, channels-first and an epsilon below the kernel's floor take Keras' path.
+    for kwargs, shape in (({}, (6, 4)), ({"axis": 1}, (3, 4, 5, 5)), ({"epsilon": 1e-6}, None)):
+        shape = shape or (3, 5, 5, 4)
+        x = tf.constant(np.random.default_rng(2).normal(size=shape).astype(np.float32))
+        ref, fused = keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs)
+        np.testing.assert_array_equal(fused(x, training=True), ref(x, training=True))
+        assert not fused._fusable(x, None)
+    frozen = FusedBatchNormalization()
+    frozen.trainable = False
+    x = tf.ones((2, 3, 3, 4))
+    frozen(x, training=True)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(4, np.float32))

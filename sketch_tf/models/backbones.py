@@ -39,6 +39,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from sketch_tf.models.layers import FusedBatchNormalization
+
 __all__ = [
     "BACKBONES",
     "HED_CUTS",
@@ -261,7 +263,7 @@ def build_small_cnn(
     x = inp
     for i, w in enumerate(widths):
         x = layers.Conv2D(int(w), 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = FusedBatchNormalization(name=f"block{i}_bn")(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     if pooling == "flatten":

@@ -7,6 +7,8 @@
 - `ViewFusion`: fuse K per-view descriptors into one (SketchZooms), either as in the paper
   (max across views) or bit-compatible with the public PyTorch code (stride-K max over the
   concatenated views).
+- `FusedBatchNormalization`: Keras' BatchNormalization computed by one fused kernel for
+  channels-last 4-D inputs (same variables, same statistics, same moving-average update).
 
 All layers are registered as ``sketch_tf>ClassName`` so saved ``.keras`` models reload without
 ``custom_objects``.
@@ -18,7 +20,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["FUSION_MODES", "GradientReversal", "L2Normalize", "ViewFusion"]
+__all__ = [
+    "FUSION_MODES",
+    "FusedBatchNormalization",
+    "GradientReversal",
+    "L2Normalize",
+    "ViewFusion",
+]
 
 #: Modes of `ViewFusion`.
 FUSION_MODES = ("view_max", "upstream")
@@ -35,6 +43,67 @@ def _reverse_gradient(x: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
         return tf.identity(x), grad
 
     return _reverse(x, lam)
+
+
+# TF's fused kernel clamps epsilon to at least this; smaller epsilons take Keras' own path.
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` on one fused kernel (`FusedBatchNormV3`).
+
+    Keras 3 normalises with a chain of element-wise ops (moments, subtract, scale, shift),
+    each a pass over the activations and again in the backward pass; on [1536, 32, 32, 32]
+    activations (a SketchZooms step of small_cnn) that chain costs ~4.8x the fused kernel
+    (bench/zooms_bench.py measures the step). Same variables, same normalisation with the
+    biased batch variance, same moving-average update (the kernel's Bessel-corrected
+    variance is scaled back by (n - 1) / n), so checkpoints and weights are interchangeable
+    with the Keras layer. Inputs other than channels-last float32 [B, H, W, C] with a plain
+    configuration (no mask, renorm, synchronisation, epsilon >= 1.001e-5) take Keras' path.
+
+    Shapes: [B, H, W, C] -> [B, H, W, C] (any rank on the fallback path).
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        axis = self.axis if isinstance(self.axis, int) else None
+        return (
+            mask is None
+            and len(inputs.shape) == 4
+            and axis in (-1, 3)
+            and inputs.dtype == tf.float32
+            and self.compute_dtype == "float32"
+            and not self.renorm
+            and not self.synchronized
+            and self.epsilon >= _FUSED_MIN_EPSILON
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = tf.shape(inputs)[-1]
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
+        if training and self.trainable:
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+            )[:3]
+            n = tf.cast(tf.size(inputs) // channels, tf.float32)
+            variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))  # Bessel's correction off
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+            return outputs
+        return tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            gamma,
+            beta,
+            mean=self.moving_mean,
+            variance=self.moving_variance,
+            epsilon=self.epsilon,
+            is_training=False,
+        )[0]
 
 
 @keras.saving.register_keras_serializable(package="sketch_tf")
