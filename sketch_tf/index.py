@@ -7,8 +7,10 @@ Both backends return *scores* where higher means more similar, so results are in
 * ``metric="cosine"``: vectors are L2-normalised when added and queried, score = inner product
   (faiss ``IndexFlatIP`` / IVF with ``METRIC_INNER_PRODUCT``).
 
-``backend="exact"`` keeps the float32 embeddings in memory and scores queries in chunks of
-``chunk_size`` rows (a ``[chunk, N]`` block at a time), ties broken by ascending gallery index.
+``backend="exact"`` keeps the float32 embeddings in memory and searches with `exact_top_k`: a
+TensorFlow graph (the same op runs inside exported retrieval signatures) that scores the
+queries against ``chunk_size`` gallery rows at a time with one matmul and keeps a running
+top-k, ties broken by ascending gallery index.
 ``backend="faiss"`` uses a flat (exact) faiss index, or an IVF index when ``nlist`` is given
 (approximate; ``nprobe`` lists are visited per query; it is trained on the first ``add`` call, which
 must then hold at least ``nlist`` vectors). faiss is imported only when that backend is used;
@@ -47,6 +49,151 @@ def _normalise(x: np.ndarray, what: str) -> np.ndarray:
     return (x / norms).astype(np.float32)
 
 
+#: Gallery rows per matmul block of `exact_top_k` (a [Q, chunk] float32 block of scores).
+DEFAULT_GALLERY_CHUNK = 32768
+#: Scores per group of the two-stage selection inside a block (see `exact_top_k`).
+_GROUP = 64
+
+
+def search_matrix(gallery, metric: str = "euclidean"):
+    """The gallery as `exact_top_k` multiplies it: float32 [N, D + 1] rows [2 g, -|g|^2] for
+    the euclidean metric (so that q'.g' = 2 q.g - |g|^2, the per-query order of -|q - g|),
+    the gallery itself [N, D] for cosine. Compute it once per gallery and pass it to
+    `exact_top_k` to skip the per-call copy."""
+    import tensorflow as tf  # noqa: PLC0415 - the index's numpy-only users skip the import
+
+    g = tf.convert_to_tensor(gallery, tf.float32)
+    if metric == "euclidean":
+        return tf.concat([2.0 * g, -tf.reduce_sum(g * g, 1, keepdims=True)], 1)
+    return g
+
+
+def exact_top_k(
+    queries, gallery, k: int, metric: str = "euclidean", gallery_chunk=None, matrix=None
+):
+    """Exact k-nearest-neighbour search as one TensorFlow graph (eager or inside tf.function).
+
+    The gallery is scored `gallery_chunk` rows at a time with one matmul per block (against
+    `search_matrix`) and a running top-k is merged after each block, so memory is
+    O(Q x gallery_chunk) whatever the gallery size. Inside a block the top k come from a
+    two-stage selection: the maximum of every group of 64 consecutive scores, the k best
+    groups, then the top k of their 64 k scores (the k best items always lie in the k groups
+    with the highest maxima); ~5x less selection time than one `top_k` over the block. The
+    k kept items are rescored pair by pair (exact distances; identical rows tie exactly).
+
+    Args:
+      queries: float32 [Q, D].
+      gallery: float32 [N, D], N >= k (for ``metric="cosine"`` both already L2-normalised).
+      k: neighbours wanted, 1 <= k <= N (a Python int).
+      metric: ``"euclidean"`` (score = minus the L2 distance) or ``"cosine"`` (score = inner
+        product).
+      gallery_chunk: gallery rows per block (default `DEFAULT_GALLERY_CHUNK`).
+      matrix: optional `search_matrix(gallery, metric)`, precomputed.
+
+    Returns:
+      (scores float32 [Q, k], indices int32 [Q, k]): best first, equal scores in ascending
+      gallery order (the order of `numpy.lexsort` on (index, -score)).
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    if metric not in _METRICS:
+        raise ValueError(f"exact_top_k metric: expected one of {_METRICS}, got {metric!r}")
+    k = int(k)
+    chunk = int(gallery_chunk or DEFAULT_GALLERY_CHUNK)
+    if k < 1 or chunk < 1:
+        raise ValueError(f"exact_top_k: need k >= 1 and gallery_chunk >= 1, got {k}, {chunk}")
+    q = tf.convert_to_tensor(queries, tf.float32)
+    g = tf.convert_to_tensor(gallery, tf.float32)
+    m = search_matrix(g, metric) if matrix is None else tf.convert_to_tensor(matrix, tf.float32)
+    if tf.executing_eagerly():
+        return _exact_top_k_fn(q, g, m, k=k, metric=metric, chunk=chunk)
+    return _exact_top_k_graph(q, g, m, k, metric, chunk)
+
+
+def _block_top_k(s, k: int, chunk: int):
+    """Top min(k, C) of each row of one block s [Q, C] -> (scores, positions in the block)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    kk = tf.minimum(k, tf.shape(s)[1])
+    if k * _GROUP >= chunk:  # few groups per block: the plain selection is as cheap
+        return tf.math.top_k(s, kk)
+    nq = tf.shape(s)[0]
+    pad = -tf.shape(s)[1] % _GROUP  # a short last block: -inf never beats a real score
+    groups = tf.reshape(
+        tf.pad(s, [[0, 0], [0, pad]], constant_values=float("-inf")), [nq, -1, _GROUP]
+    )
+    _, best_groups = tf.math.top_k(tf.reduce_max(groups, -1), tf.minimum(k, tf.shape(groups)[1]))
+    # Ascending group order, so that equal scores keep the lower position first.
+    best_groups = tf.sort(best_groups, 1)
+    cand = tf.reshape(tf.gather(groups, best_groups, batch_dims=1), [nq, -1])
+    top_s, pos = tf.math.top_k(cand, kk)
+    group = tf.gather(best_groups, pos // _GROUP, batch_dims=1)
+    return top_s, group * _GROUP + pos % _GROUP
+
+
+def _exact_top_k_graph(q, g, m, k, metric, chunk):
+    import tensorflow as tf  # noqa: PLC0415
+
+    n = tf.shape(g)[0]
+    nq = tf.shape(q)[0]
+    tf.debugging.assert_greater_equal(n, k, message="exact_top_k: k exceeds the gallery size")
+    q_aug = tf.concat([q, tf.ones([nq, 1])], 1) if metric == "euclidean" else q
+    num_chunks = (n + chunk - 1) // chunk
+
+    def body(i, best_s, best_i):
+        start = i * chunk
+        s = tf.matmul(q_aug, m[start : start + chunk], transpose_b=True)  # [Q, <= chunk]
+        top_s, top_i = _block_top_k(s, k, chunk)
+        # Earlier blocks first: top_k keeps the lower position first among equal scores,
+        # which is the lower gallery index.
+        cand_s = tf.concat([best_s, top_s], 1)
+        cand_i = tf.concat([best_i, top_i + start], 1)
+        keep_s, pos = tf.math.top_k(cand_s, tf.minimum(k, tf.shape(cand_s)[1]))
+        return i + 1, keep_s, tf.gather(cand_i, pos, batch_dims=1)
+
+    _, best_s, best_i = tf.while_loop(
+        lambda i, *_: i < num_chunks,
+        body,
+        (tf.constant(0), tf.zeros([nq, 0]), tf.zeros([nq, 0], tf.int32)),
+        shape_invariants=(
+            tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None, None])
+        ),
+    )  # fmt: skip
+    # Rescore the k kept items pair by pair: the blocked matmul rounds an item's score
+    # differently by where it sits in its block, so identical gallery rows could otherwise
+    # tie-break out of gallery order; the direct form also avoids the cancellation of
+    # |q|^2 - 2 q.g + |g|^2. Candidates in ascending index, then a stable top-k.
+    best_i = tf.sort(best_i, axis=1)
+    kept = tf.gather(g, best_i)  # [Q, k, D]
+    if metric == "euclidean":
+        rescored = -tf.sqrt(tf.reduce_sum(tf.square(q[:, None, :] - kept), -1))
+    else:
+        rescored = tf.reduce_sum(q[:, None, :] * kept, -1)
+    best_s, pos = tf.math.top_k(rescored, k)
+    return best_s, tf.gather(best_i, pos, batch_dims=1)
+
+
+def _make_exact_top_k_fn():
+    import tensorflow as tf  # noqa: PLC0415
+
+    # One trace per (k, metric, chunk) and input rank pattern; eager callers get a graph
+    # instead of op-by-op execution of the while loop.
+    return tf.function(_exact_top_k_graph, reduce_retracing=True)
+
+
+class _LazyFn:
+    def __init__(self, make):
+        self._make, self._fn = make, None
+
+    def __call__(self, *args, **kwargs):
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn(*args, **kwargs)
+
+
+_exact_top_k_fn = _LazyFn(_make_exact_top_k_fn)
+
+
 class GalleryIndex:
     """Nearest-neighbour index over gallery embeddings with labels and ids.
 
@@ -56,8 +203,7 @@ class GalleryIndex:
       backend: ``"exact"`` (NumPy) or ``"faiss"``.
       nlist: faiss only; when set, an IVF index with this many lists (approximate search).
       nprobe: faiss IVF only; lists visited per query.
-      chunk_size: exact only; query rows scored at once (None: as many as fit in about
-        256 MB of temporaries, i.e. ``256 MB / (16 bytes x N)``).
+      chunk_size: exact only; gallery rows scored at once (None: `exact_top_k`'s default).
     """
 
     def __init__(
@@ -87,6 +233,7 @@ class GalleryIndex:
         self._ids: list[np.ndarray] = []
         self._emb: list[np.ndarray] = []
         self._faiss_index = None
+        self._matrix = None  # exact: `search_matrix` of the gallery, built on first search
         if backend == "faiss":
             self._faiss_index = self._new_faiss_index()
 
@@ -142,6 +289,7 @@ class GalleryIndex:
             self._faiss_index.add(emb)
         else:
             self._emb.append(emb)
+            self._matrix = None
         self._labels.append(lab)
         self._ids.append(idx)
 
@@ -192,24 +340,12 @@ class GalleryIndex:
             scores[idx < 0] = -np.inf
             return scores, idx.astype(np.int64)
         g = self._exact_embeddings()
-        g_sq = (g * g).sum(axis=1)
-        all_s, all_i = [], []
-        rows = self.chunk_size or max(1, (256 * 2**20) // (16 * len(g)))
-        for start in range(0, q.shape[0], rows):
-            qc = q[start : start + rows]
-            s = qc @ g.T
-            if self.metric == "euclidean":
-                s = -np.sqrt(np.maximum((qc * qc).sum(1)[:, None] + g_sq[None, :] - 2.0 * s, 0.0))
-            if k < s.shape[1]:
-                part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-            else:
-                part = np.broadcast_to(np.arange(s.shape[1]), s.shape)
-            ps = np.take_along_axis(s, part, axis=1)
-            # Best first; equal scores in ascending gallery order.
-            order = np.lexsort((part, -ps), axis=1)
-            all_i.append(np.take_along_axis(part, order, axis=1))
-            all_s.append(np.take_along_axis(ps, order, axis=1))
-        return np.concatenate(all_s).astype(np.float32), np.concatenate(all_i).astype(np.int64)
+        if self._matrix is None:
+            self._matrix = search_matrix(g, self.metric)
+        scores, idx = exact_top_k(
+            q, g, k, self.metric, gallery_chunk=self.chunk_size, matrix=self._matrix
+        )
+        return scores.numpy(), idx.numpy().astype(np.int64)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -250,7 +386,7 @@ class GalleryIndex:
         index.nprobe, index.chunk_size = int(s["nprobe"]), s["chunk_size"]
         index._labels = [np.load(folder / "labels.npy", allow_pickle=False)]
         index._ids = [np.load(folder / "ids.npy", allow_pickle=False)]
-        index._emb, index._faiss_index = [], None
+        index._emb, index._faiss_index, index._matrix = [], None, None
         if index.backend == "faiss":
             faiss = _import_faiss()
             index._faiss_index = faiss.read_index(str(folder / "index.faiss"))

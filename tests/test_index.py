@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sketch_tf.eval.retrieval import similarity
-from sketch_tf.index import GalleryIndex
+from sketch_tf.index import GalleryIndex, exact_top_k
 
 pytest.importorskip("faiss")
 
@@ -52,6 +52,54 @@ def test_faiss_ivf_with_all_lists_probed_is_exact(data):
     ivf = GalleryIndex(16, backend="faiss", nlist=8, nprobe=8)
     ivf.add(gallery, labels)
     np.testing.assert_array_equal(exact.search(queries, 5)[1], ivf.search(queries, 5)[1])
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 64, None])
+def test_exact_top_k_blocks_agree_with_brute_force(data, chunk):
+    # Blocks smaller than k, equal to k, an uneven last block, and one block.
+    gallery, queries, _ = data
+    scores, idx = exact_top_k(queries, gallery[:100], 7, "euclidean", gallery_chunk=chunk)
+    ref = similarity(queries, gallery[:100], "euclidean")
+    ref_idx = np.argsort(-ref, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(ref, ref_idx, 1), atol=1e-4)
+    # Identical rows in different blocks score identically and keep gallery order.
+    tied = np.concatenate([gallery[:50], gallery[:50]])
+    scores, idx = exact_top_k(queries, tied, 6, "euclidean", gallery_chunk=chunk)
+    idx, scores = idx.numpy(), scores.numpy()
+    for row_i, row_s in zip(idx, scores, strict=True):
+        for a in range(5):
+            if row_i[a] + 50 == row_i[a + 1]:
+                assert row_s[a] == row_s[a + 1]
+    np.testing.assert_array_equal(idx[:, 1], idx[:, 0] + 50)  # the nearest row, twice
+
+
+def test_exact_top_k_two_stage_selection_over_blocks():
+    # k * 64 < gallery_chunk: blocks go through the group-maximum selection, the last block
+    # is short and not a multiple of the group size.
+    rng = np.random.default_rng(1)
+    gallery = rng.normal(size=(3001, 8)).astype(np.float32)
+    queries = rng.normal(size=(9, 8)).astype(np.float32)
+    for metric in ("euclidean", "cosine"):
+        scores, idx = exact_top_k(queries, gallery, 7, metric, gallery_chunk=1000)
+        ref = queries @ gallery.T if metric == "cosine" else similarity(queries, gallery)
+        ref_idx = np.argsort(-ref, axis=1, kind="stable")[:, :7]
+        np.testing.assert_array_equal(idx.numpy(), ref_idx)
+        np.testing.assert_allclose(scores.numpy(), np.take_along_axis(ref, ref_idx, 1), atol=1e-4)
+
+
+def test_exact_top_k_inside_a_graph(data):
+    import tensorflow as tf
+
+    gallery, queries, _ = data
+    gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)  # cosine: unit rows
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    fn = tf.function(lambda q: exact_top_k(q, gallery, 5, "cosine", gallery_chunk=100))
+    scores, idx = fn(tf.constant(queries))
+    ref = similarity(queries, gallery, "cosine")
+    np.testing.assert_array_equal(idx.numpy(), np.argsort(-ref, axis=1, kind="stable")[:, :5])
+    with pytest.raises(ValueError, match="metric"):
+        exact_top_k(queries, gallery, 5, "manhattan")
 
 
 def test_exact_ties_in_gallery_order():
