@@ -34,6 +34,8 @@ def cpu_description() -> str:
         pass
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse/other"
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f"{model} | {isa}" + (f" (oneDNN capped at {cap})" if cap else "") + (
-        f" | {os.cpu_count()} cpu"
+    return (
+        f"{model} | {isa}"
+        + (f" (oneDNN capped at {cap})" if cap else "")
+        + (f" | {os.cpu_count()} cpu")
     )
