@@ -32,6 +32,12 @@ descriptors_per_s_alexnet224 52.9.
 After XLA-compiling the gather sampler (now also the unrotated path) and the area shrink
 (2-core AMD EPYC, AVX-512, quiet, same session): ratio_vs_per_point 11.56 -> 15.21 (2383 ->
 2597 views/s), ratio_vs_per_point_rotated 3.82 -> 21.45 (450 -> 2435 views/s).
+- Where torch is installed (`pip install torch==2.13.0`, bench/torch_baselines.py, same
+  threads): ``descriptors_per_s_torch_alexnet224`` (zoom views with `grid_sample` + the
+  original network in PyTorch) and ``ratio_vs_torch`` = ours / torch, zoom extraction
+  included on both sides; ``densenet121_images_per_s`` (our `densenet121` backbone, 224 px,
+  batches of 8, inference) against ``densenet121_images_per_s_torch``
+  (``densenet121_ratio_vs_torch``).
 The sketch is ``sketchzooms_examples/1_img.png`` from the shared data when present, otherwise
 a procedurally drawn one.
 """
@@ -115,10 +121,56 @@ def _best_time(fn, repeats):
     return best
 
 
+def torch_figures(img, apts, args, res) -> dict:
+    """The PyTorch side of the same measurements ({} when torch is not installed)."""
+    try:
+        import torch
+        from torch_baselines import DenseNet121Features, SketchZoomsAlexNet, zoom_views_torch
+    except ImportError:
+        return {}
+    from sketch_tf.models.backbones import build_backbone
+
+    out = {"torch_threads": torch.get_num_threads()}
+    timg = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    if len(apts):
+        net = SketchZoomsAlexNet().eval()
+        tpts = torch.from_numpy(apts)
+
+        def run():
+            with torch.inference_mode():
+                return net(zoom_views_torch(timg, tpts)).numpy()
+
+        run()
+        t = _best_time(run, 1)
+        out["descriptors_per_s_torch_alexnet224"] = len(apts) / t
+        out["ratio_vs_torch"] = res["descriptors_per_s_alexnet224"] / (len(apts) / t)
+    if args.densenet_batch > 0:
+        n = args.densenet_batch
+        batch = np.random.default_rng(1).uniform(size=(n, 224, 224, 3)).astype(np.float32)
+        ours = build_backbone("densenet121", 224)
+        fn = tf.function(lambda x: ours(x, training=False))
+        x = tf.constant(batch)
+        fn(x)
+        out["densenet121_images_per_s"] = n / _best_time(lambda: fn(x).numpy(), args.repeats)
+        dn = DenseNet121Features().eval()
+        xt = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+
+        def run_dn():
+            with torch.inference_mode():
+                return dn(xt).numpy()
+
+        run_dn()
+        out["densenet121_images_per_s_torch"] = n / _best_time(run_dn, args.repeats)
+        out["densenet121_ratio_vs_torch"] = (
+            out["densenet121_images_per_s"] / out["densenet121_images_per_s_torch"]
+        )
+    return out
+
+
 def main():
     args = int_flags(
         __doc__.splitlines()[0], points=64, baseline_points=16, view_size=224,
-        describe_points=1000, alexnet_points=32, repeats=3,
+        describe_points=1000, alexnet_points=32, repeats=3, densenet_batch=8,
     )  # fmt: skip
 
     img = load_sketch()
@@ -170,6 +222,8 @@ def main():
         describe_points(alex, img, apts, batch_points=len(apts))
         t = _best_time(lambda: describe_points(alex, img, apts, batch_points=len(apts)), 1)
         res["descriptors_per_s_alexnet224"] = len(apts) / t
+    if args.alexnet_points > 0 or args.densenet_batch > 0:
+        res.update(torch_figures(img, dpts[: args.alexnet_points], args, res))
     res["cpu"] = cpu_description()
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}))
 
