@@ -186,10 +186,19 @@ def stroke_width_jitter(image: tf.Tensor, seed: tf.Tensor, radius: int = 1) -> t
     Thickening is a min-pool (ink spreads over a (2r+1)^2 window), thinning a max-pool
     (paper eats the stroke edge), both with stride 1 and SAME padding.
     """
+    return apply_stroke_width(image, stroke_width_choice(seed), radius)
+
+
+def stroke_width_choice(seed: tf.Tensor) -> tf.Tensor:
+    """The draw of `stroke_width_jitter`: int32 scalar, 0 thicker, 1 unchanged, 2 thinner."""
+    return tf.random.stateless_uniform([], seed, 0, 3, dtype=tf.int32)
+
+
+def apply_stroke_width(image: tf.Tensor, choice: tf.Tensor, radius: int = 1) -> tf.Tensor:
+    """`stroke_width_jitter` with its draw given: image float32 [H, W, C], choice int32."""
     image = tf.convert_to_tensor(image, tf.float32)
     k = 2 * radius + 1
     x = image[None]
-    choice = tf.random.stateless_uniform([], seed, 0, 3, dtype=tf.int32)
     out = tf.switch_case(
         choice,
         [
@@ -210,13 +219,39 @@ def color_jitter(
     saturation: float = 0.2,
     hue: float = 0.02,
 ) -> tf.Tensor:
-    """Random brightness / contrast / saturation / hue (stateless), clipped to [0, 1]."""
-    image = tf.convert_to_tensor(image, tf.float32)
+    """Random brightness / contrast / saturation / hue (stateless), clipped to [0, 1].
+
+    The draws of `tf.image.stateless_random_{brightness, contrast, saturation, hue}` with
+    the four seeds split from `seed` (`color_jitter_factors`), applied in that order."""
+    factors = color_jitter_factors(seed, brightness, contrast, saturation, hue)
+    return apply_color_jitter(image, factors)
+
+
+def color_jitter_factors(
+    seed: tf.Tensor,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
+    hue: float = 0.02,
+) -> tf.Tensor:
+    """float32 [4]: brightness delta, contrast factor, saturation factor, hue delta (turns).
+
+    Drawn outside any XLA kernel on purpose: XLA may pick another stateless RNG algorithm
+    than the CPU kernels, which would change the draws of a seed."""
     s = tf.random.experimental.stateless_split(seed, 4)
-    x = tf.image.stateless_random_brightness(image, brightness, s[0])
-    x = tf.image.stateless_random_contrast(x, 1 - contrast, 1 + contrast, s[1])
-    x = tf.image.stateless_random_saturation(x, 1 - saturation, 1 + saturation, s[2])
-    x = tf.image.stateless_random_hue(x, hue, s[3])
+    ranges = ((-brightness, brightness), (1 - contrast, 1 + contrast))
+    ranges += ((1 - saturation, 1 + saturation), (-hue, hue))
+    return tf.stack(
+        [tf.random.stateless_uniform([], s[i], lo, hi) for i, (lo, hi) in enumerate(ranges)]
+    )
+
+
+def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """`color_jitter` with its draws given (`color_jitter_factors`): float32 [H, W, 3]."""
+    x = tf.image.adjust_brightness(tf.convert_to_tensor(image, tf.float32), factors[0])
+    x = tf.image.adjust_contrast(x, factors[1])
+    x = tf.image.adjust_saturation(x, factors[2])
+    x = tf.image.adjust_hue(x, factors[3])
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
@@ -250,13 +285,6 @@ def preprocess(
     )
 
 
-def _max3x3_uint8(x: tf.Tensor) -> tf.Tensor:
-    """3x3 max filter of uint8 [H, W, C] (SAME, border ignored), as separable maxima."""
-    p = tf.pad(x, [[1, 1], [1, 1], [0, 0]])  # 0 never wins a max of uint8
-    r = tf.maximum(tf.maximum(p[:-2], p[1:-1]), p[2:])
-    return tf.maximum(tf.maximum(r[:, :-2], r[:, 1:-1]), r[:, 2:])
-
-
 def _mat3(m8: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.concat([m8[:6], [0.0, 0.0, 1.0]], 0), [3, 3])
 
@@ -266,16 +294,17 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
 
     The fit (sketch: keep aspect, white pad; photo: shorter side to `size`, centre crop), the
     horizontal flip (p = 0.5) and the random affine (same ranges as `random_affine`) are
-    composed into one output->input projective matrix and applied with one bilinear
-    `ImageProjectiveTransformV3` on the decoded uint8 image (white fill outside). An image
+    composed into one output->input projective matrix and applied with one bilinear resample
+    of the decoded uint8 image (white fill outside), XLA-compiled together with the jitter
+    (`_warp_and_jitter`). An image
     more than 2x larger than the fit is first shrunk with an antialiased resize (so strokes
     do not alias); otherwise the resize is folded into the warp (no antialias; the scale is
     >= 0.5, where a bilinear sample loses little). Then sketches get `stroke_width_jitter`
-    (in uint8) and photos `color_jitter`. The image stays uint8 until this final step.
+    and photos `color_jitter`, on the float result.
 
     Same augmentation distribution and random draws as the per-op composition (resize,
     `random_flip`, `random_affine`, `stroke_width_jitter` / `color_jitter`) with the same seed,
-    not the same pixels: one resample instead of two or three plus uint8 rounding (mean
+    not the same pixels: one resample instead of two or three (mean
     difference < 0.02 on smooth images), and a photo's rotated-in corners show the uncropped
     image rather than white fill. Every training dataset uses it (through `preprocess`).
 
@@ -326,29 +355,68 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
         size,
     )
     m = tf.linalg.matmul(fit, tf.linalg.matmul(flip_m, _mat3(aff)))
-    m8 = tf.concat([tf.reshape(m, [9])[:6], [0.0, 0.0]], 0)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=img[None],
-        transforms=m8[None],
-        output_shape=[size, size],
-        fill_value=255.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )[0]
-    out.set_shape([size, size, 3])
+    # White below / right of the image up to a power-of-two size (>= 64): the warp's fill is
+    # white there anyway, and the XLA kernel then compiles once per size bucket, not per image
+    # size of a dataset.
+    h, w = tf.shape(img)[0], tf.shape(img)[1]
+    padded = tf.pad(
+        img, [[0, _pow2_at_least(h, 64) - h], [0, _pow2_at_least(w, 64) - w], [0, 0]],
+        constant_values=255,
+    )  # fmt: skip
+    # The random draws stay outside the XLA kernel (see `color_jitter_factors`).
+    jitter = stroke_width_choice(s[2]) if is_sketch else color_jitter_factors(s[2])
+    out = _warp_xla(padded, tf.reshape(m, [9])[:6], size)
     if is_sketch:
-        choice = tf.random.stateless_uniform([], s[2], 0, 3, dtype=tf.int32)
-        out = tf.switch_case(
-            choice,
-            [
-                lambda: 255 - _max3x3_uint8(255 - out),  # thicker
-                lambda: out,
-                lambda: _max3x3_uint8(out),  # thinner
-            ],
-        )
-        out.set_shape([size, size, 3])
-        return tf.cast(out, tf.float32) * (1.0 / 255.0)
-    return color_jitter(tf.cast(out, tf.float32) * (1.0 / 255.0), s[2])
+        return apply_stroke_width(out, jitter)
+    return _apply_color_jitter_xla(out, jitter)
+
+
+def _pow2_at_least(n: tf.Tensor, minimum: int) -> tf.Tensor:
+    """The smallest power of two >= max(n, minimum), int32."""
+    n = tf.maximum(tf.cast(n, tf.int32), minimum)
+    p = tf.bitwise.left_shift(
+        1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float32)) / math.log(2.0)), tf.int32)
+    )
+    return tf.where(p < n, 2 * p, p)  # guards float rounding of the logarithm
+
+
+def _warp(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
+    """The one resample of `augment_train_image` (XLA-compiled as `_warp_xla`).
+
+    img: uint8 [H, W, 3] (white beyond the content); m6: float32 [6], output pixel (x, y) ->
+    input (a0 x + a1 y + a2, b0 x + b1 y + b2) in pixel indices (the convention of
+    `ImageProjectiveTransformV3`). Bilinear, each neighbour outside the image reads white (the
+    op's CONSTANT fill). Returns float32 [size, size, 3] in [0, 1].
+
+    The jitter that follows is a separate kernel on purpose: fused into this one, XLA would
+    recompute the four gathers for every read of a pixel (the 3x3 stroke filter, the colour
+    space conversions).
+    """
+    x = tf.pad(
+        tf.cast(img, tf.float32) * (1.0 / 255.0), [[1, 1], [1, 1], [0, 0]], constant_values=1.0
+    )
+    hp, wp = tf.shape(x)[0], tf.shape(x)[1]
+    grid = tf.range(size, dtype=tf.float32)
+    gx, gy = grid[None, :], grid[:, None]
+    # +1: the one-pixel white border; clamping into it is exact (all white beyond).
+    xs = tf.clip_by_value(m6[0] * gx + m6[1] * gy + m6[2] + 1.0, 0.0, tf.cast(wp - 1, tf.float32))
+    ys = tf.clip_by_value(m6[3] * gx + m6[4] * gy + m6[5] + 1.0, 0.0, tf.cast(hp - 1, tf.float32))
+    x0f, y0f = tf.floor(xs), tf.floor(ys)
+    wx, wy = (xs - x0f)[..., None], (ys - y0f)[..., None]
+    x0, y0 = tf.cast(x0f, tf.int32), tf.cast(y0f, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, wp - 1), tf.minimum(y0 + 1, hp - 1)
+    flat = tf.reshape(x, [-1, 3])
+
+    def at(yy, xx):
+        return tf.gather(flat, yy * wp + xx)
+
+    top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy  # [size, size, 3]
+
+
+_warp_xla = tf.function(_warp, jit_compile=True, reduce_retracing=True)
+_apply_color_jitter_xla = tf.function(apply_color_jitter, jit_compile=True, reduce_retracing=True)
 
 
 # ---- record streams ------------------------------------------------------------------------------
