@@ -23,7 +23,6 @@ Measured: see README.md ("Benchmarks").
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,8 +31,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import tensorflow as tf  # noqa: E402
+from bench_args import cpu_description  # noqa: E402
 
 from sketch_tf.data.synthetic.prepare import prepare_synthetic  # noqa: E402
 from sketch_tf.families.zs_sbir.task import ZsSbirTask  # noqa: E402
@@ -113,7 +112,7 @@ def main():
         "batch": args.batch,
         "runs": {k: [round(v, 3) for v in r] for k, r in runs.items()},
         "loadavg_1min": round(os.getloadavg()[0], 2),
-        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+        "cpu": cpu_description(),
     }
     print(json.dumps(result))
 

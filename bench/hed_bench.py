@@ -25,7 +25,6 @@ block5 feature cache cost about the same per image.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,9 +32,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_args import cpu_description  # noqa: E402
 
 from sketch_tf.models.backbones import (  # noqa: E402
     HED_INSTALL_HINT,
@@ -97,7 +96,7 @@ def main() -> None:
                 "trunk_runs": [round(r, 2) for r in trunk_runs],
                 "trunk_feature_shape": list(trunk.output_shape[1:]),
                 "loadavg_1min": round(os.getloadavg()[0], 2),
-                "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                "cpu": cpu_description(),
             }
         )
     )

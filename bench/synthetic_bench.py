@@ -22,6 +22,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_args import cpu_description  # noqa: E402
 
 from sketch_tf.data.synthetic import (  # noqa: E402
     CATEGORIES,
@@ -77,6 +78,7 @@ def main():
     out["target_line_drawings_per_s"] = 50
     out["loadavg_1min"] = round((load0 + os.getloadavg()[0]) / 2, 2)
     out["cpu_count"] = os.cpu_count()
+    out["cpu"] = cpu_description()
     print(json.dumps(out))
 
 
