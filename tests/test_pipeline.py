@@ -379,6 +379,34 @@ def test_augment_train_image_matches_per_op_composition(is_sketch):
         assert diff.mean() < 0.02 and np.median(diff) < 0.01, (i, diff.mean())
 
 
+def test_training_warp_is_the_projective_transform_it_replaced():
+    # The XLA resample of augment_train_image against ImageProjectiveTransformV3 (bilinear,
+    # CONSTANT white fill), on the image as it is and padded white to its size bucket.
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, (37, 50, 3)).astype(np.uint8)
+    for i in range(5):
+        a, sh = rng.uniform(-0.4, 0.4), rng.uniform(0.7, 1.4)
+        tx, ty = rng.uniform(-8, 8, 2)
+        m6 = np.array([sh * np.cos(a), -np.sin(a), tx, np.sin(a), sh * np.cos(a), ty], np.float32)
+        ref = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.constant(img[None], tf.float32) / 255.0,
+            transforms=tf.constant(np.concatenate([m6, [0.0, 0.0]])[None], tf.float32),
+            output_shape=[30, 30],
+            fill_value=1.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )[0].numpy()
+        ours = pipeline._warp_xla(tf.constant(img), tf.constant(m6), 30).numpy()
+        np.testing.assert_allclose(ours, ref, atol=2e-5, err_msg=str(i))
+        padded = np.pad(img, [[0, 64 - 37], [0, 64 - 50], [0, 0]], constant_values=255)
+        np.testing.assert_array_equal(
+            pipeline._warp_xla(tf.constant(padded), tf.constant(m6), 30).numpy(), ours
+        )
+    sizes = [1, 2, 3, 63, 64, 65, 127, 128, 129, 1000, 1024, 1025]
+    got = [int(pipeline._pow2_at_least(tf.constant(n), 64)) for n in sizes]
+    assert got == [64, 64, 64, 64, 64, 128, 128, 128, 256, 1024, 1024, 2048]
+
+
 def test_augment_train_image_shrinks_large_images_with_antialias():
     # A 1-px black/white checkerboard 8x larger than the output averages to grey (no aliasing).
     board = ((np.indices((192, 192)).sum(0) % 2) * 255).astype(np.uint8)
