@@ -341,6 +341,18 @@ def test_correspondence_batches(tmp_path):
     np.testing.assert_allclose(b["points_a"].numpy()[0, 0], [2.0, 14.0])
     np.testing.assert_allclose(b["points_b"].numpy()[0, 0], [4.0, 8.0])
     assert b["point_ids"].numpy()[0].tolist() == [0, -1]
+    # An image that already fits (20x20 -> 40 is a resize; a 40x40 one is kept as it is).
+    kept = pipeline.resize_pad_geometry(np.full((40, 30, 3), 0.5, np.float32), 40)
+    assert kept[0].shape == (40, 40, 3) and kept[1].numpy().tolist() == [1.0, 1.0]
+    # category_ids drops other categories before decoding: none of these records is a 1.
+    none = pipeline.correspondence_batches(
+        out, batch_size=3, num_points=2, image_size=40, training=False, category_ids=[1]
+    )
+    assert list(none) == []
+    kept = pipeline.correspondence_batches(
+        out, batch_size=3, num_points=2, image_size=40, training=False, category_ids=[0]
+    )
+    assert sum(int(b["category_id"].shape[0]) for b in kept) == 3
 
 
 @pytest.mark.parametrize("is_sketch", [True, False])

@@ -89,7 +89,13 @@ def resize_pad_geometry(image: tf.Tensor, size: int, pad_value: float = 1.0):
       a point (x, y) of the input (pixel-corner convention) lands at (x * sx + ox, y * sy + oy).
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    resized = tf.image.resize(image, [size, size], preserve_aspect_ratio=True, antialias=True)
+    # An image that already fits (longer side == size) is its own resize: skipping the
+    # antialiased kernel gives the same values and saves ~1.2 ms per 256 px drawing.
+    resized = tf.cond(
+        tf.equal(tf.reduce_max(tf.shape(image)[:2]), size),
+        lambda: image,
+        lambda: tf.image.resize(image, [size, size], preserve_aspect_ratio=True, antialias=True),
+    )
     h, w = tf.shape(resized)[0], tf.shape(resized)[1]
     top, left = (size - h) // 2, (size - w) // 2
     out = (
@@ -1221,11 +1227,13 @@ def correspondence_batches(
     seed: int = 0,
     training: bool = True,
     shuffle_buffer: int = 256,
+    category_ids=None,
 ) -> tf.data.Dataset:
     """Batches of correspondence pairs with a fixed number of points per pair.
 
     Images are decoded, made 3-channel and resized to [S, S] (keeping aspect, white pad);
-    points are mapped into the resized frame.
+    points are mapped into the resized frame. `category_ids` (optional list of int) keeps the
+    records of those categories only, dropped before anything is decoded.
 
     Returns:
       dict {"image_a", "image_b": [B,S,S,3] float32, "points_a", "points_b": [B,M,2] float32
@@ -1241,8 +1249,14 @@ def correspondence_batches(
         img, scale, offset = resize_pad_geometry(decode_image(encoded), image_size, 1.0)
         return img, pts * scale + offset
 
-    def prep(rec, s):
-        r = schema.parse_correspondence_pair(rec)
+    ds = ds.map(schema.parse_correspondence_pair, num_parallel_calls=AUTOTUNE)
+    if category_ids is not None:
+        keep = tf.constant(list(category_ids) or [-1], tf.int64)
+        ds = ds.filter(
+            lambda r: tf.reduce_any(tf.equal(tf.cast(r[schema.CATEGORY_ID], tf.int64), keep))
+        )
+
+    def prep(r, s):
         img_a, pa = fit(r[schema.IMAGE_A], r[schema.POINTS_A])
         img_b, pb = fit(r[schema.IMAGE_B], r[schema.POINTS_B])
         pa, pb, ids, mask = sample_points(pa, pb, r[schema.POINT_IDS], num_points, s)

@@ -253,8 +253,7 @@ class ZoomsTask(Task):
     def pairs(self, split: str, training: bool, seed: int, num_points: int, which: str):
         """Unbatched pair examples of `split` restricted to seen / unseen / all categories
         (`pipeline.correspondence_batches` fields)."""
-        keep = self.category_ids(split, which)
-        ds = pipeline.correspondence_batches(
+        return pipeline.correspondence_batches(
             self.records_dir(split),
             batch_size=1,
             num_points=num_points,
@@ -262,11 +261,8 @@ class ZoomsTask(Task):
             seed=seed,
             training=training,
             shuffle_buffer=int(self.config.data.shuffle_buffer),
+            category_ids=self.category_ids(split, which),
         ).unbatch()
-        keep_t = tf.constant(keep or [-1], tf.int64)
-        return ds.filter(
-            lambda ex: tf.reduce_any(tf.equal(tf.cast(ex["category_id"], tf.int64), keep_t))
-        )
 
     def build_train_dataset(self, global_batch_size, seed, models=None):
         if self.config.data.get("batching", "pairs") == "triplets":
