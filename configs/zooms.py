@@ -4,7 +4,7 @@ Variants (`--config=configs/zooms.py:<variant>`):
 
 - `synthetic` (default): the embedded synthetic shape world, 256 px drawings, small_cnn (final
   map flattened) on three anti-aliased 32 px views, 32 points per pair, 9 seen categories for
-  training, 3 unseen ones held out. On the 2-core CPU it trains in ~10 minutes; PCK@5% on
+  training, 3 unseen ones held out. On the 2-core CPU it trains in ~6 minutes; PCK@5% on
   held-out shapes 0.411-0.425 over three main-job runs (seen categories; raw patch 0.323,
   shape context 0.187) and 0.722-0.735 (unseen; 0.583 / 0.604). Tables, ablations and
   timings in docs/zooms.md:
