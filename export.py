@@ -1,11 +1,13 @@
 """Exports the latest checkpoint of a run as a versioned SavedModel for TF Serving.
 
-  python export.py --workdir=runs/<run>                 # -> runs/<run>/export/<step>/
+  python export.py --workdir=runs/<run>                 # -> runs/<run>/export/<next>/
   python export.py --workdir=runs/<run> --export_dir=/models/<name> --version=3
 
 Layout: <export_dir>/<version>/saved_model.pb, variables/ and
-assets.extra/tf_serving_warmup_requests,
-written to a temporary folder, checked by reloading, then renamed into place.
+assets.extra/tf_serving_warmup_requests, written to a temporary folder, checked by reloading,
+then renamed into place; the version defaults to the next free integer (1 + the largest
+version folder). <export_dir>/models.config and batching_parameters.txt are the server's
+--model_config_file and --batching_parameters_file (README, "Export and serving").
 """
 
 import os
@@ -20,9 +22,12 @@ _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "Model base folder (default <workdir>/export)."
 )
 _VERSION = flags.DEFINE_integer(
-    "version", None, "Version folder name (default: the checkpoint step)."
+    "version", None, "Version folder name (default: the next free integer in --export_dir)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+_MODEL_NAME = flags.DEFINE_string(
+    "model_name", None, "Model name in models.config and the warmup requests (default: task)."
+)
 
 
 def main(argv):
@@ -31,11 +36,18 @@ def main(argv):
         cli.fail(f"--version must be >= 0, got {_VERSION.value}")
     run = cli.load_run_or_fail(_CONFIG.value, _WORKDIR.value)
 
-    from sketch_tf.export.serving import export_saved_model
+    from sketch_tf.export.serving import export_saved_model, next_version
 
-    version = _VERSION.value if _VERSION.value is not None else run.step
     base = _EXPORT_DIR.value or os.path.join(_WORKDIR.value, "export")
-    path = export_saved_model(run.task, run.models, base, version, overwrite=_OVERWRITE.value)
+    version = _VERSION.value if _VERSION.value is not None else next_version(base)
+    path = export_saved_model(
+        run.task,
+        run.models,
+        base,
+        version,
+        overwrite=_OVERWRITE.value,
+        model_name=_MODEL_NAME.value,
+    )
     print(f"exported {path}")
 
 

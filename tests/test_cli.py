@@ -84,10 +84,13 @@ def test_train_evaluate_export_end_to_end(tmp_path):
     assert "accuracy" in proc.stdout
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["step"] == 4 and 0 <= metrics["scalars"]["accuracy"] <= 1
-    proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (workdir / "export" / "4" / "saved_model.pb").is_file()
-    proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}")
+    # Versions default to the next free integer; an explicit existing one is refused.
+    for version in ("1", "2"):
+        proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (workdir / "export" / version / "saved_model.pb").is_file()
+    assert (workdir / "export" / "models.config").is_file()
+    proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}", "--version=2")
     assert proc.returncode != 0 and "already exists" in proc.stderr
     # Generic ablations: an unknown name is exit 2 naming the known ones; a known one trains
     # into <workdir>/ablations/<name> and lands in the comparison table.

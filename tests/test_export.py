@@ -1,6 +1,12 @@
 """The export path: TF Serving layout, warmup requests, reload parity, atomic write."""
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +29,12 @@ def test_export_layout_and_reload_parity(tmp_path, tiny):
     assert path == str(tmp_path / "tiny" / "7")
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
     assert os.path.isdir(os.path.join(path, "variables"))
-    assert sorted(os.listdir(tmp_path / "tiny")) == ["7"]  # no temp folder left behind
+    # No temp folder left behind; the server's config files next to the versions.
+    assert sorted(os.listdir(tmp_path / "tiny")) == [
+        "7",
+        serving.BATCHING_FILE,
+        serving.MODELS_CONFIG_FILE,
+    ]
     loaded = tf.saved_model.load(path)
     x = tiny_task._data(99, 5)[0]
     got = loaded.signatures["serving_default"](features=tf.constant(x))
@@ -89,3 +100,83 @@ def test_failed_export_leaves_nothing(tmp_path, tiny):
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         serving.export_saved_model(Broken(task.config), models, str(tmp_path / "m"), 1)
     assert os.listdir(tmp_path / "m") == []
+
+
+def test_server_config_files_parse(tmp_path, tiny):
+    from google.protobuf import text_format
+
+    model_server_config_pb2 = pytest.importorskip(
+        "tensorflow_serving.config.model_server_config_pb2",
+        reason="tensorflow-serving-api (installed by quickstart.sh) gives the server's protos",
+    )
+    task, models = tiny
+    base = str(tmp_path / "m")
+    serving.export_saved_model(task, models, base, 1, model_name="tiny_model")
+    config = text_format.Parse(
+        Path(base, serving.MODELS_CONFIG_FILE).read_text(),
+        model_server_config_pb2.ModelServerConfig(),
+    )
+    (entry,) = config.model_config_list.config
+    assert entry.name == "tiny_model" and entry.base_path == "/models/tiny_model"
+    assert entry.model_platform == "tensorflow"
+    assert entry.model_version_policy.latest.num_versions == 1
+    # BatchingParameters is not in the tensorflow-serving-api wheel: check the text format
+    # line by line against its field names.
+    fields = {"max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches"}
+    lines = Path(base, serving.BATCHING_FILE).read_text().splitlines()
+    parsed = dict(re.fullmatch(r"(\w+) \{ value: (\d+) \}", line).groups() for line in lines)
+    assert set(parsed) == fields and int(parsed["max_batch_size"]) >= 1
+    assert serving.next_version(base) == 2 and serving.next_version(str(tmp_path / "no")) == 1
+
+
+_EXPORT_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from sketch_tf.export import serving
+from tests import tiny_task
+task = tiny_task.TinyTask(tiny_task.get_config())
+serving.export_saved_model(task, task.build_models(), {base!r}, 2)
+"""
+
+
+def test_export_killed_midway_leaves_no_version(tmp_path, tiny):
+    task, models = tiny
+    base = tmp_path / "m"
+    serving.export_saved_model(task, models, str(base), 1)
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EXPORT_SCRIPT.format(root=root, base=str(base))]
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(n.startswith(".tmp-") for n in os.listdir(base)):
+            assert proc.poll() is None, "the export process ended before writing anything"
+            assert time.monotonic() < deadline, "no temporary export folder appeared"
+            time.sleep(0.005)
+        time.sleep(np.random.default_rng().uniform(0.0, 0.2))  # somewhere in save / check
+        temps = [n for n in os.listdir(base) if n.startswith(".tmp-")]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    if temps:  # killed before its rename (nearly always): no version 2, only a hidden temp
+        assert not (base / "2").exists()
+    else:  # the rename had happened: then version 2 is complete
+        tf.saved_model.load(str(base / "2"))
+    print(f"killed with temporaries {temps}; versions {sorted(n for n in os.listdir(base))}")
+    # Version 1 still loads; the next export removes the dead process's temporary folder.
+    tf.saved_model.load(str(base / "1"))
+    serving.export_saved_model(task, models, str(base), 3)
+    assert not [n for n in os.listdir(base) if n.startswith(".")]
+
+
+def test_replaced_version_killed_before_rename_is_restored(tmp_path, tiny):
+    task, models = tiny
+    base = tmp_path / "m"
+    serving.export_saved_model(task, models, str(base), 5)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # What an `overwrite` export killed between its two renames leaves: 5 moved aside.
+    os.rename(base / "5", base / f".old-5-{dead.pid}-0123abcd")
+    serving.export_saved_model(task, models, str(base), 6)
+    assert (base / "5" / "saved_model.pb").is_file()
+    assert not [n for n in os.listdir(base) if n.startswith(".")]

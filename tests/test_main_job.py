@@ -29,8 +29,9 @@ def test_main_job_smoke(tmp_path):
     assert "## results on held-out data" in out
     for family in ("zooms", "zs_sbir", "style_sbir"):
         run = tmp_path / family
-        exports = os.listdir(run / "export")
+        exports = [name for name in os.listdir(run / "export") if name.isdigit()]
         assert len(exports) == 1 and (run / "export" / exports[0] / "saved_model.pb").is_file()
+        assert (run / "export" / "models.config").is_file()
         # The two-stage recipe keeps its checkpoints and evaluation in its last stage.
         last = run / "triplet" if family == "style_sbir" else run
         assert (last / "ckpt" / "checkpoint").is_file()

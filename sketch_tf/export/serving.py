@@ -3,17 +3,22 @@
     <export_base>/<version>/saved_model.pb
                            /variables/...
                            /assets.extra/tf_serving_warmup_requests
+    <export_base>/models.config             (`--model_config_file` of tensorflow_model_server)
+    <export_base>/batching_parameters.txt   (`--batching_parameters_file`)
 
 The task supplies the signatures (`Task.serving_signatures`, one of them `serving_default`)
 and example inputs (`Task.warmup_inputs`). The export is written to a temporary folder beside
 the final one, reloaded and checked against the in-memory model on the warmup inputs, and only
 then renamed into place, so TF Serving (which watches `<export_base>`) never sees a partial
-version.
+version: a process killed midway leaves only a hidden `.tmp-<version>-<pid>-...` folder, which
+the server ignores (it loads integer folder names) and the next export removes. Replacing a
+version (`overwrite`) moves the old folder aside before the rename and deletes it after.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from typing import Any
@@ -25,6 +30,82 @@ from sketch_tf.export import warmup
 from sketch_tf.train.tasks import unique_variables
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODELS_CONFIG_FILE = "models.config"
+BATCHING_FILE = "batching_parameters.txt"
+#: Server-side batching for a 2-core CPU host: batches of up to 32 requests, waiting at most
+#: 2 ms for a batch to fill (`BatchingParameters` of tensorflow_serving, text format).
+BATCHING_PARAMETERS = {
+    "max_batch_size": 32,
+    "batch_timeout_micros": 2000,
+    "num_batch_threads": 2,
+    "max_enqueued_batches": 64,
+}
+_TMP_RE = re.compile(r"^\.(tmp|old)-\d+-(\d+)-[0-9a-f]+$")
+
+
+def next_version(export_base: str) -> int:
+    """1 + the largest integer version folder in `export_base` (1 when there is none)."""
+    if not os.path.isdir(export_base):
+        return 1
+    versions = [int(n) for n in os.listdir(export_base) if n.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def server_config_text(model_name: str, base_path: str) -> str:
+    """`models.config` for `tensorflow_model_server --model_config_file`: one model, the
+    newest version served (ModelServerConfig text proto)."""
+    return (
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{model_name}"\n'
+        f'    base_path: "{base_path}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { latest { num_versions: 1 } }\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def batching_parameters_text(params: dict[str, int] | None = None) -> str:
+    """`batching_parameters.txt` for `--enable_batching --batching_parameters_file`."""
+    params = {**BATCHING_PARAMETERS, **(params or {})}
+    return "".join(f"{key} {{ value: {int(value)} }}\n" for key, value in params.items())
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _remove_stale_temporaries(export_base: str) -> list[str]:
+    """Cleans up after export processes that are no longer alive: deletes their `.tmp-*`
+    folders, and puts an `.old-<version>-*` folder (a replaced version whose replacement was
+    killed before its rename) back as `<version>` when that is missing, else deletes it."""
+    removed = []
+    for name in os.listdir(export_base):
+        match = _TMP_RE.match(name)
+        if not match:
+            continue
+        pid = int(match.group(2))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if alive:
+            continue
+        path = os.path.join(export_base, name)
+        version = name.split("-")[1]
+        if match.group(1) == "old" and not os.path.exists(os.path.join(export_base, version)):
+            os.rename(path, os.path.join(export_base, version))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 class _ServingModule(tf.Module):
@@ -48,8 +129,10 @@ def export_saved_model(
     model_name: str | None = None,
     overwrite: bool = False,
     atol: float = 1e-4,
+    server_base_path: str | None = None,
 ) -> str:
-    """Writes `<export_base>/<version>` atomically and returns its path.
+    """Writes `<export_base>/<version>` atomically and returns its path; also (re)writes
+    `models.config` and `batching_parameters.txt` in `export_base`.
 
     Args:
       task: the Task (gives signatures and warmup inputs).
@@ -59,6 +142,9 @@ def export_saved_model(
       model_name: model name written into the warmup requests (default: the task name).
       overwrite: replace an existing version folder instead of failing.
       atol: tolerance of the reload check (reloaded vs in-memory outputs).
+      server_base_path: the model's base path as the server sees it, written into
+        `models.config` (default `/models/<model_name>`, the TF Serving Docker image's
+        layout when `export_base` is mounted there).
     """
     if version < 0:
         raise ValueError(f"version must be >= 0, got {version}")
@@ -66,7 +152,10 @@ def export_saved_model(
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"{final} already exists (use another --version or --overwrite)")
     os.makedirs(export_base, exist_ok=True)
-    tmp = os.path.join(export_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    _remove_stale_temporaries(export_base)
+    tag = f"{int(version)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = os.path.join(export_base, f".tmp-{tag}")
+    name = model_name or task.name
     signatures = task.serving_signatures(models)
     if "serving_default" not in signatures:
         raise ValueError(
@@ -78,16 +167,21 @@ def export_saved_model(
         tf.saved_model.save(module, tmp, signatures=signatures)
         if inputs:
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-            warmup.write_warmup_requests(
-                os.path.join(tmp, WARMUP_FILE), model_name or task.name, inputs
-            )
+            warmup.write_warmup_requests(os.path.join(tmp, WARMUP_FILE), name, inputs)
         _check_reload(tmp, signatures, inputs, atol)
+        old = os.path.join(export_base, f".old-{tag}")
         if os.path.exists(final):
-            shutil.rmtree(final)
+            os.rename(final, old)  # the server never sees a half-deleted version
         os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+    _write_atomic(
+        os.path.join(export_base, MODELS_CONFIG_FILE),
+        server_config_text(name, server_base_path or f"/models/{name}"),
+    )
+    _write_atomic(os.path.join(export_base, BATCHING_FILE), batching_parameters_text())
     return final
 
 
