@@ -43,6 +43,20 @@ def test_export_layout_and_reload_parity(tmp_path, tiny):
     np.testing.assert_array_equal(got["label"].numpy(), np.argmax(want, -1))
 
 
+def test_signatures_through_the_tf1_session_loader(tmp_path, tiny):
+    # The server's path: tf.compat.v1 loader, feeds and fetches by SignatureDef tensor names.
+    task, models = tiny
+    path = serving.export_saved_model(task, models, str(tmp_path / "m"), 1)
+    x = tiny_task._data(5, 4)[0]
+    out = serving.session_outputs(path, {"serving_default": {"features": x}})["serving_default"]
+    want = task.logits(models, x, training=False).numpy()
+    np.testing.assert_allclose(out["logits"], want, atol=1e-5)
+    with pytest.raises(KeyError, match="no signature 'nope'"):
+        serving.session_outputs(path, {"nope": {"features": x}})
+    with pytest.raises(KeyError, match="no inputs \\['pixels'\\]"):
+        serving.session_outputs(path, {"serving_default": {"pixels": x}})
+
+
 def test_warmup_file_round_trip(tmp_path, tiny):
     task, models = tiny
     path = serving.export_saved_model(task, models, str(tmp_path / "m"), 1)

@@ -23,6 +23,7 @@ import shutil
 import uuid
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -109,11 +110,19 @@ def _remove_stale_temporaries(export_base: str) -> list[str]:
 
 
 class _ServingModule(tf.Module):
-    """Holds the models' variables so that the SavedModel saves them once."""
+    """Holds the models' variables so that the SavedModel saves them once.
+
+    It tracks the `tf.Variable` inside each Keras 3 variable, not the Keras wrapper: with the
+    wrappers the SavedModel restores under TF2's loader, but the TF1 session loader (how TF
+    Serving runs a SavedModel) finds none of them initialised ("Could not find variable
+    head_out/kernel"), for every family; `_check_reload` runs both loaders on every export.
+    """
 
     def __init__(self, models: dict[str, Any]):
         super().__init__(name="sketch_tf_serving")
-        self.model_variables = unique_variables(models)
+        self.model_variables = [
+            v.value if isinstance(v, keras.Variable) else v for v in unique_variables(models)
+        ]
 
 
 def _to_numpy_dict(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
@@ -185,14 +194,47 @@ def export_saved_model(
     return final
 
 
+def session_outputs(path: str, requests: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """Runs signatures of a SavedModel the way TF Serving executes them: loaded once with the
+    TF1 session loader (tag "serve"), fed and fetched by the SignatureDefs' tensor names.
+
+    Args:
+      path: a SavedModel folder; requests: {signature key: {input key: array}}.
+
+    Returns:
+      {signature key: {output key: numpy array}}.
+    """
+    graph = tf.Graph()
+    results = {}
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        for name, feeds in requests.items():
+            if name not in meta.signature_def:
+                raise KeyError(f"{path}: no signature {name!r} in {sorted(meta.signature_def)}")
+            sig = meta.signature_def[name]
+            unknown = set(feeds) - set(sig.inputs)
+            if unknown:
+                raise KeyError(
+                    f"{path} signature {name!r}: no inputs {sorted(unknown)} in "
+                    f"{sorted(sig.inputs)}"
+                )
+            feed = {sig.inputs[k].name: np.asarray(v) for k, v in feeds.items()}
+            fetch = {k: t.name for k, t in sig.outputs.items()}
+            results[name] = session.run(fetch, feed)
+    return results
+
+
 def _check_reload(
     path: str, signatures: dict, inputs: dict[str, dict[str, Any]], atol: float
 ) -> None:
-    """Reloads the SavedModel and compares every signature with the in-memory function."""
+    """Reloads the SavedModel and compares every signature with warmup inputs with the
+    in-memory function, through `tf.saved_model.load` and through the TF1 session loader
+    (`session_outputs`, the server's path)."""
     loaded = tf.saved_model.load(path)
     missing = set(signatures) - set(loaded.signatures)
     if missing:
         raise RuntimeError(f"exported SavedModel at {path} lacks signatures {sorted(missing)}")
+    via_session = session_outputs(path, inputs)
     for name, example in inputs.items():
         expected = _to_numpy_dict(
             signatures[name](**{k: tf.constant(v) for k, v in example.items()})
@@ -200,13 +242,22 @@ def _check_reload(
         got = _to_numpy_dict(
             loaded.signatures[name](**{k: tf.constant(v) for k, v in example.items()})
         )
-        for key, value in expected.items():
-            if value.dtype.kind == "f":
-                if not np.allclose(value, got[key], atol=atol, rtol=1e-4):
-                    diff = float(np.max(np.abs(value - got[key])))
-                    raise RuntimeError(
-                        f"reloaded signature {name!r} output {key!r} differs from the in-memory "
-                        f"model by {diff} (> {atol})"
-                    )
-            elif not np.array_equal(value, got[key]):
-                raise RuntimeError(f"reloaded signature {name!r} output {key!r} differs")
+        _compare(name, "tf.saved_model.load", expected, got, atol)
+        _compare(name, "the TF1 session loader", expected, via_session[name], atol)
+
+
+def _compare(name: str, how: str, expected: dict, got: dict, atol: float) -> None:
+    """Raises RuntimeError naming the signature, loader and output that differ."""
+    for key, value in expected.items():
+        if key not in got:
+            raise RuntimeError(f"signature {name!r} reloaded with {how} has no output {key!r}")
+        other = np.asarray(got[key])
+        if value.dtype.kind == "f":
+            if value.shape != other.shape or not np.allclose(value, other, atol=atol, rtol=1e-4):
+                diff = float(np.max(np.abs(value - other))) if value.shape == other.shape else None
+                raise RuntimeError(
+                    f"signature {name!r} reloaded with {how}: output {key!r} differs from the "
+                    f"in-memory model by {diff} (> {atol}; shapes {value.shape}, {other.shape})"
+                )
+        elif not np.array_equal(value, other):
+            raise RuntimeError(f"signature {name!r} reloaded with {how}: output {key!r} differs")
