@@ -18,15 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def _alexnet_features() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
-    )  # fmt: skip
+from sketch_tf.tools.torch_reference import alexnet_features
 
 
 class SketchZoomsAlexNet(nn.Module):
@@ -34,7 +26,7 @@ class SketchZoomsAlexNet(nn.Module):
 
     def __init__(self, dim: int = 128, hidden: int = 4096):
         super().__init__()
-        self.features = _alexnet_features()
+        self.features = alexnet_features()
         self.pool = nn.AdaptiveAvgPool2d(6)
         self.head = nn.Sequential(
             nn.Dropout(), nn.Linear(256 * 36, hidden), nn.ReLU(True), nn.Linear(hidden, dim)

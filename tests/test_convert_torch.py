@@ -18,16 +18,7 @@ from sketch_tf.tools.convert_torch_sketchzooms import (  # noqa: E402
     load_state_dict,
     main,
 )
-
-
-def _alexnet_features():
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
-    )  # fmt: skip
+from sketch_tf.tools.torch_reference import alexnet_features as _alexnet_features  # noqa: E402
 
 
 class TorchSketchAlex(nn.Module):
