@@ -22,6 +22,7 @@ and ``embeddings.npy`` (exact) or ``index.faiss`` (faiss).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def exact_top_k(
     g = tf.convert_to_tensor(gallery, tf.float32)
     m = search_matrix(g, metric) if matrix is None else tf.convert_to_tensor(matrix, tf.float32)
     if tf.executing_eagerly():
-        return _exact_top_k_fn(q, g, m, k=k, metric=metric, chunk=chunk)
+        return _exact_top_k_fn()(q, g, m, k=k, metric=metric, chunk=chunk)
     return _exact_top_k_graph(q, g, m, k, metric, chunk)
 
 
@@ -173,25 +174,14 @@ def _exact_top_k_graph(q, g, m, k, metric, chunk):
     return best_s, tf.gather(best_i, pos, batch_dims=1)
 
 
-def _make_exact_top_k_fn():
+@functools.cache
+def _exact_top_k_fn():
+    """`_exact_top_k_graph` as one tf.function (built on first use: the index's numpy-only
+    users never import TF); one trace per (k, metric, chunk), eager callers get a graph
+    instead of op-by-op execution of the while loop."""
     import tensorflow as tf  # noqa: PLC0415
 
-    # One trace per (k, metric, chunk) and input rank pattern; eager callers get a graph
-    # instead of op-by-op execution of the while loop.
     return tf.function(_exact_top_k_graph, reduce_retracing=True)
-
-
-class _LazyFn:
-    def __init__(self, make):
-        self._make, self._fn = make, None
-
-    def __call__(self, *args, **kwargs):
-        if self._fn is None:
-            self._fn = self._make()
-        return self._fn(*args, **kwargs)
-
-
-_exact_top_k_fn = _LazyFn(_make_exact_top_k_fn)
 
 
 class GalleryIndex:

@@ -415,7 +415,7 @@ def test_training_warp_is_the_projective_transform_it_replaced():
             pipeline._warp_xla(tf.constant(padded), tf.constant(m6), 30).numpy(), ours
         )
     sizes = [1, 2, 3, 63, 64, 65, 127, 128, 129, 1000, 1024, 1025]
-    got = [int(pipeline._pow2_at_least(tf.constant(n), 64)) for n in sizes]
+    got = [int(pipeline.pow2_at_least(tf.constant(n), 64)) for n in sizes]
     assert got == [64, 64, 64, 64, 64, 128, 128, 128, 256, 1024, 1024, 2048]
 
 

@@ -217,20 +217,13 @@ def apply_stroke_width(image: tf.Tensor, choice: tf.Tensor, radius: int = 1) -> 
     return out
 
 
-def color_jitter(
-    image: tf.Tensor,
-    seed: tf.Tensor,
-    brightness: float = 0.2,
-    contrast: float = 0.2,
-    saturation: float = 0.2,
-    hue: float = 0.02,
-) -> tf.Tensor:
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, **ranges: float) -> tf.Tensor:
     """Random brightness / contrast / saturation / hue (stateless), clipped to [0, 1].
 
     The draws of `tf.image.stateless_random_{brightness, contrast, saturation, hue}` with
-    the four seeds split from `seed` (`color_jitter_factors`), applied in that order."""
-    factors = color_jitter_factors(seed, brightness, contrast, saturation, hue)
-    return apply_color_jitter(image, factors)
+    the four seeds split from `seed` (`color_jitter_factors`, whose keywords `ranges`
+    overrides), applied in that order."""
+    return apply_color_jitter(image, color_jitter_factors(seed, **ranges))
 
 
 def color_jitter_factors(
@@ -366,7 +359,7 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     # size of a dataset.
     h, w = tf.shape(img)[0], tf.shape(img)[1]
     padded = tf.pad(
-        img, [[0, _pow2_at_least(h, 64) - h], [0, _pow2_at_least(w, 64) - w], [0, 0]],
+        img, [[0, pow2_at_least(h, 64) - h], [0, pow2_at_least(w, 64) - w], [0, 0]],
         constant_values=255,
     )  # fmt: skip
     # The random draws stay outside the XLA kernel (see `color_jitter_factors`).
@@ -377,8 +370,10 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     return _apply_color_jitter_xla(out, jitter)
 
 
-def _pow2_at_least(n: tf.Tensor, minimum: int) -> tf.Tensor:
-    """The smallest power of two >= max(n, minimum), int32."""
+def pow2_at_least(n: tf.Tensor, minimum: int) -> tf.Tensor:
+    """The smallest power of two >= max(n, minimum), int32 scalar tensor (n: int scalar).
+
+    Shape buckets for XLA kernels: one compilation per bucket instead of per size."""
     n = tf.maximum(tf.cast(n, tf.int32), minimum)
     p = tf.bitwise.left_shift(
         1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float32)) / math.log(2.0)), tf.int32)

@@ -20,7 +20,6 @@ code's stride-K max over the concatenated views (needed for converted weights).
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import keras
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from sketch_tf.data.pipeline import pow2_at_least
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
 from sketch_tf.models.backbones import build_backbone, load_weights_file
 from sketch_tf.models.layers import FUSION_MODES, L2Normalize, ViewFusion
@@ -182,15 +182,7 @@ def describe_graph(model: keras.Model, images, points, zoom_kwargs: dict, chunk:
     # Chunks of a power of two of points (at most `chunk`): the zoom sampler is XLA-compiled
     # once per input shape, so bucketing bounds the compilations to log2(chunk) + 1 per image
     # size instead of one per point count a caller sends (~0.25 s each on a 2-core CPU).
-    n_up = tf.maximum(n, 1)
-    bucket = tf.bitwise.left_shift(
-        1,
-        tf.cast(
-            tf.math.ceil(tf.math.log(tf.cast(n_up, tf.float32)) / math.log(2.0) - 1e-4), tf.int32
-        ),
-    )
-    bucket = tf.where(bucket < n_up, 2 * bucket, bucket)  # guard the float rounding
-    size = tf.minimum(tf.constant(int(chunk)), bucket)
+    size = tf.minimum(tf.constant(int(chunk)), pow2_at_least(n, 1))
     num_chunks = (n + size - 1) // size
     padded = tf.pad(points, [[0, 0], [0, num_chunks * size - n], [0, 0]])
     chunks = tf.transpose(tf.reshape(padded, tf.stack([b, num_chunks, size, 2])), [1, 0, 2, 3])
