@@ -6,18 +6,24 @@ Both backends return *scores* where higher means more similar, so results are in
   ``IndexIVFFlat`` return squared distances; they are converted.
 * ``metric="cosine"``: vectors are L2-normalised when added and queried, score = inner product
   (faiss ``IndexFlatIP`` / IVF with ``METRIC_INNER_PRODUCT``).
+* ``metric="inner_product"``: score = inner product of the vectors as given (e.g. style
+  retrieval's weighted sum of two cosines, `sketch_tf.families.style_sbir.serving`).
 
 ``backend="exact"`` keeps the float32 embeddings in memory and searches with `exact_top_k`: a
 TensorFlow graph (the same op runs inside exported retrieval signatures) that scores the
 queries against ``chunk_size`` gallery rows at a time with one matmul and keeps a running
 top-k, ties broken by ascending gallery index.
-``backend="faiss"`` uses a flat (exact) faiss index, or an IVF index when ``nlist`` is given
+``backend="faiss"`` uses a flat (exact) faiss index, an IVF index when ``nlist`` is given
 (approximate; ``nprobe`` lists are visited per query; it is trained on the first ``add`` call, which
-must then hold at least ``nlist`` vectors). faiss is imported only when that backend is used;
+must then hold at least ``nlist`` vectors), or any faiss index factory string (``factory=
+"IVF4096,PQ32"``, ``"HNSW32"``: compressed / graph indexes for millions of images; trained on
+the first ``add`` when the kind needs training). faiss is imported only when that backend is used;
 install it with the ``faiss`` extra (``pip install 'sketch_tf[faiss]'``, i.e. ``faiss-cpu``).
 
 An index saves to and loads from a folder: ``index.json`` (settings), ``labels.npy``, ``ids.npy``
-and ``embeddings.npy`` (exact) or ``index.faiss`` (faiss).
+and ``embeddings.npy`` (exact) or ``index.faiss`` (faiss), and ``manifest.json`` (the
+``manifest`` attribute: what built the embeddings, e.g. `sketch_tf.train.run.Run.manifest`);
+``load(folder, expect_manifest=...)`` refuses an index whose manifest differs.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-_METRICS = ("euclidean", "cosine")
+_METRICS = ("euclidean", "cosine", "inner_product")
 _BACKENDS = ("exact", "faiss")
 
 
@@ -84,12 +90,15 @@ def exact_top_k(
 
     Args:
       queries: float32 [Q, D].
-      gallery: float32 [N, D], N >= k (for ``metric="cosine"`` both already L2-normalised).
-      k: neighbours wanted, 1 <= k <= N (a Python int).
-      metric: ``"euclidean"`` (score = minus the L2 distance) or ``"cosine"`` (score = inner
-        product).
+      gallery: float32 [N, D], N >= k (for ``metric="cosine"`` both already L2-normalised);
+        unused (may be None) when `matrix` is given.
+      k: neighbours wanted, 1 <= k <= N: a Python int, or inside a tf.function a scalar int32
+        tensor (a request's k in a serving signature).
+      metric: ``"euclidean"`` (score = minus the L2 distance), ``"cosine"`` or
+        ``"inner_product"`` (score = inner product).
       gallery_chunk: gallery rows per block (default `DEFAULT_GALLERY_CHUNK`).
-      matrix: optional `search_matrix(gallery, metric)`, precomputed.
+      matrix: optional `search_matrix(gallery, metric)`, precomputed (the only copy of the
+        gallery the search reads).
 
     Returns:
       (scores float32 [Q, k], indices int32 [Q, k]): best first, equal scores in ascending
@@ -99,25 +108,28 @@ def exact_top_k(
 
     if metric not in _METRICS:
         raise ValueError(f"exact_top_k metric: expected one of {_METRICS}, got {metric!r}")
-    k = int(k)
     chunk = int(gallery_chunk or DEFAULT_GALLERY_CHUNK)
-    if k < 1 or chunk < 1:
-        raise ValueError(f"exact_top_k: need k >= 1 and gallery_chunk >= 1, got {k}, {chunk}")
+    if isinstance(k, (int, np.integer)):
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"exact_top_k: need k >= 1, got {k}")
+    elif tf.executing_eagerly():
+        k = int(k)
+    if chunk < 1:
+        raise ValueError(f"exact_top_k: need gallery_chunk >= 1, got {chunk}")
     q = tf.convert_to_tensor(queries, tf.float32)
-    g = tf.convert_to_tensor(gallery, tf.float32)
-    m = search_matrix(g, metric) if matrix is None else tf.convert_to_tensor(matrix, tf.float32)
+    if matrix is None:
+        matrix = search_matrix(gallery, metric)
+    m = tf.convert_to_tensor(matrix, tf.float32)
     if tf.executing_eagerly():
-        return _exact_top_k_fn()(q, g, m, k=k, metric=metric, chunk=chunk)
-    return _exact_top_k_graph(q, g, m, k, metric, chunk)
+        return _exact_top_k_fn()(q, m, k=k, metric=metric, chunk=chunk)
+    return _exact_top_k_graph(q, m, k, metric, chunk)
 
 
-def _block_top_k(s, k: int, chunk: int):
-    """Top min(k, C) of each row of one block s [Q, C] -> (scores, positions in the block)."""
+def _two_stage_top_k(s, k):
+    """Top k of each row of s [Q, C] through the per-group maxima (see `exact_top_k`)."""
     import tensorflow as tf  # noqa: PLC0415
 
-    kk = tf.minimum(k, tf.shape(s)[1])
-    if k * _GROUP >= chunk:  # few groups per block: the plain selection is as cheap
-        return tf.math.top_k(s, kk)
     nq = tf.shape(s)[0]
     pad = -tf.shape(s)[1] % _GROUP  # a short last block: -inf never beats a real score
     groups = tf.reshape(
@@ -127,16 +139,30 @@ def _block_top_k(s, k: int, chunk: int):
     # Ascending group order, so that equal scores keep the lower position first.
     best_groups = tf.sort(best_groups, 1)
     cand = tf.reshape(tf.gather(groups, best_groups, batch_dims=1), [nq, -1])
-    top_s, pos = tf.math.top_k(cand, kk)
+    top_s, pos = tf.math.top_k(cand, tf.minimum(k, tf.shape(s)[1]))
     group = tf.gather(best_groups, pos // _GROUP, batch_dims=1)
     return top_s, group * _GROUP + pos % _GROUP
 
 
-def _exact_top_k_graph(q, g, m, k, metric, chunk):
+def _block_top_k(s, k, chunk: int):
+    """Top min(k, C) of each row of one block s [Q, C] -> (scores, positions in the block);
+    `k` a Python int or a scalar int32 tensor."""
     import tensorflow as tf  # noqa: PLC0415
 
-    n = tf.shape(g)[0]
+    def plain():
+        return tuple(tf.math.top_k(s, tf.minimum(k, tf.shape(s)[1])))
+
+    if isinstance(k, int):  # few groups per block: the plain selection is as cheap
+        return plain() if k * _GROUP >= chunk else _two_stage_top_k(s, k)
+    return tf.cond(k * _GROUP >= chunk, plain, lambda: _two_stage_top_k(s, k))
+
+
+def _exact_top_k_graph(q, m, k, metric, chunk):
+    import tensorflow as tf  # noqa: PLC0415
+
+    n = tf.shape(m)[0]
     nq = tf.shape(q)[0]
+    dim = tf.shape(q)[1]
     tf.debugging.assert_greater_equal(n, k, message="exact_top_k: k exceeds the gallery size")
     q_aug = tf.concat([q, tf.ones([nq, 1])], 1) if metric == "euclidean" else q
     num_chunks = (n + chunk - 1) // chunk
@@ -163,10 +189,12 @@ def _exact_top_k_graph(q, g, m, k, metric, chunk):
     # Rescore the k kept items pair by pair: the blocked matmul rounds an item's score
     # differently by where it sits in its block, so identical gallery rows could otherwise
     # tie-break out of gallery order; the direct form also avoids the cancellation of
-    # |q|^2 - 2 q.g + |g|^2. Candidates in ascending index, then a stable top-k.
+    # |q|^2 - 2 q.g + |g|^2. Candidates in ascending index, then a stable top-k. The gallery
+    # rows come back from the search matrix (2 g halved: exact in float32).
     best_i = tf.sort(best_i, axis=1)
-    kept = tf.gather(g, best_i)  # [Q, k, D]
+    kept = tf.gather(m, best_i)  # [Q, k, D (+ 1)]
     if metric == "euclidean":
+        kept = 0.5 * kept[:, :, :dim]
         rescored = -tf.sqrt(tf.reduce_sum(tf.square(q[:, None, :] - kept), -1))
     else:
         rescored = tf.reduce_sum(q[:, None, :] * kept, -1)
@@ -189,11 +217,15 @@ class GalleryIndex:
 
     Args:
       dim: embedding size D.
-      metric: ``"euclidean"`` or ``"cosine"``.
-      backend: ``"exact"`` (NumPy) or ``"faiss"``.
+      metric: ``"euclidean"``, ``"cosine"`` or ``"inner_product"``.
+      backend: ``"exact"`` (TensorFlow `exact_top_k`) or ``"faiss"``.
       nlist: faiss only; when set, an IVF index with this many lists (approximate search).
       nprobe: faiss IVF only; lists visited per query.
       chunk_size: exact only; gallery rows scored at once (None: `exact_top_k`'s default).
+      factory: faiss only, instead of `nlist`: a faiss index factory string ("Flat",
+        "IVF1024,Flat", "IVF4096,PQ32", "HNSW32", ...).
+      manifest: JSON-able description of the model that made the embeddings, saved with the
+        index and checked by `load(..., expect_manifest=...)`.
     """
 
     def __init__(
@@ -204,6 +236,8 @@ class GalleryIndex:
         nlist: int | None = None,
         nprobe: int = 8,
         chunk_size: int | None = None,
+        factory: str | None = None,
+        manifest: dict | None = None,
     ):
         if metric not in _METRICS:
             raise ValueError(f"GalleryIndex metric: expected one of {_METRICS}, got {metric!r}")
@@ -211,14 +245,18 @@ class GalleryIndex:
             raise ValueError(f"GalleryIndex backend: expected one of {_BACKENDS}, got {backend!r}")
         if int(dim) <= 0:
             raise ValueError(f"GalleryIndex dim: expected a positive size, got {dim}")
-        if nlist is not None and backend != "faiss":
-            raise ValueError("GalleryIndex nlist: IVF search needs backend='faiss'")
+        if (nlist is not None or factory is not None) and backend != "faiss":
+            raise ValueError("GalleryIndex nlist / factory: need backend='faiss'")
+        if nlist is not None and factory is not None:
+            raise ValueError("GalleryIndex: give nlist or factory, not both")
         self.dim = int(dim)
         self.metric = metric
         self.backend = backend
         self.nlist = None if nlist is None else int(nlist)
         self.nprobe = int(nprobe)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.factory = factory
+        self.manifest = dict(manifest or {})
         self._labels: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._emb: list[np.ndarray] = []
@@ -231,7 +269,15 @@ class GalleryIndex:
 
     def _new_faiss_index(self):
         faiss = _import_faiss()
-        ip = self.metric == "cosine"
+        ip = self.metric != "euclidean"
+        if self.factory is not None:
+            kind = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+            try:
+                index = faiss.index_factory(self.dim, self.factory, kind)
+            except RuntimeError as err:
+                raise ValueError(f"GalleryIndex factory {self.factory!r}: {err}") from err
+            self._set_nprobe(index)
+            return index
         if self.nlist is None:
             return faiss.IndexFlatIP(self.dim) if ip else faiss.IndexFlatL2(self.dim)
         quantizer = faiss.IndexFlatIP(self.dim) if ip else faiss.IndexFlatL2(self.dim)
@@ -241,6 +287,13 @@ class GalleryIndex:
         # Keep the quantizer alive as long as the IVF index (faiss holds a raw pointer).
         self._faiss_quantizer = quantizer
         return index
+
+    def _set_nprobe(self, index) -> None:
+        faiss = _import_faiss()
+        try:
+            faiss.extract_index_ivf(index).nprobe = self.nprobe
+        except RuntimeError:
+            pass  # not an IVF index: nothing to probe
 
     def _prepare(self, x, what: str) -> np.ndarray:
         arr = np.asarray(x, dtype=np.float32)
@@ -275,7 +328,13 @@ class GalleryIndex:
                         f"GalleryIndex.add: the IVF index is trained on the first add, which needs "
                         f">= nlist={self.nlist} vectors, got {n}"
                     )
-                self._faiss_index.train(emb)
+                try:
+                    self._faiss_index.train(emb)
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"GalleryIndex.add: training faiss index {self.factory!r} on {n} "
+                        f"vectors failed: {err}"
+                    ) from err
             self._faiss_index.add(emb)
         else:
             self._emb.append(emb)
@@ -350,9 +409,11 @@ class GalleryIndex:
             "nlist": self.nlist,
             "nprobe": self.nprobe,
             "chunk_size": self.chunk_size,
+            "factory": self.factory,
             "size": len(self),
         }
         (folder / "index.json").write_text(json.dumps(settings, indent=2))
+        (folder / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
         np.save(folder / "labels.npy", self.labels, allow_pickle=False)
         np.save(folder / "ids.npy", self.ids, allow_pickle=False)
         if self.backend == "faiss":
@@ -363,25 +424,40 @@ class GalleryIndex:
         return folder
 
     @classmethod
-    def load(cls, folder) -> GalleryIndex:
-        """Reads an index written by :meth:`save`."""
+    def load(cls, folder, expect_manifest: dict | None = None) -> GalleryIndex:
+        """Reads an index written by :meth:`save`.
+
+        Args:
+          expect_manifest: when given, every key of it must equal the stored manifest's
+            (e.g. the loading model's `Run.manifest()`), else ValueError naming the keys: an
+            index of another model's embeddings would give meaningless neighbours.
+        """
         folder = Path(folder)
         settings_path = folder / "index.json"
         if not settings_path.is_file():
             raise FileNotFoundError(f"{settings_path}: not a GalleryIndex folder (no index.json)")
         s = json.loads(settings_path.read_text())
+        manifest_path = folder / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if expect_manifest is not None:
+            wrong = sorted(k for k, v in expect_manifest.items() if manifest.get(k) != v)
+            if wrong:
+                detail = ", ".join(
+                    f"{k}: index {manifest.get(k)!r} vs model {expect_manifest[k]!r}" for k in wrong
+                )
+                raise ValueError(f"{folder}: built by another model ({detail})")
         index = cls.__new__(cls)
         index.dim, index.metric, index.backend = int(s["dim"]), s["metric"], s["backend"]
         index.nlist = s["nlist"]
         index.nprobe, index.chunk_size = int(s["nprobe"]), s["chunk_size"]
+        index.factory, index.manifest = s.get("factory"), manifest
         index._labels = [np.load(folder / "labels.npy", allow_pickle=False)]
         index._ids = [np.load(folder / "ids.npy", allow_pickle=False)]
         index._emb, index._faiss_index, index._matrix = [], None, None
         if index.backend == "faiss":
             faiss = _import_faiss()
             index._faiss_index = faiss.read_index(str(folder / "index.faiss"))
-            if index.nlist is not None:
-                faiss.extract_index_ivf(index._faiss_index).nprobe = index.nprobe
+            index._set_nprobe(index._faiss_index)
             stored = index._faiss_index.ntotal
         else:
             index._emb = [np.load(folder / "embeddings.npy", allow_pickle=False)]

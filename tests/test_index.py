@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from sketch_tf.eval.retrieval import similarity
 from sketch_tf.index import GalleryIndex, exact_top_k
@@ -89,8 +90,6 @@ def test_exact_top_k_two_stage_selection_over_blocks():
 
 
 def test_exact_top_k_inside_a_graph(data):
-    import tensorflow as tf
-
     gallery, queries, _ = data
     gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)  # cosine: unit rows
     queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -149,3 +148,59 @@ def test_errors(tmp_path):
         GalleryIndex(4, backend="faiss", nlist=8).add(np.ones((3, 4)))
     with pytest.raises(FileNotFoundError, match="index.json"):
         GalleryIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "HNSW16"])
+def test_faiss_factory_indexes_find_the_exact_neighbours(tmp_path, data, factory):
+    gallery, queries, labels = data
+    exact = GalleryIndex(16, metric="cosine")
+    exact.add(gallery, labels)
+    approx = GalleryIndex(16, metric="cosine", backend="faiss", factory=factory, nprobe=8)
+    approx.add(gallery, labels)  # IVF: trained on this first add
+    want, got = exact.search(queries, 5)[1], approx.search(queries, 5)[1]
+    # Every list probed (IVF) / a small graph (HNSW): the same neighbours as exact search.
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(want, got, strict=True)])
+    assert recall >= 0.95, recall
+    loaded = GalleryIndex.load(approx.save(tmp_path / "f"))
+    assert loaded.factory == factory
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], got)
+    with pytest.raises(ValueError, match="factory 'IVF8,Nope'"):
+        GalleryIndex(16, backend="faiss", factory="IVF8,Nope")
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_inner_product_scores_are_the_plain_dot_product(data, backend):
+    gallery, queries, _ = data
+    index = GalleryIndex(16, metric="inner_product", backend=backend)
+    index.add(2.0 * gallery)  # not normalised: the scale shows in the scores
+    scores, idx = index.search(queries, 3)
+    dots = queries @ (2.0 * gallery).T
+    np.testing.assert_array_equal(idx, np.argsort(-dots, 1, kind="stable")[:, :3])
+    np.testing.assert_allclose(scores, np.take_along_axis(dots, idx, 1), rtol=1e-5)
+
+
+def test_manifest_is_saved_and_a_mismatch_refused(tmp_path, data):
+    gallery, _, labels = data
+    model = {"task": "zs_sbir", "checkpoint": "/runs/a/ckpt-5", "step": 5}
+    index = GalleryIndex(16, manifest=model)
+    index.add(gallery, labels, ids=np.array([f"img/{i}.png" for i in range(500)]))
+    folder = index.save(tmp_path / "idx")
+    loaded = GalleryIndex.load(folder, expect_manifest=model)
+    assert loaded.manifest == model and loaded.ids[3] == "img/3.png"
+    with pytest.raises(ValueError, match="another model .*step: index 5 vs model 7"):
+        GalleryIndex.load(folder, expect_manifest={**model, "step": 7})
+
+
+def test_exact_top_k_with_a_tensor_k_inside_a_graph(data):
+    # A serving request's k is a tensor: both selection paths (plain top-k when k * 64 covers
+    # the block, group maxima otherwise) must give the Python-int results.
+    gallery, queries, _ = data
+    fn = tf.function(
+        lambda q, k: exact_top_k(q, gallery, k, "euclidean", gallery_chunk=256),
+        input_signature=[tf.TensorSpec([None, 16]), tf.TensorSpec([], tf.int32)],
+    )
+    for k in (2, 7):  # 2 * 64 < 256: two-stage; 7 * 64 >= 256: plain
+        got_s, got_i = fn(queries, tf.constant(k))
+        want_s, want_i = exact_top_k(queries, gallery, k, "euclidean", gallery_chunk=256)
+        np.testing.assert_array_equal(got_i.numpy(), want_i.numpy())
+        np.testing.assert_allclose(got_s.numpy(), want_s.numpy())
