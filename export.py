@@ -2,6 +2,12 @@
 
   python export.py --workdir=runs/<run>                 # -> runs/<run>/export/<next>/
   python export.py --workdir=runs/<run> --export_dir=/models/<name> --version=3
+  python export.py --workdir=runs/<run> --gallery=data/records/my_photos   # retrieve over it
+
+Retrieval families (zs_sbir, style_sbir) store a gallery in the servable for their
+`retrieve` signature (= serving_default): `--gallery=RECORDS` (a labelled-image records
+folder of prepare_data.py) is embedded by the model at export time; the default `test` takes
+the run's test records; `none` exports the embedding signatures only.
 
 Layout: <export_dir>/<version>/saved_model.pb, variables/ and
 assets.extra/tf_serving_warmup_requests, written to a temporary folder, checked by reloading,
@@ -25,6 +31,12 @@ _VERSION = flags.DEFINE_integer(
     "version", None, "Version folder name (default: the next free integer in --export_dir)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+_GALLERY = flags.DEFINE_string(
+    "gallery",
+    "test",
+    "Retrieval families: records folder embedded as the `retrieve` signature's gallery; "
+    "'test' = the run's test records, 'none' = no gallery (embedding signatures only).",
+)
 _MODEL_NAME = flags.DEFINE_string(
     "model_name", None, "Model name in models.config and the warmup requests (default: task)."
 )
@@ -36,10 +48,18 @@ def main(argv):
         cli.fail(f"--version must be >= 0, got {_VERSION.value}")
     run = cli.load_run_or_fail(_CONFIG.value, _WORKDIR.value)
 
-    from sketch_tf.export.serving import export_saved_model, next_version
+    from sketch_tf.export.serving import export_saved_model, next_version, run_gallery
 
     base = _EXPORT_DIR.value or os.path.join(_WORKDIR.value, "export")
     version = _VERSION.value if _VERSION.value is not None else next_version(base)
+    if os.path.exists(os.path.join(base, str(version))) and not _OVERWRITE.value:
+        cli.fail(f"{os.path.join(base, str(version))} already exists (--version or --overwrite)")
+    try:
+        gallery = run_gallery(run, _GALLERY.value)
+    except (FileNotFoundError, ValueError) as err:
+        cli.fail(f"--gallery={_GALLERY.value}: {err}")
+    if gallery is not None:
+        print(f"gallery: {gallery.size} images of {gallery.manifest['records']}")
     path = export_saved_model(
         run.task,
         run.models,
@@ -47,6 +67,8 @@ def main(argv):
         version,
         overwrite=_OVERWRITE.value,
         model_name=_MODEL_NAME.value,
+        gallery=gallery,
+        model_manifest=run.manifest(),
     )
     print(f"exported {path}")
 

@@ -38,7 +38,7 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     The family's config is `configs/<family>.py:synthetic` (`:synthetic_smoke` with --smoke);
     its records are rendered from the synthetic world when absent."""
     from sketch_tf.data.synthetic.prepare import prepare_synthetic
-    from sketch_tf.export.serving import export_saved_model
+    from sketch_tf.export.serving import export_run
     from sketch_tf.train import loop
     from sketch_tf.train.config import ConfigError, load_project_config, validate_config
     from sketch_tf.train.run import load_run, train_run
@@ -76,9 +76,7 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     timings["evaluate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    export_path = export_saved_model(
-        run.task, run.models, os.path.join(run_dir, "export"), result.step, overwrite=True
-    )
+    export_path = export_run(run, os.path.join(run_dir, "export"), result.step, overwrite=True)
     timings["export_s"] = time.perf_counter() - t0
     evaluation["export"] = export_path
     evaluation["timings"] = timings

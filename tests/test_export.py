@@ -108,7 +108,7 @@ def test_failed_export_leaves_nothing(tmp_path, tiny):
     task, models = tiny
 
     class Broken(tiny_task.TinyTask):
-        def warmup_inputs(self):
+        def warmup_inputs(self, signatures=None):
             return {"serving_default": {"features": np.zeros((2, 3), np.float32)}}  # wrong width
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):

@@ -111,7 +111,7 @@ class TinyTask(Task):
                 f.write("evaluated\n")
         return {"scalars": {"accuracy": float(np.mean(pred == y))}, "images": {"dummy": img}}
 
-    def serving_signatures(self, models):
+    def serving_signatures(self, models, gallery=None):
         @tf.function(
             input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="features")]
         )
@@ -121,5 +121,5 @@ class TinyTask(Task):
 
         return {"serving_default": serve.get_concrete_function()}
 
-    def warmup_inputs(self):
+    def warmup_inputs(self, signatures=None):
         return {"serving_default": {"features": _data(7, 3)[0]}}

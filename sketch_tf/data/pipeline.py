@@ -491,7 +491,7 @@ def _seeds(seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(seed, tf.int64), i]))
 
 
-def _labelled_records(
+def labelled_records(
     dataset_dir, domains=None, classes=None, shuffle_shards: bool = False, seed: int = 0
 ) -> tf.data.Dataset:
     """Parsed labelled-image records of `dataset_dir`, one pass, restricted to `domains` /
@@ -529,7 +529,7 @@ def labelled_dataset(
     Training: endless, shard order and records shuffled (seeded), augmented, full batches.
     `classes` / `domains` restrict the records (filter on parsed fields).
     """
-    ds = _labelled_records(dataset_dir, domains, classes, shuffle_shards=training, seed=seed)
+    ds = labelled_records(dataset_dir, domains, classes, shuffle_shards=training, seed=seed)
     if training:
         ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
     ds = tf.data.Dataset.zip((ds, _seeds(seed)))
@@ -558,7 +558,7 @@ def labelled_image_bytes(dataset_dir, domains=None, classes=None) -> tf.data.Dat
     (int64 cache key `cache.image_keys`, string encoded image) per record, restricted to
     `domains` / `classes` (names) when given. The input of `cache.cached_features`."""
     return (
-        _labelled_records(dataset_dir, domains, classes)
+        labelled_records(dataset_dir, domains, classes)
         .map(
             lambda r: (cache.image_keys(r[schema.IMAGE]), r[schema.IMAGE]),
             num_parallel_calls=AUTOTUNE,

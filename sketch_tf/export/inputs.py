@@ -108,3 +108,86 @@ def example_drawing(size: int = 96) -> np.ndarray:
     for t in range(a, b):
         img[t, t : t + 2] = 0
     return img
+
+
+def prepare_batch(size: int, is_sketch: bool):
+    """`prepare` for `with_float_variant`: [N] encoded or float [N, H, W, 3] images ->
+    [N, size, size, 3] model inputs (drawings padded, photos centre-cropped)."""
+
+    def prepare(value, name, from_bytes):
+        if from_bytes:
+            return images_from_bytes(value, name, size, is_sketch)
+        return images_from_floats(value, name, size, is_sketch)
+
+    return prepare
+
+
+def prepare_drawing_geometry(size: int):
+    """`prepare` for `with_float_variant` of one drawing: scalar encoded or float [H, W, 3]
+    -> (image [size, size, 3], scale [2], offset [2]) (`drawing_with_geometry`)."""
+
+    def prepare(value, name, from_bytes):
+        if from_bytes:
+            return drawing_with_geometry(value, name, size)
+        return pipeline.resize_pad_geometry(check_float_images(value, name), size, 1.0)
+
+    return prepare
+
+
+def with_float_variant(
+    name: str,
+    body,
+    image_inputs: list[str],
+    extra_specs: list[tf.TensorSpec],
+    prepare,
+    batched: bool = True,
+) -> dict:
+    """The two signatures of one computation: `name` takes encoded images (tf.string [N], or
+    a scalar with `batched=False`) and `<name>_floats` float32 [N, H, W, 3] (or [H, W, 3]) in
+    [0, 1] of any size, under the same input names.
+
+    Args:
+      body: (prepared: {image input: prepare(...)}, extra: {spec name: tensor}) -> outputs.
+      image_inputs: names of the image inputs, in signature order, before `extra_specs`.
+      prepare: (value, input name, from_bytes) -> the model-side value of one image input.
+
+    Returns:
+      {name: concrete function, f"{name}_floats": concrete function}.
+    """
+    shapes = {True: [None] if batched else [], False: [None, None, None, 3][1 - batched :]}
+    out = {}
+    for suffix, from_bytes in (("", True), ("_floats", False)):
+        dtype = tf.string if from_bytes else tf.float32
+        specs = [tf.TensorSpec(shapes[from_bytes], dtype, name=n) for n in image_inputs]
+
+        def make(from_bytes, label):
+            def run(*args):
+                n_img = len(image_inputs)
+                prepared = {
+                    n: prepare(a, n, from_bytes)
+                    for n, a in zip(image_inputs, args[:n_img], strict=True)
+                }
+                extra = {s.name: a for s, a in zip(extra_specs, args[n_img:], strict=True)}
+                return body(prepared, extra)
+
+            run.__name__ = label
+            return run
+
+        fn = tf.function(
+            make(from_bytes, f"{name}{suffix}"), input_signature=specs + list(extra_specs)
+        )
+        out[f"{name}{suffix}"] = fn.get_concrete_function()
+    return out
+
+
+def input_width(signatures: dict, signature: str, name: str, default: int = 8) -> int:
+    """The static last dimension of input `name` of `signature` (for warmup requests), or
+    `default` when the signature is absent or the dimension unknown."""
+    if signatures is None or signature not in signatures:
+        return default
+    args, kwargs = signatures[signature].structured_input_signature
+    specs = {s.name: s for s in tf.nest.flatten((args, kwargs))}
+    specs.update(kwargs)  # a reloaded signature: keyword inputs
+    spec = specs.get(name)
+    dim = None if spec is None else spec.shape[-1]
+    return default if dim is None else int(dim)

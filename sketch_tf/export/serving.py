@@ -17,6 +17,7 @@ version (`overwrite`) moves the old folder aside before the rename and deletes i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from sketch_tf.export import warmup
 from sketch_tf.train.tasks import unique_variables
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODEL_MANIFEST_FILE = os.path.join("assets.extra", "model.json")
 MODELS_CONFIG_FILE = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
 #: Server-side batching for a 2-core CPU host: batches of up to 32 requests, waiting at most
@@ -74,6 +76,7 @@ def batching_parameters_text(params: dict[str, int] | None = None) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -139,6 +142,8 @@ def export_saved_model(
     overwrite: bool = False,
     atol: float = 1e-4,
     server_base_path: str | None = None,
+    gallery=None,
+    model_manifest: dict | None = None,
 ) -> str:
     """Writes `<export_base>/<version>` atomically and returns its path; also (re)writes
     `models.config` and `batching_parameters.txt` in `export_base`.
@@ -154,6 +159,15 @@ def export_saved_model(
       server_base_path: the model's base path as the server sees it, written into
         `models.config` (default `/models/<model_name>`, the TF Serving Docker image's
         layout when `export_base` is mounted there).
+      gallery: a `sketch_tf.export.gallery.ServingGallery` (`task.serving_gallery`) stored in
+        the servable and searched by the retrieval signatures; its manifest is written as
+        `assets.extra/gallery.json`.
+      model_manifest: what identifies the model (`Run.manifest()`), written as
+        `assets.extra/model.json` (`retrieve.py` checks a saved index against it).
+
+    Raises:
+      ValueError: no `serving_default`, or a signature without a warmup request.
+      RuntimeError: a reloaded signature differs from the in-memory one.
     """
     if version < 0:
         raise ValueError(f"version must be >= 0, got {version}")
@@ -165,15 +179,26 @@ def export_saved_model(
     tag = f"{int(version)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = os.path.join(export_base, f".tmp-{tag}")
     name = model_name or task.name
-    signatures = task.serving_signatures(models)
+    signatures = task.serving_signatures(models, gallery=gallery)
     if "serving_default" not in signatures:
         raise ValueError(
             f"task {task.name!r} gave no 'serving_default' signature: {sorted(signatures)}"
         )
-    inputs = task.warmup_inputs()
+    inputs = {k: v for k, v in task.warmup_inputs(signatures).items() if k in signatures}
+    if inputs and set(inputs) != set(signatures):
+        raise ValueError(
+            f"task {task.name!r}: no warmup request for signatures "
+            f"{sorted(set(signatures) - set(inputs))}"
+        )
     try:
         module = _ServingModule(models)
+        if gallery is not None:
+            module.gallery = gallery  # its variables are saved with the model's
         tf.saved_model.save(module, tmp, signatures=signatures)
+        if gallery is not None:
+            gallery.write_manifest(tmp)
+        if model_manifest is not None:
+            _write_atomic(os.path.join(tmp, MODEL_MANIFEST_FILE), json.dumps(model_manifest))
         if inputs:
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             warmup.write_warmup_requests(os.path.join(tmp, WARMUP_FILE), name, inputs)
@@ -192,6 +217,54 @@ def export_saved_model(
     )
     _write_atomic(os.path.join(export_base, BATCHING_FILE), batching_parameters_text())
     return final
+
+
+def run_gallery(run, gallery: str | None = "test"):
+    """The serving gallery of a loaded run (`sketch_tf.train.run.Run`) for `export_run`.
+
+    Args:
+      gallery: a labelled-image records folder, "test" (the run's test records, when the task
+        has them) or None / "none" (no gallery).
+
+    Returns:
+      a `ServingGallery` carrying `run.manifest()`, or None (no gallery asked for, or the task
+      serves no retrieval and `gallery` is "test").
+
+    Raises:
+      ValueError: `gallery` is not a folder, its records are not labelled images of the
+        task's gallery domains, or a named folder was given to a task without retrieval.
+    """
+    if gallery in (None, "none"):
+        return None
+    records = gallery
+    if gallery == "test":
+        records_dir = getattr(run.task, "records_dir", None)
+        records = records_dir("test") if records_dir is not None else None
+        if records is None:
+            return None
+    elif not os.path.isdir(records):
+        raise ValueError(f"gallery {records}: not a folder (a records folder, 'test' or 'none')")
+    built = run.task.serving_gallery(run.models, records, run.manifest())
+    if built is None and gallery != "test":
+        raise ValueError(f"gallery {records}: task {run.task.name!r} serves no retrieval")
+    return built
+
+
+def export_run(run, export_base: str, version: int | None = None, gallery="test", **kwargs):
+    """`export_saved_model` of a loaded run, with its gallery (`run_gallery`); `version`
+    None = `next_version(export_base)`. Returns the version folder."""
+    built = run_gallery(run, gallery)
+    if version is None:
+        version = next_version(export_base)
+    return export_saved_model(
+        run.task,
+        run.models,
+        export_base,
+        version,
+        gallery=built,
+        model_manifest=run.manifest(),
+        **kwargs,
+    )
 
 
 def session_outputs(path: str, requests: dict[str, dict[str, Any]]) -> dict[str, dict]:

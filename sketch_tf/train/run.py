@@ -16,6 +16,7 @@ Ablations (`config.ablations`, `evaluate.py --ablations`) are run folders
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -49,6 +50,18 @@ class Run:
     @property
     def models(self) -> dict[str, Any]:
         return self.state.models
+
+    def manifest(self) -> dict[str, Any]:
+        """What identifies the model of this run, stored with what it embeds (a serving
+        gallery, a saved index) so that embeddings of another model are refused: the task,
+        the checkpoint path and step, and the SHA-256 of the config's JSON."""
+        config_json = json.dumps(json.loads(self.config.to_json()), sort_keys=True)
+        return {
+            "task": self.task.name,
+            "checkpoint": os.path.abspath(self.checkpoint),
+            "step": int(self.step),
+            "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+        }
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -251,18 +251,30 @@ class Task:
 
     # ---- export --------------------------------------------------------------------------
     def serving_signatures(
-        self, models: dict[str, Any]
+        self, models: dict[str, Any], gallery=None
     ) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Serving signatures for `export.py` (name -> concrete function); one must be
-        `serving_default`. Default: the family's `serving.serving_signatures(task, models)`."""
+        `serving_default`. `gallery`: a `sketch_tf.export.gallery.ServingGallery` of
+        `serving_gallery`, searched by the retrieval signatures. Default: the family's
+        `serving.serving_signatures(task, models, gallery)`."""
         module = self.family_module("serving")
         if module is None:
             raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
-        return module.serving_signatures(self, models)
+        return module.serving_signatures(self, models, gallery)
 
-    def warmup_inputs(self) -> dict[str, dict[str, Any]]:
-        """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
-        warmup file and the export round-trip check. Default: the family's
-        `serving.warmup_inputs(task)` ({} outside the families)."""
+    def serving_gallery(self, models: dict[str, Any], records_dir: str, manifest: dict):
+        """The retrieval gallery embedded from a labelled-image records folder
+        (`export.py --gallery`), or None when the task serves no retrieval. `manifest` (the
+        model that embeds it) is stored with it. Default: the family's
+        `serving.serving_gallery(task, models, records_dir, manifest)` when it has one."""
         module = self.family_module("serving")
-        return {} if module is None else module.warmup_inputs(self)
+        build = getattr(module, "serving_gallery", None)
+        return None if build is None else build(self, models, records_dir, manifest)
+
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
+        warmup file and the export round-trip check (the export keeps those of the
+        `signatures` it writes). Default: the family's `serving.warmup_inputs(task,
+        signatures)` ({} outside the families)."""
+        module = self.family_module("serving")
+        return {} if module is None else module.warmup_inputs(self, signatures)

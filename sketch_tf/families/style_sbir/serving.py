@@ -1,20 +1,32 @@
-"""SavedModel signatures of the style-aware SBIR family and their warmup inputs.
+"""SavedModel signatures of the style-aware SBIR family, its serving gallery and warmup inputs.
 
-Embeddings (each L2-normalised, `images` [N] encoded, or `images` float32 [N, H, W, 3] in
-[0, 1] of any size for the `_floats` variants):
+Every image signature comes twice (`sketch_tf.export.inputs.with_float_variant`): images as
+encoded bytes tf.string [N] (PNG / JPEG, any size), and in `<name>_floats` as float32
+[N, H, W, 3] in [0, 1] of any size, under the same input names.
 
-- `serving_default` = `embed_structure_sketch`: sketches -> `embedding` [N, E];
-- `embed_structure_image`: gallery images -> `embedding` [N, E] (the structure space);
-- `embed_style`: exemplars or gallery images -> `embedding` [N, F] (the style space);
-- `embed_structure_sketch_floats`, `embed_structure_image_floats`, `embed_style_floats`.
+Embeddings (each L2-normalised by the towers' last layer or not, as trained):
 
-Scoring (query time, alpha chosen per request):
+- `embed_structure_sketch` (+ `_floats`): sketches `images` -> `embedding` [N, E];
+- `embed_structure_image` (+ `_floats`): gallery images -> `embedding` [N, E] (structure space);
+- `embed_style` (+ `_floats`): exemplars or gallery images -> `embedding` [N, F] (style space).
 
-- `score`: `sketches` [Q] + `exemplars` [Q] encoded, `gallery_structure` float32 [N, E] and
-  `gallery_style` [N, F] (the gallery's `embed_structure_image` / `embed_style` outputs),
-  `alpha` float32 scalar in [0, 1] -> `scores` [Q, N] = alpha * cos(structure) + (1 - alpha)
-  * cos(style), as evaluation ranks. An alpha outside [0, 1] is InvalidArgument naming it.
+Scoring and retrieval (alpha chosen per request; an alpha outside [0, 1] is InvalidArgument
+naming it). Score of gallery image g for sketch s and exemplar x, as evaluation ranks:
+alpha * cos(structure(s), structure(g)) + (1 - alpha) * cos(style(x), style(g)).
 
+- `score` (+ `_floats`): `sketches` [Q] + `exemplars` [Q], `gallery_structure` float32
+  [N, E] and `gallery_style` [N, F] (a gallery's `embed_structure_image` / `embed_style`
+  outputs), `alpha` float32 scalar -> `scores` [Q, N].
+- `retrieve` (+ `_floats`), with a gallery (`export.py --gallery=RECORDS`: every image of
+  the style domains, embedded at export time): `sketches` [Q], `exemplars` [Q], `alpha`, `k`
+  int32 -> exact top-k: `keys` string [Q, k'], `labels` string [Q, k'] (class names), `ids`
+  int64 [Q, k'], `scores` float32 [Q, k'], `k` int32 (k' = min(k, gallery size)), `clipped`.
+- `search` (with a gallery): `structure` float32 [Q, E], `style` [Q, F] (query embeddings),
+  `alpha`, `k` -> the outputs of `retrieve`.
+- `serving_default` = `retrieve` with a gallery, else `embed_structure_sketch`.
+
+The search is one inner product with the gallery rows [unit structure, unit style] and the
+query [alpha unit structure, (1 - alpha) unit style], the weighted sum above exactly.
 Images go through the serving input layer (`sketch_tf.export.inputs`) exactly as evaluation
 preprocesses records: sketches keep their aspect with white padding, images are resized and
 centre-cropped to `data.image_size`.
@@ -28,14 +40,86 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.data.images import encode_png
+from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
 
+_ALPHA = tf.TensorSpec([], tf.float32, name="alpha")
+_K = tf.TensorSpec([], tf.int32, name="k")
+_unit = gallery_lib.unit_rows
 
-def _unit(x):
-    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+
+def _checked_alpha(alpha):
+    ok = tf.logical_and(alpha >= 0.0, alpha <= 1.0)  # False for NaN too
+    check = tf.debugging.Assert(ok, ["input `alpha`: expected a number in [0, 1], got", alpha])
+    with tf.control_dependencies([check]):
+        return tf.identity(alpha)
 
 
-def serving_signatures(task, models) -> dict[str, Any]:
+def _query(structure, style, alpha):
+    """[alpha unit structure, (1 - alpha) unit style]: its inner product with a gallery row
+    [unit structure, unit style] is the weighted score of the module docstring."""
+    alpha = _checked_alpha(alpha)
+    return tf.concat([alpha * _unit(structure), (1.0 - alpha) * _unit(style)], 1)
+
+
+def gallery_domains(task) -> list[str]:
+    """The record domains a gallery holds: every style domain."""
+    return list(task.styles())
+
+
+def gallery_embed(task, models):
+    """Preprocessed gallery images float32 [B, S, S, 3] -> {"structure": [B, E], "style":
+    [B, F]} embeddings."""
+    towers = task.towers(models)
+    return lambda x: {
+        "structure": towers["structure_image"](x, training=False),
+        "style": towers["style"](x, training=False),
+    }
+
+
+def index_vectors(task, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """Gallery embeddings -> (`GalleryIndex` rows [N, E + F] = [unit structure, unit style],
+    "inner_product"); see `_query` for the matching query rows."""
+    rows = tf.concat([_unit(embeddings["structure"]), _unit(embeddings["style"])], 1)
+    return rows.numpy(), "inner_product"
+
+
+def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
+    """Preprocessed sketches and exemplars float32 [Q, S, S, 3] and alpha in [0, 1] -> index
+    query rows [Q, E + F] (`index_vectors`' space)."""
+    if exemplars is None or alpha is None:
+        raise ValueError("style_sbir retrieval needs an exemplar and alpha (--exemplar, --alpha)")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"--alpha: expected a number in [0, 1], got {alpha}")
+    towers = task.towers(models)
+    k = towers["structure_sketch"](sketches, training=False)
+    x = towers["style"](exemplars, training=False)
+    return query_vectors_from_embeddings(k, x, alpha)
+
+
+def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
+    """Query embeddings (structure of the sketch [Q, E], style of the exemplar [Q, F]) ->
+    index query rows [Q, E + F] for `index_vectors`' gallery rows."""
+    return _query(structure, style, tf.constant(float(alpha))).numpy()
+
+
+def serving_gallery(task, models, records_dir: str, manifest: dict) -> gallery_lib.ServingGallery:
+    """Every image of the style domains of a records folder, in both spaces."""
+    d = task.config.data
+    rows = gallery_lib.gallery_rows(
+        records_dir,
+        gallery_embed(task, models),
+        image_size=int(d.image_size),
+        domains=gallery_domains(task),
+        sketch_domain=d.sketch_domain,
+        batch_size=int(task.config.eval.batch_size),
+    )
+    matrix, metric = index_vectors(task, rows["embeddings"])
+    info = {**manifest, "records": rows["records"], "domains": gallery_domains(task)}
+    return gallery_lib.ServingGallery(matrix, rows["keys"], rows["labels"], metric, info)
+
+
+def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
     """The signatures above (name -> concrete function)."""
     size = int(task.config.data.image_size)
     towers = task.towers(models)
@@ -45,54 +129,71 @@ def serving_signatures(task, models) -> dict[str, Any]:
         ("embed_structure_image", "structure_image", False),
         ("embed_style", "style", False),
     ):
-        tower = towers[role]
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def from_bytes(images, tower=tower, is_sketch=is_sketch):
-            x = inputs.images_from_bytes(images, "images", size, is_sketch=is_sketch)
-            return {"embedding": tower(x, training=False)}
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]
+        out.update(
+            inputs.with_float_variant(
+                name,
+                lambda x, _, t=towers[role]: {"embedding": t(x["images"], training=False)},
+                ["images"],
+                [],
+                inputs.prepare_batch(size, is_sketch),
+            )
         )
-        def from_floats(images, tower=tower, is_sketch=is_sketch):
-            x = inputs.images_from_floats(images, "images", size, is_sketch=is_sketch)
-            return {"embedding": tower(x, training=False)}
-
-        out[name] = from_bytes.get_concrete_function()
-        out[f"{name}_floats"] = from_floats.get_concrete_function()
-    out["serving_default"] = out["embed_structure_sketch"]
     sketch_tower, style_tower = towers["structure_sketch"], towers["style"]
-    # The widths of the gallery embeddings, for `warmup_inputs` (called after this).
-    task._serving_dims = (int(sketch_tower.output.shape[-1]), int(style_tower.output.shape[-1]))
+    sketch_prep = inputs.prepare_batch(size, True)
+    image_prep = inputs.prepare_batch(size, False)
+
+    def prepare(value, name, from_bytes):
+        return (sketch_prep if name == "sketches" else image_prep)(value, name, from_bytes)
+
+    def embed_queries(x):
+        return (
+            sketch_tower(x["sketches"], training=False),
+            style_tower(x["exemplars"], training=False),
+        )
+
+    def score(x, extra):
+        alpha = _checked_alpha(extra["alpha"])
+        k, s = embed_queries(x)
+        structure = tf.matmul(_unit(k), _unit(extra["gallery_structure"]), transpose_b=True)
+        style = tf.matmul(_unit(s), _unit(extra["gallery_style"]), transpose_b=True)
+        return {"scores": alpha * structure + (1.0 - alpha) * style}
+
+    gallery_specs = [
+        tf.TensorSpec([None, None], tf.float32, name="gallery_structure"),
+        tf.TensorSpec([None, None], tf.float32, name="gallery_style"),
+    ]
+    images = ["sketches", "exemplars"]
+    out.update(inputs.with_float_variant("score", score, images, [*gallery_specs, _ALPHA], prepare))
+    if gallery is None:
+        out["serving_default"] = out["embed_structure_sketch"]
+        return out
+
+    def retrieve(x, extra):
+        k, s = embed_queries(x)
+        return gallery.top_k(_query(k, s, extra["alpha"]), extra["k"])
+
+    out.update(inputs.with_float_variant("retrieve", retrieve, images, [_ALPHA, _K], prepare))
+    e_dim, f_dim = int(sketch_tower.output.shape[-1]), int(style_tower.output.shape[-1])
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None], tf.string, name="sketches"),
-            tf.TensorSpec([None], tf.string, name="exemplars"),
-            tf.TensorSpec([None, None], tf.float32, name="gallery_structure"),
-            tf.TensorSpec([None, None], tf.float32, name="gallery_style"),
-            tf.TensorSpec([], tf.float32, name="alpha"),
+            tf.TensorSpec([None, e_dim], tf.float32, name="structure"),
+            tf.TensorSpec([None, f_dim], tf.float32, name="style"),
+            _ALPHA,
+            _K,
         ]
     )
-    def score(sketches, exemplars, gallery_structure, gallery_style, alpha):
-        ok = tf.logical_and(alpha >= 0.0, alpha <= 1.0)  # False for NaN too
-        check = tf.debugging.Assert(ok, ["input `alpha`: expected a number in [0, 1], got", alpha])
-        with tf.control_dependencies([check]):
-            alpha = tf.identity(alpha)
-        k = sketch_tower(inputs.images_from_bytes(sketches, "sketches", size, True), training=False)
-        x = style_tower(inputs.images_from_bytes(exemplars, "exemplars", size, False),
-                        training=False)  # fmt: skip
-        structure = tf.matmul(_unit(k), _unit(gallery_structure), transpose_b=True)
-        style = tf.matmul(_unit(x), _unit(gallery_style), transpose_b=True)
-        return {"scores": alpha * structure + (1.0 - alpha) * style}
+    def search(structure, style, alpha, k):
+        return gallery.top_k(_query(structure, style, alpha), k)
 
-    out["score"] = score.get_concrete_function()
+    out["search"] = search.get_concrete_function()
+    out["serving_default"] = out["retrieve"]
     return out
 
 
-def warmup_inputs(task) -> dict[str, dict[str, Any]]:
-    """One request per signature on the shared example drawing (a coloured copy as image)."""
+def warmup_inputs(task, signatures=None) -> dict[str, dict[str, Any]]:
+    """One request per signature on the shared example drawing (a coloured copy as image);
+    the export keeps those of the signatures it writes."""
     size = int(task.config.data.image_size)
     img = inputs.example_drawing(size)
     png = encode_png(img)
@@ -100,21 +201,37 @@ def warmup_inputs(task) -> dict[str, dict[str, Any]]:
     colour[img[..., 0] == 255] = (240, 200, 120)  # a coloured background: a "styled" image
     colour_png = encode_png(colour)
     floats = img[None].astype(np.float32) / 255.0
-    # Gallery embeddings of the right widths (set by `serving_signatures`).
-    e_dim, f_dim = getattr(task, "_serving_dims", (8, 8))
-    return {
-        "serving_default": {"images": np.array([png, png], dtype=object)},
-        "embed_structure_sketch": {"images": np.array([png], dtype=object)},
+    colour_floats = colour[None].astype(np.float32) / 255.0
+    e_dim = inputs.input_width(signatures, "search", "structure")
+    f_dim = inputs.input_width(signatures, "search", "style")
+    pair = {
+        "sketches": np.array([png], dtype=object),
+        "exemplars": np.array([colour_png], dtype=object),
+    }
+    pair_floats = {"sketches": floats, "exemplars": colour_floats}
+    gallery = {
+        "gallery_structure": np.ones((3, e_dim), np.float32),
+        "gallery_style": np.ones((3, f_dim), np.float32),
+        "alpha": np.float32(0.5),
+    }
+    query = {"alpha": np.float32(0.7), "k": np.int32(3)}
+    requests = {
+        "embed_structure_sketch": {"images": np.array([png, png], dtype=object)},
         "embed_structure_image": {"images": np.array([colour_png], dtype=object)},
         "embed_style": {"images": np.array([colour_png], dtype=object)},
         "embed_structure_sketch_floats": {"images": floats},
-        "embed_structure_image_floats": {"images": colour[None].astype(np.float32) / 255.0},
-        "embed_style_floats": {"images": colour[None].astype(np.float32) / 255.0},
-        "score": {
-            "sketches": np.array([png], dtype=object),
-            "exemplars": np.array([colour_png], dtype=object),
-            "gallery_structure": np.ones((3, e_dim), np.float32),
-            "gallery_style": np.ones((3, f_dim), np.float32),
-            "alpha": np.float32(0.5),
+        "embed_structure_image_floats": {"images": colour_floats},
+        "embed_style_floats": {"images": colour_floats},
+        "score": {**pair, **gallery},
+        "score_floats": {**pair_floats, **gallery},
+        "retrieve": {**pair, **query},
+        "retrieve_floats": {**pair_floats, **query},
+        "search": {
+            "structure": np.ones((1, e_dim), np.float32),
+            "style": np.ones((1, f_dim), np.float32),
+            **query,
         },
     }
+    has_retrieve = signatures is not None and "retrieve" in signatures
+    requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_structure_sketch"]
+    return requests

@@ -404,15 +404,18 @@ class ZoomsTask(Task):
         return evaluate.evaluate_task(self, models["zooms"], workdir)
 
     # ---- export --------------------------------------------------------------------------
-    def serving_signatures(self, models):
+    def serving_signatures(self, models, gallery=None):
         from sketch_tf.families.zooms import serving
 
-        return serving.serving_signatures(self, models["zooms"])
+        return serving.serving_signatures(self, models["zooms"], gallery)
 
-    def warmup_inputs(self):
+    def serving_gallery(self, models, records_dir, manifest):
+        return None  # correspondence: no retrieval gallery
+
+    def warmup_inputs(self, signatures=None):
         from sketch_tf.families.zooms import serving
 
-        return serving.warmup_inputs()
+        return serving.warmup_inputs(self, signatures)
 
 
 __all__ = ["ZoomsTask", "category_mask", "select_first_semi_hard"]

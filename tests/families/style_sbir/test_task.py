@@ -390,16 +390,18 @@ def test_evaluate_writes_tables_and_pictures(trained):
 
 
 def test_export_round_trip_of_every_signature(trained, tmp_path):
-    from sketch_tf.export.serving import export_saved_model
+    from sketch_tf.export.serving import export_saved_model, run_gallery
 
     _, workdir = trained
     run = load_run(workdir)
-    path = export_saved_model(run.task, run.models, str(tmp_path / "export"), run.step)
+    gallery = run_gallery(run, "test")  # the run's test records, all style domains
+    path = export_saved_model(run.task, run.models, str(tmp_path / "export"), run.step,
+                              gallery=gallery)  # fmt: skip
     loaded = tf.saved_model.load(path)
     expected = {
         "serving_default", "embed_structure_sketch", "embed_structure_image", "embed_style",
         "embed_structure_sketch_floats", "embed_structure_image_floats", "embed_style_floats",
-        "score",
+        "score", "score_floats", "retrieve", "retrieve_floats", "search",
     }  # fmt: skip
     assert set(loaded.signatures) == expected
     towers = run.task.towers(run.models)
@@ -437,6 +439,37 @@ def test_export_round_trip_of_every_signature(trained, tmp_path):
                                    gallery_structure=g_structure, gallery_style=g_style,
                                    alpha=tf.constant(0.5))  # fmt: skip
     assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+
+    # retrieve: the top-k of alpha * cos(structure) + (1 - alpha) * cos(style) over the gallery
+    # embedded at export time, equal to `score` against the same gallery embeddings.
+    e = run.task.towers(run.models)
+    style_doms = list(run.task.styles())
+    records = list(pipeline.labelled_records(run.task.records_dir("test"), style_doms))
+    assert gallery.size == len(records) and gallery.manifest["step"] == run.step
+    imgs = tf.stack([pipeline.preprocess(r["image"], False, 32, False) for r in records])
+    gs, gx = e["structure_image"](imgs, training=False), e["style"](imgs, training=False)
+    for alpha in (0.0, 0.7, 1.0):
+        full = loaded.signatures["score"](
+            sketches=png(sketch),
+            exemplars=png(image),
+            gallery_structure=gs,
+            gallery_style=gx,
+            alpha=tf.constant(alpha),
+        )["scores"].numpy()[0]
+        out = loaded.signatures["retrieve"](
+            sketches=png(sketch), exemplars=png(image), alpha=tf.constant(alpha), k=tf.constant(4)
+        )
+        order = np.lexsort((np.arange(len(full)), -full))[:4]
+        np.testing.assert_allclose(out["scores"].numpy()[0], full[order], atol=1e-5)
+        got_ids = out["ids"].numpy()[0]
+        np.testing.assert_allclose(full[got_ids], full[order], atol=1e-5)  # ties may swap
+        assert [x.decode() for x in out["labels"].numpy()[0]] == [
+            records[i]["class_name"].numpy().decode() for i in got_ids
+        ]
+    many = loaded.signatures["retrieve_floats"](
+        sketches=floats(sketch), exemplars=floats(image), alpha=tf.constant(0.5), k=tf.constant(999)
+    )
+    assert int(many["k"]) == len(records) and bool(many["clipped"])
 
 
 def test_two_stages_under_two_logical_cpus(records, tmp_path, two_cpu_strategy):

@@ -229,7 +229,8 @@ def test_export_signatures_round_trip(trained, tmp_path):
     task, models, _, _ = trained
     path = export_saved_model(task, models, str(tmp_path / "export"), 1)
     loaded = tf.saved_model.load(path)
-    assert {"serving_default", "dense"} <= set(loaded.signatures)
+    names = {"describe", "dense", "match"}
+    assert set(loaded.signatures) == names | {f"{n}_floats" for n in names} | {"serving_default"}
     # A 96x128 drawing (non-square: exercises the resize / pad mapping).
     img = np.full((96, 128, 3), 255, np.uint8)
     img[20:22, 10:110] = 0
@@ -252,6 +253,32 @@ def test_export_signatures_round_trip(trained, tmp_path):
     ink = np.argwhere(img[..., 0] < 128)[:, ::-1] + 0.5
     near = np.min(np.linalg.norm(dp[:, None] - ink[None], axis=-1), axis=1)
     assert near.max() <= (task.config.serving.dilate_px + 1) * 128 / 64 + 1e-3
+    # The float variants take the decoded pixels and give the same numbers.
+    via_floats = loaded.signatures["describe_floats"](image=tf.constant(decoded), points=pts)
+    np.testing.assert_allclose(via_floats["descriptors"].numpy(), desc, atol=1e-5)
+    # match: each point of A against the dense points of B; an image with itself finds every
+    # point's own dense neighbourhood, and the output is the nearest of `dense`'s descriptors.
+    m = loaded.signatures["match"](
+        image_a=tf.constant(_png(img)),
+        points_a=dp[:5],
+        image_b=tf.constant(_png(img)),
+        stride=tf.constant(4),
+    )
+    assert int(m["num_candidates"]) == n
+    d = np.linalg.norm(
+        dense["descriptors"].numpy()[:5, None] - dense["descriptors"].numpy()[None], axis=-1
+    )
+    np.testing.assert_allclose(m["points_b"].numpy(), dp[np.argmin(d, 1)], atol=1e-4)
+    np.testing.assert_allclose(m["distances"].numpy(), d.min(1), atol=1e-3)
+    assert m["mutual"].numpy().dtype == bool
+    blank = np.full((64, 64, 3), 255, np.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input `image_b`"):
+        loaded.signatures["match"](
+            image_a=tf.constant(_png(img)),
+            points_a=dp[:2],
+            image_b=tf.constant(_png(blank)),
+            stride=tf.constant(4),
+        )
 
 
 # ---- the original's batches and negatives (sketchzooms variant) -----------------------------

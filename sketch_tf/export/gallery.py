@@ -1,0 +1,171 @@
+"""A retrieval gallery stored inside a servable: embeddings, keys and labels, searched in TF.
+
+`ServingGallery` holds the gallery as variables of the SavedModel (the search matrix of
+`sketch_tf.index.search_matrix`, one string key and one class name per row) and answers
+`top_k` inside a signature with `sketch_tf.index.exact_top_k`, the library's exact search
+(ties in gallery order). It is built at export time from a labelled-image records dataset
+(`export.py --gallery=RECORDS`, `gallery_rows`) by the family's towers, and carries a
+manifest (the model that embedded it, the records, the row count) written beside the
+version as `assets.extra/gallery.json`.
+
+Keys are the records' `source` (the image's path below the source root), or
+`<domain>/<class>/<instance_id>` when a record has none, so a result names a file a user can
+open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf import index as index_lib
+from sketch_tf.data import pipeline, schema, tfrecord
+
+MANIFEST_FILE = os.path.join("assets.extra", "gallery.json")
+
+
+def record_key(source: bytes, domain: bytes, class_name: bytes, instance_id: bytes) -> str:
+    """The key of one gallery record (see the module docstring)."""
+    if source:
+        return source.decode("utf-8")
+    parts = [domain.decode("utf-8"), class_name.decode("utf-8"), instance_id.decode("utf-8")]
+    return "/".join(parts)
+
+
+def gallery_rows(
+    records_dir: str,
+    embed: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    *,
+    image_size: int,
+    domains: list[str] | None,
+    sketch_domain: str,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Embeds every record of `domains` (None: all) in a labelled-image records folder.
+
+    Args:
+      records_dir: a folder written by prepare_data.py (manifest + shards).
+      embed: preprocessed images float32 [B, S, S, 3] -> {space: float32 [B, E_space]}.
+      image_size: S, as in evaluation (`data.image_size`).
+
+    Returns:
+      {"embeddings": {space: float32 [N, E_space]}, "keys": str [N], "labels": str [N]
+      (class names), "domains": str [N], "records": records_dir, "size": N}. Raises
+      ValueError naming the folder and the domains when no record matches.
+    """
+    tfrecord.read_manifest(records_dir, kind=schema.KIND_LABELLED_IMAGE)  # names a bad folder
+    records = pipeline.labelled_records(records_dir, domains)
+
+    def prep(r):
+        img = pipeline.preprocess(
+            r[schema.IMAGE], tf.equal(r[schema.DOMAIN], sketch_domain), image_size, False, None
+        )
+        meta = {k: r[k] for k in (schema.SOURCE, schema.DOMAIN, schema.CLASS_NAME)}
+        return img, {**meta, schema.INSTANCE_ID: r[schema.INSTANCE_ID]}
+
+    ds = records.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    embed_fn = tf.function(embed, reduce_retracing=True)
+    parts: dict[str, list[np.ndarray]] = {}
+    keys, labels, doms = [], [], []
+    for images, meta in ds:
+        for space, value in embed_fn(images).items():
+            parts.setdefault(space, []).append(value.numpy().astype(np.float32))
+        m = {k: v.numpy() for k, v in meta.items()}
+        for i in range(len(m[schema.DOMAIN])):
+            keys.append(
+                record_key(
+                    m[schema.SOURCE][i],
+                    m[schema.DOMAIN][i],
+                    m[schema.CLASS_NAME][i],
+                    m[schema.INSTANCE_ID][i],
+                )
+            )
+            labels.append(m[schema.CLASS_NAME][i].decode("utf-8"))
+            doms.append(m[schema.DOMAIN][i].decode("utf-8"))
+    if not keys:
+        raise ValueError(f"gallery {records_dir}: no records of domains {domains} to embed")
+    return {
+        "embeddings": {space: np.concatenate(v) for space, v in parts.items()},
+        "keys": np.asarray(keys),
+        "labels": np.asarray(labels),
+        "domains": np.asarray(doms),
+        "records": os.path.abspath(records_dir),
+        "size": len(keys),
+    }
+
+
+def unit_rows(x) -> tf.Tensor:
+    """Rows divided by their L2 norm (an all-zero row stays zero: cosine 0 to everything)."""
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+
+
+class ServingGallery(tf.Module):
+    """The gallery of a `retrieve` signature.
+
+    Args:
+      matrix: float32 [N, M], the rows the queries are multiplied with: `search_matrix(g,
+        metric)` of the gallery embeddings (already normalised for cosine), or for style
+        retrieval the concatenated unit structure and style embeddings.
+      keys, labels: str [N] (see the module docstring).
+      metric: "euclidean" (score = minus the L2 distance), "cosine" or "inner_product" (score
+        = inner product).
+      manifest: JSON-able description (model, checkpoint, records, ...).
+    """
+
+    def __init__(self, matrix, keys, labels, metric: str, manifest: dict[str, Any]):
+        super().__init__(name="gallery")
+        matrix = np.asarray(matrix, np.float32)
+        if matrix.ndim != 2 or len(matrix) != len(keys) or len(keys) != len(labels):
+            raise ValueError(
+                f"ServingGallery: matrix {matrix.shape}, {len(keys)} keys, {len(labels)} labels"
+            )
+        if len(keys) == 0:
+            raise ValueError("ServingGallery: empty gallery")
+        self.metric = metric
+        self.size = int(len(keys))
+        self.manifest = {**manifest, "size": self.size, "metric": metric}
+        self.matrix = tf.Variable(matrix, trainable=False, name="matrix")
+        self.keys = tf.Variable(np.asarray(keys, dtype=object), trainable=False, name="keys")
+        self.labels = tf.Variable(np.asarray(labels, dtype=object), trainable=False, name="labels")
+
+    def top_k(self, queries: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Exact top-k of query rows (graph op, inside a signature).
+
+        Args:
+          queries: float32 [Q, M'] (M' = M - 1 for the euclidean search matrix, else M).
+          k: int32 scalar, >= 1 (InvalidArgument "input `k`" otherwise); more than the gallery
+            holds is clipped.
+
+        Returns:
+          {"keys" string [Q, k'], "labels" string [Q, k'], "ids" int64 [Q, k'] (gallery rows),
+          "scores" float32 [Q, k'] (best first), "k" int32 scalar k' = min(k, N), "clipped"
+          bool scalar (k > N)}.
+        """
+        k = tf.convert_to_tensor(k, tf.int32)
+        check = tf.debugging.Assert(k >= 1, ["input `k`: expected a positive integer, got", k])
+        with tf.control_dependencies([check]):
+            used = tf.minimum(k, self.size)
+        scores, idx = index_lib.exact_top_k(
+            queries, None, used, self.metric, matrix=self.matrix.read_value()
+        )
+        return {
+            "keys": tf.gather(self.keys, idx),
+            "labels": tf.gather(self.labels, idx),
+            "ids": tf.cast(idx, tf.int64),
+            "scores": scores,
+            "k": used,
+            "clipped": k > used,
+        }
+
+    def write_manifest(self, version_dir: str) -> str:
+        """Writes `assets.extra/gallery.json` into an export version folder."""
+        path = os.path.join(version_dir, MANIFEST_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.manifest, f, indent=2)
+        return path
