@@ -42,3 +42,41 @@ def test_main_job_smoke(tmp_path):
     assert 0.0 <= results["style_sbir"]["scalars"]["sketch_style_map"] <= 1.0
     # The smoke data went under the workdir, not into the project's data/records.
     assert (tmp_path / "records" / "synthetic_zooms" / "train" / "manifest.json").is_file()
+    _retrieve_from_the_main_job_runs(tmp_path, env)
+
+
+def _retrieve_from_the_main_job_runs(tmp_path, env):
+    """retrieve.py on the main job's runs: the export's gallery, a records folder with a saved
+    index, the style family's sketch + exemplar."""
+    from sketch_tf.data.images import encode_png
+    from sketch_tf.export.inputs import example_drawing
+
+    query = tmp_path / "query.png"
+    query.write_bytes(encode_png(example_drawing(64)))
+    exemplar = tmp_path / "exemplar.png"
+    exemplar.write_bytes(encode_png(255 - example_drawing(64)))
+
+    def retrieve(*args):
+        proc = subprocess.run([sys.executable, "retrieve.py", f"--query={query}", *args],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        return proc
+
+    zs, style = tmp_path / "zs_sbir", tmp_path / "style_sbir"
+    proc = retrieve(f"--export_dir={zs / 'export'}", "--k=3", f"--out={tmp_path / 'grid.png'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "score"])
+    assert [line.split()[0] for line in lines[head + 1 : head + 4]] == ["1", "2", "3"]
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    records = next((tmp_path / "records").glob("*zs_sbir*")) / "test"
+    proc = retrieve(f"--workdir={zs}", f"--gallery={records}", f"--save_index={tmp_path / 'ix'}")
+    assert proc.returncode == 0 and (tmp_path / "ix" / "manifest.json").is_file(), proc.stderr
+    proc = retrieve(f"--workdir={zs}", f"--index={tmp_path / 'ix'}", "--k=100000")
+    assert proc.returncode == 0 and "fewer than --k" in proc.stdout, proc.stderr[-3000:]
+    # The zs_sbir index is refused by the style run (another model), with exit status 2.
+    proc = retrieve(f"--workdir={style}", f"--index={tmp_path / 'ix'}", f"--exemplar={exemplar}",
+                    "--alpha=0.5")  # fmt: skip
+    assert proc.returncode == 2 and "another model" in proc.stderr, proc.stderr[-3000:]
+    proc = retrieve(f"--export_dir={style / 'export'}", f"--exemplar={exemplar}", "--alpha=0.7")
+    assert proc.returncode == 0 and "rank" in proc.stdout, proc.stderr[-3000:]

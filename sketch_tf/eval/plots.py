@@ -23,6 +23,7 @@ GREEN = (30, 170, 60)
 RED = (220, 40, 40)
 QUERY_BLUE = (40, 90, 220)
 EXEMPLAR_ORANGE = (240, 150, 20)
+NEUTRAL_GREY = (150, 150, 150)
 _PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
@@ -92,7 +93,7 @@ def retrieval_grid(
     Args:
       query_images: Q images.
       result_images: Q sequences of k images each, best first.
-      correct: bool [Q, k].
+      correct: bool [Q, k], or None (no ground truth: grey frames).
       thumb_size: side of each thumbnail, pixels.
       border: frame width, pixels.
       gap: space between cells (and twice that after the query column), pixels.
@@ -101,8 +102,13 @@ def retrieval_grid(
       RGB image of width ``gap + (k + 1) * (cell + gap) + gap`` and height
       ``gap + Q * (cell + gap)``, with ``cell = thumb_size + 2 * border``.
     """
-    ok = np.asarray(correct, dtype=bool)
     q = len(query_images)
+    if correct is None:  # no ground truth (a query at serving time): grey frames
+        ok = np.zeros((q, len(result_images[0]) if q else 0), bool)
+        colours = (NEUTRAL_GREY, NEUTRAL_GREY)
+    else:
+        ok = np.asarray(correct, dtype=bool)
+        colours = (GREEN, RED)
     if ok.ndim != 2 or ok.shape[0] != q or len(result_images) != q:
         raise ValueError(
             f"retrieval_grid: {q} queries, {len(result_images)} result rows and correct of shape "
@@ -132,7 +138,7 @@ def retrieval_grid(
             put(exemplar_images[i], gap + cell + gap, y, EXEMPLAR_ORANGE)
         for j in range(k):
             x = gap + (j + 1 + extra) * (cell + gap) + gap
-            put(result_images[i][j], x, y, GREEN if ok[i, j] else RED)
+            put(result_images[i][j], x, y, colours[0] if ok[i, j] else colours[1])
     return canvas
 
 

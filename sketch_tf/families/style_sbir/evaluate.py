@@ -43,6 +43,8 @@ from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.report import format_result
+from sketch_tf.families.style_sbir import serving as style_serving
+from sketch_tf.index import GalleryIndex
 from sketch_tf.models import style as style_models
 
 #: Rankings of the sketch + style tables next to the model.
@@ -362,7 +364,7 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
     # 4. pictures.
     heat = plots.heatmap(grids["model"], contents, styles,
                          title=f"sketch + style mAP, alpha={alpha:g}")  # fmt: skip
-    grid = _query_grid(task, sk, gal, structure_sim, style_sim, exemplars, alpha)
+    grid = _query_grid(task, sk, gal, exemplars, alpha)
     out = {
         "scalars": scalars,
         "tables": tables,
@@ -387,7 +389,7 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
     return out
 
 
-def _query_grid(task, sk, gal, structure_sim, style_sim, exemplars, alpha):
+def _query_grid(task, sk, gal, exemplars, alpha):
     """Sketch, exemplar and top-k results for a few (sketch, style) queries: the first
     sketch of each content in turn, each with the next style."""
     e = task.config.eval
@@ -396,15 +398,25 @@ def _query_grid(task, sk, gal, structure_sim, style_sim, exemplars, alpha):
     for c in np.unique(kc):
         picks.append(int(np.flatnonzero(kc == c)[0]))
     picks = picks[: int(e.grid_queries)]
+    # The results come from the library's index, ranked as the `retrieve` signature ranks:
+    # inner products with rows [unit structure, unit style] (`style_sbir.serving`).
+    vectors, metric = style_serving.index_vectors(
+        task, {"structure": gal["structure_image"], "style": gal["style"]}
+    )
+    index = GalleryIndex(vectors.shape[1], metric=metric)
+    index.add(vectors)
+    k = int(e.grid_top_k)
     rows, ex_imgs, res, ok = [], [], [], []
     for i, q in enumerate(picks):
         s = i % exemplars.shape[1]
         x = exemplars[q, s]
         if x < 0:
             continue
-        score = style_models.combined_scores(structure_sim[[q]], style_sim[[x]], alpha)[0]
-        score[x] = -np.inf
-        top = np.argsort(-score, kind="stable")[: int(e.grid_top_k)]
+        query = style_serving.query_vectors_from_embeddings(
+            sk["structure_sketch"][[q]], gal["style"][[x]], alpha
+        )
+        found = index.search(query, k + 1)[1][0]
+        top = found[found != x][:k]  # not the exemplar itself
         rows.append(sk["thumbs"][q])
         ex_imgs.append(gal["thumbs"][x])
         res.append([gal["thumbs"][j] for j in top])

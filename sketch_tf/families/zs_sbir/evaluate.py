@@ -32,6 +32,7 @@ import tensorflow as tf
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
+from sketch_tf.index import GalleryIndex
 from sketch_tf.models import zs_sbir as zs_models
 
 #: Scalars (and table columns) of the evaluation; each also as `random_<key>` and, for every
@@ -125,6 +126,17 @@ def baseline_metrics(q_desc, ql, g_desc, gl, metric: str) -> dict:
     return retrieval.retrieval_metrics(q_desc, ql, g_desc, gl, metric=metric)
 
 
+def grid_top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Gallery rows int64 [Q, k] of the grid's results, from `sketch_tf.index.GalleryIndex`
+    (exact search, the library's and the `retrieve` signature's ranking; cosine as the inner
+    product of unit rows, so that a blank image scores 0 instead of failing)."""
+    if metric == "cosine":
+        queries, gallery, metric = _unit_rows(queries), _unit_rows(gallery), "inner_product"
+    index = GalleryIndex(gallery.shape[1], metric=metric)
+    index.add(gallery)
+    return index.search(queries, k)[1]
+
+
 def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
     """`ZsSbirTask.evaluate` (see the module docstring); files only when `workdir` is given."""
     d, e = task.config.data, task.config.eval
@@ -173,8 +185,7 @@ def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
     for i in range(max(len(x) for x in per_class)):
         picks += [x[i] for x in per_class if i < len(x)]
     picks = picks[: int(e.grid_queries)]
-    sim = retrieval.similarity(q[picks], g, e.metric)
-    top = np.argsort(-sim, axis=1, kind="stable")[:, : int(e.grid_top_k)]
+    top = grid_top_k(q[picks], g, e.metric, int(e.grid_top_k))
     grid = plots.retrieval_grid(
         [q_img[i] for i in picks], [[g_img[j] for j in row] for row in top],
         gl[top] == ql[picks][:, None], thumb_size=48,

@@ -1,5 +1,6 @@
 """Zero-shot SBIR family: models, losses, GRL schedule, training steps, evaluate, export."""
 
+import json
 import os
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 import tensorflow as tf
 
 from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.export import gallery as gallery_lib
+from sketch_tf.export import warmup
 from sketch_tf.families.zs_sbir.task import ZsSbirTask
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train import loop
@@ -398,28 +401,74 @@ def test_baseline_metrics_cosine_is_euclidean_of_unit_rows():
 
 
 def test_export_round_trip(trained, tmp_path):
-    from sketch_tf.export.serving import export_saved_model
+    from sketch_tf import index as index_lib
+    from sketch_tf.export import serving
 
     config, workdir, _ = trained
     task = ZsSbirTask(config)
     state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
-    path = export_saved_model(task, state.models, str(tmp_path / "export"), 1)
+    gallery = task.serving_gallery(state.models, task.records_dir("test"), {"model": "test"})
+    # The export checks every signature's warmup request through both loaders (1e-4).
+    path = serving.export_saved_model(task, state.models, str(tmp_path / "export"), 1,
+                                      gallery=gallery)  # fmt: skip
     loaded = tf.saved_model.load(path)
-    assert {"serving_default", "embed_photo", "embed_sketch"} <= set(loaded.signatures)
-    png = task.warmup_inputs()["serving_default"]["images"][:1]
-    got = loaded.signatures["serving_default"](images=tf.constant(png))["embedding"].numpy()
+    names = {"embed_sketch", "embed_photo", "retrieve", "search"}
+    assert names | {f"{n}_floats" for n in names - {"search"}} | {"serving_default"} == set(
+        loaded.signatures
+    )
+    requests = warmup.read_warmup_requests(os.path.join(path, serving.WARMUP_FILE))
+    assert {r["signature"] for r in requests} == set(loaded.signatures)
+    png = task.warmup_inputs()["embed_sketch"]["images"][:1]
+    got = loaded.signatures["embed_sketch"](images=tf.constant(png))["embedding"].numpy()
     image = pipeline.preprocess(tf.constant(png[0]), True, SIZE, False)
     want = zs_models.sketch_tower(state.models)(image[None], training=False).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    via_float = loaded.signatures["embed_sketch"](images=image[None])["embedding"].numpy()
-    np.testing.assert_allclose(via_float, want, rtol=1e-4, atol=1e-5)
-    assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    via_float = loaded.signatures["embed_sketch_floats"](images=image[None])["embedding"]
+    np.testing.assert_allclose(via_float.numpy(), want, rtol=1e-4, atol=1e-5)
     # Float tensors of any size are resized as evaluation does; bad bytes name the input.
     big = tf.image.resize(image[None], [2 * SIZE, 2 * SIZE])
-    assert loaded.signatures["embed_sketch"](images=big)["embedding"].shape == want.shape
+    assert loaded.signatures["embed_sketch_floats"](images=big)["embedding"].shape == want.shape
     with pytest.raises(tf.errors.InvalidArgumentError, match="input `images`"):
         loaded.signatures["embed_photo"](images=tf.constant([b"not an image"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input `images`"):
+        loaded.signatures["retrieve"](images=tf.constant([png[0][:40]]), k=tf.constant(2))
+
+    # retrieve = the exact top-k of the gallery's photo embeddings (photo tower on the test
+    # records, as evaluation embeds them), with record keys and class names.
+    records = list(pipeline.labelled_records(task.records_dir("test"), ["photo"]))
+    encoded = [r["image"].numpy() for r in records]
+    photo = zs_models.photo_tower(state.models)
+    g = np.concatenate([
+        photo(tf.stack([pipeline.preprocess(tf.constant(e), False, SIZE, False)
+                        for e in encoded[i : i + 16]]), training=False).numpy()
+        for i in range(0, len(encoded), 16)
+    ])  # fmt: skip
+    assert gallery.size == len(g)
+    index = index_lib.GalleryIndex(g.shape[1], metric=config.eval.metric)
+    index.add(g)
+    out = loaded.signatures["retrieve"](images=tf.constant(png), k=tf.constant(5))
+    scores, idx = index.search(want, 5)
+    np.testing.assert_array_equal(out["ids"].numpy(), idx)
+    np.testing.assert_allclose(out["scores"].numpy(), scores, atol=1e-4)
+    keys = [
+        gallery_lib.record_key(*(r[f].numpy() for f in ("source", "domain", "class_name",
+                                                         "instance_id")))
+        for r in records
+    ]  # fmt: skip
+    assert [k.decode() for k in out["keys"].numpy()[0]] == [keys[i] for i in idx[0]]
+    labels = [r["class_name"].numpy() for r in records]
+    assert list(out["labels"].numpy()[0]) == [labels[i] for i in idx[0]]
+    assert int(out["k"]) == 5 and not bool(out["clipped"])
+    # k larger than the gallery: clipped, and said so; the embedding-input search agrees.
+    many = loaded.signatures["search"](embedding=tf.constant(want), k=tf.constant(10_000))
+    assert int(many["k"]) == len(g) and bool(many["clipped"])
+    np.testing.assert_array_equal(many["ids"].numpy()[:, :5], idx)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input `k`"):
+        loaded.signatures["search"](embedding=tf.constant(want), k=tf.constant(0))
+    with open(os.path.join(path, "assets.extra", "gallery.json")) as f:
+        stored = json.load(f)
+    assert stored["model"] == "test" and stored["size"] == len(g)
 
 
 def _config_module():
@@ -649,3 +698,78 @@ def test_nothing_trainable_runs_and_says_so(records, tmp_path):
     assert result.status == "completed" and result.step == 2
     assert any("nothing to train" in line for line in lines)
     assert np.isfinite(result.losses["triplet"])
+
+
+def test_search_index_and_export_give_the_same_results(trained, tmp_path):
+    from sketch_tf import search
+    from sketch_tf.export import serving
+    from sketch_tf.train.run import load_run
+
+    config, workdir, _ = trained
+    run = load_run(workdir, config)
+    records = run.task.records_dir("test")
+    index = search.build_index(run, records)
+    assert index.manifest["step"] == run.step and index.manifest["domains"] == ["photo"]
+    png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
+    got = search.query_run(run, index, png, 4)
+    # The exported `retrieve` (gallery embedded at export time) ranks the same way.
+    path = serving.export_run(run, str(tmp_path / "export"))
+    via_export = search.query_export(str(tmp_path / "export"), png, 4)
+    assert via_export["export"] == path and via_export["rows"] == got["rows"]
+    assert via_export["keys"] == got["keys"] and via_export["labels"] == got["labels"]
+    np.testing.assert_allclose(via_export["scores"], got["scores"], atol=1e-4)
+    # A saved index loads for the same model and is refused for another checkpoint.
+    folder = index.save(tmp_path / "index")
+    again = search.query_run(run, search.load_index(run, str(folder)), png, 4)
+    assert again["rows"] == got["rows"]
+    run.checkpoint = run.checkpoint + "-other"
+    with pytest.raises(ValueError, match="another model .*checkpoint"):
+        search.load_index(run, str(folder))
+    # The grid reads the result images back from the records.
+    grid = search.result_grid(got, png, query_label=got["labels"][0])
+    assert grid.size[0] > 4 * 96 and grid.size[1] >= 96
+    with pytest.raises(ValueError, match="sketch only"):
+        search.query_export(str(tmp_path / "export"), png, 4, exemplar=png, alpha=0.5)
+
+
+def test_clients_retrieve_through_the_test_server(trained, tmp_path):
+    # The export's `retrieve` served the way TF Serving runs it (TF1 session loader), called
+    # by the REST and gRPC clients: the same top-k as the SavedModel in process.
+    from sketch_tf.export import serving
+    from sketch_tf.serving import GrpcClient, RestClient, ServingError
+    from sketch_tf.train.run import load_run
+    from tests.serving_server import ModelServer
+
+    config, workdir, _ = trained
+    run = load_run(workdir, config)
+    base = str(tmp_path / "zs_sbir")
+    path = serving.export_run(run, base, model_name="zs_sbir")
+    png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
+    want = tf.saved_model.load(path).signatures["retrieve"](
+        images=tf.constant([png, png]), k=tf.constant(3)
+    )
+    clients = [lambda port: RestClient("127.0.0.1", port, model="zs_sbir", proxies={})]
+    try:
+        import tensorflow_serving.apis.predict_pb2  # noqa: F401
+
+        clients.append(
+            lambda port: GrpcClient("127.0.0.1", port, model="zs_sbir",
+                                    channel_options=[("grpc.enable_http_proxy", 0)])
+        )  # fmt: skip
+    except ImportError:
+        pass  # the gRPC half needs tensorflow-serving-api (quickstart.sh installs it)
+    with ModelServer({"zs_sbir": base}) as server:
+        ports = [server.rest_port, server.grpc_port]
+        for make, port in zip(clients, ports, strict=False):
+            client = make(port)
+            got = client.predict({"images": [png, png], "k": 3}, signature="retrieve")
+            np.testing.assert_array_equal(got["ids"], want["ids"].numpy())
+            np.testing.assert_array_equal(got["keys"], want["keys"].numpy().astype(object))
+            np.testing.assert_allclose(got["scores"], want["scores"].numpy(), atol=1e-5)
+            assert int(got["k"]) == 3 and not bool(got["clipped"])
+            default = client.predict({"images": [png], "k": 2})  # serving_default = retrieve
+            np.testing.assert_array_equal(default["ids"], want["ids"].numpy()[:1, :2])
+            with pytest.raises(ServingError, match="images") as err:
+                client.predict({"images": [b"\x89PNG broken"], "k": 2}, signature="retrieve")
+            assert err.value.code == "INVALID_ARGUMENT" and "retrieve" in str(err.value)
+            client.close()
