@@ -1,6 +1,6 @@
 """A retrieval gallery stored inside a servable: embeddings, keys and labels, searched in TF.
 
-`ServingGallery` holds the gallery as variables of the SavedModel (the search matrix of
+`ServingGallery` holds the gallery as variables of the SavedModel (its search matrix,
 `sketch_tf.index.search_matrix`, one string key and one class name per row) and answers
 `top_k` inside a signature with `sketch_tf.index.exact_top_k`, the library's exact search
 (ties in gallery order). It is built at export time from a labelled-image records dataset
@@ -108,27 +108,29 @@ class ServingGallery(tf.Module):
     """The gallery of a `retrieve` signature.
 
     Args:
-      matrix: float32 [N, M], the rows the queries are multiplied with: `search_matrix(g,
-        metric)` of the gallery embeddings (already normalised for cosine), or for style
-        retrieval the concatenated unit structure and style embeddings.
+      vectors: float32 [N, D], the gallery in the space of the queries: the embeddings
+        (already unit rows for cosine), or for style retrieval the concatenated unit
+        structure and style embeddings; stored as their `search_matrix`.
       keys, labels: str [N] (see the module docstring).
       metric: "euclidean" (score = minus the L2 distance), "cosine" or "inner_product" (score
         = inner product).
       manifest: JSON-able description (model, checkpoint, records, ...).
     """
 
-    def __init__(self, matrix, keys, labels, metric: str, manifest: dict[str, Any]):
+    def __init__(self, vectors, keys, labels, metric: str, manifest: dict[str, Any]):
         super().__init__(name="gallery")
-        matrix = np.asarray(matrix, np.float32)
-        if matrix.ndim != 2 or len(matrix) != len(keys) or len(keys) != len(labels):
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(keys) or len(keys) != len(labels):
             raise ValueError(
-                f"ServingGallery: matrix {matrix.shape}, {len(keys)} keys, {len(labels)} labels"
+                f"ServingGallery: vectors {vectors.shape}, {len(keys)} keys, {len(labels)} labels"
             )
         if len(keys) == 0:
             raise ValueError("ServingGallery: empty gallery")
         self.metric = metric
         self.size = int(len(keys))
         self.manifest = {**manifest, "size": self.size, "metric": metric}
+        self.dim = int(vectors.shape[1])
+        matrix = index_lib.search_matrix(vectors, metric)
         self.matrix = tf.Variable(matrix, trainable=False, name="matrix")
         self.keys = tf.Variable(np.asarray(keys, dtype=object), trainable=False, name="keys")
         self.labels = tf.Variable(np.asarray(labels, dtype=object), trainable=False, name="labels")
@@ -137,7 +139,7 @@ class ServingGallery(tf.Module):
         """Exact top-k of query rows (graph op, inside a signature).
 
         Args:
-          queries: float32 [Q, M'] (M' = M - 1 for the euclidean search matrix, else M).
+          queries: float32 [Q, D] (the space of the gallery's `vectors`).
           k: int32 scalar, >= 1 (InvalidArgument "input `k`" otherwise); more than the gallery
             holds is clipped.
 

@@ -114,9 +114,9 @@ def serving_gallery(task, models, records_dir: str, manifest: dict) -> gallery_l
         sketch_domain=d.sketch_domain,
         batch_size=int(task.config.eval.batch_size),
     )
-    matrix, metric = index_vectors(task, rows["embeddings"])
+    vectors, metric = index_vectors(task, rows["embeddings"])
     info = {**manifest, "records": rows["records"], "domains": gallery_domains(task)}
-    return gallery_lib.ServingGallery(matrix, rows["keys"], rows["labels"], metric, info)
+    return gallery_lib.ServingGallery(vectors, rows["keys"], rows["labels"], metric, info)
 
 
 def serving_signatures(task, models, gallery=None) -> dict[str, Any]:

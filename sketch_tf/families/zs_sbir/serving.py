@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf import index as index_lib
 from sketch_tf.data.images import encode_png
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
@@ -80,9 +79,8 @@ def serving_gallery(task, models, records_dir: str, manifest: dict) -> gallery_l
         batch_size=int(task.config.eval.batch_size),
     )
     vectors, metric = index_vectors(task, rows["embeddings"])
-    matrix = index_lib.search_matrix(vectors, metric).numpy()
     info = {**manifest, "records": rows["records"], "domains": gallery_domains(task)}
-    return gallery_lib.ServingGallery(matrix, rows["keys"], rows["labels"], metric, info)
+    return gallery_lib.ServingGallery(vectors, rows["keys"], rows["labels"], metric, info)
 
 
 def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
