@@ -140,7 +140,7 @@ def export_saved_model(
     *,
     model_name: str | None = None,
     overwrite: bool = False,
-    atol: float = 1e-4,
+    atol: float = 1e-5,
     server_base_path: str | None = None,
     gallery=None,
     model_manifest: dict | None = None,
@@ -155,7 +155,8 @@ def export_saved_model(
       version: integer version folder name.
       model_name: model name written into the warmup requests (default: the task name).
       overwrite: replace an existing version folder instead of failing.
-      atol: tolerance of the reload check (reloaded vs in-memory outputs).
+      atol: absolute tolerance of the reload check (reloaded vs in-memory outputs, both
+        loaders; relative tolerance 1e-5).
       server_base_path: the model's base path as the server sees it, written into
         `models.config` (default `/models/<model_name>`, the TF Serving Docker image's
         layout when `export_base` is mounted there).
@@ -326,7 +327,7 @@ def _compare(name: str, how: str, expected: dict, got: dict, atol: float) -> Non
             raise RuntimeError(f"signature {name!r} reloaded with {how} has no output {key!r}")
         other = np.asarray(got[key])
         if value.dtype.kind == "f":
-            if value.shape != other.shape or not np.allclose(value, other, atol=atol, rtol=1e-4):
+            if value.shape != other.shape or not np.allclose(value, other, atol=atol, rtol=1e-5):
                 diff = float(np.max(np.abs(value - other))) if value.shape == other.shape else None
                 raise RuntimeError(
                     f"signature {name!r} reloaded with {how}: output {key!r} differs from the "
