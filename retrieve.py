@@ -33,8 +33,8 @@ _FACTORY = flags.DEFINE_string(
     "index_factory", None, "faiss index factory string (default: exact search)."
 )
 _QUERY = flags.DEFINE_string("query", None, "Query sketch image (PNG / JPEG).")
-_EXEMPLAR = flags.DEFINE_string("exemplar", None, "Style exemplar image (style_sbir only).")
-_ALPHA = flags.DEFINE_float("alpha", None, "Structure weight in [0, 1] (style_sbir only).")
+_EXEMPLAR = flags.DEFINE_string("exemplar", None, "Style exemplar image (style retrieval only).")
+_ALPHA = flags.DEFINE_float("alpha", None, "Structure weight in [0, 1] (style retrieval only).")
 _K = flags.DEFINE_integer("k", 10, "Results to return.")
 _OUT = flags.DEFINE_string("out", None, "Write the result grid to this PNG.")
 _QUERY_CLASS = flags.DEFINE_string("query_class", None, "The query's class, to colour the grid.")

@@ -34,7 +34,9 @@ MODEL_KEYS = ("task", "checkpoint", "step", "config_sha256")
 def _family(task):
     module = task.family_module("serving")
     if module is None or not hasattr(module, "index_vectors"):
-        raise ValueError(f"task {task.name!r} serves no retrieval (zs_sbir, style_sbir do)")
+        raise ValueError(
+            f"task {task.name!r} serves no retrieval (its serving module has no index)"
+        )
     return module
 
 
