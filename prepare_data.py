@@ -58,6 +58,9 @@ _LAYOUT = flags.DEFINE_enum(
     "layout", "auto", ["auto", "domain_class", "class"], "folders: folder layout."
 )
 _DOMAIN = flags.DEFINE_string("domain", None, "folders: domain name for the <root>/<class> layout.")
+_ALLOW_MISSING = flags.DEFINE_bool(
+    "allow_missing", False, "folders: accept a class absent from some domain (else an error)."
+)
 _STYLE_DOMAINS = flags.DEFINE_list(
     "style_domains", None, "folders: domains labelled as styles (style_id, content_id)."
 )
@@ -147,7 +150,7 @@ def main(argv):
         }
         if _SOURCE.value == "folders":
             options.update(layout=_LAYOUT.value, domain=_DOMAIN.value)
-            options.update(style_domains=_STYLE_DOMAINS.value)
+            options.update(style_domains=_STYLE_DOMAINS.value, allow_missing=_ALLOW_MISSING.value)
             if flags.FLAGS["test_fraction"].present:
                 options.update(test_fraction=_TEST_FRACTION.value)
         elif _SOURCE.value == "quickdraw":

@@ -168,3 +168,19 @@ def test_prepare_data_derived_precomputes_the_feature_caches(tmp_path):
         assert os.path.dirname(os.path.dirname(path)).startswith(str(root))
     proc = _run("prepare_data.py", "--derived")
     assert proc.returncode == 2 and "--derived needs --config" in proc.stderr
+
+
+def test_prepare_data_allow_missing_is_the_flag_the_error_suggests(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "pacs"
+    for rel in ("photo/dog/a.png", "photo/cat/a.png", "sketch/dog/a.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), "white").save(root / rel)
+    args = ["--source=folders", f"--root={root}"]
+    proc = _run("prepare_data.py", *args, f"--out={tmp_path / 'a'}")
+    assert proc.returncode == 2 and "missing in domain 'sketch'" in proc.stderr
+    assert "--allow_missing" in proc.stderr
+    proc = _run("prepare_data.py", *args, f"--out={tmp_path / 'b'}", "--allow_missing")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["records"] == 3

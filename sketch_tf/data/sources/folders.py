@@ -153,7 +153,7 @@ def prepare(
         if missing and not allow_missing:
             raise ValueError(
                 f"{Path(root)}: classes {missing} missing in domain {d!r} "
-                "(pass allow_missing=True to accept)"
+                "(prepare_data.py --allow_missing accepts it; allow_missing=True in Python)"
             )
     ids = class_index(all_classes)
     root = Path(root)
