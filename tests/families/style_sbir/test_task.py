@@ -481,3 +481,10 @@ def test_two_stages_under_two_logical_cpus(records, tmp_path, two_cpu_strategy):
     assert result.status == "completed" and result.step == 2
     assert set(result.losses) >= {"style_triplet", "total"}
     assert all(np.isfinite(v) for v in result.losses.values())
+
+
+def test_deterministic_runs_are_bit_identical(records, tmp_path):
+    from tests.determinism import assert_bit_identical_runs
+
+    # Both stages (classification, then triplet from its weights).
+    assert assert_bit_identical_runs(_config(records), tmp_path) >= 2

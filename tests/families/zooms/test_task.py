@@ -364,3 +364,10 @@ def test_triplet_batching_needs_the_original_mining():
     c = load_config()
     c.loss.mining = "first_semi_hard"
     assert "goes with loss.mining='first_semi_hard'" in "\n".join(ZoomsTask.validate_config(c))
+
+
+def test_deterministic_runs_are_bit_identical(trained, tmp_path):
+    from tests.determinism import assert_bit_identical_runs
+
+    task, _, _, _ = trained
+    assert assert_bit_identical_runs(task.config, tmp_path) >= 2

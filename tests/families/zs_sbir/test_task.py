@@ -773,3 +773,10 @@ def test_clients_retrieve_through_the_test_server(trained, tmp_path):
                 client.predict({"images": [b"\x89PNG broken"], "k": 2}, signature="retrieve")
             assert err.value.code == "INVALID_ARGUMENT" and "retrieve" in str(err.value)
             client.close()
+
+
+def test_deterministic_runs_are_bit_identical(records, tmp_path):
+    from tests.determinism import assert_bit_identical_runs
+
+    config = _config(records, negatives="mined")  # in-batch mining: order matters too
+    assert assert_bit_identical_runs(config, tmp_path) >= 2 * 3  # 2 steps x 3 loss terms
