@@ -7,12 +7,14 @@
     <export_base>/batching_parameters.txt   (`--batching_parameters_file`)
 
 The task supplies the signatures (`Task.serving_signatures`, one of them `serving_default`)
-and example inputs (`Task.warmup_inputs`). The export is written to a temporary folder beside
-the final one, reloaded and checked against the in-memory model on the warmup inputs, and only
-then renamed into place, so TF Serving (which watches `<export_base>`) never sees a partial
-version: a process killed midway leaves only a hidden `.tmp-<version>-<pid>-...` folder, which
-the server ignores (it loads integer folder names) and the next export removes. Replacing a
-version (`overwrite`) moves the old folder aside before the rename and deletes it after.
+and example inputs (`Task.warmup_inputs`, one request per signature). The export is written
+to a temporary folder beside the final one, reloaded with both loaders (`tf.saved_model.load`
+and the TF1 session loader TF Serving uses) and checked against the in-memory model on the
+warmup requests as parsed back from the warmup file, and only then renamed into place, so
+TF Serving (which watches `<export_base>`) never sees a partial version: a process killed
+midway leaves only a hidden `.tmp-<version>-<pid>-...` folder, which the server ignores (it
+loads integer folder names) and the next export removes. Replacing a version (`overwrite`)
+moves the old folder aside before the rename and deletes it after.
 """
 
 from __future__ import annotations
@@ -203,6 +205,11 @@ def export_saved_model(
         if inputs:
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             warmup.write_warmup_requests(os.path.join(tmp, WARMUP_FILE), name, inputs)
+            # The check replays the requests as parsed back from the file the server reads.
+            inputs = {
+                r["signature"]: r["inputs"]
+                for r in warmup.read_warmup_requests(os.path.join(tmp, WARMUP_FILE))
+            }
         _check_reload(tmp, signatures, inputs, atol)
         old = os.path.join(export_base, f".old-{tag}")
         if os.path.exists(final):
