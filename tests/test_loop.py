@@ -121,3 +121,72 @@ def test_checkpoint_from_other_model_is_a_clear_error(tmp_path):
     other.model.hidden = 7
     with pytest.raises(ValueError, match="does not match the models"):
         loop.train(tiny_task.TinyTask(other), workdir, log=lambda s: None)
+
+
+def test_sigkill_at_a_random_step_resumes_bit_identically(tmp_path):
+    # Pre-emption: train.py killed with SIGKILL at a random step (not at a checkpoint), then
+    # the same command again. The rerun resumes from the last checkpoint (at most one
+    # interval lost) with the saved input position, and ends with the weights of an
+    # uninterrupted run, bit for bit.
+    import random
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from sketch_tf.paths import PROJECT_ROOT
+
+    steps, every = 1200, 100
+    overrides = {"num_steps": steps, "checkpoint_every": every, "log_every": 1}
+    kill_at = random.Random().choice([s for s in range(every + 1, steps - every) if s % every])
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", "--config=tests/fixtures/tiny_config.py",
+           f"--workdir={workdir}", "--strategy=default",
+           *(f"--config.train.{k}={v}" for k, v in overrides.items())]  # fmt: skip
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seen = 0
+    for line in proc.stderr:
+        match = re.search(rf"step (\d+)/{steps}", line)
+        if match:
+            seen = int(match.group(1))
+            if seen >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and kill_at <= seen < steps, (seen, kill_at)
+    rerun = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = int(re.search(r"resumed from \S+ at step (\d+)", rerun.stderr).group(1))
+    assert seen - every <= resumed <= seen and resumed % every == 0, (seen, resumed)
+    assert "input position restored" in rerun.stderr
+    print(f"killed at step {seen} (target {kill_at}), resumed at {resumed}")
+
+    config = _config(**overrides)
+    loop.train(tiny_task.TinyTask(config), str(tmp_path / "full"), log=lambda s: None)
+    w_full, step_full = _final_weights(str(tmp_path / "full"), config)
+    w_killed, step_killed = _final_weights(str(workdir), config)
+    assert step_full == step_killed == steps
+    for a, b in zip(w_full, w_killed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_reads_the_input_position_or_replays(tmp_path):
+    # A checkpoint with the input position resumes the iterator; without it (an older run,
+    # or train.save_input_position=False) the stream is replayed; both give the same weights.
+    results = {}
+    for save in (True, False):
+        config = _config(num_steps=8, save_input_position=save)
+        workdir = str(tmp_path / f"save_{save}")
+        loop.train(tiny_task.TinyTask(config), workdir, stop_after_steps=5, log=lambda s: None)
+        logs = []
+        loop.train(tiny_task.TinyTask(config), workdir, log=logs.append)
+        expected = "input position restored" if save else "replaying the 5 batches"
+        assert any(expected in line for line in logs), logs
+        results[save] = _final_weights(workdir, config)[0]
+        names = {n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(
+            os.path.join(workdir, "ckpt")))}  # fmt: skip
+        assert any(n.startswith("input_iterator/") for n in names) == save
+    for a, b in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(a, b)

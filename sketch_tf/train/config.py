@@ -79,6 +79,9 @@ def base_train_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 3,
             "eval_every": 0,  # 0 = evaluate only at the end of training
             "deterministic": True,  # tf.config.experimental.enable_op_determinism()
+            # Save the input pipeline's position (shuffle buffer, seeds, read offset) with each
+            # checkpoint, so a resume decodes no batch twice (one replica; see train/loop.py).
+            "save_input_position": True,
             "trainable": (),  # model names the optimizer updates; () = every model
         }
     )

@@ -10,8 +10,9 @@ Per step: the Task computes its loss terms per replica as shares of the global-b
 terms are summed across replicas for logging. Checkpoints (models, optimizer state incl. its
 step counter and hence learning-rate schedules, and the global step) go to `<workdir>/ckpt`
 through `tf.train.CheckpointManager`; a rerun with the same workdir resumes from the latest
-one and skips the batches already consumed, so an interrupted run continues exactly where an
-uninterrupted one would be (same seed, deterministic ops). SIGTERM / SIGINT save a checkpoint
+one and from the input position saved with it (one replica; distributed runs replay the
+batches already consumed, `_input_iterator`), so an interrupted run continues exactly where
+an uninterrupted one would be (same seed, deterministic ops). SIGTERM / SIGINT save a checkpoint
 and return; a non-finite loss stops training without saving, leaving the last good checkpoint.
 
 A run that starts from scratch applies the config's warm start (`config.init`: named models
@@ -216,6 +217,45 @@ def restore_latest(state: TrainState, checkpoint_dir: str, *, for_training: bool
     return latest
 
 
+#: Name of the training input position in the checkpoint (`_input_iterator`).
+INPUT_ITERATOR = "input_iterator"
+
+
+def _input_iterator(
+    strategy, dataset, state: TrainState, restored, start_step: int, log, state_saves_input=True
+):
+    """The iterator of the training batches, positioned where the restored run stopped.
+
+    With one replica it is a `tf.data` iterator tracked by the checkpoint
+    (`state.checkpoint.input_iterator`: its shuffle buffer, seed stream and read position are
+    saved with the weights), so a resume decodes no batch twice and costs the same at step 10
+    or 100,000 (bench/resume_bench.py). A checkpoint written before the input was saved, and
+    the distributed strategies (TF 2.21's distributed iterators are not trackable: "Checkpoint
+    was expecting it to be a trackable object"), replay the stream instead: the dataset skips
+    the `start_step` batches already consumed, which gives the same batches but decodes them
+    again; so does `train.save_input_position=False` (`state_saves_input`: smaller
+    checkpoints when shuffle buffers are large). Either way the batches after a resume are
+    those of an uninterrupted run.
+    """
+    if strategy.num_replicas_in_sync == 1 and state_saves_input:
+        iterator = iter(dataset)
+        state.checkpoint.input_iterator = iterator
+        if restored and start_step:
+            saved = {name for name, _ in tf.train.list_variables(restored)}
+            if any(name.startswith(f"{INPUT_ITERATOR}/") for name in saved):
+                tf.train.Checkpoint(input_iterator=iterator).read(restored).expect_partial()
+                log(f"input position restored from {restored}")
+            else:
+                iterator = iter(dataset.skip(start_step))
+                state.checkpoint.input_iterator = iterator
+                log(f"{restored} holds no input position: replaying {start_step} batches")
+        return iterator
+    if start_step:
+        log(f"input: replaying the {start_step} batches already consumed")
+        dataset = dataset.skip(start_step)
+    return iter(strategy.experimental_distribute_dataset(dataset))
+
+
 class _StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
 
@@ -357,10 +397,10 @@ def train(
         return TrainResult(start_step, "completed", checkpoint=restored)
 
     dataset = task.build_train_dataset(global_batch, int(config.seed), models=state.models)
-    if start_step:
-        # Same batches as an uninterrupted run would see from here on.
-        dataset = dataset.skip(start_step)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = _input_iterator(
+        strategy, dataset, state, restored, start_step, log,
+        state_saves_input=bool(train_cfg.get("save_input_position", True)),
+    )  # fmt: skip
 
     loss_ctx = LossContext(global_batch_size=global_batch, num_replicas=replicas)
     variables = state.variables
