@@ -322,3 +322,27 @@ def test_style_csv_and_bam_sqlite(tmp_path):
 
 def test_registry_lists_all_sources():
     assert sorted(SOURCES) == ["folders", "quickdraw", "sketchzooms", "style"]
+
+
+def test_unicode_and_spaces_in_class_names_and_non_image_files(tmp_path):
+    # Class names are folder names as they are (UTF-8 in the records and the manifest);
+    # files without an image extension are ignored; a file named like an image that does
+    # not decode is an error naming it, or a counted skip with skip_bad.
+    root = tmp_path / "src"
+    for rel in ("photo/hot dog/a.png", "photo/café crème/b.png", "sketch/hot dog/c.png",
+                "sketch/café crème/d.png"):  # fmt: skip
+        _img(root / rel)
+    (root / "photo" / "hot dog" / "notes.txt").write_text("not an image, ignored")
+    m = prepare("folders", root, tmp_path / "a")
+    assert m["classes"] == ["café crème", "hot dog"] and m["num_records"] == 4
+    names = {
+        schema.parse_labelled_image(r)[schema.CLASS_NAME].numpy().decode()
+        for r in tfrecord.record_dataset(tmp_path / "a")
+    }
+    assert names == {"café crème", "hot dog"}
+    (root / "photo" / "hot dog" / "fake.png").write_text("not a png")
+    with pytest.raises(BadInputError, match="hot dog/fake.png: not a decodable image.*--skip_bad"):
+        prepare("folders", root, tmp_path / "b")
+    m = prepare("folders", root, tmp_path / "c", skip_bad=True)
+    assert m["num_records"] == 4 and m["skipped"]["count"] == 1
+    assert m["skipped"]["items"][0]["path"].endswith("hot dog/fake.png")
