@@ -60,16 +60,25 @@ def main(argv):
         cli.fail(f"--gallery={_GALLERY.value}: {err}")
     if gallery is not None:
         print(f"gallery: {gallery.size} images of {gallery.manifest['records']}")
-    path = export_saved_model(
-        run.task,
-        run.models,
-        base,
-        version,
-        overwrite=_OVERWRITE.value,
-        model_name=_MODEL_NAME.value,
-        gallery=gallery,
-        model_manifest=run.manifest(),
-    )
+    import tensorflow as tf
+
+    try:
+        path = export_saved_model(
+            run.task,
+            run.models,
+            base,
+            version,
+            overwrite=_OVERWRITE.value,
+            model_name=_MODEL_NAME.value,
+            gallery=gallery,
+            model_manifest=run.manifest(),
+        )
+    except (OSError, tf.errors.OpError) as err:
+        detail = getattr(err, "message", None) or str(err)
+        cli.fail(
+            f"could not write version {version} in {base} ({detail.strip()}; disk full?): "
+            "nothing of it was left, the other versions are untouched"
+        )
     print(f"exported {path}")
 
 

@@ -288,13 +288,52 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+class WorkdirError(RuntimeError):
+    """The run folder cannot be written (not a folder, no permission, disk full); the message
+    names the path and what is still intact."""
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Saves the resolved config as `<workdir>/config.json` (read back by evaluate/export)."""
-    os.makedirs(workdir, exist_ok=True)
+    """Saves the resolved config as `<workdir>/config.json` (read back by evaluate/export).
+
+    Raises:
+      WorkdirError: `workdir` cannot be created or written.
+    """
     tmp = os.path.join(workdir, ".config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(tmp, os.path.join(workdir, "config.json"))
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise WorkdirError(f"workdir {workdir} is not writable: {err}") from err
+
+
+def _save_checkpoint(manager, step: int) -> str:
+    """`manager.save(step)`, turning a failed write (disk full, I/O error) into a WorkdirError
+    that names the checkpoint and the last complete one. The manager's `checkpoint` file is
+    only rewritten after a complete save, so the previous checkpoint still loads; the partial
+    files of the failed one are removed."""
+    previous = manager.latest_checkpoint
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as err:
+        prefix = os.path.join(manager.directory, f"ckpt-{step}")
+        for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(prefix + "_temp*"):
+            try:
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+            except (tf.errors.OpError, OSError):
+                pass  # the disk may refuse even this; the `checkpoint` file never names it
+        detail = getattr(err, "message", None) or str(err)
+        raise WorkdirError(
+            f"could not write checkpoint {prefix} ({detail.strip()}; disk full?); the last "
+            f"complete checkpoint {previous or '(none)'} is intact and a rerun resumes from it"
+        ) from err
 
 
 def write_eval_results(workdir: str, step: int, result: dict[str, Any]) -> str:
@@ -355,6 +394,8 @@ def train(
 
     Raises:
       NonFiniteLossError: a loss term was NaN/inf; nothing was saved for that step.
+      WorkdirError: the workdir or a checkpoint could not be written (the last complete
+        checkpoint is intact).
     """
     strategy = strategy or tf.distribute.get_strategy()
     config = task.config
@@ -456,7 +497,7 @@ def train(
 
     def save() -> str:
         state.step.assign(step)
-        return manager.save(checkpoint_number=step)
+        return _save_checkpoint(manager, step)
 
     with _StopRequest() as stop:
         while step < num_steps:
