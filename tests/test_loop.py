@@ -190,3 +190,49 @@ def test_resume_reads_the_input_position_or_replays(tmp_path):
         assert any(n.startswith("input_iterator/") for n in names) == save
     for a, b in zip(results[True], results[False], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_while_checkpoints_are_written_leaves_the_last_complete_one(tmp_path):
+    # A checkpoint every step, so that kills land while one is being written (seen as its
+    # partial files left behind): after every kill the latest checkpoint still loads, and
+    # the rerun resumes from it; the partial files of the dead save are not used.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sketch_tf.paths import PROJECT_ROOT
+
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--config=tests/fixtures/tiny_config.py",
+           f"--workdir={workdir}", "--strategy=default", "--config.train.num_steps=100000",
+           "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2"]  # fmt: skip
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    mid_write, steps = 0, [0]
+    ckpt = workdir / "ckpt"
+
+    def newest() -> int:
+        found = [int(p.split("-")[1].split(".")[0]) for p in glob.glob1(str(ckpt), "ckpt-*.index")]
+        return max(found, default=0)
+
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stderr=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and newest() <= steps[-1] + 2:  # training again
+            time.sleep(0.02)
+        # Kill as soon as a save is seen in progress (its temporary files exist).
+        deadline = time.time() + 10
+        while time.time() < deadline and not [p for p in os.listdir(ckpt) if "_temp" in p]:
+            pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        mid_write += bool([p for p in os.listdir(ckpt) if "_temp" in p])
+        state = loop.build_state(tiny_task.TinyTask(tiny_task.get_config()))
+        latest = loop.restore_latest(state, str(ckpt), for_training=True)
+        assert latest is not None
+        steps.append(int(state.step.numpy()))
+    steps = steps[1:]
+    # Every rerun resumed and went on; the kills that caught a save did not break the last one.
+    assert steps == sorted(set(steps)) and steps[0] > 0 and mid_write >= 1, (steps, mid_write)
+    print(f"4 kills, {mid_write} during a checkpoint write; checkpoints loaded at {steps}")
