@@ -136,3 +136,40 @@ def test_load_run_names_missing_checkpoint(tmp_path):
         run_lib.load_run(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="config.json does not exist"):
         run_lib.load_run(str(tmp_path / "nothing"))
+
+
+def test_sigkill_at_the_stage_handover_resumes_bit_identically(tmp_path):
+    # train.py of a two-stage recipe killed the moment the second stage starts (its init
+    # from the first applied in memory, nothing of it saved): the rerun does not redo stage
+    # one, starts stage two again from it, and ends bit-identical to an uninterrupted run.
+    import signal
+    import subprocess
+    import sys
+
+    from sketch_tf.paths import PROJECT_ROOT
+    from tests.fixtures import tiny_two_stage_config
+
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", "--config=tests/fixtures/tiny_two_stage_config.py",
+           f"--workdir={workdir}", "--strategy=default"]  # fmt: skip
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "stage 'fine' ->" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(workdir / "fine" / "ckpt" / "checkpoint")  # killed before any
+    rerun = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "stage 'pre' already finished" in rerun.stderr
+    config = tiny_two_stage_config.get_config()
+    run_lib.train_run(config, str(tmp_path / "full"), log=lambda s: None)
+    for stage in ("pre", "fine"):
+        killed = _stage_models(str(workdir), stage)
+        full = _stage_models(str(tmp_path / "full"), stage)
+        for name in full:
+            for a, b in zip(_weights(killed[name]), _weights(full[name]), strict=True):
+                np.testing.assert_array_equal(a, b)
