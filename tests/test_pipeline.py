@@ -426,3 +426,49 @@ def test_augment_train_image_shrinks_large_images_with_antialias():
     out = pipeline.augment_train_image(enc, False, 24, tf.constant([0, 1], tf.int64)).numpy()
     centre = out[8:16, 8:16]
     assert np.all(np.abs(centre - centre.mean()) < 0.1)
+
+
+def test_one_pixel_and_huge_images_within_a_memory_bound(tmp_path):
+    # A 1 x 1 image is a valid input of every path. A 10,000 x 10,000 drawing is box-averaged
+    # on its uint8 pixels before anything else: in a fresh process, preprocessing it for
+    # evaluation and training raises the peak RSS by less than 1 GB (its decoded pixels are
+    # 300 MB; a float32 copy alone would be 1.2 GB), and its 10-px stroke survives.
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from sketch_tf.data.images import encode_png
+
+    one = tf.constant(encode_png(np.zeros((1, 1, 3), np.uint8)))
+    for is_sketch in (True, False):
+        assert pipeline.preprocess(one, is_sketch, 32, False).shape == (32, 32, 3)
+        seed = tf.constant([1, 2], tf.int64)
+        assert pipeline.preprocess(one, is_sketch, 32, True, seed).shape == (32, 32, 3)
+    big = np.full((10000, 10000), 255, np.uint8)
+    big[4995:5005] = 0  # a horizontal stroke, 10 px wide
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(big[4900:5100, 4900:5100]).save(tmp_path / "small.png")
+    del big
+    code = f"""
+import resource, tensorflow as tf
+from sketch_tf.data import pipeline
+small = tf.constant(open({str(tmp_path / "small.png")!r}, "rb").read())
+for sk in (True, False):  # warm-up on a small image: every op loaded, nothing large yet
+    for tr in (False, True):
+        pipeline.preprocess(small, sk, 224, tr, tf.constant([1, 2], tf.int64))
+data = tf.constant(open({str(tmp_path / "big.png")!r}, "rb").read())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = [pipeline.preprocess(data, sk, 224, tr, tf.constant([1, 2], tf.int64))
+       for sk in (True, False) for tr in (False, True)]
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(grew, float(tf.reduce_min(out[0])), [tuple(o.shape) for o in out])
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grew, darkest, shapes = proc.stdout.strip().splitlines()[-1].split(" ", 2)
+    print(f"10,000 x 10,000: peak RSS grew by {float(grew):.0f} MB after the first image")
+    assert float(grew) < 1024 and float(darkest) < 0.9 and shapes.count("(224, 224, 3)") == 4

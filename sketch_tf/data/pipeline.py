@@ -37,14 +37,29 @@ AFFINE_MAX_DEGREES, AFFINE_MAX_SCALE, AFFINE_MAX_SHIFT = 10.0, 0.1, 0.05
 
 
 # ---- single-image ops --------------------------------------------------------------------------
-def decode_image(encoded: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+#: `preprocess` area-reduces a decoded image whose long side exceeds this many times the
+#: output side before anything else (`decode_image(max_side=...)`).
+MAX_SIDE_FACTOR = 4
+
+
+def decode_image(
+    encoded: tf.Tensor, dtype: tf.DType = tf.float32, max_side: int | None = None
+) -> tf.Tensor:
     """Encoded PNG/JPEG/GIF/BMP (any of 1-4 channels) -> [H, W, 3]: float32 in [0, 1], or
     uint8 with `dtype=tf.uint8` (what the training augmentation warps).
 
     Grey is repeated to 3 channels; an alpha channel is composited onto white (transparent
     sketch backgrounds become paper, not black). The one image decoder of the project.
+
+    `max_side`: an image whose long side is larger is first box-averaged (`ResizeArea`, on
+    the decoded uint8 pixels) to that long side, aspect kept. That bounds the memory of huge
+    inputs: a 10,000 x 10,000 photo costs its 300 MB of uint8 pixels instead of a 1.2 GB
+    float32 copy and the resize's buffers. Callers that map points through the image
+    (`resize_pad_geometry`) leave it None.
     """
     raw = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    if max_side is not None:
+        raw = _area_fit(raw, int(max_side))
     if dtype == tf.uint8:
         # 8-bit RGB needs no float round trip; anything else goes through the float path.
         out = tf.cond(
@@ -55,6 +70,22 @@ def decode_image(encoded: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
         out.set_shape([None, None, 3])
         return out
     return _to_rgb(raw)
+
+
+def _area_fit(raw: tf.Tensor, max_side: int) -> tf.Tensor:
+    """uint8 [H, W, C] -> the same, box-averaged to a long side of `max_side` when longer."""
+    hw = tf.shape(raw)[:2]
+    longest = tf.reduce_max(hw)
+
+    def shrink():
+        ratio = float(max_side) / tf.cast(longest, tf.float32)
+        new = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * ratio), tf.int32), 1)
+        small = tf.raw_ops.ResizeArea(images=raw[None], size=new)[0]  # float32, 0..255
+        return tf.cast(tf.clip_by_value(tf.round(small), 0.0, 255.0), tf.uint8)
+
+    out = tf.cond(longest > max_side, shrink, lambda: raw)
+    out.set_shape([None, None, raw.shape[-1]])
+    return out
 
 
 def _to_rgb(raw: tf.Tensor) -> tf.Tensor:
@@ -264,9 +295,11 @@ def preprocess(
     """Decode + resize (+ augment when training) one image -> float32 [size, size, 3] in [0, 1].
 
     Evaluation: sketches keep their aspect with white padding (`resize_keep_aspect`), photos
-    are resized and centre-cropped (`resize_crop`). Training: `augment_train_image` (the one
-    train-time path: fit, flip, small affine and stroke-width / colour jitter, `seed` int64
-    [2]). `is_sketch` may be a Python bool or a scalar bool tensor.
+    are resized and centre-cropped (`resize_crop`). Images with a long side over
+    `MAX_SIDE_FACTOR * size` are box-averaged to it first (`decode_image`'s `max_side`).
+    Training: `augment_train_image` (the one train-time path: fit, flip, small affine and
+    stroke-width / colour jitter, `seed` int64 [2]). `is_sketch` may be a Python bool or a
+    scalar bool tensor.
     """
     if training:
         if isinstance(is_sketch, bool):
@@ -276,7 +309,7 @@ def preprocess(
             lambda: augment_train_image(encoded, True, size, seed),
             lambda: augment_train_image(encoded, False, size, seed),
         )
-    img = decode_image(encoded)
+    img = decode_image(encoded, max_side=MAX_SIDE_FACTOR * size)
     if isinstance(is_sketch, bool):
         return resize_keep_aspect(img, size, 1.0) if is_sketch else resize_crop(img, size)
     return tf.cond(
@@ -314,7 +347,7 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     Returns:
       float32 [size, size, 3] in [0, 1].
     """
-    img = decode_image(encoded, tf.uint8)
+    img = decode_image(encoded, tf.uint8, max_side=MAX_SIDE_FACTOR * size)
     s = tf.random.experimental.stateless_split(seed, 3)
     hw = tf.cast(tf.shape(img)[:2], tf.float32)
     fsize = float(size)

@@ -46,9 +46,10 @@ def check_image_bytes(encoded: tf.Tensor, name: str) -> tf.Tensor:
         return tf.identity(encoded)
 
 
-def decode(encoded: tf.Tensor, name: str) -> tf.Tensor:
-    """Scalar encoded image -> float32 [H, W, 3] in [0, 1] (`pipeline.decode_image`)."""
-    return pipeline.decode_image(check_image_bytes(encoded, name))
+def decode(encoded: tf.Tensor, name: str, max_side: int | None = None) -> tf.Tensor:
+    """Scalar encoded image -> float32 [H, W, 3] in [0, 1] (`pipeline.decode_image`, huge
+    images box-averaged to `max_side` as `pipeline.preprocess` does)."""
+    return pipeline.decode_image(check_image_bytes(encoded, name), max_side=max_side)
 
 
 def check_float_images(images: tf.Tensor, name: str) -> tf.Tensor:
@@ -74,7 +75,7 @@ def fit(image: tf.Tensor, is_sketch: bool, size: int) -> tf.Tensor:
 def images_from_bytes(images: tf.Tensor, name: str, size: int, is_sketch: bool) -> tf.Tensor:
     """[N] encoded images -> float32 [N, size, size, 3] model inputs."""
     return tf.map_fn(
-        lambda x: fit(decode(x, name), is_sketch, size),
+        lambda x: fit(decode(x, name, pipeline.MAX_SIDE_FACTOR * size), is_sketch, size),
         images,
         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
     )
