@@ -51,24 +51,16 @@ def build_index(run, records_dir: str, factory: str | None = None, nprobe: int =
 
     Returns:
       GalleryIndex with ids = record keys (`gallery.record_key`), labels = class names and
-      manifest = `run.manifest()` + {"records", "domains"}.
+      manifest = `run.manifest()` + {"records", "domains"} (`gallery.family_gallery`, the
+      rows a `retrieve` signature's gallery holds).
     """
-    family = _family(run.task)
-    d = run.task.config.data
-    domains = family.gallery_domains(run.task)
-    rows = gallery_lib.gallery_rows(
-        records_dir,
-        family.gallery_embed(run.task, run.models),
-        image_size=int(d.image_size),
-        domains=domains,
-        sketch_domain=d.sketch_domain,
-        batch_size=int(run.task.config.eval.batch_size),
-    )
-    vectors, metric = family.index_vectors(run.task, rows["embeddings"])
-    manifest = {**run.manifest(), "records": rows["records"], "domains": domains}
+    g = gallery_lib.family_gallery(run.task, run.models, records_dir)
+    manifest = {**run.manifest(), "records": g["records"], "domains": g["domains"]}
     kwargs = {} if factory is None else {"backend": "faiss", "factory": factory, "nprobe": nprobe}
-    index = index_lib.GalleryIndex(vectors.shape[1], metric=metric, manifest=manifest, **kwargs)
-    index.add(vectors, labels=rows["labels"], ids=rows["keys"])
+    index = index_lib.GalleryIndex(
+        g["vectors"].shape[1], metric=g["metric"], manifest=manifest, **kwargs
+    )
+    index.add(g["vectors"], labels=g["labels"], ids=g["keys"])
     return index
 
 

@@ -99,6 +99,39 @@ def gallery_rows(
     }
 
 
+def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
+    """A records folder embedded as the family's gallery: `gallery_rows` with the family
+    serving module's `gallery_embed` over its `gallery_domains`, then its `index_vectors`.
+
+    Returns `gallery_rows`' dict plus "vectors" float32 [N, D] (the gallery in the queries'
+    space), "metric" and "domains". Raises ValueError when the task serves no retrieval.
+    """
+    family = task.family_module("serving")
+    if family is None or not hasattr(family, "index_vectors"):
+        raise ValueError(
+            f"task {task.name!r} serves no retrieval (its serving module has no index)"
+        )
+    d = task.config.data
+    domains = family.gallery_domains(task)
+    rows = gallery_rows(
+        records_dir,
+        family.gallery_embed(task, models),
+        image_size=int(d.image_size),
+        domains=domains,
+        sketch_domain=d.sketch_domain,
+        batch_size=int(task.config.eval.batch_size),
+    )
+    vectors, metric = family.index_vectors(task, rows["embeddings"])
+    return {**rows, "vectors": vectors, "metric": metric, "domains": domains}
+
+
+def serving_gallery(task, models, records_dir: str, manifest: dict) -> ServingGallery:
+    """The `ServingGallery` of a records folder (`family_gallery`), carrying `manifest`."""
+    g = family_gallery(task, models, records_dir)
+    info = {**manifest, "records": g["records"], "domains": g["domains"]}
+    return ServingGallery(g["vectors"], g["keys"], g["labels"], g["metric"], info)
+
+
 def unit_rows(x) -> tf.Tensor:
     """Rows divided by their L2 norm (an all-zero row stays zero: cosine 0 to everything)."""
     return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)

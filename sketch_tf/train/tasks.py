@@ -265,11 +265,15 @@ class Task:
     def serving_gallery(self, models: dict[str, Any], records_dir: str, manifest: dict):
         """The retrieval gallery embedded from a labelled-image records folder
         (`export.py --gallery`), or None when the task serves no retrieval. `manifest` (the
-        model that embeds it) is stored with it. Default: the family's
-        `serving.serving_gallery(task, models, records_dir, manifest)` when it has one."""
+        model that embeds it) is stored with it. Default: `export.gallery.serving_gallery`
+        when the family's serving module defines the gallery (`gallery_domains`,
+        `gallery_embed`, `index_vectors`)."""
         module = self.family_module("serving")
-        build = getattr(module, "serving_gallery", None)
-        return None if build is None else build(self, models, records_dir, manifest)
+        if module is None or not hasattr(module, "index_vectors"):
+            return None
+        from sketch_tf.export import gallery  # noqa: PLC0415 - export code only when exporting
+
+        return gallery.serving_gallery(self, models, records_dir, manifest)
 
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving

@@ -409,9 +409,6 @@ class ZoomsTask(Task):
 
         return serving.serving_signatures(self, models["zooms"], gallery)
 
-    def serving_gallery(self, models, records_dir, manifest):
-        return None  # correspondence: no retrieval gallery
-
     def warmup_inputs(self, signatures=None):
         from sketch_tf.families.zooms import serving
 

@@ -67,22 +67,6 @@ def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndar
     return _query(e, str(task.config.eval.metric)).numpy()
 
 
-def serving_gallery(task, models, records_dir: str, manifest: dict) -> gallery_lib.ServingGallery:
-    """The photos of a records folder embedded by the photo tower (`gallery_embed`)."""
-    d = task.config.data
-    rows = gallery_lib.gallery_rows(
-        records_dir,
-        gallery_embed(task, models),
-        image_size=int(d.image_size),
-        domains=gallery_domains(task),
-        sketch_domain=d.sketch_domain,
-        batch_size=int(task.config.eval.batch_size),
-    )
-    vectors, metric = index_vectors(task, rows["embeddings"])
-    info = {**manifest, "records": rows["records"], "domains": gallery_domains(task)}
-    return gallery_lib.ServingGallery(vectors, rows["keys"], rows["labels"], metric, info)
-
-
 def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
     """The signatures above (name -> concrete function)."""
     size = int(task.config.data.image_size)
