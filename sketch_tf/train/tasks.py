@@ -200,7 +200,9 @@ class Task:
         self, global_batch_size: int, seed: int, models: dict[str, Any] | None = None
     ) -> tf.data.Dataset:
         """Required. An infinite dataset of global batches (dicts of tensors) in a fixed order
-        for a given seed; the loop skips the batches already consumed when it resumes.
+        for a given seed; a resume restores its iterator from the checkpoint, or skips the
+        batches already consumed (`loop._input_iterator`). Its ops must be checkpointable as
+        a `tf.data` iterator (no `py_function` / `from_generator`).
 
         `models`: the built models with their restored / initialised weights, for tasks whose
         input depends on them (batches of cached trunk features, `sketch_tf.data.cache`);
