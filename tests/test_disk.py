@@ -73,10 +73,10 @@ def test_disk_full_during_an_export_keeps_the_previous_version(tmp_path):
     proc = _run("train.py", f"--config={TINY}", f"--workdir={workdir}",
                 "--config.train.num_steps=2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with _small_disk(tmp_path / "disk", 160) as disk:  # a few ~40 KB versions
+    with _small_disk(tmp_path / "disk", 72) as disk:  # one ~45 KB version fits
         base = disk / "tiny"
         versions = []
-        for _ in range(8):  # until the disk is full
+        for _ in range(4):  # until the disk is full
             proc = _run("export.py", f"--config={TINY}", f"--workdir={workdir}",
                         f"--export_dir={base}")  # fmt: skip
             if proc.returncode != 0:

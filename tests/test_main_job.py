@@ -70,10 +70,10 @@ def _retrieve_from_the_main_job_runs(tmp_path, env):
     assert [line.split()[0] for line in lines[head + 1 : head + 4]] == ["1", "2", "3"]
     assert (tmp_path / "grid.png").stat().st_size > 0
     records = next((tmp_path / "records").glob("*zs_sbir*")) / "test"
-    proc = retrieve(f"--workdir={zs}", f"--gallery={records}", f"--save_index={tmp_path / 'ix'}")
+    proc = retrieve(f"--workdir={zs}", f"--gallery={records}", f"--save_index={tmp_path / 'ix'}",
+                    "--k=100000")  # fmt: skip
     assert proc.returncode == 0 and (tmp_path / "ix" / "manifest.json").is_file(), proc.stderr
-    proc = retrieve(f"--workdir={zs}", f"--index={tmp_path / 'ix'}", "--k=100000")
-    assert proc.returncode == 0 and "fewer than --k" in proc.stdout, proc.stderr[-3000:]
+    assert "fewer than --k" in proc.stdout
     # The zs_sbir index is refused by the style run (another model), with exit status 2.
     proc = retrieve(f"--workdir={style}", f"--index={tmp_path / 'ix'}", f"--exemplar={exemplar}",
                     "--alpha=0.5")  # fmt: skip

@@ -1,5 +1,6 @@
 """Zero-shot SBIR family: models, losses, GRL schedule, training steps, evaluate, export."""
 
+import dataclasses
 import json
 import os
 
@@ -400,18 +401,26 @@ def test_baseline_metrics_cosine_is_euclidean_of_unit_rows():
     assert 0.0 <= evaluate.baseline_metrics(q, ql, g, gl, "cosine")["map_all"] <= 1.0
 
 
-def test_export_round_trip(trained, tmp_path):
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """(run, export base, version folder): the trained run exported once with its test
+    records as the gallery (`export_run`, model name "zs_sbir"), shared by the tests below."""
+    from sketch_tf.export import serving
+    from sketch_tf.train.run import load_run
+
+    config, workdir, _ = trained
+    run = load_run(workdir, config)
+    base = str(tmp_path_factory.mktemp("zs_export") / "zs_sbir")
+    return run, base, serving.export_run(run, base, model_name="zs_sbir")
+
+
+def test_export_round_trip(exported):
     from sketch_tf import index as index_lib
     from sketch_tf.export import serving
 
-    config, workdir, _ = trained
-    task = ZsSbirTask(config)
-    state = loop.build_state(task)
-    loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
-    gallery = task.serving_gallery(state.models, task.records_dir("test"), {"model": "test"})
-    # The export checks every signature's warmup request through both loaders (1e-4).
-    path = serving.export_saved_model(task, state.models, str(tmp_path / "export"), 1,
-                                      gallery=gallery)  # fmt: skip
+    run, _, path = exported
+    config, task, state = run.config, run.task, run.state
+    # The export checked every signature's warmup request through both loaders (1e-5).
     loaded = tf.saved_model.load(path)
     names = {"embed_sketch", "embed_photo", "retrieve", "search"}
     assert names | {f"{n}_floats" for n in names - {"search"}} | {"serving_default"} == set(
@@ -436,7 +445,8 @@ def test_export_round_trip(trained, tmp_path):
 
     # retrieve = the exact top-k of the gallery's photo embeddings (photo tower on the test
     # records, as evaluation embeds them), with record keys and class names.
-    records = list(pipeline.labelled_records(task.records_dir("test"), ["photo"]))
+    records_dir = task.records_dir("test")
+    records = list(pipeline.labelled_records(records_dir, ["photo"]))
     encoded = [r["image"].numpy() for r in records]
     photo = zs_models.photo_tower(state.models)
     g = np.concatenate([
@@ -444,7 +454,6 @@ def test_export_round_trip(trained, tmp_path):
                         for e in encoded[i : i + 16]]), training=False).numpy()
         for i in range(0, len(encoded), 16)
     ])  # fmt: skip
-    assert gallery.size == len(g)
     index = index_lib.GalleryIndex(g.shape[1], metric=config.eval.metric)
     index.add(g)
     out = loaded.signatures["retrieve"](images=tf.constant(png), k=tf.constant(5))
@@ -468,7 +477,8 @@ def test_export_round_trip(trained, tmp_path):
         loaded.signatures["search"](embedding=tf.constant(want), k=tf.constant(0))
     with open(os.path.join(path, "assets.extra", "gallery.json")) as f:
         stored = json.load(f)
-    assert stored["model"] == "test" and stored["size"] == len(g)
+    assert stored["step"] == run.step and stored["size"] == len(g)
+    assert stored["domains"] == ["photo"] and stored["records"] == os.path.abspath(records_dir)
 
 
 def _config_module():
@@ -700,21 +710,17 @@ def test_nothing_trainable_runs_and_says_so(records, tmp_path):
     assert np.isfinite(result.losses["triplet"])
 
 
-def test_search_index_and_export_give_the_same_results(trained, tmp_path):
+def test_search_index_and_export_give_the_same_results(exported, tmp_path):
     from sketch_tf import search
-    from sketch_tf.export import serving
-    from sketch_tf.train.run import load_run
 
-    config, workdir, _ = trained
-    run = load_run(workdir, config)
+    run, base, path = exported
     records = run.task.records_dir("test")
     index = search.build_index(run, records)
     assert index.manifest["step"] == run.step and index.manifest["domains"] == ["photo"]
     png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
     got = search.query_run(run, index, png, 4)
     # The exported `retrieve` (gallery embedded at export time) ranks the same way.
-    path = serving.export_run(run, str(tmp_path / "export"))
-    via_export = search.query_export(str(tmp_path / "export"), png, 4)
+    via_export = search.query_export(base, png, 4)
     assert via_export["export"] == path and via_export["rows"] == got["rows"]
     assert via_export["keys"] == got["keys"] and via_export["labels"] == got["labels"]
     np.testing.assert_allclose(via_export["scores"], got["scores"], atol=1e-4)
@@ -722,28 +728,23 @@ def test_search_index_and_export_give_the_same_results(trained, tmp_path):
     folder = index.save(tmp_path / "index")
     again = search.query_run(run, search.load_index(run, str(folder)), png, 4)
     assert again["rows"] == got["rows"]
-    run.checkpoint = run.checkpoint + "-other"
+    other = dataclasses.replace(run, checkpoint=run.checkpoint + "-other")
     with pytest.raises(ValueError, match="another model .*checkpoint"):
-        search.load_index(run, str(folder))
+        search.load_index(other, str(folder))
     # The grid reads the result images back from the records.
     grid = search.result_grid(got, png, query_label=got["labels"][0])
     assert grid.size[0] > 4 * 96 and grid.size[1] >= 96
     with pytest.raises(ValueError, match="sketch only"):
-        search.query_export(str(tmp_path / "export"), png, 4, exemplar=png, alpha=0.5)
+        search.query_export(base, png, 4, exemplar=png, alpha=0.5)
 
 
-def test_clients_retrieve_through_the_test_server(trained, tmp_path):
+def test_clients_retrieve_through_the_test_server(exported):
     # The export's `retrieve` served the way TF Serving runs it (TF1 session loader), called
     # by the REST and gRPC clients: the same top-k as the SavedModel in process.
-    from sketch_tf.export import serving
     from sketch_tf.serving import GrpcClient, RestClient, ServingError
-    from sketch_tf.train.run import load_run
     from tests.serving_server import ModelServer
 
-    config, workdir, _ = trained
-    run = load_run(workdir, config)
-    base = str(tmp_path / "zs_sbir")
-    path = serving.export_run(run, base, model_name="zs_sbir")
+    run, base, path = exported
     png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
     want = tf.saved_model.load(path).signatures["retrieve"](
         images=tf.constant([png, png]), k=tf.constant(3)
