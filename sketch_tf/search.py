@@ -31,15 +31,6 @@ from sketch_tf.export import gallery as gallery_lib
 MODEL_KEYS = ("task", "checkpoint", "step", "config_sha256")
 
 
-def _family(task):
-    module = task.family_module("serving")
-    if module is None or not hasattr(module, "index_vectors"):
-        raise ValueError(
-            f"task {task.name!r} serves no retrieval (its serving module has no index)"
-        )
-    return module
-
-
 def build_index(run, records_dir: str, factory: str | None = None, nprobe: int = 16):
     """Embeds the gallery domains of `records_dir` with the run's towers into a GalleryIndex.
 
@@ -89,7 +80,7 @@ def query_run(
 ) -> dict[str, list]:
     """Top-k of one query (encoded sketch, plus exemplar and alpha for style) with `index`."""
     size = int(run.task.config.data.image_size)
-    family = _family(run.task)
+    family = gallery_lib.retrieval_module(run.task, required=True)
     sketch = pipeline.preprocess(tf.constant(query), True, size, False)[None]
     ex = None if exemplar is None else pipeline.preprocess(tf.constant(exemplar), False, size,
                                                            False)[None]  # fmt: skip

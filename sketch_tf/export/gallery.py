@@ -99,6 +99,20 @@ def gallery_rows(
     }
 
 
+def retrieval_module(task, required: bool = False):
+    """The task's family serving module when it defines a retrieval gallery
+    (`gallery_domains`, `gallery_embed`, `index_vectors`), else None (ValueError with
+    `required`)."""
+    module = task.family_module("serving")
+    if module is not None and hasattr(module, "index_vectors"):
+        return module
+    if required:
+        raise ValueError(
+            f"task {task.name!r} serves no retrieval (its serving module has no index)"
+        )
+    return None
+
+
 def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
     """A records folder embedded as the family's gallery: `gallery_rows` with the family
     serving module's `gallery_embed` over its `gallery_domains`, then its `index_vectors`.
@@ -106,11 +120,7 @@ def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
     Returns `gallery_rows`' dict plus "vectors" float32 [N, D] (the gallery in the queries'
     space), "metric" and "domains". Raises ValueError when the task serves no retrieval.
     """
-    family = task.family_module("serving")
-    if family is None or not hasattr(family, "index_vectors"):
-        raise ValueError(
-            f"task {task.name!r} serves no retrieval (its serving module has no index)"
-        )
+    family = retrieval_module(task, required=True)
     d = task.config.data
     domains = family.gallery_domains(task)
     rows = gallery_rows(

@@ -270,11 +270,10 @@ class Task:
         model that embeds it) is stored with it. Default: `export.gallery.serving_gallery`
         when the family's serving module defines the gallery (`gallery_domains`,
         `gallery_embed`, `index_vectors`)."""
-        module = self.family_module("serving")
-        if module is None or not hasattr(module, "index_vectors"):
-            return None
         from sketch_tf.export import gallery  # noqa: PLC0415 - export code only when exporting
 
+        if gallery.retrieval_module(self) is None:
+            return None
         return gallery.serving_gallery(self, models, records_dir, manifest)
 
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
