@@ -9,7 +9,7 @@ import tensorflow as tf
 from sketch_tf.train.run import load_run, train_run
 
 
-def _loss_scalars(workdir: str) -> dict[str, dict[int, float]]:
+def loss_scalars(workdir: str) -> dict[str, dict[int, float]]:
     """{stage-relative tag: {step: value}} of every `loss/*` scalar under `workdir` (all
     stages' `train/` summaries)."""
     out: dict[str, dict[int, float]] = {}
@@ -38,7 +38,7 @@ def assert_bit_identical_runs(config, base_dir) -> int:
         assert result.status == "completed"
         run = load_run(workdir)
         weights = [v.numpy() for m in run.models.values() for v in m.weights]
-        runs.append((_loss_scalars(workdir), weights))
+        runs.append((loss_scalars(workdir), weights))
     (losses_a, weights_a), (losses_b, weights_b) = runs
     assert losses_a and losses_a == losses_b, (losses_a, losses_b)
     assert len(weights_a) == len(weights_b) > 0

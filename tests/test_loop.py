@@ -63,12 +63,14 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert again.step == 6
 
 
-def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy):
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy, batchnorm):
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2, "conftest must split the CPU into 2 logical devices"
     config = _config(num_steps=5)
     # Dropout draws different masks per replica, so compare without it.
     config.model.dropout = 0.0
+    config.model.batchnorm = batchnorm
     default_dir, mirrored_dir = str(tmp_path / "default"), str(tmp_path / "mirrored")
     loop.train(tiny_task.TinyTask(config), default_dir, log=lambda s: None)
     mirrored = two_cpu_strategy
@@ -79,6 +81,16 @@ def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy):
         for step in range(1, 6):
             # float32 sums in a different order across replicas: 1e-5 relative.
             assert b[tag][step] == pytest.approx(a[tag][step], rel=1e-5, abs=1e-6), (tag, step)
+    if batchnorm:
+        # Per-replica BatchNorm statistics (train.sync_batch_norm=False) give other losses:
+        # the synchronisation is what makes the two runs agree.
+        config.train.sync_batch_norm = False
+        unsynced_dir = str(tmp_path / "unsynced")
+        loop.train(tiny_task.TinyTask(config), unsynced_dir, mirrored, log=lambda s: None)
+        c = _read_scalars(os.path.join(unsynced_dir, "train"))
+        gap = abs(c["loss/total"][1] - a["loss/total"][1]) / abs(a["loss/total"][1])
+        print(f"BatchNorm without synchronisation: step-1 loss {gap:.1%} off one replica's")
+        assert gap > 1e-3
 
 
 def test_tensorboard_scalars_and_eval_results(tmp_path):

@@ -399,3 +399,54 @@ def test_losses_in_tf_function_with_unknown_batch_and_in_replica_context():
     np.testing.assert_allclose(
         strategy.experimental_local_results(per_replica)[0].numpy(), eager, rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("mining", ["semi_hard", "hard", "random", "all"])
+def test_mining_over_replicas_picks_the_triplets_of_one_replica(mining, two_cpu_strategy):
+    # Each of 2 replicas holds half of a 12-row batch of sketches and photos; the loss gathers
+    # the global batch (`LossContext.all_gather`) before mining. The summed replica losses and
+    # each row's gradient (non-zero exactly for the rows of the mined triplets with a positive
+    # hinge) equal those of one replica on the whole batch: the same triplets were mined.
+    from sketch_tf.train.tasks import LossContext
+
+    rng = np.random.default_rng(7)
+    sketches = rng.normal(size=(12, 5)).astype(np.float32)
+    photos = rng.normal(size=(12, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, size=12).astype(np.int64)
+
+    def loss_fn(s, p, y, ctx):
+        return ctx.share(
+            losses.mined_triplet_loss(
+                ctx.all_gather(s), ctx.all_gather(y), ctx.all_gather(p), ctx.all_gather(y),
+                mining=mining, margin=0.5, seed=(3, 1),
+            )
+        )  # fmt: skip
+
+    def with_grads(s, p, y, ctx):
+        with tf.GradientTape() as tape:
+            tape.watch([s, p])
+            loss = loss_fn(s, p, y, ctx)
+        return (loss, *tape.gradient(loss, [s, p]))
+
+    one = with_grads(*map(tf.constant, (sketches, photos, labels)), LossContext(12, 1))
+    halves = tf.data.Dataset.from_tensor_slices((sketches, photos, labels)).batch(12)
+    dist = next(iter(two_cpu_strategy.experimental_distribute_dataset(halves)))
+
+    @tf.function
+    def step(batch):
+        per_replica = two_cpu_strategy.run(
+            lambda s, p, y: with_grads(s, p, y, LossContext(12, 2)), args=batch
+        )
+        loss = two_cpu_strategy.reduce("SUM", per_replica[0], axis=None)
+        rows = [tf.concat(two_cpu_strategy.experimental_local_results(g), 0)
+                for g in per_replica[1:]]  # fmt: skip
+        return loss, *rows
+
+    loss, grad_s, grad_p = step(dist)
+    np.testing.assert_allclose(loss.numpy(), one[0].numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad_s.numpy(), one[1].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad_p.numpy(), one[2].numpy(), rtol=1e-5, atol=1e-7)
+    active = int(np.sum(np.any(one[1].numpy() != 0, axis=1) | np.any(one[2].numpy() != 0, 1)))
+    assert active > 0
+    print(f"{mining}: loss {float(loss):.5f}, {active} of 12 rows in mined triplets, same "
+          "on 2 replicas")  # fmt: skip

@@ -82,6 +82,10 @@ def base_train_config() -> ml_collections.ConfigDict:
             # Save the input pipeline's position (shuffle buffer, seeds, read offset) with each
             # checkpoint, so a resume decodes no batch twice (one replica; see train/loop.py).
             "save_input_position": True,
+            # With more than one replica, BatchNormalization normalises with the statistics of
+            # the global batch (all-reduced per layer) instead of each replica's share, so a
+            # distributed step computes the losses of one replica on the same global batch.
+            "sync_batch_norm": True,
             "trainable": (),  # model names the optimizer updates; () = every model
         }
     )

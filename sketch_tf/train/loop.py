@@ -7,7 +7,9 @@ MultiWorkerMirroredStrategy.
 
 Per step: the Task computes its loss terms per replica as shares of the global-batch mean
 (see `sketch_tf.train.tasks`), gradients are summed across replicas by the optimizer, and the
-terms are summed across replicas for logging. Checkpoints (models, optimizer state incl. its
+terms are summed across replicas for logging. BatchNormalization is synchronised across
+replicas (`train.sync_batch_norm`), so a distributed step gives the losses and updates of one
+replica on the same global batch (to float32 rounding; tests/distributed.py). Checkpoints (models, optimizer state incl. its
 step counter and hence learning-rate schedules, and the global step) go to `<workdir>/ckpt`
 through `tf.train.CheckpointManager`; a rerun with the same workdir resumes from the latest
 one and from the input position saved with it (one replica; distributed runs replay the
@@ -98,10 +100,14 @@ def build_state(task: Task, strategy=None) -> TrainState:
     Models outside `task.trainable_models` (`config.train.trainable`) are frozen
     (`model.trainable = False`): the optimizer never sees them and their BatchNorm layers run
     on their moving statistics, so a frozen model stays bit-identical while others train.
+    With more than one replica in sync and `config.train.sync_batch_norm` (the default), every
+    BatchNormalization layer is synchronised (`synchronize_batch_norm`).
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         models = task.build_models()
+        if strategy.num_replicas_in_sync > 1 and task.config.train.get("sync_batch_norm", True):
+            synchronize_batch_norm(models)
         trainable = task.trainable_models(models)
         for name, model in models.items():
             if name not in trainable:
@@ -119,6 +125,25 @@ def build_state(task: Task, strategy=None) -> TrainState:
         model_variables=unique_variables(models),
     )
     return TrainState(models, optimizer, step, checkpoint, variables)
+
+
+def synchronize_batch_norm(models: dict[str, Any]) -> int:
+    """Makes every `keras.layers.BatchNormalization` of `models` (nested models included)
+    normalise with global-batch statistics in a distributed step: mean and variance are
+    all-reduced over the replicas (Keras' `synchronized=True`; three small all-reduces per
+    layer per step), so the activations, losses and moving averages equal those of one
+    replica on the same global batch. Outside a replica context (evaluation, export) and at
+    inference (moving statistics) nothing changes. Call before the first trace. Returns the
+    number of layers changed."""
+    changed = 0
+    for model in models.values():
+        # Keras' own traversal: it also reaches layers held by custom layers' attributes,
+        # which `model.layers` does not list.
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+                layer.synchronized = True
+                changed += 1
+    return changed
 
 
 def copy_model_weights(src: Any, dst: Any, name: str, source: str) -> None:

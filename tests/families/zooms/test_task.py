@@ -183,6 +183,18 @@ def test_training_ran_and_losses_are_finite(trained):
     assert np.isfinite(result.losses["total"])
 
 
+def test_two_logical_cpus_give_the_losses_of_one_replica(trained, tmp_path, two_cpu_strategy):
+    # Triplets mined per category over the gathered global batch of views; the trunk's
+    # BatchNorm synchronised across replicas; dropout off (per-replica masks differ).
+    from tests.distributed import assert_same_losses_as_one_replica
+
+    task, *_ = trained
+    config = tiny_config(task.config.data.root)
+    config.model.dropout = 0.0
+    figures = assert_same_losses_as_one_replica(config, tmp_path, two_cpu_strategy)
+    assert figures["losses"] >= 4  # total and triplet at 2 steps
+
+
 def test_contrastive_alternative_gives_finite_loss(trained):
     task, models, _, _ = trained
     cfg = tiny_config(task.config.data.root)
