@@ -20,33 +20,41 @@ RTOL, ATOL = 1e-4, 1e-5
 WEIGHT_ATOL_FRACTION = 0.25
 
 
-def assert_same_losses_as_one_replica(config, base_dir, strategy, *, reference_dir=None) -> dict:
+def assert_same_losses_as_one_replica(config, base_dir, strategy) -> dict:
     """Trains `config` (a loss logged every step) with the default strategy and with
-    `strategy` in fresh folders under `base_dir` and asserts that every logged loss term at
-    every step and every final weight agree within RTOL / ATOL.
+    `strategy` in fresh folders under `base_dir`, then `assert_same_runs`.
 
     Args:
-      config: a validated-able run config (one stage or a multi-stage recipe).
+      config: a run config (one stage or a multi-stage recipe).
       base_dir: folder for the two runs.
       strategy: the multi-replica strategy (e.g. MirroredStrategy over 2 logical CPUs).
-      reference_dir: an existing one-replica run of the same config to compare with instead
-        of training one here.
 
     Returns:
-      {"losses": number of (term, step) values compared, "max_rel_diff": largest relative
-      difference of a loss, "replicas": replicas of `strategy`}.
+      `assert_same_runs`' figures.
     """
     config = config.copy_and_resolve_references()
     config.train.log_every = 1
     dirs = {}
     for name, strat in (("one_replica", None), ("distributed", strategy)):
-        if name == "one_replica" and reference_dir is not None:
-            dirs[name] = reference_dir
-            continue
         dirs[name] = os.path.join(str(base_dir), name)
         result = train_run(config, dirs[name], strat, log=lambda *_: None)
         assert result.status == "completed", name
-    ref, got = loss_scalars(dirs["one_replica"]), loss_scalars(dirs["distributed"])
+    return assert_same_runs(
+        config, dirs["one_replica"], dirs["distributed"], strategy.num_replicas_in_sync
+    )
+
+
+def assert_same_runs(config, one_replica_dir: str, distributed_dir: str, replicas: int) -> dict:
+    """Asserts that every loss term logged at every step and every final weight of the run in
+    `distributed_dir` agree with the one-replica run of the same `config` in
+    `one_replica_dir` (losses within RTOL / ATOL; weights see WEIGHT_ATOL_FRACTION).
+
+    Returns:
+      {"losses": number of (term, step) values compared, "max_rel_diff": largest relative
+      difference of a loss, "max_weight_diff": largest absolute weight difference,
+      "replicas": `replicas`}; printed as well.
+    """
+    ref, got = loss_scalars(one_replica_dir), loss_scalars(distributed_dir)
     assert ref and sorted(ref) == sorted(got), (sorted(ref), sorted(got))
     worst, compared = 0.0, 0
     for tag in ref:
@@ -58,7 +66,7 @@ def assert_same_losses_as_one_replica(config, base_dir, strategy, *, reference_d
             compared += 1
     weights = [
         [v.numpy() for m in load_run(d).models.values() for v in m.weights]
-        for d in (dirs["one_replica"], dirs["distributed"])
+        for d in (one_replica_dir, distributed_dir)
     ]
     assert len(weights[0]) == len(weights[1]) > 0
     steps = sum(len(v) for tag, v in ref.items() if tag.endswith("loss/total"))
@@ -71,7 +79,7 @@ def assert_same_losses_as_one_replica(config, base_dir, strategy, *, reference_d
         "losses": compared,
         "max_rel_diff": worst,
         "max_weight_diff": weight_diff,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": replicas,
     }
     tolerance = f"losses rtol {RTOL} atol {ATOL}, weights atol {weight_atol:.2g}"
     print(f"distributed parity: {figures} ({tolerance})")

@@ -70,3 +70,71 @@ def test_two_workers_match_default_strategy(tmp_path):
     assert sorted(mw) == sorted(ref) == list(range(1, 7))
     for step in ref:
         assert mw[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.fixture(scope="module")
+def family_records(tmp_path_factory):
+    """Tiny records of every family, as their own tests write them."""
+    from sketch_tf.data.synthetic import prepare_synthetic
+    from tests.families.style_sbir.test_task import write_style_records
+    from tests.families.zooms.test_task import tiny_config
+    from tests.families.zs_sbir.test_task import CATS as ZS_CATS
+
+    base = tmp_path_factory.mktemp("mw_records")
+    zooms = tiny_config(base / "zooms")
+    prepare_synthetic("zooms", zooms.data.root, **zooms.data.synthetic.to_dict())
+    prepare_synthetic("zs_sbir", base / "zs_sbir", image_size=48, n_per_category=4,
+                      test_fraction=0.5, categories=ZS_CATS)  # fmt: skip
+    write_style_records(base / "style_sbir" / "train", per_group=3)
+    write_style_records(base / "style_sbir" / "test", per_group=2)
+    return {name: str(base / name) for name in ("zooms", "zs_sbir", "style_sbir")}
+
+
+@pytest.mark.slow
+def test_every_family_on_two_workers_gives_the_losses_of_one_replica(family_records, tmp_path):
+    # Two worker processes (one CPU replica each) train every family's tiny config, the two
+    # stages of style_sbir included, under one MultiWorkerMirroredStrategy; this process
+    # trains the same configs with one replica on the same global batches.
+    from sketch_tf.train.run import train_run
+    from tests.distributed import assert_same_runs
+    from tests.multi_worker_families import family_configs
+
+    spec = {
+        "records": family_records,
+        "workdirs": {name: str(tmp_path / "mw" / name) for name in family_records},
+    }
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    base_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.multi_worker_families", str(spec_path)],
+            cwd=PROJECT_ROOT,
+            env=dict(base_env, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            )),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]  # fmt: skip
+    configs = family_configs(family_records)
+    for name, config in configs.items():
+        result = train_run(config, str(tmp_path / "one" / name), log=lambda *_: None)
+        assert result.status == "completed", name
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    done = [json.loads(line) for line in outputs[0][0].splitlines() if line.startswith("{")]
+    assert [d["family"] for d in done] == list(configs)
+    for name, config in configs.items():
+        figures = assert_same_runs(
+            config, str(tmp_path / "one" / name), spec["workdirs"][name], replicas=2
+        )
+        print(f"{name} on 2 workers: {figures}")

@@ -472,18 +472,16 @@ def test_export_round_trip_of_every_signature(trained, tmp_path):
     assert int(many["k"]) == len(records) and bool(many["clipped"])
 
 
-@pytest.mark.parametrize("cached", [False, True])
 def test_two_stages_under_two_logical_cpus_give_the_losses_of_one_replica(
-    records, tmp_path, two_cpu_strategy, cached
+    records, tmp_path, two_cpu_strategy
 ):
     # Mined structure and style triplets gather the global batch across the two replicas;
-    # BatchNorm of the trunks is synchronised; cached: the cache lookups live in the input
-    # pipeline that MirroredStrategy splits.
+    # the cache lookups live in the input pipeline that MirroredStrategy splits. (The
+    # trainable trunks with synchronised BatchNorm: tests/test_multi_worker.py, 2 workers.)
     from tests.distributed import assert_same_losses_as_one_replica
 
-    config = _config(records, cache=cached)
-    if cached:
-        config.data.cache_dir = str(tmp_path / "cache")
+    config = _config(records, cache=True)
+    config.data.cache_dir = str(tmp_path / "cache")
     figures = assert_same_losses_as_one_replica(config, tmp_path, two_cpu_strategy)
     assert figures["losses"] >= 8  # both stages, 2 steps each, >= 2 terms
 
