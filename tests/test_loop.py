@@ -204,6 +204,25 @@ def test_resume_reads_the_input_position_or_replays(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_mirrored_resume_reads_the_input_position(tmp_path, two_cpu_strategy):
+    # Two replicas take their rows of one global-batch iterator, which the checkpoint saves:
+    # a resume under MirroredStrategy restores the position (nothing replayed) and ends with
+    # the weights of an uninterrupted run on the same strategy.
+    config = _config(num_steps=8)
+    config.model.dropout = 0.0
+    split, full = str(tmp_path / "split"), str(tmp_path / "full")
+    loop.train(tiny_task.TinyTask(config), split, two_cpu_strategy, stop_after_steps=5,
+               log=lambda s: None)  # fmt: skip
+    logs = []
+    loop.train(tiny_task.TinyTask(config), split, two_cpu_strategy, log=logs.append)
+    assert any("input position restored" in line for line in logs), logs
+    assert not any("replaying" in line for line in logs), logs
+    loop.train(tiny_task.TinyTask(config), full, two_cpu_strategy, log=lambda s: None)
+    for a, b in zip(_final_weights(split, config)[0], _final_weights(full, config)[0],
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_sigkill_while_checkpoints_are_written_leaves_the_last_complete_one(tmp_path):
     # A checkpoint every step, so that kills land while one is being written (seen as its
     # partial files left behind): after every kill the latest checkpoint still loads, and
@@ -248,3 +267,38 @@ def test_sigkill_while_checkpoints_are_written_leaves_the_last_complete_one(tmp_
     # Every rerun resumed and went on; the kills that caught a save did not break the last one.
     assert steps == sorted(set(steps)) and steps[0] > 0 and mid_write >= 1, (steps, mid_write)
     print(f"4 kills, {mid_write} during a checkpoint write; checkpoints loaded at {steps}")
+
+
+def test_input_sharding_choice():
+    # auto: by file with at least one shard per worker and a plain record stream, else by
+    # data; "file" where it cannot work is an error naming the fix.
+    from types import SimpleNamespace
+
+    class Resolver:
+        task_type, task_id = "worker", 0
+
+        def __init__(self, workers):
+            self.workers = workers
+
+        def cluster_spec(self):
+            spec = {"worker": [f"127.0.0.1:{i}" for i in range(self.workers)]}
+            return SimpleNamespace(as_dict=lambda: spec, jobs=list(spec))
+
+    def strategy(workers):
+        return SimpleNamespace(cluster_resolver=Resolver(workers), num_replicas_in_sync=workers)
+
+    def task(shards):
+        config = tiny_task.get_config()
+        config.data.shards = shards
+        return tiny_task.TinyTask(config)
+
+    choose = loop.choose_input_sharding
+    assert choose(task(8), tf.distribute.get_strategy()) == ("data", "one worker")
+    assert choose(task(8), strategy(2)) == ("file", "8 training shards over 2 workers")
+    assert choose(task(8), strategy(2), "data")[0] == "data"
+    assert choose(task(3), strategy(4)) == ("data", "3 training shard(s) for 4 workers")
+    assert choose(task(0), strategy(2))[0] == "data"  # a sampled input
+    with pytest.raises(ValueError, match="--shard_mb"):
+        choose(task(3), strategy(4), "file")
+    with pytest.raises(ValueError, match="samples from every class"):
+        choose(task(0), strategy(2), "file")

@@ -22,13 +22,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_workers_match_default_strategy(tmp_path):
+def _launch_workers(args, workdir, extra=()):
+    """Starts train.py as the 2 workers of a fresh 127.0.0.1 cluster; returns the processes."""
     base_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    args = [
-        sys.executable, "train.py", f"--config={TINY}", "--config.model.dropout=0.0",
-        "--config.train.eval_every=3",
-    ]  # fmt: skip
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     procs = []
     for index in range(2):
@@ -38,7 +34,7 @@ def test_two_workers_match_default_strategy(tmp_path):
         )
         procs.append(
             subprocess.Popen(
-                [*args, f"--workdir={tmp_path / 'mw'}", "--strategy=multi_worker"],
+                [*args, f"--workdir={workdir}", "--strategy=multi_worker", *extra],
                 cwd=PROJECT_ROOT,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -46,18 +42,40 @@ def test_two_workers_match_default_strategy(tmp_path):
                 text=True,
             )
         )
-    default = subprocess.run(
-        [*args, f"--workdir={tmp_path / 'default'}", "--strategy=default"],
-        cwd=PROJECT_ROOT,
-        env=base_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    outputs = [p.communicate(timeout=300) for p in procs]
+    return procs
+
+
+def _wait(procs) -> list[str]:
+    """Waits for the workers; asserts they succeeded; returns each one's stdout + stderr."""
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
+    return [out + err for out, err in outputs]
+
+
+@pytest.mark.slow
+def test_two_workers_match_default_strategy_and_resume_without_replay(tmp_path):
+    # Input sharded by data: both workers compute the global batches, each keeps its rows;
+    # the saved input position is every worker's, so the resumed run (6 -> 9 steps) restores
+    # it on both workers and still logs the losses of one replica.
+    base_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    args = [
+        sys.executable, "train.py", f"--config={TINY}", "--config.model.dropout=0.0",
+        "--config.train.eval_every=3",
+    ]  # fmt: skip
+    procs = _launch_workers(args, tmp_path / "mw", ["--config.train.num_steps=6"])
+    default = subprocess.run(
+        [*args, f"--workdir={tmp_path / 'default'}", "--strategy=default",
+         "--config.train.num_steps=9"],
+        cwd=PROJECT_ROOT, env=base_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    logs = _wait(procs)
     assert default.returncode == 0, default.stderr[-3000:]
+    assert all("input sharded by data" in log for log in logs), logs[0][-2000:]
     # Only the chief (worker 0) writes the checkpoint and summaries; worker 1's scratch is gone.
     assert (tmp_path / "mw" / "ckpt" / "ckpt-6.index").is_file()
     assert not (tmp_path / "mw" / ".scratch" / "worker_1").exists()
@@ -65,11 +83,32 @@ def test_two_workers_match_default_strategy(tmp_path):
     eval_files = sorted(os.listdir(tmp_path / "mw" / "eval"))
     assert [f for f in eval_files if f.startswith("picture_")] == [f"picture_{procs[0].pid}.txt"]
     assert "metrics_3.json" in eval_files
+    resumed = _wait(_launch_workers(args, tmp_path / "mw", ["--config.train.num_steps=9"]))
+    for log in resumed:
+        assert "input position restored" in log and "replaying" not in log, log[-2000:]
     mw = _read_scalars(str(tmp_path / "mw" / "train"))["loss/total"]
     ref = _read_scalars(str(tmp_path / "default" / "train"))["loss/total"]
-    assert sorted(mw) == sorted(ref) == list(range(1, 7))
+    assert sorted(mw) == sorted(ref) == list(range(1, 10))
     for step in ref:
         assert mw[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    print("2 workers, sharded by data: 9 steps (resumed at 6, input position restored) equal "
+          "one replica's losses within rel 1e-5")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_workers_shard_by_file_and_resume_by_replay(tmp_path):
+    # 4 in-memory shards over 2 workers: "auto" splits the input by file (each worker
+    # reads its own 2 shards); a resume replays each worker's own stream.
+    args = [sys.executable, "train.py", f"--config={TINY}", "--config.data.shards=4"]
+    logs = _wait(_launch_workers(args, tmp_path / "mw", ["--config.train.num_steps=4"]))
+    for log in logs:
+        assert "input sharded by file (4 training shards over 2 workers)" in log, log[-2000:]
+    logs = _wait(_launch_workers(args, tmp_path / "mw", ["--config.train.num_steps=6"]))
+    for log in logs:
+        assert "resumed from" in log and "replaying the 4 steps" in log, log[-2000:]
+    mw = _read_scalars(str(tmp_path / "mw" / "train"))["loss/total"]
+    assert sorted(mw) == list(range(1, 7))
+    print(f"2 workers, sharded by file: losses {[round(mw[s], 4) for s in sorted(mw)]}")
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {"hidden": 16, "dropout": 0.2, "poison_after": -1, "batchnorm": False}
     )
+    # data.shards > 0: the training data is that many in-memory "shards", which workers may
+    # split by file (`train_input_shards`); 0: a sampled input, split by data only.
+    config.data = ml_collections.ConfigDict({"shards": 0})
     config.train = base_train_config()
     config.train.update(
         batch_size=8, num_steps=6, log_every=1, checkpoint_every=100, learning_rate=0.05
@@ -70,8 +73,17 @@ class TinyTask(Task):
     def logits(models, x, training):
         return models["head"](models["trunk"](x, training=training), training=training)
 
-    def build_train_dataset(self, global_batch_size, seed, models=None):
+    def train_input_shards(self):
+        return int(self.config.data.shards) or None
+
+    def build_train_dataset(self, global_batch_size, seed, models=None, input_context=None):
         x, y = _data(seed, 256)
+        if input_context is not None:  # this worker's shards of the 256 examples
+            chunks = np.array_split(np.arange(256), int(self.config.data.shards))
+            mine = np.concatenate(
+                chunks[input_context.input_pipeline_id :: input_context.num_input_pipelines]
+            )
+            x, y = x[mine], y[mine]
         poison_after = int(self.config.model.poison_after)
         ds = tf.data.Dataset.from_tensor_slices({"x": x, "y": y})
         ds = ds.shuffle(256, seed=seed, reshuffle_each_iteration=True).repeat()

@@ -1256,12 +1256,14 @@ def correspondence_batches(
     training: bool = True,
     shuffle_buffer: int = 256,
     category_ids=None,
+    shards: list[dict] | None = None,
 ) -> tf.data.Dataset:
     """Batches of correspondence pairs with a fixed number of points per pair.
 
     Images are decoded, made 3-channel and resized to [S, S] (keeping aspect, white pad);
     points are mapped into the resized frame. `category_ids` (optional list of int) keeps the
-    records of those categories only, dropped before anything is decoded.
+    records of those categories only, dropped before anything is decoded. `shards` (optional
+    manifest shard entries) reads those shards only (one worker's share of the input).
 
     Returns:
       dict {"image_a", "image_b": [B,S,S,3] float32, "points_a", "points_b": [B,M,2] float32
@@ -1269,7 +1271,9 @@ def correspondence_batches(
       Training: endless and shuffled; otherwise one pass, last batch kept.
     """
     manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_CORRESPONDENCE_PAIR)
-    ds = tfrecord.record_dataset(dataset_dir, shuffle_shards=training, seed=seed, manifest=manifest)
+    ds = tfrecord.record_dataset(
+        dataset_dir, shards=shards, shuffle_shards=training, seed=seed, manifest=manifest
+    )
     if training:
         ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
 

@@ -24,6 +24,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 #: Values of the scripts' `--strategy` flag (built by `sketch_tf.train.strategy`).
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
+#: How several workers split the training input (`train.input_sharding`, train/loop.py).
+INPUT_SHARDING = ("auto", "file", "data")
 
 #: Keys that were renamed: old dotted key -> message. A config that still has one fails
 #: validation naming the new key (an old config.json or a copied config file).
@@ -86,6 +88,10 @@ def base_train_config() -> ml_collections.ConfigDict:
             # the global batch (all-reduced per layer) instead of each replica's share, so a
             # distributed step computes the losses of one replica on the same global batch.
             "sync_batch_norm": True,
+            # Several workers: "file" (each reads its own shards), "data" (each computes the
+            # global batches and keeps its replicas' rows: one replica's batches), or "auto"
+            # (file when the task reads a plain record stream of >= one shard per worker).
+            "input_sharding": "auto",
             "trainable": (),  # model names the optimizer updates; () = every model
         }
     )
@@ -171,6 +177,12 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         p,
         train.optimizer in OPTIMIZERS,
         f"train.optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}",
+    )
+    _check(
+        p,
+        train.get("input_sharding", "auto") in INPUT_SHARDING,
+        f"train.input_sharding must be one of {INPUT_SHARDING}, got "
+        f"{train.get('input_sharding')!r}",
     )
     _check(
         p,

@@ -9,13 +9,15 @@ Per step: the Task computes its loss terms per replica as shares of the global-b
 (see `sketch_tf.train.tasks`), gradients are summed across replicas by the optimizer, and the
 terms are summed across replicas for logging. BatchNormalization is synchronised across
 replicas (`train.sync_batch_norm`), so a distributed step gives the losses and updates of one
-replica on the same global batch (to float32 rounding; tests/distributed.py). Checkpoints (models, optimizer state incl. its
-step counter and hence learning-rate schedules, and the global step) go to `<workdir>/ckpt`
-through `tf.train.CheckpointManager`; a rerun with the same workdir resumes from the latest
-one and from the input position saved with it (one replica; distributed runs replay the
-batches already consumed, `_input_iterator`), so an interrupted run continues exactly where
-an uninterrupted one would be (same seed, deterministic ops). SIGTERM / SIGINT save a checkpoint
-and return; a non-finite loss stops training without saving, leaving the last good checkpoint.
+replica on the same global batch (to float32 rounding; tests/distributed.py). Workers split
+the input by file or by data (`choose_input_sharding`, logged). Checkpoints (models,
+optimizer state incl. its step counter and hence learning-rate schedules, and the global
+step) go to `<workdir>/ckpt` through `tf.train.CheckpointManager`; a rerun with the same
+workdir resumes from the latest one and from the input position saved with it
+(`_input_iterator`; input sharded by file replays the consumed batches instead), so an
+interrupted run continues exactly where an uninterrupted one would be (same seed,
+deterministic ops). SIGTERM / SIGINT save a checkpoint and return; a non-finite loss stops
+training without saving, leaving the last good checkpoint.
 
 A run that starts from scratch applies the config's warm start (`config.init`: named models
 restored from another run, `apply_init`); models outside `config.train.trainable` are frozen
@@ -246,39 +248,92 @@ def restore_latest(state: TrainState, checkpoint_dir: str, *, for_training: bool
 INPUT_ITERATOR = "input_iterator"
 
 
-def _input_iterator(
-    strategy, dataset, state: TrainState, restored, start_step: int, log, state_saves_input=True
-):
-    """The iterator of the training batches, positioned where the restored run stopped.
+def choose_input_sharding(task: Task, strategy, setting: str = "auto") -> tuple[str, str]:
+    """How the workers of `strategy` split the training input, and why (for the log).
 
-    With one replica it is a `tf.data` iterator tracked by the checkpoint
-    (`state.checkpoint.input_iterator`: its shuffle buffer, seed stream and read position are
-    saved with the weights), so a resume decodes no batch twice and costs the same at step 10
-    or 100,000 (bench/resume_bench.py). A checkpoint written before the input was saved, and
-    the distributed strategies (TF 2.21's distributed iterators are not trackable: "Checkpoint
-    was expecting it to be a trackable object"), replay the stream instead: the dataset skips
-    the `start_step` batches already consumed, which gives the same batches but decodes them
-    again; so does `train.save_input_position=False` (`state_saves_input`: smaller
-    checkpoints when shuffle buffers are large). Either way the batches after a resume are
-    those of an uninterrupted run.
+    - `"file"`: each worker builds the task's input over its own subset of the record
+      shards (`Task.build_train_dataset(..., input_context=...)`); no record is read twice,
+      and the global batch is the workers' batches together (not one replica's batches).
+    - `"data"`: each worker computes the same global batches and its replicas keep their rows
+      of them, so a distributed step sees exactly the batch of one replica (the tests compare
+      losses this way). Every worker decodes the whole batch.
+
+    `setting` is `config.train.input_sharding`: `"auto"` picks `"file"` when the task reads a
+    plain record stream (`Task.train_input_shards()` is not None) with at least one shard
+    per worker, else `"data"`. One worker (default or MirroredStrategy) is always `"data"`.
+
+    Raises:
+      ValueError: `setting="file"` where it cannot work (naming the task and the counts).
     """
-    if strategy.num_replicas_in_sync == 1 and state_saves_input:
-        iterator = iter(dataset)
-        state.checkpoint.input_iterator = iterator
-        if restored and start_step:
-            saved = {name for name, _ in tf.train.list_variables(restored)}
-            if any(name.startswith(f"{INPUT_ITERATOR}/") for name in saved):
-                tf.train.Checkpoint(input_iterator=iterator).read(restored).expect_partial()
-                log(f"input position restored from {restored}")
-            else:
-                iterator = iter(dataset.skip(start_step))
-                state.checkpoint.input_iterator = iterator
-                log(f"{restored} holds no input position: replaying {start_step} batches")
-        return iterator
+    workers = strategy_lib.num_workers(strategy)
+    if workers == 1:
+        return "data", "one worker"
+    shards = task.train_input_shards()
+    if setting == "data":
+        return "data", "train.input_sharding=data"
+    if shards is None:
+        why = f"the {task.name} training input samples from every class on each worker"
+        if setting == "file":
+            raise ValueError(f"train.input_sharding=file: {why}; use auto or data")
+        return "data", why
+    if shards < workers:
+        why = f"{shards} training shard(s) for {workers} workers"
+        if setting == "file":
+            raise ValueError(
+                f"train.input_sharding=file: {why}; write more shards (prepare_data.py "
+                "--shard_mb) or use --config.train.input_sharding=data"
+            )
+        return "data", why
+    return "file", f"{shards} training shards over {workers} workers"
+
+
+def _input_iterator(dataset, state: TrainState, restored, start_step: int, log, saves_input=True):
+    """The iterator of the global training batches, positioned where the restored run stopped.
+
+    A `tf.data` iterator tracked by the checkpoint (`state.checkpoint.input_iterator`: its
+    shuffle buffer, seed stream and read position are saved with the weights), so a resume
+    decodes no batch twice and costs the same at step 10 or 100,000
+    (bench/resume_bench.py), under every strategy: with data sharding every worker runs the
+    same input, so the chief's saved position is every worker's. A checkpoint written before
+    the input was saved, and `train.save_input_position=False` (`saves_input`: smaller
+    checkpoints when shuffle buffers are large), replay the stream instead: the dataset skips
+    the `start_step` batches already consumed, which gives the same batches but decodes them
+    again. Either way the batches after a resume are those of an uninterrupted run.
+    """
+    if not saves_input:
+        if start_step:
+            log(f"input: replaying the {start_step} batches already consumed")
+            dataset = dataset.skip(start_step)
+        return iter(dataset)
+    iterator = iter(dataset)
+    state.checkpoint.input_iterator = iterator
+    if restored and start_step:
+        saved = {name for name, _ in tf.train.list_variables(restored)}
+        if any(name.startswith(f"{INPUT_ITERATOR}/") for name in saved):
+            tf.train.Checkpoint(input_iterator=iterator).read(restored).expect_partial()
+            log(f"input position restored from {restored}")
+        else:
+            iterator = iter(dataset.skip(start_step))
+            state.checkpoint.input_iterator = iterator
+            log(f"{restored} holds no input position: replaying {start_step} batches")
+    return iterator
+
+
+def _file_sharded_iterator(task: Task, strategy, global_batch, seed, models, start_step, log):
+    """Per-worker input over each worker's own shards (`choose_input_sharding` "file"), as a
+    distributed iterator. TF 2.21's distributed iterators cannot be checkpointed ("Checkpoint
+    was expecting it to be a trackable object"), so a resume replays each worker's stream:
+    it skips the batches that worker's replicas consumed."""
+    local_replicas = strategy.num_replicas_in_sync // strategy_lib.num_workers(strategy)
     if start_step:
-        log(f"input: replaying the {start_step} batches already consumed")
-        dataset = dataset.skip(start_step)
-    return iter(strategy.experimental_distribute_dataset(dataset))
+        log(f"input (sharded by file): replaying the {start_step} steps already consumed")
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = context.get_per_replica_batch_size(global_batch)
+        dataset = task.build_train_dataset(batch, seed, models=models, input_context=context)
+        return dataset.skip(start_step * local_replicas) if start_step else dataset
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
 class _StopRequest:
@@ -462,11 +517,31 @@ def train(
         log(f"nothing to do: step {start_step} >= train.num_steps={num_steps}")
         return TrainResult(start_step, "completed", checkpoint=restored)
 
-    dataset = task.build_train_dataset(global_batch, int(config.seed), models=state.models)
-    iterator = _input_iterator(
-        strategy, dataset, state, restored, start_step, log,
-        state_saves_input=bool(train_cfg.get("save_input_position", True)),
-    )  # fmt: skip
+    sharding, why = choose_input_sharding(
+        task, strategy, str(train_cfg.get("input_sharding", "auto"))
+    )
+    if strategy_lib.num_workers(strategy) > 1:
+        log(f"input sharded by {sharding} ({why})")
+    if sharding == "file":
+        iterator = _file_sharded_iterator(
+            task, strategy, global_batch, int(config.seed), state.models, start_step, log
+        )
+    else:
+        dataset = task.build_train_dataset(global_batch, int(config.seed), models=state.models)
+        iterator = _input_iterator(
+            dataset, state, restored, start_step, log,
+            saves_input=bool(train_cfg.get("save_input_position", True)),
+        )  # fmt: skip
+    replica_rows = global_batch // replicas
+
+    def replica_batches(batch):
+        """A global batch -> per-replica values: replica r gets rows [r * b, (r + 1) * b)."""
+
+        def rows(context):
+            first = context.replica_id_in_sync_group * replica_rows
+            return tf.nest.map_structure(lambda t: t[first : first + replica_rows], batch)
+
+        return strategy.experimental_distribute_values_from_function(rows)
 
     loss_ctx = LossContext(global_batch_size=global_batch, num_replicas=replicas)
     variables = state.variables
@@ -500,8 +575,10 @@ def train(
         return losses
 
     @tf.function
-    def train_step(dist_batch):
-        per_replica = strategy.run(replica_step, args=(dist_batch,))
+    def train_step(batch):
+        if sharding == "data" and replicas > 1:
+            batch = replica_batches(batch)
+        per_replica = strategy.run(replica_step, args=(batch,))
         return {
             name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
             for name, value in per_replica.items()

@@ -209,6 +209,15 @@ class Task:
         the loop always passes them."""
         raise NotImplementedError
 
+    def train_input_shards(self) -> int | None:
+        """Shards of the training records when `build_train_dataset` reads them as one plain
+        stream that workers may split by file (then it must accept `input_context`, a
+        `tf.distribute.InputContext`, and read only that worker's shards); None (the
+        default) when the input draws from every class or domain on each worker
+        (class-balanced samplers, in-memory indexes), which only sharding by data keeps
+        intact (`loop.choose_input_sharding`)."""
+        return None
+
     def precompute(
         self, models: dict[str, Any], log: Callable[[str], None] = print
     ) -> dict[str, str]:

@@ -250,11 +250,14 @@ class ZoomsTask(Task):
         names = {"seen": seen, "unseen": unseen, "all": seen + unseen}[which]
         return sorted(classes.index(c) for c in names)
 
-    def pairs(self, split: str, training: bool, seed: int, num_points: int, which: str):
+    def pairs(
+        self, split: str, training: bool, seed: int, num_points: int, which: str, shards=None
+    ):
         """Unbatched pair examples of `split` restricted to seen / unseen / all categories
-        (`pipeline.correspondence_batches` fields)."""
+        (`pipeline.correspondence_batches` fields); `shards`: only those manifest entries."""
         return pipeline.correspondence_batches(
             self.records_dir(split),
+            shards=shards,
             batch_size=1,
             num_points=num_points,
             image_size=int(self.config.data.image_size),
@@ -264,10 +267,36 @@ class ZoomsTask(Task):
             category_ids=self.category_ids(split, which),
         ).unbatch()
 
-    def build_train_dataset(self, global_batch_size, seed, models=None):
+    def train_shards(self) -> list[dict]:
+        """Manifest entries of the training shards that may hold seen categories (all of
+        them unless the records are grouped by class)."""
+        manifest = tfrecord.read_manifest(self.records_dir("train"))
+        seen = {manifest["classes"][i] for i in self.category_ids("train", "seen")}
+        return [s for s in manifest["shards"] if s.get("class") is None or s["class"] in seen]
+
+    def train_input_shards(self) -> int | None:
+        # Pair batches are one plain record stream (file sharding works); the original's
+        # triplet batching samples negatives of other categories: data sharding only.
+        if self.config.data.get("batching", "pairs") == "triplets":
+            return None
+        return len(self.train_shards())
+
+    def build_train_dataset(self, global_batch_size, seed, models=None, input_context=None):
+        """Batches of zoom views (see `_triplet_dataset` for the triplet batching).
+
+        `input_context` (sharding by file across workers, `loop.choose_input_sharding`):
+        this worker reads every `num_input_pipelines`-th training shard from its
+        `input_pipeline_id` on, with its own shuffling seed."""
         if self.config.data.get("batching", "pairs") == "triplets":
             return self._triplet_dataset(global_batch_size, seed)
-        ds = self.pairs("train", True, seed, int(self.config.data.num_points), "seen")
+        shards = None
+        if input_context is not None:
+            worker, workers = input_context.input_pipeline_id, input_context.num_input_pipelines
+            shards = self.train_shards()[worker::workers]
+            seed = int(seed) + 1_000_003 * worker
+        ds = self.pairs(
+            "train", True, seed, int(self.config.data.num_points), "seen", shards=shards
+        )
         ds = ds.batch(global_batch_size, drop_remainder=True)
         kw = self.zoom_kwargs(training=True)
         k, s = len(kw["zooms"]), kw["view_size"]

@@ -177,6 +177,19 @@ def test_train_batches_hold_seen_categories_only(trained):
         assert 1 not in b["category_id"].numpy().tolist()  # "mug" (id 1) is unseen
 
 
+def test_pair_batches_can_be_sharded_by_file(trained):
+    # Pair batches are a plain record stream: workers may split them by shard; the triplet
+    # batching samples other categories' negatives, so it is split by data only.
+    task, *_ = trained
+    assert task.train_input_shards() == len(task.train_shards()) >= 1
+    context = tf.distribute.InputContext(1, 0, 1)
+    batch = next(iter(task.build_train_dataset(2, 0, input_context=context)))
+    assert batch["views_a"].shape == (2, 4, 3, 16, 16, 3)
+    triplets = tiny_config(task.config.data.root)
+    triplets.data.batching = "triplets"
+    assert ZoomsTask(triplets).train_input_shards() is None
+
+
 def test_training_ran_and_losses_are_finite(trained):
     _, models, _, result = trained
     assert result.step == 2 and result.status == "completed"
