@@ -18,6 +18,13 @@ or in --config.data.cache_dir), computed now instead of on the first training ru
 
   python prepare_data.py --derived --config=configs/zs_sbir.py:pacs
 
+Apache Beam (pip install -e '.[beam]'; sources quickdraw and folders): --runner picks the Beam
+runner, and the flags this script does not define are Beam pipeline options (data/README.md has
+the command lines for Dataflow, Flink and Spark):
+
+  python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --runner=DirectRunner \
+      --direct_num_workers=2 --direct_running_mode=multi_processing
+
 Output is written to a temporary folder and renamed at the end: an interrupted run never
 leaves a dataset that looks complete. Unreadable inputs fail the run naming the file, unless
 --skip_bad (then they are skipped and listed in the manifest).
@@ -41,6 +48,13 @@ _ROOT = flags.DEFINE_string("root", None, "Root folder of a real dataset layout.
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output dataset.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip (and count) unreadable inputs.")
 _SHARD_MB = flags.DEFINE_integer("shard_mb", 64, "Target shard size in MiB.")
+_RUNNER = flags.DEFINE_string(
+    "runner",
+    "",
+    "Apache Beam runner (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...) for "
+    "--source=quickdraw / folders; empty: one process, no Beam. Flags not defined here are "
+    "passed to Beam as pipeline options.",
+)
 # synthetic
 _TASK = flags.DEFINE_enum("task", "zs_sbir", ["zooms", "zs_sbir", "style"], "Synthetic: task.")
 _SEED = flags.DEFINE_integer("seed", 0, "Synthetic: generator seed (same seed, same bytes).")
@@ -100,9 +114,41 @@ def _derived() -> None:
     print(json.dumps({"task": config.task, "derived": paths}))
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """`cli.parse_flags_or_exit`, except that flags not defined here stay in argv: main()
+    hands them to Beam with --runner (after checking that Beam knows them) and fails on them
+    without it."""
+    try:
+        return flags.FLAGS(argv, known_only=True)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError):
+        return cli.parse_flags_or_exit(argv)  # the same error report as the other scripts
+
+
+def _beam_args(extra: list[str]) -> list[str] | None:
+    """Beam pipeline options of the command line (None without --runner)."""
+    if not _RUNNER.value:
+        if extra:
+            cli.fail(
+                f"unexpected arguments: {extra} (flags not defined here are Beam pipeline "
+                "options, accepted only with --runner)"
+            )
+        return None
+    if _SOURCE.value not in ("quickdraw", "folders") or _DERIVED.value:
+        cli.fail(f"--runner: Beam runs --source=quickdraw and folders only, not {_SOURCE.value}")
+    from sketch_tf.data import beam
+
+    try:
+        beam.import_beam()
+    except ImportError as e:
+        cli.fail(str(e))
+    unknown = beam.unknown_pipeline_args(extra)
+    if unknown:
+        cli.fail(f"unknown flags (neither prepare_data.py nor Beam defines them): {unknown}")
+    return [f"--runner={_RUNNER.value}", *extra]
+
+
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
+    beam_args = _beam_args(argv[1:])
     if _DERIVED.value:
         return _derived()
     if not _OUT.value:
@@ -165,7 +211,14 @@ def main(argv):
                 options.update(test_fraction=_TEST_FRACTION.value)
         options = {k: v for k, v in options.items() if v is not None}
         try:
-            manifest = sources.prepare(_SOURCE.value, _ROOT.value, _OUT.value, **options)
+            if beam_args is None:
+                manifest = sources.prepare(_SOURCE.value, _ROOT.value, _OUT.value, **options)
+            else:
+                from sketch_tf.data.beam import prepare_beam
+
+                manifest = prepare_beam(
+                    _SOURCE.value, _ROOT.value, _OUT.value, beam_args, **options
+                )
         except (ValueError, OSError) as e:
             cli.fail(str(e))
         parts = manifest if "num_records" not in manifest else {"": manifest}
@@ -178,4 +231,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags_or_exit)
+    app.run(main, flags_parser=_parse_flags)

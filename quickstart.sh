@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[cpu,faiss,test]'
+# `beam`: the Apache Beam data preparation and its tests (tests/test_beam.py).
+.venv/bin/python -m pip install -q -e '.[cpu,faiss,test,beam]'
 # Official TF Serving protos, only to cross-check the warmup files we write in the tests; the
 # wheel depends on the full `tensorflow` package, which would replace tensorflow-cpu: no deps.
 .venv/bin/python -m pip install -q --no-deps 'tensorflow-serving-api==2.21.*'

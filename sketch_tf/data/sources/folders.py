@@ -15,18 +15,22 @@ Instance ids: the file stem with a trailing `-<n>` removed, so Sketchy's sketch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from sketch_tf.data import schema
 from sketch_tf.data.sources.common import (
+    Converted,
+    SourcePlan,
     WriteOptions,
-    class_index,
     is_held_out,
     list_images,
-    open_dataset,
+    load_image_bytes,
     subdirs,
+    write_plan,
 )
 
 #: Record kind this source writes.
@@ -95,6 +99,143 @@ def scan(root, layout: str = "auto", domain: str = "sketch", domains=None, tx_di
     return layout, tree
 
 
+class ImageItem(NamedTuple):
+    """One image file to convert.
+
+    Attributes:
+      order: (index in the sorted walk over domains, classes, files,): single-process order.
+      part: "" (one dataset), "train" or "test" (with `test_fraction`).
+      domain, class_name, instance: the record's labels; rel: path relative to the root.
+      where: the file path (named by errors and skips).
+    """
+
+    order: tuple[int]
+    part: str
+    domain: str
+    class_name: str
+    instance: str
+    rel: str
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldersPlan(SourcePlan):
+    """The image files of a folder conversion and their labels (see `plan`)."""
+
+    root: Path
+    layout: str
+    tree: dict
+    classes: list[str]
+    parts: tuple[str, ...]
+    tx_dir: str | None = None
+    verify_images: bool = True
+    max_per_class: int | None = None
+    styles: tuple[str, ...] = ()
+    test_fraction: float = 0.0
+    source: str = "folders"
+    kind: str = KIND
+
+    def units(self) -> list[ImageItem]:
+        """Every image file kept (`max_per_class` applied), sorted by domain, class, name."""
+        out = []
+        for d in sorted(self.tree):
+            for c in sorted(self.tree[d]):
+                files = self.tree[d][c]
+                for path in files[: self.max_per_class] if self.max_per_class else files:
+                    inst = instance_of(path)
+                    part = ""
+                    if self.test_fraction:
+                        held_out = is_held_out(c, inst, self.test_fraction)
+                        part = "test" if held_out else "train"
+                    rel = os.path.relpath(path, self.root)
+                    out.append(ImageItem((len(out),), part, d, c, inst, rel, str(path)))
+        return out
+
+    def items(self, unit: ImageItem) -> list[ImageItem]:
+        """A unit is one image: itself."""
+        return [unit]
+
+    def convert(self, item: ImageItem) -> Converted:
+        """Read (and with `verify_images` fully decode) one image and encode its record.
+
+        Raises:
+          BadInputError naming the file when it is unreadable or not a decodable image.
+        """
+        image = load_image_bytes(item.where, verify=self.verify_images)
+        class_id = self.classes.index(item.class_name)
+        labels = {}
+        if item.domain in self.styles:
+            labels = {"style_id": self.styles.index(item.domain), "content_id": class_id}
+        record = schema.encode_labelled_image(
+            image, class_id, item.class_name, item.domain, item.instance, item.rel, **labels
+        )
+        return Converted(record, class_id, item.class_name, item.domain)
+
+    def info(self, part: str) -> dict:
+        info = {"layout": self.layout, "tx_dir": self.tx_dir, "max_per_class": self.max_per_class}
+        if self.styles:
+            info["styles"] = list(self.styles)
+        if part:
+            info.update(split=part, test_fraction=float(self.test_fraction))
+        return info
+
+
+#: `group_by` of `prepare` when not given (one shard stream per (domain, class)).
+DEFAULT_GROUP_BY = "domain_class"
+
+
+def plan(
+    root,
+    layout: str = "auto",
+    domain: str = "sketch",
+    domains=None,
+    tx_dir: str | None = None,
+    allow_missing: bool = False,
+    verify_images: bool = True,
+    max_per_class: int | None = None,
+    style_domains=None,
+    test_fraction: float = 0.0,
+) -> FoldersPlan:
+    """Scan and check the folder tree `prepare` converts (arguments as `prepare`).
+
+    Raises:
+      ValueError on an empty class folder, a class missing in a domain, an unknown style
+      domain or a `test_fraction` outside [0, 1).
+    """
+    layout, tree = scan(root, layout, domain, domains, tx_dir)
+    all_classes = sorted({c for per in tree.values() for c in per})
+    for d, per in tree.items():
+        for c, files in per.items():
+            if not files:
+                raise ValueError(f"{Path(root)}: class folder {d}/{c} holds no image")
+        missing = [c for c in all_classes if c not in per]
+        if missing and not allow_missing:
+            raise ValueError(
+                f"{Path(root)}: classes {missing} missing in domain {d!r} "
+                "(prepare_data.py --allow_missing accepts it; allow_missing=True in Python)"
+            )
+    root = Path(root)
+    styles = sorted(style_domains or ())
+    unknown = sorted(set(styles) - set(tree))
+    if unknown:
+        raise ValueError(f"{root}: style_domains {unknown} are not domains here ({sorted(tree)})")
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    parts = ("",) if not test_fraction else ("train", "test")
+    return FoldersPlan(
+        root,
+        layout,
+        tree,
+        all_classes,
+        parts,
+        tx_dir=tx_dir,
+        verify_images=verify_images,
+        max_per_class=max_per_class,
+        styles=tuple(styles),
+        test_fraction=test_fraction,
+    )
+
+
 def prepare(
     root,
     out_dir,
@@ -106,7 +247,7 @@ def prepare(
     allow_missing: bool = False,
     verify_images: bool = True,
     shard_bytes: int = 128 << 20,
-    group_by: str = "domain_class",
+    group_by: str = DEFAULT_GROUP_BY,
     overwrite: bool = False,
     max_per_class: int | None = None,
     style_domains=None,
@@ -143,52 +284,16 @@ def prepare(
       ValueError on an empty class folder or a class missing in a domain; BadInputError naming
       the file on a bad image (unless `skip_bad`).
     """
-    layout, tree = scan(root, layout, domain, domains, tx_dir)
-    all_classes = sorted({c for per in tree.values() for c in per})
-    for d, per in tree.items():
-        for c, files in per.items():
-            if not files:
-                raise ValueError(f"{Path(root)}: class folder {d}/{c} holds no image")
-        missing = [c for c in all_classes if c not in per]
-        if missing and not allow_missing:
-            raise ValueError(
-                f"{Path(root)}: classes {missing} missing in domain {d!r} "
-                "(prepare_data.py --allow_missing accepts it; allow_missing=True in Python)"
-            )
-    ids = class_index(all_classes)
-    root = Path(root)
-    styles = sorted(style_domains or ())
-    unknown = sorted(set(styles) - set(tree))
-    if unknown:
-        raise ValueError(f"{root}: style_domains {unknown} are not domains here ({sorted(tree)})")
-    if not 0.0 <= float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
-    parts = {"": None} if not test_fraction else {"train": False, "test": True}
-    manifests = {}
-    for part, held_out in parts.items():
-        target = os.path.join(out_dir, part) if part else out_dir
-        with open_dataset(target, KIND, all_classes, "folders", root, opts) as (writer, policy):
-            for d in sorted(tree):
-                for c in sorted(tree[d]):
-                    files = tree[d][c][:max_per_class] if max_per_class else tree[d][c]
-                    for path in files:
-                        inst = instance_of(path)
-                        if held_out is not None and is_held_out(c, inst, test_fraction) != held_out:
-                            continue
-                        image = policy.load_image(path, verify=verify_images)
-                        if image is None:
-                            continue
-                        rel = os.path.relpath(path, root)
-                        labels = {}
-                        if d in styles:
-                            labels = {"style_id": styles.index(d), "content_id": ids[c]}
-                        rec = schema.encode_labelled_image(image, ids[c], c, d, inst, rel, **labels)
-                        writer.write(rec, class_id=ids[c], class_name=c, domain=d)
-            writer.info.update(layout=layout, tx_dir=tx_dir, max_per_class=max_per_class)
-            if styles:
-                writer.info["styles"] = styles
-            if held_out is not None:
-                writer.info.update(split=part, test_fraction=float(test_fraction))
-        manifests[part] = writer.manifest
-    return manifests[""] if "" in manifests else manifests
+    conversion = plan(
+        root,
+        layout=layout,
+        domain=domain,
+        domains=domains,
+        tx_dir=tx_dir,
+        allow_missing=allow_missing,
+        verify_images=verify_images,
+        max_per_class=max_per_class,
+        style_domains=style_domains,
+        test_fraction=test_fraction,
+    )
+    return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))

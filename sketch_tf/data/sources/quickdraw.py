@@ -15,8 +15,11 @@ box filter, which gives anti-aliased grey edges.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,9 +28,11 @@ from sketch_tf.data import schema
 from sketch_tf.data.images import encode_png
 from sketch_tf.data.sources.common import (
     BadInputError,
+    Converted,
+    SourcePlan,
     WriteOptions,
     class_index,
-    open_dataset,
+    write_plan,
 )
 
 #: Record kind this source writes.
@@ -105,74 +110,133 @@ def rasterize(
     return canvas.resize((size, size), Image.Resampling.BOX)
 
 
-def _iter_file(path: Path, npz_split: str, max_per_class: int | None):
-    """Yield (class_name, instance_id, strokes or BadInputError, where) for one file."""
-    if path.suffix == ".ndjson":
-        n = 0
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if max_per_class is not None and n >= max_per_class:
-                    break
-                n += 1
-                where = f"{path}:{line_no}"
-                try:
-                    obj = json.loads(line)
-                    word = obj.get("word") or path.stem
-                    strokes = strokes_from_ndjson_drawing(obj.get("drawing"), where)
-                    yield word, str(obj.get("key_id", f"{path.stem}:{line_no}")), strokes, where
-                except (json.JSONDecodeError, AttributeError) as e:
-                    yield path.stem, "", BadInputError(f"{where}: invalid JSON ({e})"), where
-                except BadInputError as e:
-                    yield path.stem, "", e, where
-    elif path.suffix == ".npz":
-        try:
-            data = np.load(path, allow_pickle=True, encoding="latin1")
-            arrays = data[npz_split]
-        except (OSError, ValueError, KeyError) as e:
-            raise BadInputError(f"{path}: cannot read split {npz_split!r} ({e})") from e
-        for i, drawing in enumerate(arrays[:max_per_class]):
-            where = f"{path}[{npz_split}][{i}]"
+class DrawingItem(NamedTuple):
+    """One drawing to rasterise: a line of an `.ndjson` file or one drawing of an `.npz`.
+
+    Attributes:
+      order: (file index, line number or drawing index): single-process order.
+      part: always "" (one dataset).
+      file_class: class of the file (its stem).
+      where: "<file>:<line>" or "<file>[<split>][<i>]" (named by errors and skips).
+      payload: the ndjson line (str) or the stroke-3 array [n, 3].
+      instance: instance id of an npz drawing; "" for ndjson (read from `key_id`).
+    """
+
+    order: tuple[int, int]
+    part: str
+    file_class: str
+    where: str
+    payload: str | np.ndarray
+    instance: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickDrawPlan(SourcePlan):
+    """The files of a Quick, Draw! conversion and the raster options (see `plan`)."""
+
+    root: Path
+    files: tuple[Path, ...]
+    classes: list[str]
+    size: int = 256
+    line_width: float = 3.0
+    margin: int = 8
+    npz_split: str = "train"
+    max_per_class: int | None = None
+    source: str = "quickdraw"
+    kind: str = KIND
+    parts: tuple[str, ...] = ("",)
+
+    def units(self) -> list[tuple[int, Path]]:
+        """(file index, path) of every input file."""
+        return list(enumerate(self.files))
+
+    def items(self, unit: tuple[int, Path]) -> Iterator[DrawingItem]:
+        """The drawings of one file (at most `max_per_class`; blank ndjson lines skipped).
+
+        Raises:
+          BadInputError when an `.npz` file or its split cannot be read.
+        """
+        index, path = unit
+        if path.suffix == ".ndjson":
+            n = 0
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    if self.max_per_class is not None and n >= self.max_per_class:
+                        break
+                    n += 1
+                    where = f"{path}:{line_no}"
+                    yield DrawingItem((index, line_no), "", path.stem, where, line, "")
+        elif path.suffix == ".npz":
             try:
-                yield (
-                    path.stem,
-                    f"{path.stem}:{npz_split}:{i}",
-                    strokes_from_stroke3(drawing, where),
-                    where,
-                )
-            except BadInputError as e:
-                yield path.stem, "", e, where
-    else:
-        raise ValueError(f"{path}: expected .ndjson or .npz")
+                data = np.load(path, allow_pickle=True, encoding="latin1")
+                arrays = data[self.npz_split]
+            except (OSError, ValueError, KeyError) as e:
+                raise BadInputError(f"{path}: cannot read split {self.npz_split!r} ({e})") from e
+            for i, drawing in enumerate(arrays[: self.max_per_class]):
+                where = f"{path}[{self.npz_split}][{i}]"
+                instance = f"{path.stem}:{self.npz_split}:{i}"
+                yield DrawingItem((index, i), "", path.stem, where, drawing, instance)
+        else:
+            raise ValueError(f"{path}: expected .ndjson or .npz")
+
+    def convert(self, item: DrawingItem) -> Converted:
+        """Parse, rasterise (`size` x `size` PNG) and encode one drawing.
+
+        Raises:
+          BadInputError naming `item.where` for a line that is not JSON or a malformed
+          drawing; ValueError when an ndjson `word` differs from the file's class.
+        """
+        where, cname = item.where, item.file_class
+        if isinstance(item.payload, str):
+            try:
+                obj = json.loads(item.payload)
+                word = obj.get("word") or cname
+                strokes = strokes_from_ndjson_drawing(obj.get("drawing"), where)
+                default_instance = f"{cname}:{item.order[1]}"
+                instance = str(obj.get("key_id", default_instance))
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise BadInputError(f"{where}: invalid JSON ({e})") from e
+        else:
+            word, instance = cname, item.instance
+            strokes = strokes_from_stroke3(item.payload, where)
+        if word != cname:
+            raise ValueError(f"{where}: word {word!r} differs from file class {cname!r}")
+        class_id = self.classes.index(cname)
+        image = encode_png(rasterize(strokes, self.size, self.line_width, self.margin))
+        record = schema.encode_labelled_image(image, class_id, cname, "sketch", instance, where)
+        return Converted(record, class_id, cname, "sketch")
+
+    def info(self, part: str) -> dict:
+        return {
+            "size": self.size,
+            "line_width": self.line_width,
+            "margin": self.margin,
+            "npz_split": self.npz_split,
+            "max_per_class": self.max_per_class,
+        }
 
 
-def prepare(
+#: `group_by` of `prepare` when not given (one shard stream per class).
+DEFAULT_GROUP_BY = "class"
+
+
+def plan(
     root,
-    out_dir,
     size: int = 256,
     line_width: float = 3.0,
     margin: int = 8,
     npz_split: str = "train",
     max_per_class: int | None = None,
     categories=None,
-    skip_bad: bool = False,
-    shard_bytes: int = 128 << 20,
-    group_by: str = "class",
-    overwrite: bool = False,
-) -> dict:
-    """Rasterise Quick, Draw! drawings into a `labelled_image` dataset (domain "sketch").
+) -> QuickDrawPlan:
+    """The conversion `prepare` does, before anything is read beyond the file list.
 
-    Args:
-      root: an `.ndjson` / `.npz` file or a folder of them (one class per file).
-      size, line_width, margin: raster size, stroke width and border in output pixels.
-      npz_split: key of sketch-rnn `.npz` files to read.
-      max_per_class: read at most this many drawings per file.
-      categories: only these file stems (class names), default all.
-      skip_bad: skip malformed drawings (recorded in the manifest) instead of failing.
+    Args: as `prepare`.
 
-    Returns:
-      the manifest dict.
+    Raises:
+      ValueError when `root` does not exist, holds no input file or lacks a category.
     """
     root = Path(root)
     if root.is_file():
@@ -189,27 +253,38 @@ def prepare(
             raise ValueError(f"{root}: no file for categories {sorted(missing)}")
     if not files:
         raise ValueError(f"{root}: no .ndjson or .npz files")
-    ids = class_index(f.stem for f in files)
-    opts = WriteOptions(skip_bad, shard_bytes, group_by, overwrite)
-    with open_dataset(out_dir, KIND, sorted(ids), "quickdraw", root, opts) as (writer, policy):
-        for path in files:
-            cname = path.stem
-            for word, instance, strokes, where in _iter_file(path, npz_split, max_per_class):
-                if isinstance(strokes, BadInputError):
-                    policy.handle(strokes, where)
-                    continue
-                if word != cname:
-                    raise ValueError(f"{where}: word {word!r} differs from file class {cname!r}")
-                image = encode_png(rasterize(strokes, size, line_width, margin))
-                rec = schema.encode_labelled_image(
-                    image, ids[cname], cname, "sketch", instance, where
-                )
-                writer.write(rec, class_id=ids[cname], class_name=cname, domain="sketch")
-        writer.info.update(
-            size=size,
-            line_width=line_width,
-            margin=margin,
-            npz_split=npz_split,
-            max_per_class=max_per_class,
-        )
-    return writer.manifest
+    classes = sorted(class_index(f.stem for f in files))
+    return QuickDrawPlan(
+        root, tuple(files), classes, size, line_width, margin, npz_split, max_per_class
+    )
+
+
+def prepare(
+    root,
+    out_dir,
+    size: int = 256,
+    line_width: float = 3.0,
+    margin: int = 8,
+    npz_split: str = "train",
+    max_per_class: int | None = None,
+    categories=None,
+    skip_bad: bool = False,
+    shard_bytes: int = 128 << 20,
+    group_by: str = DEFAULT_GROUP_BY,
+    overwrite: bool = False,
+) -> dict:
+    """Rasterise Quick, Draw! drawings into a `labelled_image` dataset (domain "sketch").
+
+    Args:
+      root: an `.ndjson` / `.npz` file or a folder of them (one class per file).
+      size, line_width, margin: raster size, stroke width and border in output pixels.
+      npz_split: key of sketch-rnn `.npz` files to read.
+      max_per_class: read at most this many drawings per file.
+      categories: only these file stems (class names), default all.
+      skip_bad: skip malformed drawings (recorded in the manifest) instead of failing.
+
+    Returns:
+      the manifest dict.
+    """
+    conversion = plan(root, size, line_width, margin, npz_split, max_per_class, categories)
+    return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))
