@@ -1,7 +1,9 @@
-"""Tests for sketch_tf.data.tfrecord: sharded writer, manifest checks, corrupt shards."""
+"""Tests for sketch_tf.data.tfrecord: sharded writer, manifest checks, corrupt shards and bad
+records."""
 
 import io
 import json
+import re
 
 import pytest
 import tensorflow as tf
@@ -146,3 +148,151 @@ def test_corrupt_shard_fails_with_its_name_at_read_time(tmp_path, damage):
     # intact shards still read fine on their own
     ok = tfrecord.record_dataset(out, shards=[m["shards"][0]])
     assert len(list(ok)) == m["shards"][0]["records"]
+
+
+# ---- bad records: named by shard, record index and feature --------------------------------------
+def _example(**features) -> bytes:
+    """A tf.train.Example holding each keyword as a one-value bytes / float / int64 list."""
+    feature = {}
+    for key, value in features.items():
+        if isinstance(value, bytes):
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        elif isinstance(value, float):
+            feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+        else:
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+_BAD_RECORDS = {
+    "missing_feature": (
+        lambda: _example(image=_png(), class_name=b"cat", domain=b"sketch"),
+        "feature class_id missing \\(labelled_image schema v1 expects int64_list with 1 value",
+    ),
+    "other_kind": (
+        lambda: schema.encode_correspondence_pair(
+            _png(), _png(), [[1, 2]], [[3, 4]], [5], "cat", 0
+        ),
+        "feature image missing .*holds the features of a correspondence_pair record",
+    ),
+    "class_id_as_bytes": (
+        lambda: _example(image=_png(), class_id=b"0", class_name=b"cat", domain=b"sketch"),
+        "feature class_id holds a bytes_list \\(labelled_image schema v1 expects int64_list",
+    ),
+    "class_id_as_float": (
+        lambda: _example(image=_png(), class_id=0.0, class_name=b"cat", domain=b"sketch"),
+        "feature class_id holds a float_list",
+    ),
+    "optional_feature_of_wrong_dtype": (
+        lambda: _example(
+            image=_png(), class_id=0, class_name=b"cat", domain=b"sketch", style_id=b"x"
+        ),
+        "feature style_id holds a bytes_list",
+    ),
+    "class_id_not_in_manifest": (
+        lambda: _example(image=_png(), class_id=5, class_name=b"cat", domain=b"sketch"),
+        "feature class_id = 5 is outside the 2 classes of the manifest",
+    ),
+    "class_name_not_the_manifest_one": (
+        lambda: _example(image=_png(), class_id=1, class_name=b"cat", domain=b"sketch"),
+        "feature class_name = cat but class 1 of the manifest is dog",
+    ),
+    "not_an_example": (
+        lambda: b"\xff\xff\xff\x01 not a proto",
+        "not a serialized tf.train.Example",
+    ),
+}
+
+
+def _write_with_bad_record(out, bad: bytes, bad_at: int, n: int = 12):
+    """A 2-class labelled_image dataset of `n` records in shards of ~2, record `bad_at` bad.
+
+    Returns (manifest, shard entry holding the bad record, its index within that shard).
+    """
+    classes = ["cat", "dog"]
+    with tfrecord.ShardedWriter(out, "labelled_image", shard_bytes=500) as w:
+        for i in range(n):
+            good = schema.encode_labelled_image(_png(i), i % 2, classes[i % 2], "sketch", str(i))
+            w.write(
+                bad if i == bad_at else good,
+                class_id=i % 2,
+                class_name=classes[i % 2],
+                domain="sketch",
+            )
+    first = 0
+    for entry in w.manifest["shards"]:
+        if first <= bad_at < first + entry["records"]:
+            return w.manifest, entry, bad_at - first
+        first += entry["records"]
+    raise AssertionError("bad record not written")
+
+
+def _records_until_error(ds):
+    """(records read, the InvalidArgumentError message) of iterating `ds` to its end."""
+    got = []
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        for record in ds:
+            got.append(record)
+    return got, error.value.message
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_RECORDS))
+def test_bad_record_fails_naming_shard_record_and_feature(tmp_path, case):
+    make_bad, expected = _BAD_RECORDS[case]
+    out = tmp_path / "ds"
+    manifest, entry, index = _write_with_bad_record(out, make_bad(), bad_at=7)
+    assert len(manifest["shards"]) > 2 and index > 0  # good records precede it in its shard
+    where = f"record {index} of shard {out / entry['file']}: "
+    got, message = _records_until_error(tfrecord.record_dataset(out))
+    print(f"{case}: {len(got)} good records, then: {message.split('assertion failed: ')[-1]}")
+    assert where in message
+    assert re.search(expected, message), message
+    assert all(schema.parse_labelled_image(r)[schema.CLASS_ID] >= 0 for r in got)
+    if case == "missing_feature":  # read alone, the shard yields the good records before it
+        alone, message = _records_until_error(tfrecord.record_dataset(out, shards=[entry]))
+        assert len(alone) == index and where in message
+
+
+def test_extra_feature_passes_and_unchecked_reading(tmp_path):
+    bad = _example(image=_png(), class_id=1, class_name=b"dog", domain=b"sketch", added_later=3)
+    out = tmp_path / "ds"
+    _write_with_bad_record(out, bad, bad_at=7)
+    assert len(list(tfrecord.record_dataset(out))) == 12  # unknown features: forward compatible
+    missing = _example(image=_png(), class_name=b"dog", domain=b"sketch")
+    _write_with_bad_record(tmp_path / "m", missing, bad_at=7)
+    assert len(list(tfrecord.record_dataset(tmp_path / "m", check_records=False))) == 12
+
+
+def test_bad_last_record_and_bad_pair_points(tmp_path):
+    _, entry, index = _write_with_bad_record(tmp_path / "a", b"junk", bad_at=11)
+    assert index == entry["records"] - 1
+    _, message = _records_until_error(tfrecord.record_dataset(tmp_path / "a"))
+    assert f"record {index} of shard {tmp_path / 'a' / entry['file']}: not a serialized" in message
+    out = tmp_path / "pairs"
+    with tfrecord.ShardedWriter(out, "correspondence_pair") as w:
+        for i in range(3):
+            rec = schema.encode_correspondence_pair(
+                _png(), _png(), [[1, 2]], [[3, 4]], [i], "cat", 0
+            )
+            if i == 2:  # three floats for one point id
+                ex = tf.train.Example.FromString(rec)
+                ex.features.feature[schema.POINTS_B].float_list.value.append(5.0)
+                rec = ex.SerializeToString()
+            w.write(rec, class_id=0, class_name="cat", domain="sketch")
+    got, message = _records_until_error(tfrecord.record_dataset(out))
+    print("pair with 3 floats for 1 point id:", message.split("assertion failed: ")[-1])
+    assert len(got) == 2
+    assert "record 2 of shard" in message
+    assert "feature points_b holds 3 floats, expected (x, y) for each of 1 point ids" in message
+
+
+def test_training_input_names_the_bad_record(tmp_path):
+    from sketch_tf.data import pipeline
+
+    out = tmp_path / "ds"
+    bad = _example(image=_png(), class_id=b"1", class_name=b"dog", domain=b"sketch")
+    _, entry, index = _write_with_bad_record(out, bad, bad_at=7)
+    where = f"record {index} of shard {out / entry['file']}: feature class_id holds a bytes_list"
+    _, message = _records_until_error(pipeline.labelled_records(out))
+    assert where in message
+    print("labelled_records:", message.split("assertion failed: ")[-1].split("\n")[0])

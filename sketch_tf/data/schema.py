@@ -23,6 +23,7 @@ corner of the top-left pixel (so the centre of pixel (col=0, row=0) is (0.5, 0.5
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -358,6 +359,49 @@ def parse_correspondence_pair(serialized) -> dict[str, tf.Tensor]:
       `category_id` (int64). Batched input gives [B, maxN, 2] / [B, maxN], zero padded.
     """
     return _parse(serialized, _PAIR_SPEC)
+
+
+#: kind -> parse spec (key -> `tf.io.FixedLenFeature` / `VarLenFeature`) of its records.
+SPECS = {
+    KIND_LABELLED_IMAGE: _LABELLED_SPEC,
+    KIND_CORRESPONDENCE_VIEW: _VIEW_SPEC,
+    KIND_CORRESPONDENCE_PAIR: _PAIR_SPEC,
+}
+
+#: Keys holding the class id of a record of each kind (an index into the manifest's `classes`).
+CLASS_ID_KEY = {
+    KIND_LABELLED_IMAGE: CLASS_ID,
+    KIND_CORRESPONDENCE_VIEW: CATEGORY_ID,
+    KIND_CORRESPONDENCE_PAIR: CATEGORY_ID,
+}
+
+
+class FeatureRule(NamedTuple):
+    """What a record of some kind must hold under one key (derived from the kind's spec).
+
+    `dtype` is tf.string, tf.int64 or tf.float32 (the value list a `tf.train.Feature` holds:
+    bytes_list, int64_list, float_list). `required`: the encoder always writes the key and
+    the parser has no default for it (a fixed-length feature without `default_value`, or a
+    point / point-id list). `scalar`: exactly one value when present (fixed-length `[]`);
+    otherwise any number of values.
+    """
+
+    key: str
+    dtype: tf.dtypes.DType
+    required: bool
+    scalar: bool
+
+
+def feature_rules(kind: str) -> list[FeatureRule]:
+    """The `FeatureRule` of every key of `kind`'s records, in spec order."""
+    if kind not in SPECS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+    rules = []
+    for key, feature in SPECS[kind].items():
+        fixed = isinstance(feature, tf.io.FixedLenFeature)
+        required = not fixed or feature.default_value is None
+        rules.append(FeatureRule(key, feature.dtype, required, fixed))
+    return rules
 
 
 #: kind -> parse function (for generic readers).

@@ -21,7 +21,10 @@ everything (`shard["domain"]` / `shard["class"]` say what a shard holds).
 
 At training time `record_dataset` reads the shards with a per-shard record-count check, so a
 truncated or corrupt shard fails with its file name instead of tf.data's anonymous
-`DataLossError`.
+`DataLossError`, and checks every record against the manifest's kind (`example_layout`,
+`schema.feature_rules`), so a record missing a feature, with a feature of the wrong dtype, of
+another kind or schema, or with a class id the manifest does not list, fails naming the shard,
+the record's index in it and the feature instead of parsing anonymously or with defaults.
 """
 
 from __future__ import annotations
@@ -351,8 +354,175 @@ def list_shards(
     return out
 
 
-def checked_shard_dataset(path, expected_records) -> tf.data.Dataset:
-    """Records of one shard, failing with the shard's name when it cannot be read fully.
+# ---- record checks -----------------------------------------------------------------------------
+# The value list a tf.train.Feature holds (a oneof), in the order decode_proto is asked for them.
+_VALUE_LISTS = ("bytes_list", "float_list", "int64_list")
+_VALUE_LIST_MESSAGES = ("tensorflow.BytesList", "tensorflow.FloatList", "tensorflow.Int64List")
+_VALUE_LIST_DTYPES = (tf.string, tf.float32, tf.int64)
+# Problem codes of `_record_problems`, in the order they are reported for one feature.
+_MISSING, _WRONG_LIST, _WRONG_COUNT, _WRONG_POINTS, _ID_OUT_OF_RANGE, _OTHER_NAME = range(6)
+
+
+def _first_per_row(values: tf.Tensor, pad) -> tf.Tensor:
+    """Column 0 of a [N, M] decode_proto output (M may be 0); `pad` where a row is empty."""
+    padding = tf.fill([tf.shape(values)[0], 1], tf.constant(pad, values.dtype))
+    return tf.concat([values, padding], axis=1)[:, 0]
+
+
+def example_layout(record: tf.Tensor) -> dict[str, tf.Tensor]:
+    """What a serialized `tf.train.Example` holds, decoded without a parse spec.
+
+    Unlike `tf.io.parse_single_example` this never fails on a missing key or on a value list
+    of another dtype, so the caller can say what is wrong. It fails (`DataLossError`) only
+    when `record` is not a serialized `tf.train.Example` at all.
+
+    Args:
+      record: scalar tf.string.
+
+    Returns:
+      dict of [E] tensors, one row per feature of the record: `keys` (tf.string), `list`
+      (int32 index into ("bytes_list", "float_list", "int64_list"), -1 when the feature holds
+      no value list), `count` (int32 number of values), `first_int` (int64, the first int64
+      value, 0 if none) and `first_bytes` (tf.string, the first bytes value, "" if none).
+    """
+    _, (features,) = tf.io.decode_proto(record, "tensorflow.Example", ["features"], [tf.string])
+    _, (entries,) = tf.io.decode_proto(
+        tf.strings.reduce_join(features), "tensorflow.Features", ["feature"], [tf.string]
+    )
+    _, (keys, features) = tf.io.decode_proto(
+        entries, "tensorflow.Features.FeatureEntry", ["key", "value"], [tf.string, tf.string]
+    )
+    keys = tf.strings.reduce_join(keys, axis=1)
+    held, lists = tf.io.decode_proto(
+        tf.strings.reduce_join(features, axis=1),
+        "tensorflow.Feature",
+        list(_VALUE_LISTS),
+        [tf.string] * len(_VALUE_LISTS),
+    )
+    has_list = tf.reduce_any(held > 0, axis=1)
+    list_index = tf.where(has_list, tf.argmax(held, axis=1, output_type=tf.int32), -1)
+    count, firsts = tf.zeros_like(list_index), []
+    for message, dtype, payload in zip(
+        _VALUE_LIST_MESSAGES, _VALUE_LIST_DTYPES, lists, strict=True
+    ):
+        sizes, (values,) = tf.io.decode_proto(
+            tf.strings.reduce_join(payload, axis=1), message, ["value"], [dtype]
+        )
+        count += sizes[:, 0]
+        firsts.append(values)
+    return {
+        "keys": keys,
+        "list": list_index,
+        "count": count,
+        "first_int": _first_per_row(firsts[2], 0),
+        "first_bytes": _first_per_row(firsts[0], ""),
+    }
+
+
+def _record_problems(layout: dict, kind: str, classes: list[str] | None):
+    """Checks one record's `example_layout` against `schema.feature_rules(kind)`.
+
+    Returns (ok, describe): `ok` a scalar bool; `describe()` builds the scalar tf.string naming
+    the first bad feature and what was expected (call it only where `ok` is false, in a
+    `tf.cond` branch, so that a good record pays for the comparisons alone).
+    """
+    rules = schema.feature_rules(kind)
+    keys = [r.key for r in rules]
+    expected_list = tf.constant([_VALUE_LIST_DTYPES.index(r.dtype) for r in rules], tf.int32)
+    required = tf.constant([r.required for r in rules])
+    scalar = tf.constant([r.scalar for r in rules])
+    # match[f, e]: rule f is about row e of the record. A feature without a value list reads
+    # as absent, as it does for tf.io.parse_example.
+    match = tf.equal(tf.constant(keys)[:, None], layout["keys"][None, :])
+    match = tf.logical_and(match, (layout["list"] >= 0)[None, :])
+    present = tf.reduce_any(match, axis=1)
+    list_of = tf.reduce_max(tf.where(match, layout["list"][None, :], -1), axis=1)
+    count_of = tf.reduce_sum(tf.where(match, layout["count"][None, :], 0), axis=1)
+    nothing = tf.zeros([len(rules)], tf.bool)
+
+    problems = [None] * 6
+    problems[_MISSING] = required & ~present
+    problems[_WRONG_LIST] = present & tf.not_equal(list_of, expected_list)
+    usable = present & ~problems[_WRONG_LIST]
+    problems[_WRONG_COUNT] = usable & scalar & tf.not_equal(count_of, 1)
+    # Every point list holds (x, y) for each point id.
+    n_ids = count_of[keys.index(schema.POINT_IDS)] if schema.POINT_IDS in keys else 0
+    is_points = tf.constant([r.dtype == tf.float32 for r in rules])
+    problems[_WRONG_POINTS] = usable & is_points & tf.not_equal(count_of, 2 * n_ids)
+    # The class id indexes the manifest's class list, whose entry is the record's class name.
+    id_slot = keys.index(schema.CLASS_ID_KEY[kind])
+    name_slot = keys.index(schema.CLASS_KEY[kind])
+    good = usable & ~problems[_WRONG_COUNT]
+    class_id = tf.reduce_sum(tf.where(match[id_slot], layout["first_int"], 0))
+    name = tf.strings.reduce_join(tf.boolean_mask(layout["first_bytes"], match[name_slot]))
+    listed = tf.constant("")
+    problems[_ID_OUT_OF_RANGE] = problems[_OTHER_NAME] = nothing
+    if classes is not None:
+        at_id = tf.range(len(rules)) == id_slot
+        at_name = tf.range(len(rules)) == name_slot
+        in_range = (class_id >= 0) & (class_id < len(classes))
+        problems[_ID_OUT_OF_RANGE] = at_id & good[id_slot] & ~in_range
+        if classes:
+            listed = tf.gather(
+                tf.constant(classes), tf.clip_by_value(class_id, 0, len(classes) - 1)
+            )
+        same_name = tf.equal(name, listed)
+        problems[_OTHER_NAME] = at_name & good[id_slot] & in_range & good[name_slot] & ~same_name
+    bad = tf.stack(problems, axis=1)  # [F, 6]
+    ok = tf.logical_not(tf.reduce_any(bad))
+
+    def describe() -> tf.Tensor:
+        slot = tf.argmax(tf.reduce_any(bad, axis=1), output_type=tf.int32)
+        key = tf.gather(tf.constant(keys), slot)
+        expects = tf.gather(
+            tf.constant(
+                [
+                    f"{kind} schema v{schema.SCHEMA_VERSION} expects "
+                    f"{_VALUE_LISTS[_VALUE_LIST_DTYPES.index(r.dtype)]}"
+                    + (" with 1 value" if r.scalar else "")
+                    for r in rules
+                ]
+            ),
+            slot,
+        )
+        held = tf.gather(tf.constant(["no value list", *_VALUE_LISTS]), list_of[slot] + 1)
+        count = tf.strings.as_string(count_of[slot])
+        ident = tf.strings.as_string(class_id)
+        texts = [None] * 6
+        texts[_MISSING] = tf.strings.join(["missing (", expects, ")"])
+        texts[_WRONG_LIST] = tf.strings.join(["holds a ", held, " (", expects, ")"])
+        texts[_WRONG_COUNT] = tf.strings.join(["holds ", count, " values (", expects, ")"])
+        texts[_WRONG_POINTS] = tf.strings.join(
+            ["holds ", count, " floats, expected (x, y) for each of ", tf.strings.as_string(n_ids)]
+        )
+        texts[_WRONG_POINTS] = tf.strings.join([texts[_WRONG_POINTS], " point ids"])
+        texts[_ID_OUT_OF_RANGE] = tf.strings.join(
+            ["= ", ident, " is outside the ", str(len(classes or [])), " classes of the manifest"]
+        )
+        texts[_OTHER_NAME] = tf.strings.join(
+            ["= ", name, " but class ", ident, " of the manifest is ", listed]
+        )
+        problem = tf.gather(tf.stack(texts), tf.argmax(bad[slot], output_type=tf.int32))
+        hints = []  # name the kind whose required features the record holds, if another one
+        for other in schema.KINDS:
+            needed = [r.key for r in schema.feature_rules(other) if r.required]
+            if other != kind:
+                holds = tf.equal(tf.constant(needed)[:, None], layout["keys"][None, :])
+                holds = tf.reduce_all(tf.reduce_any(holds, axis=1))
+                hints.append(tf.where(holds, f"; it holds the features of a {other} record", ""))
+        features = tf.strings.reduce_join(layout["keys"], separator=" ")
+        return tf.strings.join(
+            ["feature ", key, " ", problem, *hints, " (features: ", features, ")"]
+        )
+
+    return ok, describe
+
+
+def checked_shard_dataset(
+    path, expected_records, kind: str | None = None, classes: list[str] | None = None
+) -> tf.data.Dataset:
+    """Records of one shard, failing with the shard's name when it cannot be read fully or,
+    when `kind` is given, when a record does not hold what that kind's records hold.
 
     tf.data reports a truncated or corrupt record as an anonymous `DataLossError`. Here the
     shard is read with `ignore_errors` (on a read error TFRecordDataset moves on to the next
@@ -360,9 +530,25 @@ def checked_shard_dataset(path, expected_records) -> tf.data.Dataset:
     of records read is compared with the manifest's count; a mismatch raises
     `InvalidArgumentError` whose message holds the shard path.
 
+    With `kind`, every record is also decoded with `example_layout` (no parse spec, so nothing
+    fails anonymously) and checked against `schema.feature_rules(kind)`: each required feature
+    is present, each present feature of the kind holds the expected value list (bytes / int64 /
+    float) and, for fixed-length ones, exactly one value; point lists hold 2 floats per point
+    id; and, with `classes`, the class id is in `[0, len(classes))` and the record's class name
+    is `classes[class_id]`. The first bad record raises `InvalidArgumentError`:
+    "record 17 of shard /x/data-00003.tfrecord: feature class_id missing (labelled_image schema
+    v1 expects int64_list with 1 value) (features: ...)", naming the kind when the record holds
+    another kind's features. A record that is not a serialized `tf.train.Example` at all is
+    reported as such. Records before the bad one come through. A feature unknown to the kind
+    passes (forward compatibility: a newer writer may add optional features); an optional
+    feature that is absent gets its spec default at parse time, as before. (Names in the
+    message are written as TF's `Assert` prints strings: quotes and non-ASCII bytes escaped.)
+
     Args:
       path: scalar tf.string shard path.
       expected_records: scalar int64, the manifest's record count for the shard.
+      kind: record kind (one of `schema.KINDS`) to check every record against; None: no check.
+      classes: the manifest's class list, for the class id / name check (None: not checked).
 
     Returns:
       dataset of scalar tf.string serialized records.
@@ -370,12 +556,25 @@ def checked_shard_dataset(path, expected_records) -> tf.data.Dataset:
     records = tf.data.TFRecordDataset(path).ignore_errors(log_warning=False)
     records = records.map(lambda r: (r, False))
     end = tf.data.Dataset.from_tensors((tf.constant(b"", tf.string), True))
+    numbered = records.concatenate(end).enumerate()
+    if kind is not None:
+        # A record that decode_proto cannot read is dropped by ignore_errors; the gap it leaves
+        # between its index and the position after it names it below.
+        numbered = numbered.map(lambda index, item: (index, item, example_layout(item[0])))
+        numbered = numbered.ignore_errors(log_warning=False).enumerate()
 
-    def check(index, item):
+    def where(index) -> tf.Tensor:
+        return tf.strings.join(["record ", tf.strings.as_string(index), " of shard ", path])
+
+    def fail(message: tf.Tensor) -> tf.Tensor:
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.constant(False)
+
+    def check(position, index, item, layout):
         record, is_end = item
-        ok = tf.logical_or(tf.logical_not(is_end), tf.equal(index, expected_records))
-        assertion = tf.debugging.Assert(
-            ok,
+        count_ok = tf.logical_or(tf.logical_not(is_end), tf.equal(index, expected_records))
+        count_check = tf.debugging.Assert(
+            count_ok,
             [
                 "corrupt or truncated TFRecord shard",
                 path,
@@ -386,10 +585,33 @@ def checked_shard_dataset(path, expected_records) -> tf.data.Dataset:
             ],
             summarize=4,
         )
-        with tf.control_dependencies([assertion]):
+        checks = [count_check]
+        if layout is not None:
+            decoded = tf.cond(
+                tf.equal(position, index),
+                lambda: tf.constant(True),
+                lambda: fail(
+                    tf.strings.join(
+                        [where(position), ": not a serialized tf.train.Example (cannot be decoded)"]
+                    )
+                ),
+            )
+            ok, describe = _record_problems(layout, kind, classes)
+            with tf.control_dependencies([decoded]):
+                checks.append(
+                    tf.cond(
+                        tf.logical_or(is_end, ok),
+                        lambda: tf.constant(True),
+                        lambda: fail(tf.strings.join([where(index), ": ", describe()])),
+                    )
+                )
+        with tf.control_dependencies(checks):
             return tf.identity(record), is_end
 
-    checked = records.concatenate(end).enumerate().map(check)
+    if kind is None:
+        checked = numbered.map(lambda index, item: check(index, index, item, None))
+    else:
+        checked = numbered.map(lambda position, numbered_item: check(position, *numbered_item))
     return checked.filter(lambda record, is_end: tf.logical_not(is_end)).map(
         lambda record, is_end: record
     )
@@ -403,8 +625,15 @@ def record_dataset(
     cycle_length: int = 8,
     deterministic: bool = True,
     manifest: dict | None = None,
+    check_records: bool = True,
 ) -> tf.data.Dataset:
-    """Serialized records of a dataset, interleaved across shards and count-checked.
+    """Serialized records of a dataset, interleaved across shards and checked.
+
+    Each shard is read by `checked_shard_dataset`: its record count is checked against the
+    manifest and every record against the manifest's kind and class list, so a truncated or
+    corrupt shard, or a record missing a feature, holding a feature of the wrong dtype, of
+    another kind or schema, or with a class id / name the manifest does not list, raises
+    `InvalidArgumentError` naming the shard, the record's index in it and the feature.
 
     Args:
       dataset_dir: dataset folder (manifest is read and checked unless given).
@@ -412,6 +641,9 @@ def record_dataset(
       shuffle_shards: shuffle the shard order every epoch (seeded by `seed`).
       cycle_length: shards read concurrently (each contributes one record in turn).
       deterministic: keep a fixed element order for a given seed.
+      manifest: the dataset's already loaded manifest.
+      check_records: check each record's features (see `checked_shard_dataset`; costs a few
+        percent of image decoding). The record count is checked either way.
 
     Returns:
       dataset of scalar tf.string; one pass over the chosen shards (call `.repeat()`).
@@ -428,10 +660,16 @@ def record_dataset(
     )
     if shuffle_shards and len(paths) > 1:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    kind = manifest.get("kind") if check_records else None
+    classes = list(manifest["classes"]) if kind is not None and "classes" in manifest else None
+
+    def shard_records(path, expected_records):
+        return checked_shard_dataset(path, expected_records, kind=kind, classes=classes)
+
     if len(paths) == 1:
-        return files.flat_map(checked_shard_dataset)
+        return files.flat_map(shard_records)
     return files.interleave(
-        checked_shard_dataset,
+        shard_records,
         cycle_length=min(cycle_length, len(paths)),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
