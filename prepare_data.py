@@ -25,6 +25,11 @@ the command lines for Dataflow, Flink and Spark):
   python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --runner=DirectRunner \
       --direct_num_workers=2 --direct_running_mode=multi_processing
 
+Check existing records (every bad shard or record listed, image bytes decoded; exit 1 when
+one is bad; training stops at the first and names this command):
+
+  python prepare_data.py --verify=data/records/pacs
+
 Output is written to a temporary folder and renamed at the end: an interrupted run never
 leaves a dataset that looks complete. Unreadable inputs fail the run naming the file, unless
 --skip_bad (then they are skipped and listed in the manifest).
@@ -83,6 +88,12 @@ _LINE_WIDTH = flags.DEFINE_float("line_width", 3.0, "quickdraw: stroke width in 
 _SPLIT = flags.DEFINE_string("split", "train", "sketchzooms: csv split (train or test).")
 _CSV = flags.DEFINE_string("csv_path", None, "style: CSV of image, content, style columns.")
 _SQLITE = flags.DEFINE_string("sqlite_path", None, "style: BAM!-like sqlite database.")
+_VERIFY = flags.DEFINE_string(
+    "verify",
+    None,
+    "Check a records folder (or a root of split folders) and list every bad shard / record: "
+    "counts, sha256, features, image bytes. Exit 1 when one is bad.",
+)
 # derived data
 _DERIVED = flags.DEFINE_bool(
     "derived", False, "Compute the derived data (feature caches) of --config's records."
@@ -147,8 +158,45 @@ def _beam_args(extra: list[str]) -> list[str] | None:
     return [f"--runner={_RUNNER.value}", *extra]
 
 
+def _verify(folder: str) -> None:
+    """--verify: `tfrecord.verify_dataset` of the folder, or of each split folder in it."""
+    import sys
+
+    from sketch_tf.data import tfrecord
+
+    if os.path.isfile(os.path.join(folder, tfrecord.MANIFEST)):
+        datasets = [folder]
+    else:
+        datasets = sorted(
+            os.path.join(folder, d)
+            for d in (os.listdir(folder) if os.path.isdir(folder) else [])
+            if os.path.isfile(os.path.join(folder, d, tfrecord.MANIFEST))
+        )
+    if not datasets:
+        cli.fail(f"--verify={folder}: no {tfrecord.MANIFEST} in it or in its sub-folders")
+    bad = 0
+    for dataset in datasets:
+        try:
+            report = tfrecord.verify_dataset(dataset)
+        except tfrecord.DatasetError as e:
+            cli.fail(str(e))
+        for b in report["bad"]:
+            where = "shard" if b["record"] is None else f"record {b['record']} of shard"
+            source = f" (source {b['source']})" if b["source"] else ""
+            print(f"{where} {b['shard']}{source}: {b['problem']}")
+        bad += len(report["bad"])
+        print(json.dumps({"dataset": dataset, "records": report["records"],
+                          "bad": len(report["bad"])}))  # fmt: skip
+    if bad:
+        print(f"{bad} bad shard(s) / record(s): prepare the data again from its source "
+              "(with --skip_bad to leave unreadable inputs out)", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+
+
 def main(argv):
     beam_args = _beam_args(argv[1:])
+    if _VERIFY.value:
+        return _verify(_VERIFY.value)
     if _DERIVED.value:
         return _derived()
     if not _OUT.value:

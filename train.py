@@ -37,7 +37,7 @@ def main(argv):
     )
     try:
         result = train_run(config, _WORKDIR.value, strategy, log=logging.info)
-    except (loop.NonFiniteLossError, loop.WorkdirError) as e:
+    except (loop.NonFiniteLossError, loop.WorkdirError, loop.InputError) as e:
         logging.error("%s", e)
         sys.exit(1)
     print(f"{result.status} at step {result.step}; checkpoint {result.checkpoint}")

@@ -184,3 +184,35 @@ def test_prepare_data_allow_missing_is_the_flag_the_error_suggests(tmp_path):
     proc = _run("prepare_data.py", *args, f"--out={tmp_path / 'b'}", "--allow_missing")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["records"] == 3
+
+
+def _records_with_a_corrupt_image(folder):
+    """3 labelled records in one shard; record 1 (source b.png) holds PNG-signed garbage,
+    which passes the writer's check but does not decode."""
+    import numpy as np
+
+    from sketch_tf.data import schema
+    from sketch_tf.data.images import encode_png
+    from sketch_tf.data.tfrecord import ShardedWriter
+
+    good = encode_png(np.zeros((8, 8, 3), np.uint8))
+    images = {"a.png": good, "b.png": b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8, "c.png": good}
+    with ShardedWriter(folder, schema.KIND_LABELLED_IMAGE, classes=["cat"]) as writer:
+        for name, image in images.items():
+            record = schema.encode_labelled_image(image, 0, "cat", "sketch", source=name)
+            writer.write(record, class_id=0, class_name="cat", domain="sketch")
+    return folder
+
+
+def test_prepare_data_verify_lists_corrupt_image_bytes_inside_a_shard(tmp_path):
+    root = tmp_path / "records"
+    _records_with_a_corrupt_image(root / "train")
+    proc = _run("prepare_data.py", f"--verify={root}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    bad = [line for line in lines if line.startswith("record ")]
+    print(bad)
+    assert len(bad) == 1 and bad[0].startswith("record 1 of shard ")
+    assert "(source b.png): feature image: not a decodable image" in bad[0]
+    assert json.loads(lines[-1])["records"] == 3 and json.loads(lines[-1])["bad"] == 1
+    assert "--skip_bad" in proc.stderr

@@ -302,3 +302,21 @@ def test_input_sharding_choice():
         choose(task(3), strategy(4), "file")
     with pytest.raises(ValueError, match="samples from every class"):
         choose(task(0), strategy(2), "file")
+
+
+def test_input_that_fails_is_a_clear_error_naming_the_verify_command(tmp_path):
+    # An image that does not decode fails inside the decoder, after sampling, where TF cannot
+    # say which record it was: the error says so and names the command that lists it.
+    from sketch_tf.data import pipeline
+
+    class BadImageTask(tiny_task.TinyTask):
+        def build_train_dataset(self, global_batch_size, seed, models=None):
+            good = tiny_task.TinyTask.build_train_dataset(self, global_batch_size, seed)
+            corrupt = tf.constant(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+            return good.map(lambda b: {**b, "x": b["x"] + 0 * tf.reduce_sum(
+                pipeline.decode_image(corrupt))})  # fmt: skip
+
+    config = _config(num_steps=3)
+    config.data.root = str(tmp_path / "records")
+    with pytest.raises(loop.InputError, match=r"failed before step 1: .*--verify=.*records"):
+        loop.train(BadImageTask(config), str(tmp_path / "run"), log=lambda s: None)

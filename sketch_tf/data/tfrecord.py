@@ -675,3 +675,97 @@ def record_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+
+
+# ---- whole-dataset verification ----------------------------------------------------------------
+#: Keys holding encoded images, per kind (decoded by `verify_dataset` as training would).
+_IMAGE_KEYS = {
+    schema.KIND_LABELLED_IMAGE: (schema.IMAGE,),
+    schema.KIND_CORRESPONDENCE_VIEW: (schema.IMAGE,),
+    schema.KIND_CORRESPONDENCE_PAIR: (schema.IMAGE_A, schema.IMAGE_B),
+}
+
+
+def verify_dataset(dataset_dir: str | os.PathLike, decode_images: bool = True) -> dict:
+    """Reads every record of a dataset once and lists every bad one (training stops at the
+    first; this names them all). `prepare_data.py --verify=DIR` runs it.
+
+    Checks: each shard's sha256 and record count against the manifest, each record against
+    the manifest's kind and classes (`checked_shard_dataset`'s rules), and, with
+    `decode_images`, that each image feature decodes with the training decoder
+    (`tf.io.decode_image`): corrupt image bytes inside a valid shard are found here.
+
+    Returns:
+      {"dataset": path, "records": records read, "bad": [{"shard", "record" (index in the
+      shard, or None for a whole-shard problem), "source" (the record's source path if it
+      has one), "problem"}]}.
+
+    Raises:
+      DatasetError when the manifest itself is missing or invalid.
+    """
+    root = Path(dataset_dir)
+    manifest = read_manifest(root)
+    kind = manifest["kind"]
+    rules = {r.key: r for r in schema.feature_rules(kind)}
+    lists = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
+    bad: list[dict] = []
+    total = 0
+
+    def report(shard, record, problem, source=""):
+        bad.append({"shard": str(shard), "record": record, "source": source, "problem": problem})
+
+    for entry in manifest["shards"]:
+        path = root / entry["file"]
+        if not path.is_file():
+            report(path, None, "missing")
+            continue
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            report(path, None, f"sha256 {digest} != manifest {entry['sha256']}")
+        read = 0
+        try:
+            for serialized in tf.data.TFRecordDataset(str(path)):
+                problem, source = _record_problem(
+                    serialized.numpy(), kind, rules, lists, manifest["classes"], decode_images
+                )
+                if problem:
+                    report(path, read, problem, source)
+                read += 1
+        except tf.errors.OpError as err:
+            report(path, read, f"unreadable from here on ({err.message.strip()})")
+        total += read
+        if read != int(entry["records"]):
+            report(path, None, f"{read} records read, manifest says {entry['records']}")
+    return {"dataset": str(root), "records": total, "bad": bad}
+
+
+def _record_problem(serialized, kind, rules, lists, classes, decode_images) -> tuple[str, str]:
+    """(problem or "", source) of one serialized record (see `verify_dataset`)."""
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except Exception as err:  # protobuf's DecodeError; any failure means the same here
+        return f"not a serialized tf.train.Example ({err})", ""
+    feature = example.features.feature
+    source_values = feature[schema.SOURCE].bytes_list.value if schema.SOURCE in feature else []
+    source = source_values[0].decode("utf-8", "replace") if source_values else ""
+    for key, rule in rules.items():
+        if key not in feature or feature[key].WhichOneof("kind") is None:
+            if rule.required:
+                return f"feature {key} missing ({kind} expects {lists[rule.dtype]})", source
+            continue
+        held = feature[key].WhichOneof("kind")
+        if held != lists[rule.dtype]:
+            return f"feature {key} holds a {held} ({kind} expects {lists[rule.dtype]})", source
+        if rule.scalar and len(getattr(feature[key], held).value) != 1:
+            return f"feature {key} holds {len(getattr(feature[key], held).value)} values", source
+    class_key = schema.CLASS_ID_KEY[kind]
+    class_id = feature[class_key].int64_list.value[0]
+    if not 0 <= class_id < len(classes):
+        return f"feature {class_key} = {class_id} outside the {len(classes)} classes", source
+    if decode_images:
+        for key in _IMAGE_KEYS[kind]:
+            try:
+                tf.io.decode_image(feature[key].bytes_list.value[0], expand_animations=False)
+            except tf.errors.OpError as err:
+                return f"feature {key}: not a decodable image ({err.message.strip()})", source
+    return "", source

@@ -368,6 +368,30 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+class InputError(RuntimeError):
+    """The training input failed (a bad record or image bytes in the records); the message
+    holds TF's error and the command that lists every bad record."""
+
+
+def _next_batch(iterator, step: int, config):
+    """`next(iterator)`; a failing input becomes an InputError naming `prepare_data.py
+    --verify` (TF's own message names the shard and record for record-level problems, but
+    an image that does not decode fails inside the decoder, after sampling, anonymously)."""
+    try:
+        return next(iterator)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+        root = config.data.get("root") if "data" in config else None
+        hint = (
+            f"list every bad shard / record with: python prepare_data.py --verify={root}"
+            if root
+            else "check the training records with prepare_data.py --verify=<records folder>"
+        )
+        first = (err.message or str(err)).strip().splitlines()[0][:2000]
+        raise InputError(
+            f"the training input failed before step {step + 1}: {first}; {hint}"
+        ) from err
+
+
 class WorkdirError(RuntimeError):
     """The run folder cannot be written (not a folder, no permission, disk full); the message
     names the path and what is still intact."""
@@ -476,6 +500,7 @@ def train(
       NonFiniteLossError: a loss term was NaN/inf; nothing was saved for that step.
       WorkdirError: the workdir or a checkpoint could not be written (the last complete
         checkpoint is intact).
+      InputError: the training input failed (bad records; the last checkpoint is intact).
     """
     strategy = strategy or tf.distribute.get_strategy()
     config = task.config
@@ -604,7 +629,7 @@ def train(
     with _StopRequest() as stop:
         while step < num_steps:
             schedule_values = task.schedule_values(state.models, step)
-            losses = train_step(next(iterator))
+            losses = train_step(_next_batch(iterator, step, config))
             values = {k: float(v.numpy()) for k, v in losses.items()}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
