@@ -12,6 +12,12 @@ from PIL import Image
 from sketch_tf.data import schema, tfrecord
 
 
+@pytest.fixture(autouse=True)
+def _record_checks_on(monkeypatch):
+    # The in-graph record check is opt-in (tfrecord.CHECK_RECORDS_ENV); these tests test it.
+    monkeypatch.setenv("SKETCH_TF_CHECK_RECORDS", "1")
+
+
 def _png(value=0) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (4, 4), value).save(buf, format="PNG")

@@ -386,6 +386,7 @@ def _next_batch(iterator, step: int, config):
             if root
             else "check the training records with prepare_data.py --verify=<records folder>"
         )
+        hint += " (or rerun with SKETCH_TF_CHECK_RECORDS=1 to stop at the first bad record)"
         first = (err.message or str(err)).strip().splitlines()[0][:2000]
         raise InputError(
             f"the training input failed before step {step + 1}: {first}; {hint}"
