@@ -34,6 +34,25 @@ def test_labelled_image_round_trip_eager_and_batched():
     assert batch[schema.CONTENT_ID].numpy().tolist() == [-1, 2]
 
 
+def test_preference_pairs_round_trip_and_stay_optional():
+    png = _png(1)
+    pairs = [[148, 31], [183, 148]]
+    rec = schema.encode_labelled_image(png, 0, "shoes", "sketch", "0003", preference_pairs=pairs)
+    assert schema.parse_labelled_image(rec)[schema.PREFERENCE_PAIRS].numpy().tolist() == [
+        148, 31, 183, 148,
+    ]  # fmt: skip
+    plain = schema.encode_labelled_image(png, 0, "shoes", "edge", "0003")
+    assert schema.parse_labelled_image(plain)[schema.PREFERENCE_PAIRS].shape == (0,)
+    batch = schema.parse_labelled_image(tf.constant([plain, rec]))
+    assert batch[schema.PREFERENCE_PAIRS].numpy().tolist() == [[0, 0, 0, 0], [148, 31, 183, 148]]
+    rules = {r.key: r for r in schema.feature_rules(schema.KIND_LABELLED_IMAGE)}
+    assert not rules[schema.PREFERENCE_PAIRS].required
+    with pytest.raises(ValueError, match=r"preference_pairs of 'a.png': expected int pairs"):
+        schema.encode_labelled_image(png, 0, "s", "sketch", source="a.png", preference_pairs=[1])
+    with pytest.raises(ValueError, match="negative object id"):
+        schema.encode_labelled_image(png, 0, "s", "sketch", preference_pairs=[[1, -2]])
+
+
 def test_labelled_image_in_tf_data():
     recs = [schema.encode_labelled_image(_png(i), i, f"c{i}", "photo") for i in range(3)]
     ds = tf.data.Dataset.from_tensor_slices(recs).map(schema.parse_labelled_image)

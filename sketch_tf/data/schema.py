@@ -5,11 +5,14 @@ Every record is a serialized `tf.train.Example`. Writers (sources, the synthetic
 which works eagerly and inside `tf.data.Dataset.map` for a scalar string (one record) or a 1-D
 batch of strings (`ds.batch(n).map(parse_...)`).
 
-Record kinds (bump `SCHEMA_VERSION` whenever a key, dtype or meaning changes):
+Record kinds (bump `SCHEMA_VERSION` whenever a key, dtype or meaning changes; an optional key
+that older records lack, parsed to its default, keeps the version):
 
 - `labelled_image`: one image with a class label and a depiction domain. Used by zero-shot SBIR
-  (domain `sketch` / `photo`), PACS-style multi-domain sets and style-aware SBIR (domain = style
-  name, plus optional integer `style_id` / `content_id`).
+  (domain `sketch` / `photo`), PACS-style multi-domain sets, style-aware SBIR (domain = style
+  name, plus optional integer `style_id` / `content_id`) and fine-grained SBIR (the
+  `instance_id` pairs a sketch with the image of the same object; a sketch may carry the
+  human relative judgements of its dataset as optional `preference_pairs`).
 - `correspondence_view`: one line drawing of one shape seen from one view, with the pixel
   positions of its semantic points (what the synthetic renderer and SketchZooms' per-view PNGs
   give).
@@ -45,6 +48,10 @@ INSTANCE_ID = "instance_id"  # bytes: groups images of one object (Sketchy photo
 SOURCE = "source"  # bytes: path of the original file, relative to the source root
 STYLE_ID = "style_id"  # int64, -1 when unknown
 CONTENT_ID = "content_id"  # int64, -1 when unknown
+# int64 [2P] flat (closer, farther) pairs of objects: for this sketch, humans judged the
+# object whose integer instance id is `closer` more similar than `farther` (QMUL's triplet
+# annotations). Optional: absent = no judgement.
+PREFERENCE_PAIRS = "preference_pairs"
 
 IMAGE_A = "image_a"
 IMAGE_B = "image_b"
@@ -86,6 +93,7 @@ _LABELLED_SPEC = {
     SOURCE: _OPTIONAL_TEXT,
     STYLE_ID: _OPTIONAL_INT,
     CONTENT_ID: _OPTIONAL_INT,
+    PREFERENCE_PAIRS: _ID_LIST,
 }
 
 # Held by both correspondence kinds, between their points and their shape / view ids.
@@ -232,6 +240,7 @@ def encode_labelled_image(
     source: str = "",
     style_id: int = -1,
     content_id: int = -1,
+    preference_pairs=(),
 ) -> bytes:
     """Serialize one labelled image record.
 
@@ -244,6 +253,9 @@ def encode_labelled_image(
         from); "" when unknown.
       source: path of the original file relative to the source root (for error messages).
       style_id, content_id: optional int labels of style-labelled collections (-1 = unknown).
+      preference_pairs: int [P, 2] (closer, farther) object pairs of human relative
+        judgements for this sketch, by integer instance id (see `PREFERENCE_PAIRS`); () =
+        none.
 
     Returns:
       bytes of a serialized `tf.train.Example`.
@@ -260,8 +272,18 @@ def encode_labelled_image(
         _check_text(name, value)
     if not class_name or not domain:
         raise ValueError(f"class_name and domain must be non-empty (record {source!r})")
+    pairs = np.asarray(preference_pairs)
+    if pairs.size == 0:
+        pairs = np.zeros([0, 2], np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(
+            f"preference_pairs of {source or class_name!r}: expected int pairs [P, 2] "
+            f"(closer, farther), got {pairs.dtype} {pairs.shape}"
+        )
+    if np.any(pairs < 0):
+        raise ValueError(f"preference_pairs of {source or class_name!r}: negative object id")
     values = (bytes(image), class_id, class_name, domain, instance_id, source, style_id, content_id)
-    return _serialize(_LABELLED_SPEC, *values)
+    return _serialize(_LABELLED_SPEC, *values, pairs.astype(np.int64))
 
 
 def parse_labelled_image(serialized) -> dict[str, tf.Tensor]:
@@ -273,7 +295,8 @@ def parse_labelled_image(serialized) -> dict[str, tf.Tensor]:
     Returns:
       dict with `image` (tf.string, still encoded), `class_id` (int64), `class_name`,
       `domain`, `instance_id`, `source` (tf.string), `style_id`, `content_id` (int64, -1 when
-      absent); each scalar, or [B] for a batch.
+      absent); each scalar, or [B] for a batch; and `preference_pairs` int64 [2P] flat
+      (closer, farther, closer, ...; [0] when absent), or [B, 2 max(P)] zero padded.
     """
     return _parse(serialized, _LABELLED_SPEC)
 
@@ -376,13 +399,17 @@ CLASS_ID_KEY = {
 }
 
 
+#: Variable-length keys a record may leave out (parsed as an empty list).
+OPTIONAL_LISTS = frozenset({PREFERENCE_PAIRS})
+
+
 class FeatureRule(NamedTuple):
     """What a record of some kind must hold under one key (derived from the kind's spec).
 
     `dtype` is tf.string, tf.int64 or tf.float32 (the value list a `tf.train.Feature` holds:
     bytes_list, int64_list, float_list). `required`: the encoder always writes the key and
     the parser has no default for it (a fixed-length feature without `default_value`, or a
-    point / point-id list). `scalar`: exactly one value when present (fixed-length `[]`);
+    variable-length list not in `OPTIONAL_LISTS`, such as points and point ids). `scalar`: exactly one value when present (fixed-length `[]`);
     otherwise any number of values.
     """
 
@@ -399,7 +426,7 @@ def feature_rules(kind: str) -> list[FeatureRule]:
     rules = []
     for key, feature in SPECS[kind].items():
         fixed = isinstance(feature, tf.io.FixedLenFeature)
-        required = not fixed or feature.default_value is None
+        required = feature.default_value is None if fixed else key not in OPTIONAL_LISTS
         rules.append(FeatureRule(key, feature.dtype, required, fixed))
     return rules
 
