@@ -40,11 +40,11 @@ def _model(seed=0):
     return build_backbone("small_cnn", SIZE, widths=(4,), pooling="max")
 
 
-def _cached(path, model, log=None, spec=None, root=None):
+def _cached(path, model, log=None, spec=None, root=None, dtype="float32"):
     return cache.cached_features(
         root or path, "photo_features", spec or {"size": SIZE}, model,
         pipeline.labelled_image_bytes(path), lambda e: pipeline.preprocess(e, False, SIZE, False),
-        batch_size=3, log=(log.append if log is not None else (lambda m: None)),
+        batch_size=3, dtype=dtype, log=(log.append if log is not None else (lambda m: None)),
     )  # fmt: skip
 
 
@@ -62,6 +62,23 @@ def test_image_keys_are_fingerprints_of_the_bytes():
     keys = cache.image_keys(tf.constant([a, b, a])).numpy()
     assert keys.dtype == np.int64 and keys[0] == keys[2] != keys[1]
     assert int(cache.image_keys(tf.constant(a))) == keys[0]  # scalars too
+
+
+def test_float16_entries_are_their_own_and_reload_without_rebuilding(tmp_path):
+    path = _records(tmp_path / "rec", range(5))
+    model = _model()
+    log = []
+    half = _cached(path, model, log, dtype="float16")
+    assert half.values.dtype == np.float16 and half.computed == 5
+    full = _cached(path, model, dtype="float32")
+    assert full.computed == 5 and full.path != half.path  # another entry, not a conversion
+    np.testing.assert_allclose(half.values.astype(np.float32), full.values, rtol=1e-3, atol=1e-3)
+    again = _cached(path, model, log, dtype="float16")  # the probe accepts the rounding
+    assert again.computed == 0 and "stale" not in " ".join(log)
+    looked = half.lookup()(tf.constant(half.keys[:2]))
+    assert looked.dtype == tf.float32
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        _cached(path, model, dtype="bfloat16")
 
 
 def test_cache_values_reuse_and_lookup(tmp_path):

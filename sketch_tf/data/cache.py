@@ -12,14 +12,16 @@ cached (e.g. ``photo_features``) and `digest` is the sha256 of the `spec` (what 
 determines the values: trunk, cut, pooling, image size, preprocessing) *and of the trunk's
 weights*, so a different or retrained trunk gets its own entry and never reads another's
 values. Rewriting a record folder with `prepare_data.py --overwrite` removes a cache inside it.
-``features.npz`` holds ``keys`` int64 [N] and ``values`` float32 [N, ...], written to a temp
-file and renamed (atomic: a crash or a full disk leaves the previous file, never a half-written
-one).
+``features.npz`` holds ``keys`` int64 [N] and ``values`` [N, ...] (float32, or float16 when
+the caller stores large feature maps at half the size: `cached_features(dtype=...)`), written
+to a temp file and renamed (atomic: a crash or a full disk leaves the previous file, never a
+half-written one).
 
 Staleness: on load, every key the caller needs must be present (records rewritten with other
 images, or another subset of them -> the missing keys are computed and added; nothing cached is
 dropped, so training and evaluation subsets of one record folder share an entry), and a probe
-of a few cached images is recomputed and compared (`PROBE_IMAGES`, relative tolerance 1e-4),
+of a few cached images is recomputed and compared (`PROBE_IMAGES`, relative tolerance 1e-4,
+or the rounding of the stored dtype),
 which catches what the digest cannot see (a code or library change in the computation); a
 failed probe rebuilds the whole entry.
 """
@@ -52,6 +54,9 @@ CACHE_SUBDIR = "cache"
 CACHE_FORMAT = 1
 #: Cached images recomputed on every load to detect a stale entry.
 PROBE_IMAGES = 2
+#: Storage dtypes of the values -> relative tolerance of the staleness probe (float16 keeps
+#: 11 significant bits: a value differs from its rounding by up to 2**-11 of itself).
+STORE_DTYPES = {"float32": 1e-4, "float16": 2e-3}
 _FILE = "features.npz"
 _SPEC = "spec.json"
 
@@ -87,7 +92,8 @@ def weights_digest(model) -> str:
 
 @dataclass
 class FeatureCache:
-    """Cached per-image values: `keys` int64 [N] (unique) and `values` float32 [N, ...].
+    """Cached per-image values: `keys` int64 [N] (unique) and `values` [N, ...] (float32, or
+    float16 as stored; `lookup` always gives float32).
 
     Attributes:
       path: the entry's folder.
@@ -115,19 +121,24 @@ class FeatureCache:
         def fn(keys):
             rows = table.lookup(tf.cast(keys, tf.int64))
             with tf.control_dependencies([tf.debugging.assert_non_negative(rows, message)]):
-                return tf.gather(values, rows)
+                return tf.cast(tf.gather(values, rows), tf.float32)
 
         return fn
 
 
-def _entry_dir(root: str, name: str, spec: dict[str, Any], digest: str) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "spec": spec, "weights": digest}, sort_keys=True)
+def _entry_dir(
+    root: str, name: str, spec: dict[str, Any], digest: str, dtype: str = "float32"
+) -> str:
+    entry = {"format": CACHE_FORMAT, "spec": spec, "weights": digest}
+    if dtype != "float32":  # float32 entries keep the folder names they always had
+        entry["dtype"] = dtype
+    blob = json.dumps(entry, sort_keys=True)
     return os.path.join(
         root, CACHE_SUBDIR, f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
     )
 
 
-def _read_entry(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_entry(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray] | None:
     file = os.path.join(path, _FILE)
     if not os.path.isfile(file):
         return None
@@ -138,7 +149,7 @@ def _read_entry(path: str) -> tuple[np.ndarray, np.ndarray] | None:
         return None  # unreadable (e.g. a foreign file): rebuilt
     if keys.ndim != 1 or len(keys) != len(values):
         return None
-    return keys.astype(np.int64), values.astype(np.float32)
+    return keys.astype(np.int64), values.astype(dtype, copy=False)
 
 
 def _write_entry(path: str, keys: np.ndarray, values: np.ndarray, spec: dict, digest: str) -> None:
@@ -208,6 +219,7 @@ def cached_features(
     preprocess: Callable[[tf.Tensor], tf.Tensor],
     *,
     batch_size: int = 32,
+    dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> FeatureCache:
     """Loads, completes or builds the cached `model` values of every image in `images`.
@@ -221,6 +233,8 @@ def cached_features(
       images: finite dataset of (int64 key `image_keys(encoded)`, string encoded image).
       preprocess: encoded image (scalar string) -> float32 [S, S, 3], the model's input.
       batch_size: images per model call while computing.
+      dtype: storage dtype of the values, a `STORE_DTYPES` key: "float32", or "float16" for
+        large feature maps (half the disk and memory; lookups still give float32).
       log: progress sink.
 
     Returns:
@@ -230,13 +244,15 @@ def cached_features(
       OSError: the entry cannot be written (names the folder and `data.cache_dir`).
       ValueError: `images` is empty.
     """
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"feature cache {name}: dtype must be one of {sorted(STORE_DTYPES)}")
     digest = weights_digest(model)
-    path = _entry_dir(root, name, spec, digest)
+    path = _entry_dir(root, name, spec, digest, dtype)
     needed = np.unique(np.fromiter((int(k) for k, _ in images.as_numpy_iterator()), np.int64))
     if not len(needed):
         raise ValueError(f"feature cache {name}: no images to cache under {root}")
     keys, values = np.zeros([0], np.int64), None
-    entry = _read_entry(path)
+    entry = _read_entry(path, dtype)
     if entry is not None:
         # Every cached image is kept, needed now or not: callers may cache different subsets
         # of one record folder (seen classes for training, unseen for evaluation) in one entry.
@@ -244,9 +260,11 @@ def cached_features(
         probe = keys[np.isin(keys, needed)][:PROBE_IMAGES]
         probe_k, probe_v = _compute(images, probe, preprocess, model, batch_size)
         if len(probe):
+            rtol = STORE_DTYPES[dtype]
             ref = values[np.searchsorted(keys, probe_k)] if len(probe_k) else None
-            scale = 1e-4 * max(float(np.abs(ref).max()), 1e-6) if ref is not None else 0.0
-            if ref is None or not np.allclose(probe_v, ref, rtol=1e-4, atol=scale):
+            ref = None if ref is None else ref.astype(np.float32)
+            scale = rtol * max(float(np.abs(ref).max()), 1e-6) if ref is not None else 0.0
+            if ref is None or not np.allclose(probe_v, ref, rtol=rtol, atol=scale):
                 log(
                     f"feature cache {path}: the probe images differ from the cached values "
                     "(stale: trunk code or library changed); rebuilding"
@@ -262,6 +280,7 @@ def cached_features(
         f"{time.time() - start:.1f} s"
     )
     if new_v is not None:
+        new_v = new_v.astype(dtype, copy=False)
         keys = np.concatenate([keys, new_k])
         values = new_v if values is None else np.concatenate([values, new_v])
     order = np.argsort(keys)
