@@ -258,3 +258,33 @@ def test_metrics_from_scores_equal_the_embedding_metrics():
         R.metrics_from_scores(sims[:, :3], rel, ql)
     with pytest.raises(ValueError, match="NaN"):
         R.metrics_from_scores(np.full_like(sims, np.nan), rel, ql)
+
+
+def test_instance_metrics_hand_computed():
+    # 3 sketches, 4 images on a line; sketch i's match is image i (image 3 is a distractor).
+    gallery = np.array([[0.0], [1.0], [2.0], [0.9]])
+    queries = np.array([[0.1], [0.0], [2.0]])
+    # Distances: q0 -> 0.1, 0.9, 1.9, 0.8 -> match (image 0) first: rank 1.
+    #            q1 -> 0.0, 1.0, 2.0, 0.9 -> images 0 and 3 before image 1: rank 3.
+    #            q2 -> 2.0, 1.0, 0.0, 1.1 -> rank 1.
+    res = R.instance_retrieval_metrics(queries, gallery, ks=(1, 2, 10))
+    assert res["ranks"].tolist() == [1, 3, 1]
+    assert res["acc_at_1"] == pytest.approx(2 / 3)
+    assert res["acc_at_2"] == pytest.approx(2 / 3)
+    assert res["acc_at_10"] == 1.0
+    assert res["mean_rank"] == pytest.approx(5 / 3)
+    assert res["num_gallery"] == 4
+    # An explicit match: sketch 1 drawn from image 3 (distance 0.9, after image 0 only).
+    res = R.instance_retrieval_metrics(queries, gallery, match=[0, 3, 2])
+    assert res["ranks"].tolist() == [1, 2, 1]
+
+
+def test_instance_ranks_break_ties_against_the_match():
+    scores = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    # Tied items before the match in gallery order rank ahead of it: never flattering.
+    assert R.match_ranks(scores).tolist() == [1, 2]
+    assert R.match_ranks(scores, match=[2, 0]).tolist() == [3, 1]
+    with pytest.raises(ValueError, match=r"match: gallery rows must be in \[0, 3\)"):
+        R.match_ranks(scores, match=[0, 3])
+    rnd = R.random_instance_metrics(50, ks=(1, 10))
+    assert rnd == {"acc_at_1": 0.02, "acc_at_10": 0.2, "mean_rank": 25.5, "median_rank": 25.5}

@@ -1,4 +1,7 @@
-"""Category-level retrieval metrics for (zero-shot) sketch-based image retrieval.
+"""Retrieval metrics for sketch-based image retrieval: category-level (zero-shot SBIR: a
+gallery item is relevant when it shares the query's class) and instance-level (fine-grained
+SBIR: each query has one true match; `instance_retrieval_metrics`, acc@K and mean rank with
+the same ranking and tie rule, see its docstring).
 
 Protocol (what every figure this module returns means):
 
@@ -514,3 +517,86 @@ def random_ranking_baseline(
     result.update({key: float(np.mean(val)) for key, val in exact.items()})
     result.update(num_queries=int(len(ql)), num_gallery=int(n), metric="random", repeats=repeats)
     return result
+
+
+# ---- instance-level (fine-grained) retrieval -------------------------------------------------
+def match_ranks(scores, match=None) -> np.ndarray:
+    """1-based rank of each query's true match in its ranked gallery.
+
+    The ranking is this module's: a stable sort by descending score, so the true match ranks
+    after every item with a higher score and after the *tied* items that come before it in
+    gallery order (a tie never flatters the model).
+
+    Args:
+      scores: float [Q, N], higher = more similar (`similarity`).
+      match: int [Q], the gallery row of each query's true match; None = row i for query i
+        (sketch i drawn from image i, the fine-grained SBIR datasets' convention).
+
+    Returns:
+      int64 [Q] ranks in 1..N.
+    """
+    s = as_finite_2d(
+        "scores", scores, "{name}: expected a 2-D array [queries, gallery], got {shape}"
+    )
+    q, n = s.shape
+    if match is None:
+        if q > n:
+            raise ValueError(f"scores {s.shape}: more queries than gallery items and no `match`")
+        match = np.arange(q)
+    match = _as_labels("match", match, q).astype(np.int64)
+    if np.any(match < 0) or np.any(match >= n):
+        raise ValueError(
+            f"match: gallery rows must be in [0, {n}), got {match.min()}..{match.max()}"
+        )
+    true = s[np.arange(q), match][:, None]
+    before = np.arange(n)[None, :] < match[:, None]
+    return 1 + np.sum(s > true, axis=1) + np.sum((s == true) & before, axis=1)
+
+
+def instance_retrieval_metrics(
+    queries,
+    gallery,
+    match=None,
+    metric: str = "euclidean",
+    ks: Sequence[int] = (1, 10),
+) -> dict:
+    """Fine-grained (instance-level) SBIR metrics: each query has exactly one true match.
+
+    The protocol of QMUL Shoes / Chairs (Yu et al., "Sketch Me That Shoe", CVPR 2016) and
+    Sketchy's fine-grained benchmark: every query sketch ranks the whole gallery (all images
+    of the split), ``acc@K`` is the fraction of queries whose true match is among the top K,
+    and the mean rank is the average 1-based position of the true match (ties: `match_ranks`).
+
+    Args:
+      queries: float [Q, D] embeddings or descriptors. gallery: float [N, D].
+      match: int [Q] gallery row of each query's match; None = row i for query i.
+      metric: "euclidean" or "cosine" (`similarity`).
+      ks: the K of the acc@K figures.
+
+    Returns:
+      {"acc_at_<K>": float for each K, "mean_rank": float, "median_rank": float,
+      "ranks": int64 [Q], "num_queries": Q, "num_gallery": N, "metric": metric}.
+    """
+    scores = similarity(queries, gallery, metric)
+    ranks = match_ranks(scores, match)
+    out = {f"acc_at_{int(k)}": float(np.mean(ranks <= int(k))) for k in ks}
+    out.update(
+        mean_rank=float(np.mean(ranks)),
+        median_rank=float(np.median(ranks)),
+        ranks=ranks,
+        num_queries=int(len(ranks)),
+        num_gallery=int(scores.shape[1]),
+        metric=metric,
+    )
+    return out
+
+
+def random_instance_metrics(num_gallery: int, ks: Sequence[int] = (1, 10)) -> dict:
+    """The exact expectation of `instance_retrieval_metrics` under a uniformly random ranking
+    of `num_gallery` items: acc@K = min(K, N) / N, mean rank = (N + 1) / 2 (median the same)."""
+    n = int(num_gallery)
+    if n <= 0:
+        raise ValueError(f"num_gallery: expected a positive count, got {num_gallery}")
+    out = {f"acc_at_{int(k)}": min(int(k), n) / n for k in ks}
+    out.update(mean_rank=(n + 1) / 2.0, median_rank=(n + 1) / 2.0)
+    return out
