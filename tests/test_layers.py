@@ -1,5 +1,5 @@
 """Tests for sketch_tf.models.layers: GradientReversal, L2Normalize, ViewFusion,
-FusedBatchNormalization."""
+FusedBatchNormalization, GridMaxPool."""
 
 import keras
 import numpy as np
@@ -9,6 +9,7 @@ import tensorflow as tf
 from sketch_tf.models.layers import (
     FusedBatchNormalization,
     GradientReversal,
+    GridMaxPool,
     L2Normalize,
     ViewFusion,
 )
@@ -208,3 +209,23 @@ def test_fused_batch_norm_falls_back_where_the_kernel_differs():
     x = tf.ones((2, 3, 3, 4))
     frozen(x, training=True)
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(4, np.float32))
+
+
+# ----------------------------------------------------------------------------------- GridMaxPool
+def test_grid_max_pool_hand_values_any_size_and_adaptive_parity():
+    from sketch_tf.models.backbones import AdaptiveMaxPool2D
+
+    x = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    # 5 cells in 2: rows / columns 0-2 and 2-4 (PyTorch's overlapping adaptive cells).
+    got = GridMaxPool(2)(x).numpy()[0, :, :, 0]
+    np.testing.assert_array_equal(got, [[12, 14], [22, 24]])
+    rng = np.random.default_rng(1)
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, GridMaxPool(3)(inp))
+    fn = tf.function(model, input_signature=[tf.TensorSpec([None, None, None, 3])])
+    for h, w in ((9, 9), (7, 11), (3, 4)):  # one traced graph, any size >= the grid
+        y = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+        np.testing.assert_array_equal(fn(y).numpy(), AdaptiveMaxPool2D(3)(y).numpy())
+    with pytest.raises(ValueError, match="grid must be an int >= 1"):
+        GridMaxPool(0)
+    assert GridMaxPool.from_config(GridMaxPool(4).get_config()).grid == 4

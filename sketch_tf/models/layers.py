@@ -9,6 +9,8 @@
   concatenated views).
 - `FusedBatchNormalization`: Keras' BatchNormalization computed by one fused kernel for
   channels-last 4-D inputs (same variables, same statistics, same moving-average update).
+- `GridMaxPool`: max over a fixed g x g grid of cells of a feature map of *any* size (the
+  fine-grained towers see training crops and whole images).
 
 All layers are registered as ``sketch_tf>ClassName`` so saved ``.keras`` models reload without
 ``custom_objects``.
@@ -24,6 +26,7 @@ __all__ = [
     "FUSION_MODES",
     "FusedBatchNormalization",
     "GradientReversal",
+    "GridMaxPool",
     "L2Normalize",
     "ViewFusion",
 ]
@@ -228,4 +231,46 @@ class ViewFusion(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["mode"] = self.mode
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class GridMaxPool(keras.layers.Layer):
+    """Max over a `grid` x `grid` partition of a feature map: [B, H, W, C] -> [B, g, g, C].
+
+    Cell i spans rows floor(i H / g) .. ceil((i + 1) H / g) - 1 (the same for columns), the
+    cells of PyTorch's adaptive max pooling (`sketch_tf.models.backbones.AdaptiveMaxPool2D`,
+    which needs static sizes). Here H and W may change from call to call (H, W >= g): a
+    tower trained on crops of a feature map embeds whole images with the same weights, and
+    each grid cell still covers the same fraction of the view.
+
+    Args:
+      grid: g, cells per side (>= 1).
+    """
+
+    def __init__(self, grid: int, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(grid, bool) or int(grid) < 1:
+            raise ValueError(f"GridMaxPool: grid must be an int >= 1, got {grid!r}")
+        self.grid = int(grid)
+
+    def call(self, inputs):
+        g = self.grid
+        shape = ops.shape(inputs)
+        h, w = shape[1], shape[2]
+        rows = []
+        for i in range(g):
+            band = ops.max(inputs[:, (i * h) // g : -((-(i + 1) * h) // g)], axis=1)  # [B, W, C]
+            cells = [
+                ops.max(band[:, (j * w) // g : -((-(j + 1) * w) // g)], axis=1) for j in range(g)
+            ]
+            rows.append(ops.stack(cells, axis=1))
+        return ops.stack(rows, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.grid, self.grid, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config["grid"] = self.grid
         return config
