@@ -409,8 +409,9 @@ class FeatureRule(NamedTuple):
     `dtype` is tf.string, tf.int64 or tf.float32 (the value list a `tf.train.Feature` holds:
     bytes_list, int64_list, float_list). `required`: the encoder always writes the key and
     the parser has no default for it (a fixed-length feature without `default_value`, or a
-    variable-length list not in `OPTIONAL_LISTS`, such as points and point ids). `scalar`: exactly one value when present (fixed-length `[]`);
-    otherwise any number of values.
+    variable-length list not in `OPTIONAL_LISTS`, such as points and point ids).
+    `scalar`: exactly one value when present (fixed-length `[]`); otherwise any number of
+    values.
     """
 
     key: str
