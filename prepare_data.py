@@ -13,6 +13,14 @@ Real layouts (see data/README.md for where each dataset comes from):
   python prepare_data.py --source=quickdraw --root=path/to/ndjson --out=... --size=256
   python prepare_data.py --source=sketchzooms --root=path/to/SketchZooms --split=train --out=...
 
+QMUL Shoes / Chairs V1 (fine-grained SBIR; train/ + val/ carved by object from the train split,
+then test/ added beside them when the test files are at hand):
+
+  python prepare_data.py --source=qmul --root=../shared/data/qmul/shoes --category=shoes \
+      --split=train --out=data/records/qmul_shoes
+  python prepare_data.py --source=qmul --root=path/to/qmul/shoes --category=shoes \
+      --split=test --out=data/records/qmul_shoes
+
 Derived data of a config (the cached features of a frozen pretrained trunk, beside the records
 or in --config.data.cache_dir), computed now instead of on the first training run:
 
@@ -45,7 +53,7 @@ from sketch_tf import cli
 _SOURCE = flags.DEFINE_enum(
     "source",
     "synthetic",
-    ["synthetic", "folders", "quickdraw", "sketchzooms", "style"],
+    ["synthetic", "folders", "quickdraw", "sketchzooms", "style", "qmul"],
     "Where the data comes from.",
 )
 _OUT = flags.DEFINE_string("out", None, "Output dataset folder (required).")
@@ -85,7 +93,16 @@ _STYLE_DOMAINS = flags.DEFINE_list(
 )
 _SIZE = flags.DEFINE_integer("size", 256, "quickdraw: raster size in pixels.")
 _LINE_WIDTH = flags.DEFINE_float("line_width", 3.0, "quickdraw: stroke width in pixels.")
-_SPLIT = flags.DEFINE_string("split", "train", "sketchzooms: csv split (train or test).")
+_SPLIT = flags.DEFINE_string(
+    "split", "train", "sketchzooms: csv split (train or test); qmul: split (train or test)."
+)
+_CATEGORY = flags.DEFINE_string(
+    "category", None, "qmul: file prefix (shoes, chairs); default: the one found under --root."
+)
+_VAL_FRACTION = flags.DEFINE_float(
+    "val_fraction", 0.2, "qmul --split=train: share of objects carved out as <out>/val (0: none)."
+)
+_VAL_SEED = flags.DEFINE_integer("val_seed", 0, "qmul --split=train: seed of the val carve.")
 _CSV = flags.DEFINE_string("csv_path", None, "style: CSV of image, content, style columns.")
 _SQLITE = flags.DEFINE_string("sqlite_path", None, "style: BAM!-like sqlite database.")
 _VERIFY = flags.DEFINE_string(
@@ -201,7 +218,9 @@ def main(argv):
         return _derived()
     if not _OUT.value:
         cli.fail("--out is required")
-    if os.path.exists(_OUT.value) and not _OVERWRITE.value:
+    # qmul writes part folders into --out (test/ beside train/ and val/) and refuses existing
+    # parts itself.
+    if os.path.exists(_OUT.value) and not _OVERWRITE.value and _SOURCE.value != "qmul":
         cli.fail(f"--out={_OUT.value} already exists (use --overwrite to replace it)")
     if _SHARD_MB.value <= 0:
         cli.fail(f"--shard_mb must be > 0, got {_SHARD_MB.value}")
@@ -253,6 +272,9 @@ def main(argv):
             )
         elif _SOURCE.value == "sketchzooms":
             options.update(split=_SPLIT.value, categories=_CATEGORIES.value)
+        elif _SOURCE.value == "qmul":
+            options.update(split=_SPLIT.value, category=_CATEGORY.value)
+            options.update(val_fraction=_VAL_FRACTION.value, val_seed=_VAL_SEED.value)
         elif _SOURCE.value == "style":
             options.update(csv_path=_CSV.value, sqlite_path=_SQLITE.value)
             if flags.FLAGS["test_fraction"].present:

@@ -321,7 +321,7 @@ def test_style_csv_and_bam_sqlite(tmp_path):
 
 
 def test_registry_lists_all_sources():
-    assert sorted(SOURCES) == ["folders", "quickdraw", "sketchzooms", "style"]
+    assert sorted(SOURCES) == ["folders", "qmul", "quickdraw", "sketchzooms", "style"]
 
 
 def test_unicode_and_spaces_in_class_names_and_non_image_files(tmp_path):
