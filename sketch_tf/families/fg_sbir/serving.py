@@ -1,0 +1,129 @@
+"""SavedModel signatures of the fine-grained SBIR family, its serving gallery and warmup inputs.
+
+Every image signature comes twice (`sketch_tf.export.inputs.with_float_variant`): `images`
+as encoded bytes tf.string [N] (PNG / JPEG, any size), and in `<name>_floats` as float32
+[N, H, W, 3] in [0, 1] of any size.
+
+- `embed_sketch`, `embed_image` (+ `_floats`): `images` -> `embedding` float32 [N, E], unit
+  rows, exactly the evaluation embedding (the whole image, or the mean of the 10 crop / flip
+  views with `eval.multi_crop`; `sketch_tf.models.fg_sbir.embed_images`).
+- `retrieve` (+ `_floats`), with a gallery (`export.py --gallery=RECORDS`, default the run's
+  test records: their `data.image_domain` images): `images` [Q] sketches + `k` int32 -> the
+  exact top-k of the gallery as evaluation ranks: `keys` string [Q, k'] (the records'
+  `source`, e.g. ``shoes_edge_db_train.mat[42]``), `labels` string [Q, k'] (class names),
+  `ids` int64 [Q, k'] (gallery rows), `scores` float32 [Q, k'] (minus the L2 distance of unit
+  embeddings), `k` int32 (k' = min(k, gallery size)), `clipped` bool.
+- `search` (with a gallery): `embedding` float32 [Q, E] + `k` -> the outputs of `retrieve`.
+- `serving_default` = `retrieve` with a gallery, else `embed_sketch`.
+
+Images go through the serving input layer (`sketch_tf.export.inputs`) as evaluation
+preprocesses records: sketches (and line-drawing galleries, `data.gallery_drawings`) keep
+their aspect with white padding, photos are resized and centre-cropped to `data.image_size`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from sketch_tf.data.images import encode_png
+from sketch_tf.export import inputs
+from sketch_tf.models import fg_sbir as fg_models
+
+_K = tf.TensorSpec([], tf.int32, name="k")
+#: Embeddings are unit rows: the Euclidean ranking is the cosine ranking.
+METRIC = "euclidean"
+
+
+def _embedder(task, models, role: str):
+    """float32 images [B, S, S, 3] -> embeddings [B, E] of the `role` tower, as evaluated."""
+    tower = (fg_models.sketch_tower if role == "sketch" else fg_models.image_tower)(models)
+    multi, crop = bool(task.config.eval.multi_crop), task.crop_cells()
+    return lambda x: fg_models.embed_images(tower, x, multi_crop=multi, crop_cells=crop)
+
+
+def gallery_domains(task) -> list[str]:
+    """The record domains a gallery holds: the images sketches are matched with."""
+    return [task.config.data.image_domain]
+
+
+def gallery_embed(task, models):
+    """Preprocessed gallery images float32 [B, S, S, 3] -> {"image": embeddings [B, E]}."""
+    embed = _embedder(task, models, "image")
+    return lambda x: {"image": embed(x)}
+
+
+def index_vectors(task, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric)."""
+    return np.asarray(embeddings["image"], np.float32), METRIC
+
+
+def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
+    """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E]. `exemplars` /
+    `alpha` belong to style retrieval: refused here."""
+    if exemplars is not None or alpha is not None:
+        raise ValueError("fg_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
+    return _embedder(task, models, "sketch")(tf.convert_to_tensor(sketches, tf.float32)).numpy()
+
+
+def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
+    """The signatures above (name -> concrete function)."""
+    size = int(task.config.data.image_size)
+    out = {}
+    embedders = {role: _embedder(task, models, role) for role in ("sketch", "image")}
+    for role, embed in embedders.items():
+        out.update(
+            inputs.with_float_variant(
+                f"embed_{role}",
+                lambda x, _, embed=embed: {"embedding": embed(x["images"])},
+                ["images"],
+                [],
+                inputs.prepare_batch(size, is_sketch=task.is_drawing(role)),
+            )
+        )
+    if gallery is None:
+        out["serving_default"] = out["embed_sketch"]
+        return out
+    sketch = embedders["sketch"]
+    out.update(
+        inputs.with_float_variant(
+            "retrieve",
+            lambda x, extra: gallery.top_k(sketch(x["images"]), extra["k"]),
+            ["images"],
+            [_K],
+            inputs.prepare_batch(size, is_sketch=True),
+        )
+    )
+    width = int(fg_models.sketch_tower(models).output.shape[-1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K])
+    def search(embedding, k):
+        return gallery.top_k(embedding, k)
+
+    out["search"] = search.get_concrete_function()
+    out["serving_default"] = out["retrieve"]
+    return out
+
+
+def warmup_inputs(task, signatures=None) -> dict[str, dict[str, Any]]:
+    """One request per signature on the shared example drawing; the export keeps those of
+    the signatures it writes."""
+    img = inputs.example_drawing(int(task.config.data.image_size))
+    png = encode_png(img)
+    sketches = np.array([png, png], dtype=object)
+    floats = img[None].astype(np.float32) / 255.0
+    width = inputs.input_width(signatures, "search", "embedding")
+    requests = {
+        "embed_sketch": {"images": sketches},
+        "embed_sketch_floats": {"images": floats},
+        "embed_image": {"images": np.array([png], dtype=object)},
+        "embed_image_floats": {"images": floats},
+        "retrieve": {"images": sketches, "k": np.int32(3)},
+        "retrieve_floats": {"images": floats, "k": np.int32(3)},
+        "search": {"embedding": np.full((1, width), width**-0.5, np.float32), "k": np.int32(2)},
+    }
+    default = "retrieve" if signatures is not None and "retrieve" in signatures else "embed_sketch"
+    requests["serving_default"] = requests[default]
+    return requests
