@@ -164,3 +164,15 @@ def test_colour_texture_blocks_and_what_it_separates():
     e = baselines.colour_texture(stripes)
     assert np.allclose(e[0, :64], d[0, :64]) and not np.allclose(e[0, 64:], d[0, 64:])
     assert baselines.baseline_descriptors("colour_texture", red, False).shape == d.shape
+
+
+def test_baseline_names_problems_name_the_key_and_the_fault():
+    assert baselines.baseline_names_problems(("hog", "raw_pixels")) == []
+    assert baselines.baseline_names_problems(()) == []
+    assert baselines.baseline_names_problems(None) == []
+    (dup,) = baselines.baseline_names_problems(("hog", "hog"), key="eval.x")
+    assert dup.startswith("eval.x must be distinct names of") and "('hog', 'hog')" in dup
+    (unknown,) = baselines.baseline_names_problems(("sift",))
+    assert "eval.baselines must be distinct names of" in unknown
+    (typed,) = baselines.baseline_names_problems("hog")
+    assert "eval.baselines must be a tuple of names" in typed

@@ -51,6 +51,20 @@ BASELINE_LABELS = {
 #: it shows).
 STYLE_BASELINE_NAMES = ("colour_texture",)
 
+
+def baseline_names_problems(names, key: str = "eval.baselines") -> list[str]:
+    """Config problems of a tuple of `BASELINE_NAMES` (None or () = no baselines): [] when
+    it is fine, else one message naming `key`."""
+    names = () if names is None else names
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        return [f"{key} must be a tuple of names of {BASELINE_NAMES}, got {names!r}"]
+    if set(names) - set(BASELINE_NAMES) or len(set(names)) != len(names):
+        return [
+            f"{key} must be distinct names of {BASELINE_NAMES} (() = none), got {tuple(names)!r}"
+        ]
+    return []
+
+
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -346,6 +360,7 @@ def baseline_descriptors(name: str, images, is_sketch: bool, **kwargs) -> np.nda
 __all__ = [
     "BASELINE_LABELS",
     "BASELINE_NAMES",
+    "baseline_names_problems",
     "STYLE_BASELINE_NAMES",
     "baseline_descriptors",
     "colour_texture",

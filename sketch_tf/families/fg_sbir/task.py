@@ -284,14 +284,9 @@ class FgSbirTask(Task):
             p.append(f"eval.ks must be positive integers, got {tuple(e.ks)!r}")
         if not isinstance(e.multi_crop, bool):
             p.append(f"eval.multi_crop must be True or False, got {e.multi_crop!r}")
-        from sketch_tf.eval.baselines import BASELINE_NAMES
+        from sketch_tf.eval.baselines import baseline_names_problems
 
-        names = tuple(e.baselines or ())
-        if set(names) - set(BASELINE_NAMES) or len(set(names)) != len(names):
-            p.append(
-                f"eval.baselines must be distinct names of {BASELINE_NAMES} (() = none), "
-                f"got {names!r}"
-            )
+        p.extend(baseline_names_problems(e.baselines))
         return p
 
     # ---- model ---------------------------------------------------------------------------

@@ -169,17 +169,9 @@ class ZsSbirTask(Task):
             p.append(f"eval.metric must be one of {METRICS}, got {e.metric!r}")
         if e.batch_size <= 0:
             p.append(f"eval.batch_size must be > 0, got {e.batch_size}")
-        from sketch_tf.eval.baselines import BASELINE_NAMES
+        from sketch_tf.eval.baselines import BASELINE_NAMES, baseline_names_problems
 
-        names = e.get("baselines", BASELINE_NAMES)
-        names = () if names is None else names
-        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
-            p.append(f"eval.baselines must be a tuple of names of {BASELINE_NAMES}, got {names!r}")
-        elif set(names) - set(BASELINE_NAMES) or len(set(names)) != len(names):
-            p.append(
-                f"eval.baselines must be distinct names of {BASELINE_NAMES} (() = none), "
-                f"got {tuple(names)!r}"
-            )
+        p.extend(baseline_names_problems(e.get("baselines", BASELINE_NAMES)))
         return p
 
     # ---- model ---------------------------------------------------------------------------
