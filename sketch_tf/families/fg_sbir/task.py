@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from sketch_tf import losses
 from sketch_tf.data import cache, pipeline, schema, tfrecord
+from sketch_tf.families import cached_towers
 from sketch_tf.models import fg_sbir as fg_models
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
@@ -390,13 +391,7 @@ class FgSbirTask(Task):
         return out
 
     def precompute(self, models, log=print) -> dict[str, str]:
-        if not self.uses_feature_cache():
-            return {}
-        return {
-            f"{which}/{name}": entry.path
-            for which in ("train", "test")
-            for name, entry in self.feature_caches(models, which, log).items()
-        }
+        return cached_towers.precompute(self, models, log)
 
     def build_train_dataset(self, global_batch_size, seed, models=None):
         d = self.config.data
