@@ -1,5 +1,5 @@
 """Frozen-trunk feature caches and heads of a task's towers, shared by the families whose
-towers are `sketch_tf.models.zs_sbir.build_tower` towers (zs_sbir, style_sbir).
+towers are `sketch_tf.models.towers.build_tower` towers (zs_sbir, style_sbir).
 
 With a frozen trunk (`trunk_is_frozen`), a tower is `head(trunk(image))`: the trunk's features
 are computed once per image and cached beside the records (`sketch_tf.data.cache`), and
@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from sketch_tf.data import cache, pipeline
-from sketch_tf.models.zs_sbir import tower_head, tower_trunk, trunk_is_frozen
+from sketch_tf.models.towers import tower_head, tower_trunk, trunk_is_frozen
 
 
 class CachedTowers:

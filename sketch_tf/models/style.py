@@ -1,6 +1,6 @@
 """Style-aware SBIR models: a structure branch (what is drawn) and a style branch (how).
 
-- Structure branch: a sketch tower and an image tower (`zs_sbir.build_tower`, on any backbone
+- Structure branch: a sketch tower and an image tower (`towers.build_tower`, on any backbone
   of the registry incl. the pretrained `vgg16_hed`; separate weights, or one shared tower),
   L2-normalised embeddings trained with a triplet loss so that a sketch lands near the
   artistic images of its content whatever their depiction style.
@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from sketch_tf.models.zs_sbir import build_tower
+from sketch_tf.models.towers import build_tower
 
 __all__ = [
     "STRUCTURE_MODELS",

@@ -41,13 +41,14 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
-PHOTO_INPUTS = zs_models.PHOTO_INPUTS
+PHOTO_INPUTS = towers.PHOTO_INPUTS
 NEGATIVE_SAMPLING = pipeline.NEGATIVE_SAMPLING
 ANCHOR_SAMPLING = pipeline.ANCHOR_SAMPLING
 DOMAIN_BATCHES = zs_models.DOMAIN_BATCHES

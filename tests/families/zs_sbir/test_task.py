@@ -12,6 +12,7 @@ from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import warmup
 from sketch_tf.families.zs_sbir.task import ZsSbirTask
+from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train import loop
 from sketch_tf.train.config import apply_overrides, load_project_config
@@ -559,9 +560,9 @@ def test_feature_cache_trains_and_evaluates_like_the_towers(records, tmp_path):
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     models = state.models
     tower = zs_models.photo_tower(models)
-    assert zs_models.trunk_is_frozen(tower)
+    assert towers.trunk_is_frozen(tower)
     assert {v.path.split("/")[0] for v in tower.trainable_weights} == {"projection"}
-    for v in zs_models.tower_trunk(tower).weights:  # the pretrained / frozen trunk is untouched
+    for v in towers.tower_trunk(tower).weights:  # the pretrained / frozen trunk is untouched
         np.testing.assert_array_equal(v.numpy(), before[v.path])
 
     # A batch of cached features gives the losses of the towers on the same images.
@@ -640,7 +641,7 @@ def test_photo_edge_maps_cached_trained_and_exported(records, tmp_path, photo_in
     state = loop.build_state(task)
     loop.restore_latest(state, os.path.join(workdir, "ckpt"), for_training=False)
     tower = zs_models.photo_tower(state.models)
-    assert tower.get_layer("hed_edges").thin and zs_models.trunk_is_frozen(tower)
+    assert tower.get_layer("hed_edges").thin and towers.trunk_is_frozen(tower)
     # Exported embed_photo takes the photo and computes its edge map in the graph.
     path = export_saved_model(task, state.models, str(tmp_path / "export"), 1)
     loaded = tf.saved_model.load(path)
@@ -680,15 +681,15 @@ def test_two_logical_cpus_give_the_losses_of_one_replica(records, tmp_path, two_
 
 @pytest.mark.parametrize("projection_dim, normalize", [(0, False), (0, True), (8, False)])
 def test_tower_splits_into_trunk_and_head(projection_dim, normalize):
-    tower = zs_models.build_tower(
+    tower = towers.build_tower(
         "small_cnn", SIZE, projection_dim=projection_dim, normalize=normalize,
         backbone_kwargs={"widths": (8, 16)}, freeze_trunk=True,
     )  # fmt: skip
     x = tf.random.uniform([3, SIZE, SIZE, 3], seed=4)
-    trunk, head = zs_models.tower_trunk(tower), zs_models.tower_head(tower)
+    trunk, head = towers.tower_trunk(tower), towers.tower_head(tower)
     assert trunk.output_shape == (None, 16)
     np.testing.assert_allclose(head(trunk(x)).numpy(), tower(x).numpy(), rtol=1e-6, atol=1e-7)
-    assert zs_models.trunk_is_frozen(tower)
+    assert towers.trunk_is_frozen(tower)
     assert len(head.trainable_weights) == (2 if projection_dim else 0)
 
 
