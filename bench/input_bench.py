@@ -7,7 +7,7 @@ to 224, centre crop), flipped (p=0.5), warped by a random affine (rotation +-10 
 1 +- 0.1, shift +-5 %, bilinear, white fill); sketches then get stroke-width jitter (3x3
 min / none / max filter, 1/3 each), photos colour jitter (brightness, contrast, saturation
 +-0.2, hue +-0.02 turn); float32 in [0, 1], stacked into batches.
-- ours: `pipeline.triplet_batches(training=True)` over TFRecords written by
+- ours: `zs_sbir.data.triplet_batches(training=True)` over TFRecords written by
   `prepare("folders", ...)`: per-class shuffled record streams, `augment_train_image`
   (uint8 decode, fit+flip+affine as ONE bilinear projective warp, uint8 stroke filter,
   TF colour-jitter kernels), AUTOTUNE parallel map, deterministic order, prefetch; after 2
@@ -58,8 +58,8 @@ import numpy as np  # noqa: E402
 from bench_args import cpu_description  # noqa: E402
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter  # noqa: E402
 
-from sketch_tf.data import pipeline  # noqa: E402
 from sketch_tf.data.sources import prepare  # noqa: E402
+from sketch_tf.families.zs_sbir import data as zs_data  # noqa: E402
 from sketch_tf.paths import shared_data_dir  # noqa: E402
 
 SIZE = 224
@@ -163,8 +163,8 @@ def baseline(root: Path, batch: int, batches: int, seed: int = 0) -> float:
 
 
 def ours(ds_dir: Path, batch: int, batches: int) -> float:
-    """Triplets/s of pipeline.triplet_batches over the TFRecords (after 2 warm-up batches)."""
-    ds = pipeline.triplet_batches(ds_dir, batch, SIZE, seed=0, training=True)
+    """Triplets/s of zs_sbir.data.triplet_batches over the TFRecords (after 2 warm-up batches)."""
+    ds = zs_data.triplet_batches(ds_dir, batch, SIZE, seed=0, training=True)
     it = iter(ds)
     for _ in range(2):
         next(it)

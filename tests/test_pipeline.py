@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from sketch_tf.data import pipeline, schema, tfrecord
+from sketch_tf.shape_buckets import pow2_at_least
 
 SEED = tf.constant([3, 4], tf.int64)
 
@@ -114,74 +115,9 @@ def test_stroke_width_jitter_thickens_and_thins():
     assert results == {21, 5, 0}
 
 
-def test_sample_points_pad_and_subsample():
-    pa = tf.constant([[1.0, 2.0], [3.0, 4.0]])
-    ids = tf.constant([7, 9], tf.int64)
-    a, b, i, m = pipeline.sample_points(pa, pa + 1, ids, 4, SEED)
-    assert m.numpy().tolist() == [True, True, False, False]
-    assert sorted(i.numpy()[:2].tolist()) == [7, 9] and i.numpy()[2:].tolist() == [-1, -1]
-    np.testing.assert_allclose(b.numpy()[:2] - a.numpy()[:2], 1.0)
-    a, _, i, m = _in_data(lambda x, y, z: pipeline.sample_points(x, y, z, 1, SEED), pa, pa, ids)
-    assert m.tolist() == [True] and i.tolist()[0] in (7, 9)
-
-
-def test_negative_class_logits():
-    e = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
-    lg = pipeline.negative_class_logits(e, "softmax", temperature=0.5)
-    assert np.isneginf(np.diag(lg)).all()
-    np.testing.assert_allclose(lg[0, 1:], [-10.0, -2.0])
-    # Default: the original's inverse distance, logits -log d.
-    lg = pipeline.negative_class_logits(e)
-    np.testing.assert_allclose(lg[0, 1:], [-np.log(5.0), 0.0], atol=1e-6)
-    with pytest.raises(ValueError, match=r"\[C >= 2, D\]"):
-        pipeline.negative_class_logits(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="softmax"):
-        pipeline.negative_class_logits(e, "inverse_distance", temperature=0.5)
-    with pytest.raises(ValueError, match="sampling"):
-        pipeline.negative_class_logits(e, "nearest")
-
-
-#: 1-D class embeddings at 0, 1 and 3: distances d01 = 1, d02 = 3, d12 = 2.
-HAND_EMB = np.array([[0.0], [1.0], [3.0]])
-
-
-def test_negative_class_probabilities_hand_made():
-    # Inverse distance (the original): row a is (1 / d[a, n]) / sum_m (1 / d[a, m]).
-    got = pipeline.negative_class_probabilities(HAND_EMB)
-    want = np.array([[0, 3 / 4, 1 / 4], [2 / 3, 0, 1 / 3], [2 / 5, 3 / 5, 0]])
-    np.testing.assert_allclose(got, want, atol=1e-7)
-    # Softmax of -d / T.
-    got = pipeline.negative_class_probabilities(HAND_EMB, "softmax", temperature=0.5)
-    w = np.exp(-np.array([[np.inf, 1, 3], [1, np.inf, 2], [3, 2, np.inf]]) / 0.5)
-    np.testing.assert_allclose(got, w / w.sum(1, keepdims=True), atol=1e-7)
-    assert not np.allclose(got, want, atol=0.05)
-    # Two classes with the same embedding: weight 1 (the original's 0/0 -> 1.0), not infinite.
-    dup = pipeline.negative_class_probabilities(np.array([[0.0], [0.0], [2.0]]))
-    np.testing.assert_allclose(dup[0], [0, 2 / 3, 1 / 3], atol=1e-7)
-
-
-def test_class_pairs_follow_the_probabilities_in_tf_data():
-    probs = pipeline.negative_class_probabilities(HAND_EMB)
-    draws = 6000
-    pairs = pipeline.class_pairs(pipeline.negative_class_logits(HAND_EMB), seed=3).take(draws)
-    a, n = (np.array(x) for x in zip(*[(int(x), int(y)) for x, y in pairs], strict=True))
-    assert np.all(a != n)
-    np.testing.assert_allclose(np.bincount(a, minlength=3) / draws, [1 / 3] * 3, atol=0.03)
-    for anchor in range(3):
-        freq = np.bincount(n[a == anchor], minlength=3) / np.sum(a == anchor)
-        np.testing.assert_allclose(freq, probs[anchor], atol=0.04)
-    # Anchor classes in proportion to weights (e.g. sketch counts).
-    weighted = pipeline.class_pairs(np.zeros((3, 3)), seed=4, anchor_weights=[1, 2, 5])
-    a = np.array([int(x) for x, _ in weighted.take(4000)])
-    np.testing.assert_allclose(np.bincount(a, minlength=3) / 4000, [1 / 8, 2 / 8, 5 / 8], atol=0.03)
-    with pytest.raises(ValueError, match="anchor_weights"):
-        pipeline.class_pairs(np.zeros((3, 3)), 0, anchor_weights=[1, 2])
-
-
-@pytest.fixture(scope="module")
-def sbir_dir(tmp_path_factory):
-    """3 classes x (sketch, photo) x 4 images; pixel value encodes (class, domain, index)."""
-    out = tmp_path_factory.mktemp("sbir") / "ds"
+def write_sbir_records(out):
+    """Writes 3 classes x (sketch, photo) x 4 images to `out`, each pixel value encoding
+    (class, domain, index) (`value_of`); returns `out`."""
     classes = ["a", "b", "c"]
     with tfrecord.ShardedWriter(
         out, "labelled_image", classes=classes, group_by="domain_class"
@@ -201,109 +137,14 @@ def sbir_dir(tmp_path_factory):
     return out
 
 
-def _value(img):
+@pytest.fixture(scope="module")
+def sbir_dir(tmp_path_factory):
+    return write_sbir_records(tmp_path_factory.mktemp("sbir") / "ds")
+
+
+def value_of(img):
+    """The pixel value a `write_sbir_records` image was written with (its median)."""
     return int(round(float(np.median(img)) * 255))
-
-
-def test_pk_batches_class_balanced(sbir_dir):
-    ds = pipeline.pk_batches(
-        sbir_dir, p=2, k=3, image_size=8, seed=1, domain="photo", training=False
-    )
-    assert ds.element_spec["image"].shape.as_list() == [6, 8, 8, 3]
-    for batch in ds.take(3):
-        cids = batch["class_id"].numpy()
-        assert len(set(cids[:3])) == 1 and len(set(cids[3:])) == 1 and cids[0] != cids[3]
-        for img, cid in zip(batch["image"].numpy(), cids, strict=True):
-            assert _value(img) // 20 == 2 * cid + 1  # a photo of the labelled class
-    first = [b["class_id"].numpy().tolist() for b in ds.take(3)]
-    again = [
-        b["class_id"].numpy().tolist()
-        for b in pipeline.pk_batches(
-            sbir_dir, 2, 3, 8, seed=1, domain="photo", training=False
-        ).take(3)
-    ]
-    assert first == again
-
-
-def test_triplets_random_and_embedding(sbir_dir, tmp_path):
-    ds = pipeline.triplet_batches(
-        sbir_dir, batch_size=4, image_size=8, seed=5, training=False, shuffle_buffer=4
-    )
-    spec = ds.element_spec
-    assert spec["sketch"].shape.as_list() == [4, 8, 8, 3]
-    for batch in ds.take(2):
-        for k in range(4):
-            a, n = int(batch["class_id"][k]), int(batch["neg_class_id"][k])
-            assert a != n
-            assert _value(batch["sketch"][k].numpy()[:, 2:6]) // 20 == 2 * a
-            assert _value(batch["photo_pos"][k].numpy()) // 20 == 2 * a + 1
-            assert _value(batch["photo_neg"][k].numpy()) // 20 == 2 * n + 1
-    # class embeddings: class c is far away, so a<->b pairs dominate
-    emb = np.array([[0.0], [0.1], [50.0]], np.float32)
-    np.save(tmp_path / "emb.npy", emb)
-    ds = pipeline.triplet_batches(
-        sbir_dir,
-        16,
-        8,
-        seed=2,
-        negatives="class_embedding",
-        class_embeddings=str(tmp_path / "emb.npy"),
-        negative_sampling="softmax",
-        temperature=1.0,
-        classes=["a", "b", "c"],
-        training=True,
-        shuffle_buffer=4,
-    )
-    b = next(iter(ds))
-    a, n = b["class_id"].numpy(), b["neg_class_id"].numpy()
-    assert np.all(n[a == 0] == 1) and np.all(n[a == 1] == 0)
-    b2 = next(
-        iter(
-            pipeline.triplet_batches(
-                sbir_dir,
-                16,
-                8,
-                seed=2,
-                negatives="class_embedding",
-                class_embeddings=emb,
-                negative_sampling="softmax",
-                training=True,
-                shuffle_buffer=4,
-            )
-        )
-    )
-    np.testing.assert_array_equal(b["sketch"].numpy(), b2["sketch"].numpy())
-    with pytest.raises(ValueError, match="softmax"):
-        pipeline.triplet_batches(
-            sbir_dir, 4, negatives="class_embedding", class_embeddings=emb, temperature=1.0
-        )
-    with pytest.raises(ValueError, match="anchor_sampling"):
-        pipeline.triplet_batches(sbir_dir, 4, anchor_sampling="per_photo")
-    with pytest.raises(ValueError, match="one row per dataset class"):
-        pipeline.triplet_batches(
-            sbir_dir, 4, negatives="class_embedding", class_embeddings=np.zeros((2, 3))
-        )
-    with pytest.raises(ValueError, match="not in the dataset"):
-        pipeline.triplet_batches(sbir_dir, 4, classes=["a", "zzz"])
-
-
-def test_triplets_inverse_distance_negatives_statistics(sbir_dir):
-    # The default negative_sampling draws n with P ~ 1 / ||e_a - e_n|| (HAND_EMB over a, b, c).
-    ds = pipeline.triplet_batches(
-        sbir_dir, 64, image_size=8, seed=1, negatives="class_embedding",
-        class_embeddings=HAND_EMB, training=False, shuffle_buffer=4,
-        anchor_sampling="sketch_count",
-    )  # fmt: skip
-    a, n = [], []
-    for batch in ds.take(12):
-        a.append(batch["class_id"].numpy())
-        n.append(batch["neg_class_id"].numpy())
-    a, n = np.concatenate(a), np.concatenate(n)
-    probs = pipeline.negative_class_probabilities(HAND_EMB)
-    np.testing.assert_allclose(np.bincount(a, minlength=3) / len(a), [1 / 3] * 3, atol=0.06)
-    for anchor in range(3):
-        freq = np.bincount(n[a == anchor], minlength=3) / np.sum(a == anchor)
-        np.testing.assert_allclose(freq, probs[anchor], atol=0.1)
 
 
 def test_labelled_dataset_eval_and_filters(sbir_dir):
@@ -314,45 +155,6 @@ def test_labelled_dataset_eval_and_filters(sbir_dir):
     ds = pipeline.labelled_dataset(sbir_dir, 4, 8, training=True, seed=3, classes=["b"])
     b = next(iter(ds))
     assert set(b["class_id"].numpy().tolist()) == {1}
-
-
-def test_correspondence_batches(tmp_path):
-    out = tmp_path / "pairs"
-    pts = np.array([[1.0, 2.0], [5.0, 6.0], [9.0, 3.0]], np.float32)
-    with tfrecord.ShardedWriter(out, "correspondence_pair") as w:
-        for i in range(3):
-            rec = schema.encode_correspondence_pair(
-                _enc(np.full((10, 20), 255)),
-                _enc(np.full((20, 20), 0)),
-                pts[: i + 1],
-                pts[: i + 1] * 2,
-                np.arange(i + 1),
-                "chair",
-                0,
-            )
-            w.write(rec, class_id=0, class_name="chair", domain="sketch")
-    ds = pipeline.correspondence_batches(
-        out, batch_size=3, num_points=2, image_size=40, training=False
-    )
-    b = next(iter(ds))
-    assert b["image_a"].shape == (3, 40, 40, 3)
-    assert b["mask"].numpy().tolist() == [[True, False], [True, True], [True, True]]
-    # image_a 10x20 -> 20x40 at offset y=10 (scale 2); image_b 20x20 -> scale 2, no offset
-    np.testing.assert_allclose(b["points_a"].numpy()[0, 0], [2.0, 14.0])
-    np.testing.assert_allclose(b["points_b"].numpy()[0, 0], [4.0, 8.0])
-    assert b["point_ids"].numpy()[0].tolist() == [0, -1]
-    # An image that already fits (20x20 -> 40 is a resize; a 40x40 one is kept as it is).
-    kept = pipeline.resize_pad_geometry(np.full((40, 30, 3), 0.5, np.float32), 40)
-    assert kept[0].shape == (40, 40, 3) and kept[1].numpy().tolist() == [1.0, 1.0]
-    # category_ids drops other categories before decoding: none of these records is a 1.
-    none = pipeline.correspondence_batches(
-        out, batch_size=3, num_points=2, image_size=40, training=False, category_ids=[1]
-    )
-    assert list(none) == []
-    kept = pipeline.correspondence_batches(
-        out, batch_size=3, num_points=2, image_size=40, training=False, category_ids=[0]
-    )
-    assert sum(int(b["category_id"].shape[0]) for b in kept) == 3
 
 
 @pytest.mark.parametrize("is_sketch", [True, False])
@@ -415,7 +217,7 @@ def test_training_warp_is_the_projective_transform_it_replaced():
             pipeline._warp_xla(tf.constant(padded), tf.constant(m6), 30).numpy(), ours
         )
     sizes = [1, 2, 3, 63, 64, 65, 127, 128, 129, 1000, 1024, 1025]
-    got = [int(pipeline.pow2_at_least(tf.constant(n), 64)) for n in sizes]
+    got = [int(pow2_at_least(tf.constant(n), 64)) for n in sizes]
     assert got == [64, 64, 64, 64, 64, 128, 128, 128, 256, 1024, 1024, 2048]
 
 
@@ -472,3 +274,10 @@ print(grew, float(tf.reduce_min(out[0])), [tuple(o.shape) for o in out])
     grew, darkest, shapes = proc.stdout.strip().splitlines()[-1].split(" ", 2)
     print(f"10,000 x 10,000: peak RSS grew by {float(grew):.0f} MB after the first image")
     assert float(grew) < 1024 and float(darkest) < 0.9 and shapes.count("(224, 224, 3)") == 4
+
+
+def test_stream_seed_is_the_formula_training_runs_were_seeded_with():
+    # Stream i of the set with offset k of a dataset seeded `seed`: seed + k + 7919 * (i + 1).
+    assert pipeline.stream_seed(0, 0, 0) == 7919
+    assert pipeline.stream_seed(5, 11, 0) == 5 + 11 + 7919
+    assert pipeline.stream_seed(5, 53, 2) == 5 + 53 + 7919 * 3

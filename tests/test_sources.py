@@ -42,7 +42,7 @@ def test_folders_on_pacs(shared_data, tmp_path):
 def test_folders_pacs_as_a_style_collection(shared_data, tmp_path):
     # The `style_sbir:pacs` records: 3 gallery styles with labels, the sketches unlabelled,
     # an instance-hashed split that a StyleIndex can sample triplets from.
-    from sketch_tf.data.pipeline import StyleIndex
+    from sketch_tf.families.style_sbir.data import StyleIndex
 
     styles = ["art_painting", "cartoon", "photo"]
     parts = prepare("folders", shared_data / "pacs", tmp_path / "pacs", max_per_class=20,

@@ -1,4 +1,4 @@
-"""tf.data input layer: decode, resize, augment, class-balanced P x K batches, triplets, pairs.
+"""tf.data input layer: decode, resize and augment images; record streams and batching.
 
 Every image op works on one image (eagerly or inside `Dataset.map`) and every random op is
 *stateless*: it takes a `seed` int64 [2] tensor, so a dataset built with a given `seed` yields
@@ -10,27 +10,28 @@ are read and filtered), streams are mixed with `tf.data.Dataset.choose_from_data
 by a seeded choice stream, and decoding / augmentation run with AUTOTUNE parallelism and
 prefetch. Output batches have the GLOBAL batch size (the training loop splits them with
 `strategy.experimental_distribute_dataset`) and static shapes.
+
+This module is the generic part: image ops, labelled-image readers and the per-class streams,
+seeds and options that the families' own samplers (`sketch_tf.families.<family>.data`) build
+their batches from.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from sketch_tf.data import cache, schema, tfrecord
+from sketch_tf.shape_buckets import pow2_at_least
 
 AUTOTUNE = tf.data.AUTOTUNE
-NEGATIVES = ("random", "class_embedding")
-#: How `triplet_batches` draws the negative class from class embeddings (`negative_class_logits`).
-NEGATIVE_SAMPLING = ("inverse_distance", "softmax")
-#: How `triplet_batches` draws the anchor class (`class_pairs`).
-ANCHOR_SAMPLING = ("uniform", "sketch_count")
-#: What `triplet_batches` yields per image: the preprocessed image or its cache key.
+#: What a triplet batch builder yields per image: the preprocessed image, or its int64 cache
+#: key (`cache.image_keys`) for training on cached trunk features.
 TRIPLET_OUTPUTS = ("images", "keys")
+#: `stream_seed`'s stride between the streams of one dataset (a prime).
+STREAM_SEED_STRIDE = 7919
 
 #: Train-time affine ranges: rotation +-degrees, scale 1 +- scale, shift +- fraction of side.
 AFFINE_MAX_DEGREES, AFFINE_MAX_SCALE, AFFINE_MAX_SHIFT = 10.0, 0.1, 0.05
@@ -403,17 +404,6 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     return _apply_color_jitter_xla(out, jitter)
 
 
-def pow2_at_least(n: tf.Tensor, minimum: int) -> tf.Tensor:
-    """The smallest power of two >= max(n, minimum), int32 scalar tensor (n: int scalar).
-
-    Shape buckets for XLA kernels: one compilation per bucket instead of per size."""
-    n = tf.maximum(tf.cast(n, tf.int32), minimum)
-    p = tf.bitwise.left_shift(
-        1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float32)) / math.log(2.0)), tf.int32)
-    )
-    return tf.where(p < n, 2 * p, p)  # guards float rounding of the logarithm
-
-
 def _warp(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
     """The one resample of `augment_train_image` (XLA-compiled as `_warp_xla`).
 
@@ -454,17 +444,34 @@ _apply_color_jitter_xla = tf.function(apply_color_jitter, jit_compile=True, redu
 
 
 # ---- record streams ------------------------------------------------------------------------------
-def _options() -> tf.data.Options:
+def dataset_options() -> tf.data.Options:
+    """The options of every dataset built here: deterministic order, autotuned parallelism."""
     opts = tf.data.Options()
     opts.deterministic = True
     opts.autotune.enabled = True
     return opts
 
 
-def _class_domain_stream(
+def stream_seed(seed: int, offset: int, index: int) -> int:
+    """The shuffle seed of the `index`-th per-class (or per-group) stream of a dataset.
+
+    A batch builder with seed `seed` mixes several sets of streams (e.g. one for the anchors,
+    one for the positives, one for the negatives); each set takes its own small `offset` and
+    stream `index` (0, 1, ...) gets ``seed + offset + STREAM_SEED_STRIDE * (index + 1)``, so
+    no two streams of a dataset shuffle alike. Python int; the values are part of what makes
+    a training run reproducible, so the formula must not change.
+    """
+    return seed + offset + STREAM_SEED_STRIDE * (index + 1)
+
+
+def class_domain_stream(
     dataset_dir, manifest, class_id: int, domain: str | None, seed: int, shuffle_buffer: int
 ) -> tf.data.Dataset:
-    """Endless shuffled serialized records of one class (and domain, if given)."""
+    """Endless shuffled serialized records of one class (and domain, if given).
+
+    Reads only the shards of that class (and domain) when the writer grouped them so
+    (`group_by`), otherwise every shard, filtered on the parsed class id (and domain).
+    `seed`: the stream's shuffle seed (`stream_seed`)."""
     cname = manifest["classes"][class_id]
     exact = [
         s
@@ -498,7 +505,9 @@ def _class_domain_stream(
     return ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
 
-def _check_classes(manifest, classes, domains, where) -> list[int]:
+def check_classes(manifest, classes, domains, where) -> list[int]:
+    """Sorted class ids of the class names `classes` (every class when None), each checked to
+    have a record in every domain of `domains`; ValueError naming `where` otherwise."""
     names = manifest["classes"]
     if classes is None:
         ids = list(range(len(names)))
@@ -519,7 +528,17 @@ def _check_classes(manifest, classes, domains, where) -> list[int]:
     return ids
 
 
-def _seeds(seed: int) -> tf.data.Dataset:
+def batched(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """The last step of every batch builder: `ds` in batches of `batch_size` (the GLOBAL batch
+    size), prefetched, with `dataset_options()`."""
+    return (
+        ds.batch(batch_size, drop_remainder=drop_remainder)
+        .prefetch(AUTOTUNE)
+        .with_options(dataset_options())
+    )
+
+
+def element_seeds(seed: int) -> tf.data.Dataset:
     """Endless per-element stateless seeds [seed, i] (int64 [2])."""
     return tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(seed, tf.int64), i]))
 
@@ -534,7 +553,7 @@ def labelled_records(
         dataset_dir, shuffle_shards=shuffle_shards, seed=seed, manifest=manifest
     ).map(schema.parse_labelled_image, num_parallel_calls=AUTOTUNE)
     if classes is not None:
-        ids = tf.constant(_check_classes(manifest, classes, [], dataset_dir), tf.int64)
+        ids = tf.constant(check_classes(manifest, classes, [], dataset_dir), tf.int64)
         ds = ds.filter(lambda r: tf.reduce_any(tf.equal(r[schema.CLASS_ID], ids)))
     if domains is not None:
         doms = tf.constant(list(domains))
@@ -565,7 +584,7 @@ def labelled_dataset(
     ds = labelled_records(dataset_dir, domains, classes, shuffle_shards=training, seed=seed)
     if training:
         ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
-    ds = tf.data.Dataset.zip((ds, _seeds(seed)))
+    ds = tf.data.Dataset.zip((ds, element_seeds(seed)))
 
     def prep(r, s):
         img = preprocess(
@@ -583,7 +602,7 @@ def labelled_dataset(
 
     ds = ds.map(prep, num_parallel_calls=AUTOTUNE)
     drop = training if drop_remainder is None else drop_remainder
-    return ds.batch(batch_size, drop_remainder=drop).prefetch(AUTOTUNE).with_options(_options())
+    return batched(ds, batch_size, drop)
 
 
 def labelled_image_bytes(dataset_dir, domains=None, classes=None) -> tf.data.Dataset:
@@ -596,158 +615,13 @@ def labelled_image_bytes(dataset_dir, domains=None, classes=None) -> tf.data.Dat
             lambda r: (cache.image_keys(r[schema.IMAGE]), r[schema.IMAGE]),
             num_parallel_calls=AUTOTUNE,
         )
-        .with_options(_options())
+        .with_options(dataset_options())
     )
 
 
-def pk_batches(
-    dataset_dir,
-    p: int,
-    k: int,
-    image_size: int = 224,
-    seed: int = 0,
-    domain: str | None = None,
-    classes=None,
-    training: bool = True,
-    sketch_domain: str = "sketch",
-    shuffle_buffer: int = 256,
-) -> tf.data.Dataset:
-    """Endless class-balanced batches: P distinct classes x K images each (global batch P*K).
-
-    Returns dict {"image" [P*K,S,S,3], "class_id" [P*K] int64, "domain" [P*K] string}; rows
-    are grouped by class (K consecutive rows per class). `domain` restricts to one domain.
-    """
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
-    doms = [domain] if domain else []
-    ids = _check_classes(manifest, classes, doms, dataset_dir)
-    if p > len(ids):
-        raise ValueError(f"p={p} exceeds the {len(ids)} available classes")
-    streams = [
-        _class_domain_stream(
-            dataset_dir, manifest, c, domain, seed + 7919 * (i + 1), shuffle_buffer
-        )
-        for i, c in enumerate(ids)
-    ]
-
-    def pick(s):
-        order = tf.argsort(tf.random.stateless_uniform([len(ids)], s))[:p]
-        return tf.data.Dataset.from_tensor_slices(tf.repeat(order, k))
-
-    choice = _seeds(seed + 1).flat_map(pick)
-    records = tf.data.Dataset.choose_from_datasets(
-        streams, choice.map(lambda c: tf.cast(c, tf.int64))
-    )
-    ds = tf.data.Dataset.zip((records, _seeds(seed))).map(
-        lambda rec, s: _prep_labelled(rec, s, image_size, training, sketch_domain),
-        num_parallel_calls=AUTOTUNE,
-    )
-    return ds.batch(p * k, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
-
-
-def _prep_labelled(rec, s, image_size, training, sketch_domain):
-    r = schema.parse_labelled_image(rec)
-    img = preprocess(
-        r[schema.IMAGE], tf.equal(r[schema.DOMAIN], sketch_domain), image_size, training, s
-    )
-    return {"image": img, "class_id": r[schema.CLASS_ID], "domain": r[schema.DOMAIN]}
-
-
-def _class_distances(embeddings) -> np.ndarray:
-    e = np.asarray(embeddings, np.float64)
-    if e.ndim != 2 or e.shape[0] < 2:
-        raise ValueError(f"class embeddings must be [C >= 2, D], got {e.shape}")
-    if not np.all(np.isfinite(e)):
-        raise ValueError("class embeddings contain NaN or inf")
-    return np.sqrt(np.maximum(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1), 0.0))
-
-
-def negative_class_logits(
-    embeddings: np.ndarray, sampling: str = "inverse_distance", temperature: float | None = None
-) -> np.ndarray:
-    """[C, C] logits (unnormalised log-probabilities) of the negative class n given anchor a.
-
-    With d[a, n] = ||e_a - e_n|| (Euclidean distance between class embeddings [C, D]):
-
-    - ``sampling="inverse_distance"`` (the original zero-shot SBIR code, its
-      ``SketchyTrainDataset``): P(n | a) proportional to ``1 / d[a, n]`` over n != a, so
-      logits = ``-log d``. A zero distance between two *different* classes (duplicate
-      embeddings) gets weight 1, as upstream does (it sets the 0/0 similarity to 1.0).
-      `temperature` must be None.
-    - ``sampling="softmax"``: P(n | a) = softmax over n != a of ``-d[a, n] / temperature``
-      (temperature > 0, 1.0 when None).
-
-    Closer classes (harder negatives) are drawn more often either way; the diagonal is -inf (a
-    class is never its own negative). `negative_class_probabilities` gives the normalised rows.
-
-    Returns:
-      float32 [C, C]; ``tf.random.stateless_categorical`` of row a draws n.
-    """
-    if sampling not in NEGATIVE_SAMPLING:
-        raise ValueError(f"sampling must be one of {NEGATIVE_SAMPLING}, got {sampling!r}")
-    d = _class_distances(embeddings)
-    if sampling == "softmax":
-        t = 1.0 if temperature is None else float(temperature)
-        if t <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        logits = -d / t
-    else:
-        if temperature is not None:
-            raise ValueError(
-                "temperature applies to sampling='softmax' only, got temperature="
-                f"{temperature} with sampling='inverse_distance'"
-            )
-        logits = -np.log(np.where(d > 0, d, 1.0))  # weight 1 / d, or 1 where d == 0
-    np.fill_diagonal(logits, -np.inf)
-    return logits.astype(np.float32)
-
-
-def negative_class_probabilities(
-    embeddings: np.ndarray, sampling: str = "inverse_distance", temperature: float | None = None
-) -> np.ndarray:
-    """[C, C] float64 P(negative class n | anchor class a): rows sum to 1, zero diagonal.
-
-    The normalised `negative_class_logits` (same arguments).
-    """
-    logits = negative_class_logits(embeddings, sampling, temperature).astype(np.float64)
-    w = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return w / w.sum(axis=1, keepdims=True)
-
-
-def class_pairs(
-    negative_logits: np.ndarray, seed: int, anchor_weights: np.ndarray | None = None
-) -> tf.data.Dataset:
-    """Endless (anchor, negative) class index pairs: int64 scalars in [0, C).
-
-    The anchor a is uniform over the C classes (`anchor_weights` None) or drawn with
-    probability proportional to `anchor_weights` [C] (e.g. the per-class sketch counts: the
-    class distribution of a pass over the training sketches); the negative n is drawn from row
-    a of `negative_logits` [C, C] (`negative_class_logits`, or 0 off the diagonal for uniform).
-    Element i uses the stateless seed ``[seed, i]``.
-    """
-    logits_t = tf.constant(np.asarray(negative_logits, np.float32))
-    n = int(logits_t.shape[0])
-    anchor_logits = None
-    if anchor_weights is not None:
-        w = np.asarray(anchor_weights, np.float64)
-        if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"anchor_weights must be {n} finite weights >= 0, got {w}")
-        with np.errstate(divide="ignore"):
-            anchor_logits = tf.constant(np.log(w)[None].astype(np.float32))
-
-    def choose(s):
-        s2 = tf.random.experimental.stateless_split(s, 2)
-        if anchor_logits is None:
-            a = tf.random.stateless_uniform([], s2[0], 0, n, dtype=tf.int64)
-        else:
-            a = tf.random.stateless_categorical(anchor_logits, 1, s2[0], dtype=tf.int64)[0, 0]
-        neg = tf.random.stateless_categorical(logits_t[a][None], 1, s2[1], dtype=tf.int64)[0, 0]
-        return a, neg
-
-    return _seeds(seed).map(choose)
-
-
-def _keys_by_domain_class(dataset_dir, manifest) -> dict[tuple[str, int], np.ndarray]:
-    """{(domain, class_id): int64 cache keys of its records, in shard order} (one pass)."""
+def keys_by_domain_class(dataset_dir, manifest) -> dict[tuple[str, int], np.ndarray]:
+    """{(domain, class_id): int64 cache keys (`cache.image_keys`) of its labelled-image records,
+    in shard order}, read in one pass (nothing decoded)."""
     ds = tfrecord.record_dataset(dataset_dir, manifest=manifest).map(
         schema.parse_labelled_image, num_parallel_calls=AUTOTUNE
     )
@@ -760,638 +634,3 @@ def _keys_by_domain_class(dataset_dir, manifest) -> dict[tuple[str, int], np.nda
         for d, c, k in zip(domains, classes, keys, strict=True):
             groups.setdefault((d.decode(), int(c)), []).append(k)
     return {g: np.asarray(v, np.int64) for g, v in groups.items()}
-
-
-def triplet_batches(
-    dataset_dir,
-    batch_size: int,
-    image_size: int = 224,
-    seed: int = 0,
-    negatives: str = "random",
-    class_embeddings=None,
-    temperature: float | None = None,
-    classes=None,
-    sketch_domain: str = "sketch",
-    photo_domain: str = "photo",
-    training: bool = True,
-    shuffle_buffer: int = 256,
-    negative_sampling: str = "inverse_distance",
-    anchor_sampling: str = "uniform",
-    output: str = "images",
-) -> tf.data.Dataset:
-    """Endless cross-domain triplets: sketch anchor of class a, photo of class a, photo of n != a.
-
-    Args:
-      batch_size: GLOBAL batch size.
-      negatives: "random" (n uniform over the other classes) or "class_embedding" (n drawn
-        with `negative_class_logits(class_embeddings, negative_sampling, temperature)` from
-        `class_embeddings`, a [C, D] array over the dataset's full class list or a path to such
-        a .npy, restricted to `classes`).
-      negative_sampling: "inverse_distance" (the original's P(n | a) ~ 1 / d) or "softmax"
-        (softmax of -d / temperature); only with negatives="class_embedding".
-      temperature: softmax temperature (None = 1.0); only with negative_sampling="softmax".
-      anchor_sampling: "uniform" (the anchor class uniform over `classes`) or "sketch_count"
-        (proportional to each class's number of sketches in the manifest, i.e. the class mix
-        of the original's pass over every training sketch).
-      classes: restrict to these class names (e.g. the seen classes of a split).
-      training: True augments every image (the fused `augment_train_image`); False gives the
-        evaluation preprocessing (fit + centre crop/pad, no randomness in the pixels). The
-        streams are endless and shuffled either way.
-      output: "images" (decoded, preprocessed images) or "keys" (only the images' int64 cache
-        keys `cache.image_keys`, nothing decoded and no shard read after one pass that lists
-        each (domain, class)'s keys: for training on cached trunk features). Both draw the
-        same classes (`class_pairs`), but the records within a class in another order.
-
-    Returns:
-      dict {"sketch", "photo_pos", "photo_neg": [B,S,S,3] float32, "class_id",
-      "neg_class_id": [B] int64 (dataset class ids)}; with output="keys", "sketch_key",
-      "photo_pos_key", "photo_neg_key": [B] int64 instead of the images.
-    """
-    if output not in TRIPLET_OUTPUTS:
-        raise ValueError(f"output must be one of {TRIPLET_OUTPUTS}, got {output!r}")
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
-    ids = _check_classes(manifest, classes, [sketch_domain, photo_domain], dataset_dir)
-    n = len(ids)
-    if n < 2:
-        raise ValueError("triplets need at least 2 classes")
-    if anchor_sampling not in ANCHOR_SAMPLING:
-        raise ValueError(
-            f"anchor_sampling must be one of {ANCHOR_SAMPLING}, got {anchor_sampling!r}"
-        )
-    if negative_sampling not in NEGATIVE_SAMPLING:
-        raise ValueError(
-            f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}"
-        )
-    if negatives == "class_embedding":
-        if class_embeddings is None:
-            raise ValueError("negatives='class_embedding' needs class_embeddings")
-        if isinstance(class_embeddings, str | os.PathLike):
-            path = Path(class_embeddings)
-            if not path.is_file():
-                raise ValueError(f"class embeddings file {path} is missing")
-            class_embeddings = np.load(path)
-        emb = np.asarray(class_embeddings)
-        if emb.ndim != 2 or emb.shape[0] != len(manifest["classes"]):
-            raise ValueError(
-                f"class embeddings must be [{len(manifest['classes'])}, D] (one row per "
-                f"dataset class), got {emb.shape}"
-            )
-        logits = negative_class_logits(emb[ids], negative_sampling, temperature)
-    else:
-        logits = np.full((n, n), 0.0, np.float32)
-        np.fill_diagonal(logits, -np.inf)
-    anchor_weights = None
-    if anchor_sampling == "sketch_count":
-        per_class = manifest["counts"]["per_domain_class"][sketch_domain]
-        anchor_weights = [per_class.get(manifest["classes"][c], 0) for c in ids]
-    pairs = class_pairs(logits, seed + 1, anchor_weights)
-
-    if output == "keys":
-        # Nothing to decode: the streams are the records' cache keys, read once into memory
-        # (a few bytes per record) instead of re-reading and filtering shards per class.
-        by_class = _keys_by_domain_class(dataset_dir, manifest)
-
-        def stream(domain, c, seed_c):
-            keys = by_class.get((domain, c), np.zeros([0], np.int64))
-            return (
-                tf.data.Dataset.from_tensor_slices(keys)
-                .repeat()
-                .shuffle(shuffle_buffer, seed=seed_c, reshuffle_each_iteration=True)
-            )
-    else:
-
-        def stream(domain, c, seed_c):
-            return _class_domain_stream(dataset_dir, manifest, c, domain, seed_c, shuffle_buffer)
-
-    def streams(domain, offset):
-        return [stream(domain, c, seed + offset + 7919 * (i + 1)) for i, c in enumerate(ids)]
-
-    sk = tf.data.Dataset.choose_from_datasets(streams(sketch_domain, 11), pairs.map(lambda a, b: a))
-    pos = tf.data.Dataset.choose_from_datasets(streams(photo_domain, 23), pairs.map(lambda a, b: a))
-    neg = tf.data.Dataset.choose_from_datasets(streams(photo_domain, 37), pairs.map(lambda a, b: b))
-    ids_t = tf.constant(ids, tf.int64)
-
-    def prep(sk_rec, pos_rec, neg_rec, pair, s):
-        labels = {
-            "class_id": tf.gather(ids_t, pair[0]),
-            "neg_class_id": tf.gather(ids_t, pair[1]),
-        }
-        if output == "keys":  # the streams hold keys already
-            return {"sketch_key": sk_rec, "photo_pos_key": pos_rec, "photo_neg_key": neg_rec,
-                    **labels}  # fmt: skip
-        s3 = tf.random.experimental.stateless_split(s, 3)
-        r_sk = schema.parse_labelled_image(sk_rec)
-        r_pos = schema.parse_labelled_image(pos_rec)
-        r_neg = schema.parse_labelled_image(neg_rec)
-        images = [
-            preprocess(r[schema.IMAGE], dom, image_size, training, s3[i])
-            for i, (r, dom) in enumerate(((r_sk, True), (r_pos, False), (r_neg, False)))
-        ]
-        return {"sketch": images[0], "photo_pos": images[1], "photo_neg": images[2], **labels}
-
-    ds = tf.data.Dataset.zip((sk, pos, neg, pairs, _seeds(seed))).map(
-        prep, num_parallel_calls=AUTOTUNE
-    )
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
-
-
-# ---- style-labelled triplets (style-aware SBIR) -------------------------------------------------
-#: `style_triplet_batches`: which images may be the style negative (always another style).
-STYLE_NEGATIVE_RULES = ("same_content", "any")
-
-
-class StyleIndex:
-    """What a style-labelled record set holds, read in one pass (keys and labels only).
-
-    Labels: `content` = the record's class id (its `content_id` must be that class or unset
-    only for sketches); `style` = the index of the record's domain in `styles` (the gallery
-    media, sorted), checked against the record's `style_id`, which must be set (>= 0) and be
-    the same for every record of a domain.
-
-    Attributes:
-      dataset_dir: the record folder.
-      manifest: its manifest.
-      classes: content class names (the dataset's class list).
-      styles: gallery style names (domains), sorted; style label = index here.
-      sketch_domain: the domain of the sketch queries.
-      groups: int64 [G, 2] (content, style) of every non-empty gallery group, sorted.
-      group_keys: list of G int64 arrays, the cache keys of each group's images (shard order).
-      sketch_keys: {content: int64 array of the keys of its sketches}.
-      sketch_dir, sketch_manifest: where the sketches are (`dataset_dir` unless `sketch_dir`).
-      sketch_class_of: {content: class id of its sketches in `sketch_dir`'s class list}.
-
-    Args:
-      sketch_dir: another record folder whose `sketch_domain` records are the sketches (e.g.
-        rasterised Quick, Draw! drawings for a gallery without sketches), matched to the
-        contents by class name; the sketches of `dataset_dir` are then ignored.
-      sketch_class_names: {class name in `sketch_dir`: content name} for names that differ
-        (Quick, Draw!'s "car" for BAM's "cars").
-    """
-
-    def __init__(
-        self,
-        dataset_dir,
-        styles,
-        sketch_domain="sketch",
-        classes=None,
-        sketch_dir=None,
-        sketch_class_names=None,
-    ):
-        self.dataset_dir = str(dataset_dir)
-        self.manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_LABELLED_IMAGE)
-        names = list(self.manifest["classes"])
-        self.classes = names
-        self.styles = sorted(styles)
-        self.sketch_domain = sketch_domain
-        wanted = None if classes is None else set(_check_classes(self.manifest, classes, [],
-                                                                 self.dataset_dir))  # fmt: skip
-        style_of = {s: i for i, s in enumerate(self.styles)}
-        ds = tfrecord.record_dataset(dataset_dir, manifest=self.manifest).map(
-            schema.parse_labelled_image, num_parallel_calls=AUTOTUNE
-        )
-        ds = ds.map(
-            lambda r: (
-                r[schema.DOMAIN],
-                r[schema.CLASS_ID],
-                r[schema.STYLE_ID],
-                r[schema.CONTENT_ID],
-                r[schema.INSTANCE_ID],
-                cache.image_keys(r[schema.IMAGE]),
-            ),  # fmt: skip
-            num_parallel_calls=AUTOTUNE,
-        ).batch(4096)
-        groups: dict[tuple[int, int], list[int]] = {}
-        sketches: dict[int, list[int]] = {}
-        style_ids: dict[str, int] = {}
-        for doms, cids, sids, conts, iids, keys in ds.as_numpy_iterator():
-            for d, c, sid, cont, iid, k in zip(doms, cids, sids, conts, iids, keys, strict=True):
-                d, c = d.decode(), int(c)
-                if wanted is not None and c not in wanted:
-                    continue
-                if d == sketch_domain:
-                    if sketch_dir is None:
-                        sketches.setdefault(c, []).append(int(k))
-                    continue
-                if d not in style_of:
-                    continue
-                where = f"{self.dataset_dir}: record {iid.decode()!r} (domain {d!r})"
-                if sid < 0 or cont < 0:
-                    raise ValueError(
-                        f"{where} has no style_id / content_id: style-aware SBIR needs "
-                        "style-labelled records (prepare_data.py --source=style, "
-                        "--source=synthetic --task=style, or --source=folders "
-                        "--style_domains=...)"
-                    )
-                if cont != c:
-                    raise ValueError(f"{where}: content_id {cont} differs from class_id {c}")
-                if style_ids.setdefault(d, int(sid)) != sid:
-                    raise ValueError(
-                        f"{where}: style_id {sid}, but other {d!r} records have "
-                        f"{style_ids[d]} (one style per domain expected)"
-                    )
-                groups.setdefault((c, style_of[d]), []).append(int(k))
-        missing = [s for s in self.styles if s not in style_ids]
-        if missing:
-            raise ValueError(
-                f"{self.dataset_dir}: no records of styles {missing} (has domains "
-                f"{sorted(self.manifest['counts']['per_domain_class'])})"
-            )
-        self.sketch_dir = self.dataset_dir if sketch_dir is None else str(sketch_dir)
-        if sketch_dir is None:
-            self.sketch_manifest = self.manifest
-            self.sketch_class_of = {c: c for c in sketches}
-        else:
-            self.sketch_manifest, self.sketch_class_of, sketches = _foreign_sketches(
-                sketch_dir, sketch_domain, names, wanted, sketch_class_names
-            )
-        order = sorted(groups)
-        self.groups = np.asarray(order, np.int64).reshape(-1, 2)
-        self.group_keys = [np.asarray(groups[g], np.int64) for g in order]
-        self.sketch_keys = {c: np.asarray(v, np.int64) for c, v in sorted(sketches.items())}
-
-    def group_name(self, g: int) -> str:
-        c, s = self.groups[g]
-        return f"{self.classes[c]}/{self.styles[s]}"
-
-    def triplet_tables(self, negative_rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Group-level sampling tables (never image combinations): (anchor logits [G],
-        positive logits [G, G], negative logits [G, G]), 0 where allowed, -inf elsewhere.
-
-        Positive group: the anchor's style, another content. Negative group: another style,
-        and with `negative_rule="same_content"` the anchor's content.
-
-        Raises:
-          ValueError listing every group that cannot anchor a triplet and why.
-        """
-        if negative_rule not in STYLE_NEGATIVE_RULES:
-            raise ValueError(
-                f"negative_rule must be one of {STYLE_NEGATIVE_RULES}, got {negative_rule!r}"
-            )
-        c, s = self.groups[:, 0], self.groups[:, 1]
-        pos = (s[:, None] == s[None, :]) & (c[:, None] != c[None, :])
-        neg = s[:, None] != s[None, :]
-        if negative_rule == "same_content":
-            neg &= c[:, None] == c[None, :]
-        has_sketch = np.array([len(self.sketch_keys.get(int(x), ())) > 0 for x in c], bool)
-        problems = []
-        for g in range(len(self.groups)):
-            why = []
-            if not pos[g].any():
-                why.append(f"no other content class in style {self.styles[s[g]]!r} (positive)")
-            if not neg[g].any():
-                rule = " with the same content" if negative_rule == "same_content" else ""
-                why.append(f"no other style{rule} (negative)")
-            if not has_sketch[g]:
-                why.append(f"no {self.sketch_domain!r} record of {self.classes[c[g]]!r}")
-            if why:
-                problems.append(f"{self.group_name(g)} ({len(self.group_keys[g])} images): "
-                                + "; ".join(why))  # fmt: skip
-        if problems or not len(self.groups):
-            shown = "\n  ".join(problems[:8]) + ("\n  ..." if len(problems) > 8 else "")
-            raise ValueError(
-                f"{self.dataset_dir}: too few images to form style triplets "
-                f"(rule {negative_rule!r}; {len(problems)} of {len(self.groups)} content x "
-                f"style groups):\n  {shown or 'no style-labelled image'}"
-            )
-        as_logits = lambda m: np.where(m, 0.0, -np.inf).astype(np.float32)  # noqa: E731
-        return np.zeros(len(self.groups), np.float32), as_logits(pos), as_logits(neg)
-
-
-def sketch_classes_of(sketch_manifest, contents, wanted=None, sketch_class_names=None):
-    """{content id: class id in a sketch dataset} for the sketch classes whose name (or alias
-    in `sketch_class_names`) is a content name (`contents`, restricted to ids in `wanted`)."""
-    aliases = dict(sketch_class_names or {})
-    out = {}
-    names = sketch_manifest["classes"]
-    for sc, own in enumerate(names):
-        name = aliases.get(own, own)
-        if name in contents and (wanted is None or contents.index(name) in wanted):
-            c = contents.index(name)
-            if c in out:
-                raise ValueError(
-                    f"sketch classes {names[out[c]]!r} and {own!r} both map to content "
-                    f"{name!r} (sketch_class_names {aliases})"
-                )
-            out[c] = sc
-    return out
-
-
-def _foreign_sketches(sketch_dir, sketch_domain, contents, wanted, sketch_class_names):
-    """(manifest, {content: sketch class id}, {content: keys}) of the sketches of another
-    record folder, matched to `contents` by name."""
-    manifest = tfrecord.read_manifest(sketch_dir, kind=schema.KIND_LABELLED_IMAGE)
-    class_of = sketch_classes_of(manifest, contents, wanted, sketch_class_names)
-    if not class_of:
-        raise ValueError(
-            f"{sketch_dir}: no sketch class matches a content class (sketch classes "
-            f"{manifest['classes'][:8]}..., contents {contents}); map names with "
-            "sketch_class_names"
-        )
-    content_of = {sc: c for c, sc in class_of.items()}
-    keys: dict[int, list[int]] = {}
-    for (domain, cid), k in _keys_by_domain_class(sketch_dir, manifest).items():
-        if domain == sketch_domain and cid in content_of:
-            keys.setdefault(content_of[cid], []).extend(int(x) for x in k)
-    return manifest, class_of, {c: np.asarray(v, np.int64) for c, v in sorted(keys.items())}
-
-
-def _key_picker(key_lists: list[np.ndarray]):
-    """A function (group index, seed) -> a key drawn uniformly from that group's keys."""
-    counts = tf.constant([len(k) for k in key_lists], tf.int64)
-    offsets = tf.constant(np.concatenate([[0], np.cumsum([len(k) for k in key_lists])[:-1]]),
-                          tf.int64)  # fmt: skip
-    flat = tf.constant(np.concatenate(key_lists) if key_lists else np.zeros([0], np.int64))
-
-    def pick(g, seed):
-        i = tf.random.stateless_uniform([], seed, 0, counts[g], dtype=tf.int64)
-        return flat[offsets[g] + i]
-
-    return pick
-
-
-def style_triplet_batches(
-    index: StyleIndex,
-    batch_size: int,
-    seed: int = 0,
-    negative_rule: str = "same_content",
-    output: str = "keys",
-    image_size: int = 224,
-    training: bool = False,
-    shuffle_buffer: int = 256,
-) -> tf.data.Dataset:
-    """Endless batches for style-aware SBIR: per element a style triplet and a sketch.
-
-    Element i (stateless seed ``[seed, i]``): an anchor image A of content c and style s (its
-    group uniform over the (content, style) groups), a positive P of style s and another
-    content, a negative N of another style (content c with `negative_rule="same_content"`,
-    any content with "any"), and a sketch K of content c. Sampling works on the group tables
-    of `StyleIndex.triplet_tables` and the groups' key lists, never on combinations of
-    images; in "keys" mode an image is drawn uniformly (with replacement) from its group.
-
-    Args:
-      index: the records (`StyleIndex`).
-      batch_size: GLOBAL batch size.
-      output: "keys" (int64 cache keys only: for cached trunk features) or "images"
-        (decoded, preprocessed images from per-group record streams, augmented when
-        `training`).
-
-    Returns:
-      {"sketch", "anchor", "positive", "negative": [B, S, S, 3] float32} (or "<name>_key"
-      [B] int64 with output="keys"), and [B] int64 labels "content_id", "style_id" (of A and
-      K; P has style_id too), "positive_content_id", "negative_content_id",
-      "negative_style_id".
-    """
-    if output not in TRIPLET_OUTPUTS:
-        raise ValueError(f"output must be one of {TRIPLET_OUTPUTS}, got {output!r}")
-    anchor_logits, pos_logits, neg_logits = index.triplet_tables(negative_rule)
-    n_groups = len(index.groups)
-    pos_t, neg_t = tf.constant(pos_logits), tf.constant(neg_logits)
-    groups_t = tf.constant(index.groups)
-    contents = sorted(index.sketch_keys)
-    sketch_slot = np.full(len(index.classes), -1, np.int64)
-    sketch_slot[contents] = np.arange(len(contents))
-    sketch_slot_t = tf.constant(sketch_slot)
-
-    def choose(s):
-        s4 = tf.random.experimental.stateless_split(s, 4)
-        a = tf.random.stateless_uniform([], s4[0], 0, n_groups, dtype=tf.int64)
-        p = tf.random.stateless_categorical(pos_t[a][None], 1, s4[1], dtype=tf.int64)[0, 0]
-        n = tf.random.stateless_categorical(neg_t[a][None], 1, s4[2], dtype=tf.int64)[0, 0]
-        return a, p, n, s4[3]
-
-    picks = _seeds(seed).map(choose)
-
-    def labels(a, p, n):
-        ga, gp, gn = groups_t[a], groups_t[p], groups_t[n]
-        return {
-            "content_id": ga[0], "style_id": ga[1], "positive_content_id": gp[0],
-            "negative_content_id": gn[0], "negative_style_id": gn[1],
-        }  # fmt: skip
-
-    if output == "keys":
-        gallery = _key_picker(index.group_keys)
-        sketch = _key_picker([index.sketch_keys[c] for c in contents])
-
-        def keys(a, p, n, s):
-            s4 = tf.random.experimental.stateless_split(s, 4)
-            return {
-                "anchor_key": gallery(a, s4[0]), "positive_key": gallery(p, s4[1]),
-                "negative_key": gallery(n, s4[2]),
-                "sketch_key": sketch(sketch_slot_t[groups_t[a][0]], s4[3]), **labels(a, p, n),
-            }  # fmt: skip
-
-        ds = picks.map(keys, num_parallel_calls=AUTOTUNE)
-        return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
-
-    def group_streams(offset):
-        return [
-            _class_domain_stream(index.dataset_dir, index.manifest, int(c), index.styles[int(st)],
-                                 seed + offset + 7919 * (g + 1), shuffle_buffer)
-            for g, (c, st) in enumerate(index.groups)
-        ]  # fmt: skip
-
-    sketch_streams = [
-        _class_domain_stream(index.sketch_dir, index.sketch_manifest, index.sketch_class_of[c],
-                             index.sketch_domain, seed + 53 + 7919 * (i + 1), shuffle_buffer)
-        for i, c in enumerate(contents)
-    ]  # fmt: skip
-    a_ds = tf.data.Dataset.choose_from_datasets(group_streams(11), picks.map(lambda a, p, n, s: a))
-    p_ds = tf.data.Dataset.choose_from_datasets(group_streams(23), picks.map(lambda a, p, n, s: p))
-    n_ds = tf.data.Dataset.choose_from_datasets(group_streams(37), picks.map(lambda a, p, n, s: n))
-    k_ds = tf.data.Dataset.choose_from_datasets(
-        sketch_streams, picks.map(lambda a, p, n, s: sketch_slot_t[groups_t[a][0]])
-    )
-
-    def prep(k_rec, a_rec, p_rec, n_rec, pick):
-        a, p, n, s = pick
-        s4 = tf.random.experimental.stateless_split(s, 4)
-        out = labels(a, p, n)
-        for i, (name, rec) in enumerate(
-            (("sketch", k_rec), ("anchor", a_rec), ("positive", p_rec), ("negative", n_rec))
-        ):
-            image = schema.parse_labelled_image(rec)[schema.IMAGE]
-            out[name] = preprocess(image, name == "sketch", image_size, training, s4[i])
-        return out
-
-    ds = tf.data.Dataset.zip((k_ds, a_ds, p_ds, n_ds, picks)).map(prep, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
-
-
-# ---- correspondence pairs ---------------------------------------------------------------------
-def sample_points(points_a, points_b, point_ids, num_points: int, seed):
-    """Pick `num_points` of N corresponding points (without replacement), padding if N is less.
-
-    Args:
-      points_a, points_b: float32 [N, 2]; point_ids: int64 [N]; seed: int [2].
-
-    Returns:
-      (points_a [M, 2], points_b [M, 2], point_ids [M] (-1 where padded), mask [M] bool)
-      with M = num_points; padded rows are zeros.
-    """
-    n = tf.shape(point_ids)[0]
-    order = tf.argsort(tf.random.stateless_uniform([n], seed))[:num_points]
-    m = tf.shape(order)[0]
-    pad = num_points - m
-
-    def take(x, fill):
-        y = tf.gather(x, order)
-        paddings = [[0, pad]] + [[0, 0]] * (len(x.shape) - 1)
-        return tf.pad(y, paddings, constant_values=fill)
-
-    pa = tf.ensure_shape(take(points_a, 0.0), [num_points, 2])
-    pb = tf.ensure_shape(take(points_b, 0.0), [num_points, 2])
-    ids = tf.ensure_shape(take(point_ids, tf.constant(-1, point_ids.dtype)), [num_points])
-    mask = tf.ensure_shape(tf.range(num_points) < m, [num_points])
-    return pa, pb, ids, mask
-
-
-def correspondence_batches(
-    dataset_dir,
-    batch_size: int,
-    num_points: int = 32,
-    image_size: int = 512,
-    seed: int = 0,
-    training: bool = True,
-    shuffle_buffer: int = 256,
-    category_ids=None,
-    shards: list[dict] | None = None,
-) -> tf.data.Dataset:
-    """Batches of correspondence pairs with a fixed number of points per pair.
-
-    Images are decoded, made 3-channel and resized to [S, S] (keeping aspect, white pad);
-    points are mapped into the resized frame. `category_ids` (optional list of int) keeps the
-    records of those categories only, dropped before anything is decoded. `shards` (optional
-    manifest shard entries) reads those shards only (one worker's share of the input).
-
-    Returns:
-      dict {"image_a", "image_b": [B,S,S,3] float32, "points_a", "points_b": [B,M,2] float32
-      pixels, "point_ids": [B,M] int64 (-1 padded), "mask": [B,M] bool, "category_id": [B]}.
-      Training: endless and shuffled; otherwise one pass, last batch kept.
-    """
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_CORRESPONDENCE_PAIR)
-    ds = tfrecord.record_dataset(
-        dataset_dir, shards=shards, shuffle_shards=training, seed=seed, manifest=manifest
-    )
-    if training:
-        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
-
-    def fit(encoded, pts):
-        img, scale, offset = resize_pad_geometry(decode_image(encoded), image_size, 1.0)
-        return img, pts * scale + offset
-
-    ds = ds.map(schema.parse_correspondence_pair, num_parallel_calls=AUTOTUNE)
-    if category_ids is not None:
-        keep = tf.constant(list(category_ids) or [-1], tf.int64)
-        ds = ds.filter(
-            lambda r: tf.reduce_any(tf.equal(tf.cast(r[schema.CATEGORY_ID], tf.int64), keep))
-        )
-
-    def prep(r, s):
-        img_a, pa = fit(r[schema.IMAGE_A], r[schema.POINTS_A])
-        img_b, pb = fit(r[schema.IMAGE_B], r[schema.POINTS_B])
-        pa, pb, ids, mask = sample_points(pa, pb, r[schema.POINT_IDS], num_points, s)
-        return {
-            "image_a": img_a,
-            "image_b": img_b,
-            "points_a": pa,
-            "points_b": pb,
-            "point_ids": ids,
-            "mask": mask,
-            "category_id": r[schema.CATEGORY_ID],
-        }
-
-    ds = tf.data.Dataset.zip((ds, _seeds(seed))).map(prep, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE).with_options(_options())
-
-
-def correspondence_triplets(
-    dataset_dir,
-    num_candidates: int = 5,
-    image_size: int = 512,
-    seed: int = 0,
-    classes=None,
-    shuffle_buffer: int = 256,
-) -> tf.data.Dataset:
-    """Endless, unbatched SketchZooms triplets as the original draws them (`utils/SZDataset.py`):
-    one corresponding point seen in drawing A (anchor) and drawing B (positive) of a record,
-    and `num_candidates` negative candidates, each a point of drawing B of another random
-    record *of the same category* (the original tries up to 5 and keeps the first semi-hard
-    one; that choice needs the model and is made in the loss).
-
-    A record's category is drawn in proportion to its record count (the original walks its
-    shuffled CSV), then the record from that category's shuffled stream; negatives come from
-    a second, independently shuffled stream of the same category. Records with several
-    points (the synthetic world) contribute one random point per draw. Images are resized to
-    `image_size` (aspect kept, white pad) and points mapped with them.
-
-    Returns:
-      dict {"image_a", "image_b": [S, S, 3] float32, "point_a", "point_b": [2] float32 (x, y),
-      "neg_images": [C, S, S, 3], "neg_points": [C, 2], "category_id": int64 [],
-      "neg_category_ids": int64 [C]}, C = `num_candidates`.
-    """
-    if num_candidates < 1:
-        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-    manifest = tfrecord.read_manifest(dataset_dir, kind=schema.KIND_CORRESPONDENCE_PAIR)
-    ids = _check_classes(manifest, classes, [], dataset_dir)
-    per_class = manifest["counts"]["per_class"]
-    names = manifest["classes"]
-    counts = np.array([per_class.get(names[i], 0) for i in ids], np.float64)
-    if not counts.sum():
-        raise ValueError(f"{dataset_dir}: no records of classes {[names[i] for i in ids]}")
-    logits = tf.constant(np.log(np.maximum(counts, 1e-30))[None], tf.float32)
-
-    def streams(offset):
-        return [
-            _class_domain_stream(
-                dataset_dir, manifest, c, None, seed + offset + 7919 * (i + 1), shuffle_buffer
-            )
-            for i, c in enumerate(ids)
-        ]
-
-    category = _seeds(seed + 1).map(
-        lambda s: tf.random.stateless_categorical(logits, 1, s, dtype=tf.int64)[0, 0]
-    )
-    anchors = tf.data.Dataset.choose_from_datasets(streams(11), category)
-    negatives = tf.data.Dataset.choose_from_datasets(
-        streams(23),
-        category.flat_map(lambda c: tf.data.Dataset.from_tensors(c).repeat(num_candidates)),
-    ).batch(num_candidates, drop_remainder=True)
-
-    def fit(encoded, pts):
-        img, scale, offset = resize_pad_geometry(decode_image(encoded), image_size, 1.0)
-        return img, pts * scale + offset
-
-    def one_point(rec, s, sides):
-        r = schema.parse_correspondence_pair(rec)
-        n = tf.shape(r[schema.POINT_IDS])[0]
-        j = tf.random.stateless_uniform([], s, 0, tf.maximum(n, 1), dtype=tf.int32)
-        out = []
-        for image_key, points_key in sides:
-            img, pts = fit(r[image_key], r[points_key])
-            out += [img, pts[j]]
-        return out + [r[schema.CATEGORY_ID]]
-
-    def prep(anchor, candidates, cat, s):
-        s2 = tf.random.experimental.stateless_split(s, num_candidates + 1)
-        img_a, pt_a, img_b, pt_b, cat_id = one_point(
-            anchor, s2[0], [(schema.IMAGE_A, schema.POINTS_A), (schema.IMAGE_B, schema.POINTS_B)]
-        )
-        negs = [
-            one_point(candidates[i], s2[i + 1], [(schema.IMAGE_B, schema.POINTS_B)])
-            for i in range(num_candidates)
-        ]
-        return {
-            "image_a": img_a,
-            "point_a": pt_a,
-            "image_b": img_b,
-            "point_b": pt_b,
-            "neg_images": tf.stack([x[0] for x in negs]),
-            "neg_points": tf.stack([x[1] for x in negs]),
-            "category_id": cat_id,
-            "neg_category_ids": tf.stack([x[2] for x in negs]),
-        }
-
-    ds = tf.data.Dataset.zip((anchors, negatives, category, _seeds(seed)))
-    return ds.map(prep, num_parallel_calls=AUTOTUNE).with_options(_options())

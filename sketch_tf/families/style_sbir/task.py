@@ -2,7 +2,7 @@
 an exemplar image how it is depicted).
 
 Models (`sketch_tf.models.style`): structure towers (sketch, image) and a style tower with a
-content x style classifier. Every training batch (`pipeline.style_triplet_batches`) holds, per
+content x style classifier. Every training batch (`data.style_triplet_batches`) holds, per
 element, an anchor image A (content c, style s), a positive P (style s, another content), a
 negative N (another style; content c under `data.negative_rule="same_content"`, any with
 "any") and a sketch K of content c. Loss terms, each a replica share of the global-batch mean:
@@ -41,12 +41,13 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.models import style as style_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 MINING_MODES = ("semi_hard", "hard", "all", "random")
-NEGATIVE_RULES = pipeline.STYLE_NEGATIVE_RULES
+NEGATIVE_RULES = style_data.STYLE_NEGATIVE_RULES
 #: Image roles of a batch that the gallery towers embed (the sketch K goes to the sketch tower).
 GALLERY_ROLES = ("anchor", "positive", "negative")
 
@@ -215,16 +216,16 @@ class StyleSbirTask(Task):
             )
         manifest = tfrecord.read_manifest(folder)
         names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
-        return folder, pipeline.sketch_classes_of(manifest, contents, wanted, names)
+        return folder, style_data.sketch_classes_of(manifest, contents, wanted, names)
 
-    def style_index(self, which: str) -> pipeline.StyleIndex:
-        """`pipeline.StyleIndex` of the train / test records (read once per task)."""
+    def style_index(self, which: str) -> style_data.StyleIndex:
+        """`style_data.StyleIndex` of the train / test records (read once per task)."""
         memo = self.__dict__.setdefault("_indexes", {})
         if which not in memo:
             d = self.config.data
             names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
             own = which == "train" and not d.get("train_sketches", "")
-            memo[which] = pipeline.StyleIndex(
+            memo[which] = style_data.StyleIndex(
                 self.records_dir(which), self.styles(), d.sketch_domain,
                 classes=tuple(d.classes) or None,
                 sketch_dir=None if own else self.sketch_records(which)[0],
@@ -324,7 +325,7 @@ class StyleSbirTask(Task):
     def build_train_dataset(self, global_batch_size, seed, models=None):
         d = self.config.data
         keys_mode = self.uses_feature_cache()
-        batches = pipeline.style_triplet_batches(
+        batches = style_data.style_triplet_batches(
             self.style_index("train"),
             global_batch_size,
             seed=seed,

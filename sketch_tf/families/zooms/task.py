@@ -16,7 +16,7 @@ category mask; triplet hinge with margin 1.0 on the non-squared Euclidean distan
 
 The original's batches (`data.batching="triplets"`, the `sketchzooms` variant): a step is
 `train.batch_size` (64) real triplets, one point each, built by
-`pipeline.correspondence_triplets`: anchor = a point of drawing A, positive = the same point
+`data.correspondence_triplets`: anchor = a point of drawing A, positive = the same point
 in drawing B, and `loss.num_candidates` (5) negative candidates, points of other drawings of
 the same category. `loss.mining="first_semi_hard"` keeps, per triplet, the first candidate
 with d2(a, p) < d2(a, n) < d2(a, p) + margin (squared distances, candidates described in
@@ -34,8 +34,9 @@ from typing import Any
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, splits, tfrecord
+from sketch_tf.data import splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
+from sketch_tf.families.zooms import data as zooms_data
 from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
 from sketch_tf.models.layers import FUSION_MODES
 from sketch_tf.models.zooms import build_zooms_model, describe_views
@@ -254,8 +255,8 @@ class ZoomsTask(Task):
         self, split: str, training: bool, seed: int, num_points: int, which: str, shards=None
     ):
         """Unbatched pair examples of `split` restricted to seen / unseen / all categories
-        (`pipeline.correspondence_batches` fields); `shards`: only those manifest entries."""
-        return pipeline.correspondence_batches(
+        (`data.correspondence_batches` fields); `shards`: only those manifest entries."""
+        return zooms_data.correspondence_batches(
             self.records_dir(split),
             shards=shards,
             batch_size=1,
@@ -327,7 +328,7 @@ class ZoomsTask(Task):
         classes = list(tfrecord.read_manifest(self.records_dir("train"))["classes"])
         seen = [classes[i] for i in self.category_ids("train", "seen")]
         c = int(self.config.loss.get("num_candidates", 5))
-        ds = pipeline.correspondence_triplets(
+        ds = zooms_data.correspondence_triplets(
             self.records_dir("train"),
             num_candidates=c,
             image_size=int(self.config.data.image_size),

@@ -14,7 +14,7 @@ says whether the classifier sees the three embedding batches at once ("joint") o
 other ("separate", the original: per-domain BatchNorm statistics), `models.zs_sbir.domain_logits`.
 
 Negatives: "random" / "class_embedding" pick the negative photo's class in the input pipeline
-(`pipeline.triplet_batches`; class embeddings drawn with `data.negative_sampling`:
+(`data.triplet_batches`; class embeddings drawn with `data.negative_sampling`:
 "inverse_distance" as the original, or "softmax" with `data.negative_temperature`); "mined"
 ignores it and mines in-batch over the *global* batch (sketches as queries against every photo
 of the batch, `losses.mined_triplet_loss`). `data.train_augment=False` trains on the evaluation
@@ -41,6 +41,7 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.families.zs_sbir import data as zs_data
 from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
@@ -49,8 +50,8 @@ from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
 PHOTO_INPUTS = towers.PHOTO_INPUTS
-NEGATIVE_SAMPLING = pipeline.NEGATIVE_SAMPLING
-ANCHOR_SAMPLING = pipeline.ANCHOR_SAMPLING
+NEGATIVE_SAMPLING = zs_data.NEGATIVE_SAMPLING
+ANCHOR_SAMPLING = zs_data.ANCHOR_SAMPLING
 DOMAIN_BATCHES = zs_models.DOMAIN_BATCHES
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 METRICS = ("euclidean", "cosine")
@@ -276,7 +277,7 @@ class ZsSbirTask(Task):
         negatives = self.config.loss.negatives
         # Configs saved before these keys existed get the behaviour they were trained with.
         sampling = d.get("negative_sampling", "softmax")
-        triplets = pipeline.triplet_batches(
+        triplets = zs_data.triplet_batches(
             path,
             global_batch_size,
             image_size=int(d.image_size),

@@ -10,6 +10,7 @@ import tensorflow as tf
 from sketch_tf.data import pipeline, schema
 from sketch_tf.data.images import encode_png
 from sketch_tf.data.tfrecord import ShardedWriter
+from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir import evaluate as style_eval
 from sketch_tf.families.style_sbir.task import StyleSbirTask
 from sketch_tf.models import style as style_models
@@ -99,9 +100,9 @@ def _group_of_pixels(image: np.ndarray) -> tuple[int, int]:
 @pytest.mark.parametrize("rule", ["same_content", "any"])
 @pytest.mark.parametrize("output", ["keys", "images"])
 def test_sampled_triplets_follow_the_rules(records, rule, output):
-    index = pipeline.StyleIndex(os.path.join(records, "train"), STYLES)
+    index = style_data.StyleIndex(os.path.join(records, "train"), STYLES)
     assert index.groups.shape == (9, 2)
-    ds = pipeline.style_triplet_batches(index, 16, seed=3, negative_rule=rule, output=output,
+    ds = style_data.style_triplet_batches(index, 16, seed=3, negative_rule=rule, output=output,
                                         image_size=SIZE, shuffle_buffer=4)  # fmt: skip
     batch = next(iter(ds))
     c, s = batch["content_id"].numpy(), batch["style_id"].numpy()
@@ -127,7 +128,7 @@ def test_sampled_triplets_follow_the_rules(records, rule, output):
             assert batch["positive_key"].numpy()[i] in keys[(pc[i], s[i])]
             assert batch["negative_key"].numpy()[i] in keys[(nc[i], ns[i])]
             assert batch["sketch_key"].numpy()[i] in index.sketch_keys[c[i]]
-    again = next(iter(pipeline.style_triplet_batches(index, 16, seed=3, negative_rule=rule,
+    again = next(iter(style_data.style_triplet_batches(index, 16, seed=3, negative_rule=rule,
                                                      output=output, image_size=SIZE,
                                                      shuffle_buffer=4)))  # fmt: skip
     np.testing.assert_array_equal(again["content_id"], batch["content_id"])
@@ -137,7 +138,7 @@ def test_too_few_images_and_unlabelled_records_fail_clearly(tmp_path):
     # "cup" exists in one style only: no same-content negative for it.
     path = write_style_records(tmp_path / "few", per_group=1,
                                skip=[("cup", "oil"), ("cup", "water")])  # fmt: skip
-    index = pipeline.StyleIndex(path, STYLES)
+    index = style_data.StyleIndex(path, STYLES)
     with pytest.raises(
         ValueError, match=r"(?s)too few images.*cup/ink \(1 images\).*no other style"
     ):
@@ -145,7 +146,7 @@ def test_too_few_images_and_unlabelled_records_fail_clearly(tmp_path):
     index.triplet_tables("any")  # another style of any content exists
     bad = write_style_records(tmp_path / "bad", per_group=1, unlabelled=True)
     with pytest.raises(ValueError, match=r"record 'apple/ink/0' \(domain 'ink'\) has no style_id"):
-        pipeline.StyleIndex(bad, STYLES)
+        style_data.StyleIndex(bad, STYLES)
 
 
 def write_sketch_records(path, names, per_class=2):
@@ -166,8 +167,8 @@ def test_sketches_from_another_record_folder(records, tmp_path, trained):
     names = {"teacup": "cup"}
     folder = write_sketch_records(tmp_path / "qd", ["zebra", "teacup", "apple"])
     with pytest.raises(ValueError, match="'cup' and 'teacup' both"):
-        pipeline.sketch_classes_of({"classes": ["cup", "teacup"]}, CONTENTS, None, names)
-    index = pipeline.StyleIndex(os.path.join(records, "train"), STYLES, sketch_dir=folder,
+        style_data.sketch_classes_of({"classes": ["cup", "teacup"]}, CONTENTS, None, names)
+    index = style_data.StyleIndex(os.path.join(records, "train"), STYLES, sketch_dir=folder,
                                 sketch_class_names=names)  # fmt: skip
     assert index.sketch_class_of == {2: 1, 0: 2}
     assert sorted(index.sketch_keys) == [0, 2] and len(index.sketch_keys[2]) == 2

@@ -11,6 +11,7 @@ import tensorflow as tf
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import warmup
+from sketch_tf.families.zs_sbir import data as zs_data
 from sketch_tf.families.zs_sbir.task import ZsSbirTask
 from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
@@ -202,13 +203,13 @@ def test_train_dataset_wiring_and_no_augmentation(records, monkeypatch):
     np.save(emb, np.arange(8, dtype=np.float32).reshape(4, 2))
     config.data.update(class_embeddings=emb, anchor_sampling="sketch_count", train_augment=False)
     seen_kwargs = {}
-    real = pipeline.triplet_batches
+    real = zs_data.triplet_batches
 
     def spy(*args, **kwargs):
         seen_kwargs.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "triplet_batches", spy)
+    monkeypatch.setattr(zs_data, "triplet_batches", spy)
     task = ZsSbirTask(config)
     batch = next(iter(task.build_train_dataset(4, seed=0)))
     assert seen_kwargs["training"] is False
