@@ -59,15 +59,15 @@ def main(argv):
         cli.fail(f"--radius must be > 0, got {_RADIUS.value}")
     config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
 
-    from sketch_tf.families.zooms import evaluate as zooms_evaluate
+    from sketch_tf.families.zooms import match as zooms_match
     from sketch_tf.families.zooms.task import ZoomsTask
     from sketch_tf.train.tasks import get_task_class
 
     if not issubclass(get_task_class(config.task), ZoomsTask):
         cli.fail(f"match.py needs a zooms run; {_WORKDIR.value} is a {config.task!r} run")
     try:
-        pa = zooms_evaluate.load_points(_POINTS_A.value) if _POINTS_A.value else None
-        pb = zooms_evaluate.load_points(_POINTS_B.value) if _POINTS_B.value else None
+        pa = zooms_match.load_points(_POINTS_A.value) if _POINTS_A.value else None
+        pb = zooms_match.load_points(_POINTS_B.value) if _POINTS_B.value else None
     except ValueError as e:
         cli.fail(str(e))
     reference = None
@@ -80,7 +80,7 @@ def main(argv):
             cli.fail(f"--reference_a/--reference_b: not readable .npy arrays ({e})")
     run = cli.load_run_or_fail(config, _WORKDIR.value)
     try:
-        result = zooms_evaluate.run_match(
+        result = zooms_match.run_match(
             run.task, run.models["zooms"], _IMAGE_A.value, _IMAGE_B.value, _OUTPUT.value,
             method=_METHOD.value, points_a=pa, points_b=pb, radius=_RADIUS.value,
             reference=reference, mask_a=_MASK_A.value, mask_b=_MASK_B.value,

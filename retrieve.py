@@ -59,10 +59,11 @@ def main(argv):
         cli.fail(f"--alpha must be in [0, 1], got {_ALPHA.value}")
 
     from sketch_tf import search
+    from sketch_tf.data.images import load_image
 
     try:
-        query = search.load_image(_QUERY.value)
-        exemplar = None if _EXEMPLAR.value is None else search.load_image(_EXEMPLAR.value)
+        query = load_image(_QUERY.value)
+        exemplar = None if _EXEMPLAR.value is None else load_image(_EXEMPLAR.value)
     except ValueError as err:
         cli.fail(f"--query / --exemplar: {err}")
     try:

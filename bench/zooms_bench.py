@@ -14,7 +14,7 @@ Figures (last line, JSON):
   crops).
 - ``descriptors_per_s``: the shipped default (`configs/zooms.py:synthetic`: small_cnn with a
   flatten, three anti-aliased 32 px views, drawings resized to 256 px) through the inference
-  path of `match.py` (`families.zooms.evaluate.describe_image`) for `--describe_points`
+  path of `match.py` (`families.zooms.match.describe_image`) for `--describe_points`
   points (1,000) on the 512x512 sketch; ``descriptors_per_s_alexnet224`` the original
   alexnet / 224 px model (`describe_points`, no resize) on `--alexnet_points` points.
 Measured after XLA-compiling the min-max stretch (`--describe_points 250 --alexnet_points 0`,
@@ -52,7 +52,7 @@ from bench_args import cpu_description, int_flags
 from PIL import Image
 
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
-from sketch_tf.families.zooms.evaluate import describe_image
+from sketch_tf.families.zooms.match import describe_image
 from sketch_tf.families.zooms.task import ZoomsTask
 from sketch_tf.models.zooms import build_zooms_model, describe_points
 from sketch_tf.paths import shared_data_dir

@@ -62,19 +62,6 @@ def load_index(run, folder: str):
     return index_lib.GalleryIndex.load(folder, expect_manifest=expected)
 
 
-def load_image(path: str) -> bytes:
-    """The bytes of an image file, checked to decode (ValueError naming the file)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"{path}: not a PNG / JPEG / GIF / BMP image ({err.message})") from err
-    return data
-
-
 def query_run(
     run, index, query: bytes, k: int, exemplar: bytes | None = None, alpha: float | None = None
 ) -> dict[str, list]:
@@ -205,7 +192,6 @@ __all__ = [
     "build_index",
     "export_version",
     "gallery_images",
-    "load_image",
     "load_index",
     "query_export",
     "query_run",

@@ -1,10 +1,13 @@
-"""Image bytes written by the project: the one PNG encoder (records, warmup requests, tests)."""
+"""Image bytes the project writes and reads: the one PNG encoder (records, warmup requests,
+tests) and the one reader of an image file given on a command line (`load_image`)."""
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 
@@ -22,3 +25,20 @@ def encode_png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def load_image(path: str | os.PathLike) -> bytes:
+    """The encoded bytes of the image file `path` (PNG / JPEG / GIF / BMP), checked to decode.
+
+    Raises:
+      ValueError naming the file when it is missing or does not decode.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError as err:
+        raise ValueError(f"{path}: not a PNG / JPEG / GIF / BMP image ({err.message})") from err
+    return data

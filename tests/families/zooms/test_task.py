@@ -249,7 +249,7 @@ def _png(image):
 
 def test_export_signatures_round_trip(trained, tmp_path):
     from sketch_tf.export.serving import export_saved_model
-    from sketch_tf.families.zooms import evaluate as zooms_eval
+    from sketch_tf.families.zooms import match as zooms_match
 
     task, models, _, _ = trained
     path = export_saved_model(task, models, str(tmp_path / "export"), 1)
@@ -267,7 +267,7 @@ def test_export_signatures_round_trip(trained, tmp_path):
     # Same numbers as the in-process path (describe_points on the resized image). The image is
     # decoded the same way: the min-max stretch amplifies 1-ulp differences in nearly blank views.
     decoded = pipeline.decode_image(tf.constant(_png(img))).numpy()
-    ref = zooms_eval.describe_image(task, models["zooms"], decoded, pts)
+    ref = zooms_match.describe_image(task, models["zooms"], decoded, pts)
     np.testing.assert_allclose(desc, ref, atol=1e-4)
     dense = loaded.signatures["dense"](image=tf.constant(_png(img)), stride=tf.constant(4))
     n = int(dense["num_points"])

@@ -1,5 +1,6 @@
-"""match.py and the matching glue: agreement figure by hand, run_match outputs for every
-method, the absl command end to end, and the real SketchZooms example pair (shared data)."""
+"""match.py and sketch_tf.families.zooms.match: agreement figure by hand, run_match outputs
+for every method, the absl command end to end, and the real SketchZooms example pair (shared
+data)."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketch_tf.families.zooms import evaluate as zooms_eval
+from sketch_tf.families.zooms import match as zooms_match
 from sketch_tf.families.zooms.task import ZoomsTask
 from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train import loop
@@ -24,15 +25,15 @@ def test_mutual_nn_agreement_by_hand():
     # (|5-1.2| < |5-9|) -> not mutual. Reference: B points in another order.
     ref_a = np.array([[0.0], [1.0], [5.0]])
     ref_b = np.array([[1.1], [0.1], [5.1]])  # mutual: (0,1), (1,0), (2,2)
-    got = zooms_eval.mutual_nn_agreement(a, b, ref_a, ref_b)
+    got = zooms_match.mutual_nn_agreement(a, b, ref_a, ref_b)
     assert (got["ours"], got["reference"], got["common"]) == (2, 3, 0)
     assert got["agreement"] == 0.0 and got["precision"] == 0.0
     # Nearest neighbours: ours [0, 1, 1], reference [1, 0, 2] -> no agreement.
     assert got["nn_agreement"] == 0.0
-    same = zooms_eval.mutual_nn_agreement(a, b, a * 2.0, b * 2.0)
+    same = zooms_match.mutual_nn_agreement(a, b, a * 2.0, b * 2.0)
     assert (same["agreement"], same["precision"], same["nn_agreement"]) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="points"):
-        zooms_eval.mutual_nn_agreement(a, b, a[:2], b)
+        zooms_match.mutual_nn_agreement(a, b, a[:2], b)
 
 
 def _drawing(path, shift):
@@ -68,7 +69,7 @@ def run_dir(tmp_path_factory):
 def test_run_match_writes_json_and_picture(run_dir, method):
     base, task, model = run_dir
     out = str(base / f"out_{method}")
-    res = zooms_eval.run_match(
+    res = zooms_match.run_match(
         task, model, str(base / "a.png"), str(base / "b.png"), out, method=method, radius=6.0
     )
     with open(out + ".json") as f:
@@ -121,7 +122,7 @@ def test_reference_of_wrong_length_is_refused_before_writing(run_dir, tmp_path):
     base, task, model = run_dir
     pts = np.array([[40.5, 16.0], [41.0, 40.0], [30.0, 61.0]], np.float32)
     with pytest.raises(ValueError, match=r"reference descriptors of B: expected \[3, D\]"):
-        zooms_eval.run_match(
+        zooms_match.run_match(
             task, model, str(base / "a.png"), str(base / "b.png"), str(tmp_path / "r"),
             points_a=pts, points_b=pts, reference=(np.zeros((3, 4)), np.zeros((2, 4))),
         )  # fmt: skip
@@ -131,15 +132,15 @@ def test_reference_of_wrong_length_is_refused_before_writing(run_dir, tmp_path):
 def test_sketchzooms_examples_agreement(run_dir, shared_data, tmp_path):
     base, task, model = run_dir
     ex = shared_data / "sketchzooms_examples"
-    pa = zooms_eval.load_points(str(ex / "1_img_sample.npy"))
-    pb = zooms_eval.load_points(str(ex / "3_img_sample.npy"))
-    res = zooms_eval.run_match(
+    pa = zooms_match.load_points(str(ex / "1_img_sample.npy"))
+    pb = zooms_match.load_points(str(ex / "3_img_sample.npy"))
+    res = zooms_match.run_match(
         task, model, str(ex / "1_img.png"), str(ex / "3_img.png"), str(tmp_path / "ex"),
         method="mutual_nn", points_a=pa, points_b=pb,
     )  # fmt: skip
     ref_a = np.load(ex / "1_img_sketchzooms_alexnet_triplet.npy")
     ref_b = np.load(ex / "3_img_sketchzooms_alexnet_triplet.npy")
-    agree = zooms_eval.mutual_nn_agreement(res["_desc_a"], res["_desc_b"], ref_a, ref_b)
+    agree = zooms_match.mutual_nn_agreement(res["_desc_a"], res["_desc_b"], ref_a, ref_b)
     assert agree["reference"] > 0
     for key in ("agreement", "precision", "nn_agreement"):
         assert 0.0 <= agree[key] <= 1.0
@@ -154,9 +155,9 @@ def _square_outline(size=64, a=12, b=52):
 
 
 def test_default_sampling_fills_the_stroke_silhouette_at_5px():
-    assert zooms_eval.DEFAULT_RADIUS == 5.0
+    assert zooms_match.DEFAULT_RADIUS == 5.0
     img = _square_outline()
-    pts = zooms_eval.sample_points(img)
+    pts = zooms_match.sample_points(img)
     inside = (pts[:, 0] > 16) & (pts[:, 0] < 48) & (pts[:, 1] > 16) & (pts[:, 1] < 48)
     assert inside.sum() > 20  # the interior of the closed outline, not only its strokes
     assert not ((pts < 11).any(axis=1) | (pts > 53).any(axis=1)).any()  # nothing outside it
@@ -169,19 +170,19 @@ def test_mask_files_restrict_the_sample(tmp_path):
     mask = np.full((64, 64), 255, np.uint8)
     mask[30:40, 30:40] = 0  # dark = inside, as the SketchZooms example masks
     Image.fromarray(mask).save(tmp_path / "m.png")
-    m = zooms_eval.load_mask(str(tmp_path / "m.png"), (64, 64))
+    m = zooms_match.load_mask(str(tmp_path / "m.png"), (64, 64))
     assert m.sum() == 100 and m[35, 35]
-    pts = zooms_eval.sample_points(img, mask=m)
+    pts = zooms_match.sample_points(img, mask=m)
     assert len(pts) > 0 and ((pts >= 30) & (pts <= 40)).all()
     with pytest.raises(ValueError, match=r"m.png: size \(64, 64\) differs"):
-        zooms_eval.load_mask(str(tmp_path / "m.png"), (32, 32))
+        zooms_match.load_mask(str(tmp_path / "m.png"), (32, 32))
 
 
 def test_example_masks_hold_the_original_samples(shared_data):
     ex = shared_data / "sketchzooms_examples"
-    img = zooms_eval.load_image(str(ex / "1_img.png"))
-    mask = zooms_eval.load_mask(str(ex / "1_img_mask.png"), img.shape[:2])
+    img = zooms_match.load_drawing(str(ex / "1_img.png"))
+    mask = zooms_match.load_mask(str(ex / "1_img_mask.png"), img.shape[:2])
     sample = np.load(ex / "1_img_sample.npy")  # (x, y) of the original's points
     assert mask[sample[:, 1], sample[:, 0]].mean() > 0.95
-    ours = zooms_eval.sample_points(img, mask=mask)
+    ours = zooms_match.sample_points(img, mask=mask)
     assert mask[ours[:, 1].astype(int), ours[:, 0].astype(int)].all()
