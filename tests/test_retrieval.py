@@ -288,3 +288,10 @@ def test_instance_ranks_break_ties_against_the_match():
         R.match_ranks(scores, match=[0, 3])
     rnd = R.random_instance_metrics(50, ks=(1, 10))
     assert rnd == {"acc_at_1": 0.02, "acc_at_10": 0.2, "mean_rank": 25.5, "median_rank": 25.5}
+
+
+def test_unit_rows_keeps_zero_rows_and_dtype():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    got = R.unit_rows(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, [[0.6, 0.8], [0.0, 0.0]])

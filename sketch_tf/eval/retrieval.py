@@ -88,6 +88,18 @@ def as_finite_2d(
     return arr
 
 
+def unit_rows(x) -> np.ndarray:
+    """The rows of `x` [N, D] scaled to unit L2 norm, all-zero rows left zero; float dtype kept.
+
+    Cosine rankings are computed on unit rows (as the Euclidean distance or inner product),
+    so that a blank image's all-zero descriptor scores 0 against everything instead of
+    failing or giving NaN.
+    """
+    x = np.asarray(x)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
 def _as_labels(name: str, x, count: int) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != 1 or arr.shape[0] != count:

@@ -28,6 +28,7 @@ import tensorflow as tf
 from sketch_tf.data import pipeline
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
+from sketch_tf.eval.retrieval import unit_rows
 from sketch_tf.index import GalleryIndex
 from sketch_tf.models import fg_sbir as fg_models
 
@@ -89,16 +90,11 @@ def embed_role(task, models, split, role: str, baselines=()) -> dict[str, Any]:
     }
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
 def ranked(queries, gallery, match, metric: str, ks) -> dict[str, Any]:
     """`retrieval.instance_retrieval_metrics`, with cosine ranked as the Euclidean distance of
     unit rows (the same order; a blank image's all-zero descriptor ranks instead of failing)."""
     if metric == "cosine":
-        queries, gallery, metric = _unit_rows(queries), _unit_rows(gallery), "euclidean"
+        queries, gallery, metric = unit_rows(queries), unit_rows(gallery), "euclidean"
     return retrieval.instance_retrieval_metrics(queries, gallery, match, metric=metric, ks=ks)
 
 
@@ -106,7 +102,7 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) -> np.n
     """Gallery rows int64 [Q, k] of the best results (`GalleryIndex`, exact search: the
     ranking of the `retrieve` signature)."""
     if metric == "cosine":
-        queries, gallery = _unit_rows(queries), _unit_rows(gallery)
+        queries, gallery = unit_rows(queries), unit_rows(gallery)
     index = GalleryIndex(gallery.shape[1], metric="euclidean")
     index.add(gallery)
     return index.search(queries, min(int(k), len(gallery)))[1]

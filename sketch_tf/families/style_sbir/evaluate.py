@@ -43,18 +43,13 @@ from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.report import format_result
+from sketch_tf.eval.retrieval import unit_rows
 from sketch_tf.families.style_sbir import serving as style_serving
 from sketch_tf.index import GalleryIndex
 from sketch_tf.models import style as style_models
 
 #: Rankings of the sketch + style tables next to the model.
 BASELINES = ("random", "structure_only", "style_only", "non_learned")
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
 def embed_test_records(task, models, domains, roles, with_baselines: bool) -> dict:
@@ -159,8 +154,8 @@ class SimilarityRows:
     to everything."""
 
     def __init__(self, queries, gallery):
-        self.queries = _unit_rows(queries)
-        self.gallery_t = _unit_rows(gallery).T
+        self.queries = unit_rows(np.asarray(queries, np.float64))
+        self.gallery_t = unit_rows(np.asarray(gallery, np.float64)).T
 
     def __getitem__(self, index) -> np.ndarray:
         return np.atleast_2d(self.queries[index]) @ self.gallery_t

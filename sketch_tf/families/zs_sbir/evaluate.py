@@ -32,6 +32,7 @@ import tensorflow as tf
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
+from sketch_tf.eval.retrieval import unit_rows
 from sketch_tf.index import GalleryIndex
 from sketch_tf.models import zs_sbir as zs_models
 
@@ -110,11 +111,6 @@ def embed_split(task, models, domain: str, classes: list[str], baselines=()):
     )
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
 def baseline_metrics(q_desc, ql, g_desc, gl, metric: str) -> dict:
     """`retrieval.retrieval_metrics` of baseline descriptors with the model's metric.
 
@@ -122,7 +118,7 @@ def baseline_metrics(q_desc, ql, g_desc, gl, metric: str) -> dict:
     all-zero descriptor scores as cosine 0 against everything instead of raising.
     """
     if metric == "cosine":
-        q_desc, g_desc, metric = _unit_rows(q_desc), _unit_rows(g_desc), "euclidean"
+        q_desc, g_desc, metric = unit_rows(q_desc), unit_rows(g_desc), "euclidean"
     return retrieval.retrieval_metrics(q_desc, ql, g_desc, gl, metric=metric)
 
 
@@ -131,7 +127,7 @@ def grid_top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) ->
     (exact search, the library's and the `retrieve` signature's ranking; cosine as the inner
     product of unit rows, so that a blank image scores 0 instead of failing)."""
     if metric == "cosine":
-        queries, gallery, metric = _unit_rows(queries), _unit_rows(gallery), "inner_product"
+        queries, gallery, metric = unit_rows(queries), unit_rows(gallery), "inner_product"
     index = GalleryIndex(gallery.shape[1], metric=metric)
     index.add(gallery)
     return index.search(queries, k)[1]
