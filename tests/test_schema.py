@@ -72,9 +72,13 @@ def test_encode_rejects_bad_input():
             _png(), _png(), [[0, 0], [1, 1]], [[0, 0]], [1, 2], "chair", 0
         )
     with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
-        schema.encode_correspondence_view(_png(), [1.0, 2.0, 3.0], [1, 2, 3], "chair", 0)
+        schema.encode_correspondence_pair(
+            _png(), _png(), [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1, 2, 3], "chair", 0
+        )
     with pytest.raises(ValueError, match="NaN"):
-        schema.encode_correspondence_view(_png(), [[np.nan, 1.0]], [1], "chair", 0)
+        schema.encode_correspondence_pair(
+            _png(), _png(), [[np.nan, 1.0]], [[0, 0]], [1], "chair", 0
+        )
 
 
 def test_correspondence_pair_variable_length():
@@ -100,10 +104,13 @@ def test_correspondence_pair_variable_length():
     assert batch[schema.POINT_IDS].numpy().tolist() == [[4, 7, 9], [5, 0, 0]]
 
 
-def test_correspondence_view_and_empty_points():
-    rec = schema.encode_correspondence_view(_png(), np.zeros((0, 2)), [], "cup", 1, "m", "v2")
-    out = schema.parse("correspondence_view", rec)
-    assert tuple(out[schema.POINTS].shape) == (0, 2)
-    assert out[schema.VIEW].numpy() == b"v2"
+def test_correspondence_pair_with_no_points():
+    empty = np.zeros((0, 2))
+    rec = schema.encode_correspondence_pair(
+        _png(), _png(), empty, empty, [], "cup", 1, "m1", "m2", "v1", "v2"
+    )
+    out = schema.parse("correspondence_pair", rec)
+    assert tuple(out[schema.POINTS_A].shape) == (0, 2)
+    assert out[schema.VIEW_B].numpy() == b"v2"
     with pytest.raises(ValueError, match="unknown record kind"):
         schema.parse("nope", rec)

@@ -302,34 +302,6 @@ def parse_labelled_image(serialized) -> dict[str, tf.Tensor]:
 
 
 # ---- correspondence_view ---------------------------------------------------------------------
-def encode_correspondence_view(
-    image: bytes,
-    points,
-    point_ids,
-    category: str,
-    category_id: int,
-    instance: str = "",
-    view: str = "",
-    source: str = "",
-) -> bytes:
-    """Serialize one line drawing with its semantic points.
-
-    Args:
-      image: encoded PNG bytes of the drawing (e.g. 512x512).
-      points: float [N, 2] pixel (x, y) positions (see module docstring for the convention).
-      point_ids: int [N] semantic point ids within the category.
-      category: category name; category_id: int >= 0.
-      instance: shape / model id; view: view id; source: original path.
-    """
-    _check_image(f"image of {source or instance!r}", image)
-    ids, (pts,) = _check_correspondence(
-        point_ids, {"points": points}, category, category_id, f" ({source!r})"
-    )
-    return _serialize(
-        _VIEW_SPEC, bytes(image), pts, ids, category, category_id, instance, view, source
-    )
-
-
 def parse_correspondence_view(serialized) -> dict[str, tf.Tensor]:
     """Parse `correspondence_view` records.
 
