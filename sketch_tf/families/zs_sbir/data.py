@@ -152,9 +152,9 @@ def triplet_batches(
         (proportional to each class's number of sketches in the manifest, i.e. the class mix
         of the original's pass over every training sketch).
       classes: restrict to these class names (e.g. the seen classes of a split).
-      training: True augments every image (the fused `augment_train_image`); False gives the
-        evaluation preprocessing (fit + centre crop/pad, no randomness in the pixels). The
-        streams are endless and shuffled either way.
+      training: True augments every image (the fused `pipeline.augment_train_image`); False
+        gives the evaluation preprocessing (fit + centre crop/pad, no randomness in the
+        pixels). The streams are endless and shuffled either way.
       output: "images" (decoded, preprocessed images) or "keys" (only the images' int64 cache
         keys `cache.image_keys`, nothing decoded and no shard read after one pass that lists
         each (domain, class)'s keys: for training on cached trunk features). Both draw the
