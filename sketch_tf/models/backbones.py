@@ -18,7 +18,7 @@ The torchvision layouts keep torchvision's kernel sizes, strides, paddings (as e
 padding, so outputs match PyTorch exactly) and channel counts, and name layers after the
 PyTorch modules (``features.3`` -> ``features_3``, ``layer2.0.downsample.0`` ->
 ``layer2_0_downsample_0``) so PyTorch weights can be converted
-(`sketch_tf.tools.convert_torch_sketchzooms`). Flattening is channels-last (h, w, c) order;
+(the PyTorch converter in `sketch_tf.tools`). Flattening is channels-last (h, w, c) order;
 the converter permutes the first dense layer after a flatten accordingly.
 
 Every backbone starts from random initialisation; nothing is downloaded. `weights_path` loads
@@ -290,7 +290,7 @@ def build_densenet121(
     Global max pooling by default, as in the zero-shot SBIR towers. Its BatchNormalization
     layers are `FusedBatchNormalization` (same configs, names and weights): training steps
     1.1-1.4x and inference 1.15x faster (batch 8, 112 px, 2-core AMD EPYC, two runs each);
-    bench/zooms_bench.py compares its throughput with PyTorch's.
+    the descriptor benchmark in bench/ compares its throughput with PyTorch's.
     """
     inp = _image_input(input_size, 32, "densenet121")
     _global_pool(pooling, "densenet121")  # validates the argument

@@ -59,11 +59,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 normalises with a chain of element-wise ops (moments, subtract, scale, shift),
     each a pass over the activations and again in the backward pass; on [1536, 32, 32, 32]
     activations (a SketchZooms step of small_cnn) that chain costs ~4.8x the fused kernel
-    (bench/zooms_bench.py measures the step). Same variables, same normalisation with the
-    biased batch variance, same moving-average update (the kernel's Bessel-corrected
-    variance is scaled back by (n - 1) / n), so checkpoints and weights are interchangeable
-    with the Keras layer. Inputs other than channels-last float32 [B, H, W, C] with a plain
-    configuration (no mask, renorm, synchronisation, epsilon >= 1.001e-5) take Keras' path.
+    (the descriptor benchmark in bench/ measures the step). Same variables, same
+    normalisation with the biased batch variance, same moving-average update (the kernel's
+    Bessel-corrected variance is scaled back by (n - 1) / n), so checkpoints and weights are
+    interchangeable with the Keras layer. Inputs other than channels-last float32
+    [B, H, W, C] with a plain configuration (no mask, renorm, synchronisation,
+    epsilon >= 1.001e-5) take Keras' path.
 
     Shapes: [B, H, W, C] -> [B, H, W, C] (any rank on the fallback path).
     """
