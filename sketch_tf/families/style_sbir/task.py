@@ -41,9 +41,11 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.families.style_sbir.evaluate import StyleSbirEvaluator
+from sketch_tf.families.style_sbir.serving import StyleSbirRetrieval, StyleSbirServing
 from sketch_tf.models import style as style_models
 from sketch_tf.models.backbones import BACKBONES
-from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
+from sketch_tf.train.tasks import Headline, LossContext, Task
 
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 NEGATIVE_RULES = pipeline.STYLE_NEGATIVE_RULES
@@ -83,9 +85,10 @@ def _tower_kwargs(section: ml_collections.ConfigDict) -> dict:
     }
 
 
-@register_task("style_sbir")
 class StyleSbirTask(Task):
     """Structure + style branches, sketch + exemplar queries (see module docstring)."""
+
+    name = "style_sbir"
 
     headlines = (
         Headline(
@@ -458,6 +461,16 @@ class StyleSbirTask(Task):
             emb, styles, emb, styles, mining=w.style_mining, margin=float(w.style_margin),
             same_set=True, pair_mask=allowed,
         )  # fmt: skip
+
+    # ---- evaluation and export -----------------------------------------------------------
+    def evaluators(self) -> list[StyleSbirEvaluator]:
+        return [StyleSbirEvaluator(self)]
+
+    def serving(self) -> StyleSbirServing:
+        return StyleSbirServing(self)
+
+    def retrieval(self) -> StyleSbirRetrieval:
+        return StyleSbirRetrieval(self)
 
 
 __all__ = ["StyleSbirTask"]

@@ -36,10 +36,12 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
+from sketch_tf.families.zooms.evaluate import ZoomsEvaluator
+from sketch_tf.families.zooms.serving import ZoomsServing
 from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
 from sketch_tf.models.layers import FUSION_MODES
 from sketch_tf.models.zooms import build_zooms_model, describe_views
-from sketch_tf.train.tasks import Headline, Task, register_task
+from sketch_tf.train.tasks import Headline, Task
 
 LOSS_KINDS = ("triplet", "contrastive")
 #: In-batch mining over pair batches, or the original's per-triplet candidates.
@@ -80,9 +82,10 @@ def category_mask(categories, valid) -> tf.Tensor:
     return tf.logical_and(tf.equal(cat[:, None], cat[None, :]), both)
 
 
-@register_task("zooms")
 class ZoomsTask(Task):
     """SketchZooms descriptors (see module docstring); models: {"zooms": keras.Model}."""
+
+    name = "zooms"
 
     headlines = tuple(
         Headline(
@@ -426,22 +429,12 @@ class ZoomsTask(Task):
         )
         return tf.math.divide_no_nan(tf.reduce_sum(per_pair * use), tf.reduce_sum(use))
 
-    # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, models, workdir=None):
-        from sketch_tf.families.zooms import evaluate
+    # ---- evaluation and export -----------------------------------------------------------
+    def evaluators(self) -> list[ZoomsEvaluator]:
+        return [ZoomsEvaluator(self)]
 
-        return evaluate.evaluate_task(self, models["zooms"], workdir)
-
-    # ---- export --------------------------------------------------------------------------
-    def serving_signatures(self, models, gallery=None):
-        from sketch_tf.families.zooms import serving
-
-        return serving.serving_signatures(self, models["zooms"], gallery)
-
-    def warmup_inputs(self, signatures=None):
-        from sketch_tf.families.zooms import serving
-
-        return serving.warmup_inputs(self, signatures)
+    def serving(self) -> ZoomsServing:
+        return ZoomsServing(self)
 
 
 __all__ = ["ZoomsTask", "category_mask", "select_first_semi_hard"]
