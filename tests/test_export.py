@@ -112,8 +112,7 @@ def test_failed_export_leaves_nothing(tmp_path, tiny):
             return {"serving_default": {"features": np.zeros((2, 3), np.float32)}}  # wrong width
 
     class Broken(tiny_task.TinyTask):
-        def serving(self):
-            return BrokenServing(self)
+        serving_type = BrokenServing
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         serving.export_saved_model(Broken(task.config), models, str(tmp_path / "m"), 1)

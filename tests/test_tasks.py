@@ -76,8 +76,13 @@ def test_registered_tasks_and_unknown_names():
 def test_every_family_hands_out_its_objects():
     for name in families.family_names():
         task_class = families.get_task_class(name)
-        for method in ("evaluators", "serving"):
-            assert method in vars(task_class), f"{name} defines no {method}()"
+        assert task_class.evaluator_types, f"{name} declares no evaluator"
+        assert task_class.serving_type is not None, f"{name} declares no serving"
+        for make in task_class.evaluator_types:
+            assert make.__module__ == f"sketch_tf.families.{name}.evaluate", make
+        assert task_class.serving_type.__module__ == f"sketch_tf.families.{name}.serving"
+        if task_class.retrieval_type is not None:
+            assert task_class.retrieval_type.__module__ == f"sketch_tf.families.{name}.serving"
 
 
 class _Result:

@@ -232,6 +232,11 @@ class Task:
     name: str = "task"
     #: Figures the main job prints for this family, next to their baselines.
     headlines: tuple[Headline, ...] = ()
+    #: What `evaluators()`, `serving()` and `retrieval()` build (each called with the task):
+    #: a family's classes from its evaluate.py and serving.py.
+    evaluator_types: tuple[Callable[[Task], Evaluator], ...] = ()
+    serving_type: Callable[[Task], Serving] | None = None
+    retrieval_type: Callable[[Task], Retrieval] | None = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -319,8 +324,9 @@ class Task:
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluators(self) -> list[Evaluator]:
-        """The evaluations `evaluate` runs, in order. Default: none."""
-        return []
+        """The evaluations `evaluate` runs, in order: `evaluator_types`, each built with the
+        task (none by default)."""
+        return [make(self) for make in self.evaluator_types]
 
     def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
         """Metrics on held-out data: every evaluator of `evaluators()` run on `models` and
@@ -332,10 +338,14 @@ class Task:
 
     # ---- export --------------------------------------------------------------------------
     def serving(self) -> Serving:
-        """The SavedModel signatures and warmup inputs of `export.py`. Required for export."""
-        raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
+        """The SavedModel signatures and warmup inputs of `export.py`: `serving_type` built
+        with the task. NotImplementedError when the task has none."""
+        if self.serving_type is None:
+            raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
+        return self.serving_type(self)
 
     def retrieval(self) -> Retrieval | None:
-        """How the task retrieves gallery images (`export.py --gallery`, `retrieve.py`), or
-        None (the default) when it serves no retrieval."""
-        return None
+        """How the task retrieves gallery images (`export.py --gallery`, `retrieve.py`):
+        `retrieval_type` built with the task, or None (the default) when it serves no
+        retrieval."""
+        return None if self.retrieval_type is None else self.retrieval_type(self)

@@ -19,6 +19,7 @@ top-k images, the true match framed green) in `<workdir>/eval/query_grid.png` an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -112,14 +113,14 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) -> np.n
     return index.search(queries, min(int(k), len(gallery)))[1]
 
 
+@dataclasses.dataclass
 class FgSbirEvaluator:
     """The `Evaluator` of the fine-grained SBIR family: instance-level retrieval of the test
     split next to the non-learned baselines and the random ranking (module docstring)."""
 
     name = "fg_sbir/instance_retrieval"
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def run(self, models, workdir=None) -> dict[str, Any]:
         """Figures, table and query grid of the module docstring; files only when `workdir` is

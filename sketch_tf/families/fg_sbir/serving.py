@@ -23,6 +23,7 @@ their aspect with white padding, photos are resized and centre-cropped to `data.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,12 @@ def _embedder(task, models, role: str):
     return lambda x: fg_models.embed_images(tower, x, multi_crop=multi, crop_cells=crop)
 
 
+@dataclasses.dataclass
 class FgSbirRetrieval:
     """The `Retrieval` of the fine-grained SBIR family: sketches against the unit image
     embeddings of the gallery (Euclidean = cosine ranking)."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def gallery_records(self) -> str:
         """The test records (their `data.image_domain` images)."""
@@ -77,11 +78,11 @@ class FgSbirRetrieval:
         return embed(tf.convert_to_tensor(sketches, tf.float32)).numpy()
 
 
+@dataclasses.dataclass
 class FgSbirServing:
     """The `Serving` of the fine-grained SBIR family: the signatures of the module docstring."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""

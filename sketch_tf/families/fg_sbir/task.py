@@ -196,6 +196,9 @@ class FgSbirTask(Task):
     """Sketch / image towers on HED's VGG16 for instance-level retrieval (module docstring)."""
 
     name = "fg_sbir"
+    evaluator_types = (FgSbirEvaluator,)
+    serving_type = FgSbirServing
+    retrieval_type = FgSbirRetrieval
 
     headlines = tuple(
         Headline(
@@ -534,16 +537,6 @@ class FgSbirTask(Task):
             total += annotated_weight * annotated
         out["total"] = total
         return out
-
-    # ---- evaluation and export -----------------------------------------------------------
-    def evaluators(self) -> list[FgSbirEvaluator]:
-        return [FgSbirEvaluator(self)]
-
-    def serving(self) -> FgSbirServing:
-        return FgSbirServing(self)
-
-    def retrieval(self) -> FgSbirRetrieval:
-        return FgSbirRetrieval(self)
 
 
 __all__ = ["FgSbirTask", "PairedSplit", "read_pairs"]

@@ -34,6 +34,7 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -62,12 +63,12 @@ def _query(structure, style, alpha):
     return tf.concat([alpha * _unit(structure), (1.0 - alpha) * _unit(style)], 1)
 
 
+@dataclasses.dataclass
 class StyleSbirRetrieval:
     """The `Retrieval` of the style-aware SBIR family: sketch + exemplar queries against
     gallery rows [unit structure, unit style] (see `_query`)."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def gallery_records(self) -> str:
         """The test records (their images of every style domain)."""
@@ -113,11 +114,11 @@ def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
     return _query(structure, style, tf.constant(float(alpha))).numpy()
 
 
+@dataclasses.dataclass
 class StyleSbirServing:
     """The `Serving` of the style-aware SBIR family: the signatures of the module docstring."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""

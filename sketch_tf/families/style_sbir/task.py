@@ -89,6 +89,9 @@ class StyleSbirTask(Task):
     """Structure + style branches, sketch + exemplar queries (see module docstring)."""
 
     name = "style_sbir"
+    evaluator_types = (StyleSbirEvaluator,)
+    serving_type = StyleSbirServing
+    retrieval_type = StyleSbirRetrieval
 
     headlines = (
         Headline(
@@ -461,16 +464,6 @@ class StyleSbirTask(Task):
             emb, styles, emb, styles, mining=w.style_mining, margin=float(w.style_margin),
             same_set=True, pair_mask=allowed,
         )  # fmt: skip
-
-    # ---- evaluation and export -----------------------------------------------------------
-    def evaluators(self) -> list[StyleSbirEvaluator]:
-        return [StyleSbirEvaluator(self)]
-
-    def serving(self) -> StyleSbirServing:
-        return StyleSbirServing(self)
-
-    def retrieval(self) -> StyleSbirRetrieval:
-        return StyleSbirRetrieval(self)
 
 
 __all__ = ["StyleSbirTask"]

@@ -20,6 +20,7 @@ evaluation, malformed bytes give InvalidArgument naming the input.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -72,11 +73,11 @@ def _nearest(desc_a, desc_b):
     return nn_b, dist, mutual
 
 
+@dataclasses.dataclass
 class ZoomsServing:
     """The `Serving` of the SketchZooms family: the signatures of the module docstring."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """`describe` (= `serving_default`), `dense` and `match`, each with its `_floats` variant

@@ -86,6 +86,8 @@ class ZoomsTask(Task):
     """SketchZooms descriptors (see module docstring); models: {"zooms": keras.Model}."""
 
     name = "zooms"
+    evaluator_types = (ZoomsEvaluator,)
+    serving_type = ZoomsServing
 
     headlines = tuple(
         Headline(
@@ -428,13 +430,6 @@ class ZoomsTask(Task):
             a, other, same, float(self.config.loss.contrastive_margin), self.config.loss.distance
         )
         return tf.math.divide_no_nan(tf.reduce_sum(per_pair * use), tf.reduce_sum(use))
-
-    # ---- evaluation and export -----------------------------------------------------------
-    def evaluators(self) -> list[ZoomsEvaluator]:
-        return [ZoomsEvaluator(self)]
-
-    def serving(self) -> ZoomsServing:
-        return ZoomsServing(self)
 
 
 __all__ = ["ZoomsTask", "category_mask", "select_first_semi_hard"]

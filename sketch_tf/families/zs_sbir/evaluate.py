@@ -23,6 +23,7 @@ everything instead of an error.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -123,14 +124,14 @@ def grid_top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) ->
     return index.search(queries, k)[1]
 
 
+@dataclasses.dataclass
 class ZsSbirEvaluator:
     """The `Evaluator` of the zero-shot SBIR family: unseen-class retrieval next to the
     random ranking and the non-learned baselines (see the module docstring)."""
 
     name = "zs_sbir/unseen_retrieval"
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def run(self, models, workdir=None) -> dict[str, Any]:
         """Metrics, tables and the retrieval grid of the module docstring; files only when

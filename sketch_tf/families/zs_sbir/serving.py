@@ -21,6 +21,7 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,12 @@ def _query(embedding, metric: str):
     return tf.convert_to_tensor(embedding, tf.float32)
 
 
+@dataclasses.dataclass
 class ZsSbirRetrieval:
     """The `Retrieval` of the zero-shot SBIR family: sketches against photo embeddings,
     ranked by `eval.metric` (unit rows for cosine, so that a blank image scores 0)."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def gallery_records(self) -> str:
         """The test records (the photos of every class in them)."""
@@ -75,11 +76,11 @@ class ZsSbirRetrieval:
         return _query(e, str(self.task.config.eval.metric)).numpy()
 
 
+@dataclasses.dataclass
 class ZsSbirServing:
     """The `Serving` of the zero-shot SBIR family: the signatures of the module docstring."""
 
-    def __init__(self, task):
-        self.task = task
+    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""

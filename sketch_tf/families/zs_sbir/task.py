@@ -76,6 +76,9 @@ class ZsSbirTask(Task):
     """Sketch/photo towers + GRL domain classifier (see module docstring)."""
 
     name = "zs_sbir"
+    evaluator_types = (ZsSbirEvaluator,)
+    serving_type = ZsSbirServing
+    retrieval_type = ZsSbirRetrieval
 
     headlines = tuple(
         Headline(
@@ -406,16 +409,6 @@ class ZsSbirTask(Task):
             "grl_lambda": lam,
             "epoch": float(int(step) // self.steps_per_epoch()),
         }
-
-    # ---- evaluation and export -----------------------------------------------------------
-    def evaluators(self) -> list[ZsSbirEvaluator]:
-        return [ZsSbirEvaluator(self)]
-
-    def serving(self) -> ZsSbirServing:
-        return ZsSbirServing(self)
-
-    def retrieval(self) -> ZsSbirRetrieval:
-        return ZsSbirRetrieval(self)
 
 
 __all__ = ["ZsSbirTask"]
