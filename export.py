@@ -4,7 +4,7 @@
   python export.py --workdir=runs/<run> --export_dir=/models/<name> --version=3
   python export.py --workdir=runs/<run> --gallery=data/records/my_photos   # retrieve over it
 
-Retrieval families (those whose serving module builds a gallery) store it in the servable
+Retrieval families (whose Task has a `retrieval()`) store their gallery in the servable
 for their `retrieve` signature (= serving_default): `--gallery=RECORDS` (a labelled-image
 records folder of prepare_data.py) is embedded by the model at export time; the default
 `test` takes the run's test records; `none` exports the embedding signatures only.

@@ -88,7 +88,7 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
 def headline_rows(results: dict) -> list[list]:
     """One row per (family, headline metric, baseline) for the final table, from each task's
     declared `headlines`; absent keys are skipped."""
-    from sketch_tf.train.tasks import get_task_class
+    from sketch_tf.families import get_task_class
 
     rows = []
     for family, result in results.items():
@@ -112,7 +112,7 @@ def headline_rows(results: dict) -> list[list]:
 
 def main(argv):
     cli.check_args(argv)
-    from sketch_tf.train.tasks import family_names
+    from sketch_tf.families import family_names
 
     families = _FAMILIES.value or family_names()
     unknown = sorted(set(families) - set(family_names()))

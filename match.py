@@ -59,9 +59,9 @@ def main(argv):
         cli.fail(f"--radius must be > 0, got {_RADIUS.value}")
     config = cli.validated_config(_CONFIG.value, _WORKDIR.value)
 
+    from sketch_tf.families import get_task_class
     from sketch_tf.families.zooms import match as zooms_match
     from sketch_tf.families.zooms.task import ZoomsTask
-    from sketch_tf.train.tasks import get_task_class
 
     if not issubclass(get_task_class(config.task), ZoomsTask):
         cli.fail(f"match.py needs a zooms run; {_WORKDIR.value} is a {config.task!r} run")

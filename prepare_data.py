@@ -120,9 +120,9 @@ _CONFIG = cli.define_config_flag(trained_run=False)
 
 def _derived() -> None:
     """--derived: the task's caches for training and evaluation (`Task.precompute`)."""
+    from sketch_tf.families import get_task_class
     from sketch_tf.train import loop
     from sketch_tf.train.config import ConfigError, validate_config
-    from sketch_tf.train.tasks import get_task_class
 
     config = _CONFIG.value
     if config is None:

@@ -71,7 +71,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from sketch_tf.train.tasks import get_task_class
+    from sketch_tf.families import get_task_class
 
     task_cls = get_task_class(config.task)
     if "synthetic" in config.data and not os.path.isdir(config.data.root):

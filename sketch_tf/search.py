@@ -3,9 +3,9 @@
 Two ways to search, the same ranking as evaluation (exact search ties in gallery order):
 
 - a trained run (`Run`) with a `sketch_tf.index.GalleryIndex` built from a labelled-image
-  records folder (`build_index`: the family's gallery towers, `serving.index_vectors`) or
-  loaded from a folder saved by it (`load_index`, refused when its manifest names another
-  model); queries embedded in process (`serving.query_vectors`);
+  records folder (`build_index`: the gallery towers and `index_vectors` of the task's
+  `Retrieval`) or loaded from a folder saved by it (`load_index`, refused when its manifest
+  names another model); queries embedded in process (`Retrieval.query_vectors`);
 - an export version folder whose `retrieve` signature holds its gallery
   (`export.py --gallery`): `query_export` runs that signature, as TF Serving would.
 
@@ -67,11 +67,11 @@ def query_run(
 ) -> dict[str, list]:
     """Top-k of one query (encoded sketch, plus exemplar and alpha for style) with `index`."""
     size = int(run.task.config.data.image_size)
-    family = gallery_lib.retrieval_module(run.task, required=True)
+    retrieval = gallery_lib.required_retrieval(run.task)
     sketch = pipeline.preprocess(tf.constant(query), True, size, False)[None]
     ex = None if exemplar is None else pipeline.preprocess(tf.constant(exemplar), False, size,
                                                            False)[None]  # fmt: skip
-    vectors = family.query_vectors(run.task, run.models, sketch, ex, alpha)
+    vectors = retrieval.query_vectors(run.models, sketch, ex, alpha)
     scores, rows = index.search(vectors, k)
     rows, scores = rows[0], scores[0]
     keep = rows >= 0  # an IVF search may find fewer than k

@@ -65,7 +65,7 @@ def test_warmup_file_round_trip(tmp_path, tiny):
     req = requests[0]
     assert req["model"] == "tiny" and req["signature"] == "serving_default"
     np.testing.assert_array_equal(
-        req["inputs"]["features"], task.warmup_inputs()["serving_default"]["features"]
+        req["inputs"]["features"], task.serving().warmup_inputs()["serving_default"]["features"]
     )
 
 
@@ -107,9 +107,12 @@ def test_existing_version_is_not_overwritten(tmp_path, tiny):
 def test_failed_export_leaves_nothing(tmp_path, tiny):
     task, models = tiny
 
-    class Broken(tiny_task.TinyTask):
+    class BrokenServing(tiny_task.TinyServing):
         def warmup_inputs(self, signatures=None):
             return {"serving_default": {"features": np.zeros((2, 3), np.float32)}}  # wrong width
+
+    class Broken(tiny_task.TinyTask):
+        serving_type = BrokenServing
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         serving.export_saved_model(Broken(task.config), models, str(tmp_path / "m"), 1)

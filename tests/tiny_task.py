@@ -46,8 +46,50 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+class TinyEvaluator:
+    """Accuracy on held-out vectors, a dummy picture, and a file per evaluating process."""
+
+    name = "tiny/accuracy"
+
+    def __init__(self, task):
+        self.task = task
+
+    def run(self, models, workdir=None):
+        x, y = _data(123, 64)
+        pred = np.argmax(self.task.logits(models, x, training=False).numpy(), -1)
+        img = np.zeros((1, 4, 4, 3), np.uint8)
+        if workdir:  # a "picture" file per evaluating process: only the chief may write one
+            os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+            with open(os.path.join(workdir, "eval", f"picture_{os.getpid()}.txt"), "w") as f:
+                f.write("evaluated\n")
+        return {"scalars": {"accuracy": float(np.mean(pred == y))}, "images": {"dummy": img}}
+
+
+class TinyServing:
+    """`serving_default`: features [N, 8] -> logits [N, 4] and the predicted label."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def signatures(self, models, gallery=None):
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="features")]
+        )
+        def serve(features):
+            logits = self.task.logits(models, features, training=False)
+            return {"logits": logits, "label": tf.argmax(logits, -1, output_type=tf.int32)}
+
+        return {"serving_default": serve.get_concrete_function()}
+
+    def warmup_inputs(self, signatures=None):
+        return {"serving_default": {"features": _data(7, 3)[0]}}
+
+
 @register_task("tiny")
 class TinyTask(Task):
+    evaluator_types = (TinyEvaluator,)
+    serving_type = TinyServing
+
     @classmethod
     def validate_config(cls, config):
         problems = []
@@ -112,26 +154,3 @@ class TinyTask(Task):
 
     def schedule_values(self, models, step):
         return {"ramp": min(1.0, step / 4.0)}
-
-    def evaluate(self, models, workdir=None):
-        x, y = _data(123, 64)
-        pred = np.argmax(self.logits(models, x, training=False).numpy(), -1)
-        img = np.zeros((1, 4, 4, 3), np.uint8)
-        if workdir:  # a "picture" file per evaluating process: only the chief may write one
-            os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-            with open(os.path.join(workdir, "eval", f"picture_{os.getpid()}.txt"), "w") as f:
-                f.write("evaluated\n")
-        return {"scalars": {"accuracy": float(np.mean(pred == y))}, "images": {"dummy": img}}
-
-    def serving_signatures(self, models, gallery=None):
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32, name="features")]
-        )
-        def serve(features):
-            logits = self.logits(models, features, training=False)
-            return {"logits": logits, "label": tf.argmax(logits, -1, output_type=tf.int32)}
-
-        return {"serving_default": serve.get_concrete_function()}
-
-    def warmup_inputs(self, signatures=None):
-        return {"serving_default": {"features": _data(7, 3)[0]}}

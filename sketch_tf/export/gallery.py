@@ -4,7 +4,7 @@
 `sketch_tf.index.search_matrix`, one string key and one class name per row) and answers
 `top_k` inside a signature with `sketch_tf.index.exact_top_k`, the library's exact search
 (ties in gallery order). It is built at export time from a labelled-image records dataset
-(`export.py --gallery=RECORDS`, `gallery_rows`) by the family's towers, and carries a
+(`export.py --gallery=RECORDS`, `gallery_rows`) by the task's `Retrieval`, and carries a
 manifest (the model that embedded it, the records, the row count) written beside the
 version as `assets.extra/gallery.json`.
 
@@ -99,39 +99,34 @@ def gallery_rows(
     }
 
 
-def retrieval_module(task, required: bool = False):
-    """The task's family serving module when it defines a retrieval gallery
-    (`gallery_domains`, `gallery_embed`, `index_vectors`), else None (ValueError with
-    `required`)."""
-    module = task.family_module("serving")
-    if module is not None and hasattr(module, "index_vectors"):
-        return module
-    if required:
-        raise ValueError(
-            f"task {task.name!r} serves no retrieval (its serving module has no index)"
-        )
-    return None
+def required_retrieval(task):
+    """`task.retrieval()` (a `sketch_tf.train.tasks.Retrieval`); ValueError naming the task
+    when it serves no retrieval (None)."""
+    retrieval = task.retrieval()
+    if retrieval is None:
+        raise ValueError(f"task {task.name!r} serves no retrieval (its Task.retrieval() is None)")
+    return retrieval
 
 
 def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
-    """A records folder embedded as the family's gallery: `gallery_rows` with the family
-    serving module's `gallery_embed` over its `gallery_domains`, then its `index_vectors`.
+    """A records folder embedded as the task's gallery: `gallery_rows` with its retrieval's
+    `gallery_embed` over its `gallery_domains`, then its `index_vectors`.
 
     Returns `gallery_rows`' dict plus "vectors" float32 [N, D] (the gallery in the queries'
     space), "metric" and "domains". Raises ValueError when the task serves no retrieval.
     """
-    family = retrieval_module(task, required=True)
+    retrieval = required_retrieval(task)
     d = task.config.data
-    domains = family.gallery_domains(task)
+    domains = retrieval.gallery_domains()
     rows = gallery_rows(
         records_dir,
-        family.gallery_embed(task, models),
+        retrieval.gallery_embed(models),
         image_size=int(d.image_size),
         domains=domains,
         sketch_domain=d.sketch_domain,
         batch_size=int(task.config.eval.batch_size),
     )
-    vectors, metric = family.index_vectors(task, rows["embeddings"])
+    vectors, metric = retrieval.index_vectors(rows["embeddings"])
     return {**rows, "vectors": vectors, "metric": metric, "domains": domains}
 
 

@@ -6,8 +6,8 @@
     <export_base>/models.config             (`--model_config_file` of tensorflow_model_server)
     <export_base>/batching_parameters.txt   (`--batching_parameters_file`)
 
-The task supplies the signatures (`Task.serving_signatures`, one of them `serving_default`)
-and example inputs (`Task.warmup_inputs`, one request per signature). The export is written
+The task's `Serving` (`Task.serving()`) supplies the signatures (one of them
+`serving_default`) and example inputs (one request per signature). The export is written
 to a temporary folder beside the final one, reloaded with both loaders (`tf.saved_model.load`
 and the TF1 session loader TF Serving uses) and checked against the in-memory model on the
 warmup requests as parsed back from the warmup file, and only then renamed into place, so
@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import warmup
 from sketch_tf.train.tasks import unique_variables
 
@@ -151,7 +152,7 @@ def export_saved_model(
     `models.config` and `batching_parameters.txt` in `export_base`.
 
     Args:
-      task: the Task (gives signatures and warmup inputs).
+      task: the Task (its `serving()` gives signatures and warmup inputs).
       models: its built (and restored) models.
       export_base: the model's base folder, as TF Serving's `--model_base_path`.
       version: integer version folder name.
@@ -162,7 +163,7 @@ def export_saved_model(
       server_base_path: the model's base path as the server sees it, written into
         `models.config` (default `/models/<model_name>`, the TF Serving Docker image's
         layout when `export_base` is mounted there).
-      gallery: a `sketch_tf.export.gallery.ServingGallery` (`task.serving_gallery`) stored in
+      gallery: a `sketch_tf.export.gallery.ServingGallery` (`run_gallery`) stored in
         the servable and searched by the retrieval signatures; its manifest is written as
         `assets.extra/gallery.json`.
       model_manifest: what identifies the model (`Run.manifest()`), written as
@@ -182,12 +183,13 @@ def export_saved_model(
     tag = f"{int(version)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = os.path.join(export_base, f".tmp-{tag}")
     name = model_name or task.name
-    signatures = task.serving_signatures(models, gallery=gallery)
+    serving = task.serving()
+    signatures = serving.signatures(models, gallery=gallery)
     if "serving_default" not in signatures:
         raise ValueError(
             f"task {task.name!r} gave no 'serving_default' signature: {sorted(signatures)}"
         )
-    inputs = {k: v for k, v in task.warmup_inputs(signatures).items() if k in signatures}
+    inputs = {k: v for k, v in serving.warmup_inputs(signatures).items() if k in signatures}
     if inputs and set(inputs) != set(signatures):
         raise ValueError(
             f"task {task.name!r}: no warmup request for signatures "
@@ -231,8 +233,8 @@ def run_gallery(run, gallery: str | None = "test"):
     """The serving gallery of a loaded run (`sketch_tf.train.run.Run`) for `export_run`.
 
     Args:
-      gallery: a labelled-image records folder, "test" (the run's test records, when the task
-        has them) or None / "none" (no gallery).
+      gallery: a labelled-image records folder, "test" (the task's
+        `Retrieval.gallery_records()`, its test records) or None / "none" (no gallery).
 
     Returns:
       a `ServingGallery` carrying `run.manifest()`, or None (no gallery asked for, or the task
@@ -244,18 +246,15 @@ def run_gallery(run, gallery: str | None = "test"):
     """
     if gallery in (None, "none"):
         return None
-    records = gallery
-    if gallery == "test":
-        records_dir = getattr(run.task, "records_dir", None)
-        records = records_dir("test") if records_dir is not None else None
-        if records is None:
+    if gallery != "test" and not os.path.isdir(gallery):
+        raise ValueError(f"gallery {gallery}: not a folder (a records folder, 'test' or 'none')")
+    retrieval = run.task.retrieval()
+    if retrieval is None:
+        if gallery == "test":
             return None
-    elif not os.path.isdir(records):
-        raise ValueError(f"gallery {records}: not a folder (a records folder, 'test' or 'none')")
-    built = run.task.serving_gallery(run.models, records, run.manifest())
-    if built is None and gallery != "test":
-        raise ValueError(f"gallery {records}: task {run.task.name!r} serves no retrieval")
-    return built
+        raise ValueError(f"gallery {gallery}: task {run.task.name!r} serves no retrieval")
+    records = retrieval.gallery_records() if gallery == "test" else gallery
+    return gallery_lib.serving_gallery(run.task, run.models, records, run.manifest())
 
 
 def export_run(run, export_base: str, version: int | None = None, gallery="test", **kwargs):

@@ -316,10 +316,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: listing every problem found.
     """
-    from sketch_tf.train import tasks
+    from sketch_tf.families import get_task_class, known_task_names
 
     problems: list[str] = []
-    names = tasks.known_task_names()
+    names = known_task_names()
     if "task" not in config:
         raise ConfigError([f"config has no 'task' field (one of: {names})"])
     if config.task not in names:
@@ -338,6 +338,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     else:
         problems.extend(validate_train_config(config.train))
     problems.extend(validate_run_sections(config))
-    problems.extend(tasks.get_task_class(config.task).validate_config(config))
+    problems.extend(get_task_class(config.task).validate_config(config))
     if problems:
         raise ConfigError(problems)

@@ -26,10 +26,11 @@ from typing import Any
 import ml_collections
 import tensorflow as tf
 
+from sketch_tf.families import get_task_class
 from sketch_tf.train import loop
 from sketch_tf.train import strategy as strategy_lib
 from sketch_tf.train.config import apply_overrides, validate_config, without_recipes
-from sketch_tf.train.tasks import Task, get_task_class
+from sketch_tf.train.tasks import Task
 
 CONFIG_FILE = "config.json"
 ABLATIONS_SUBDIR = "ablations"

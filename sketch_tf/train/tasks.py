@@ -1,12 +1,17 @@
-"""The Task interface every model family implements, and the task registry.
+"""The Task interface every model family implements, and tasks registered at run time.
 
 A Task is the only thing a model family plugs into the project: the training loop
 (`sketch_tf.train.loop`), the run helpers (`sketch_tf.train.run`), `evaluate.py`, `export.py`
 and `main_job.py` talk to models exclusively through it and never name a family.
 
-The family list *is* the registry: every package `sketch_tf/families/<name>/` is a family
-whose `task.py` registers a Task under `<name>` (discovered on first use, so importing this
-module stays cheap). Tests and users may register more tasks with `register_task`.
+The Task builds models, inputs and losses itself. For the rest it returns explicit objects,
+typed by the protocols below: `Task.evaluators()` (each an `Evaluator`, `Task.evaluate` runs
+them and merges their results), `Task.serving()` (a `Serving`: SavedModel signatures and their
+warmup inputs) and `Task.retrieval()` (a `Retrieval` for the families that search a gallery,
+else None).
+
+The shipped families are listed in `sketch_tf.families` (`get_task_class`, `family_names`);
+tests and users may register more tasks with `register_task` (`TASKS`).
 
 Contract for `compute_losses`: it runs inside `strategy.run` (one call per replica) and returns
 a dict of scalar loss terms, each being *this replica's share of the global-batch mean*, so that
@@ -18,32 +23,21 @@ triplet mining sees every replica's embeddings). The key `total` is what gets di
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
-#: name -> Task class. Filled by `register_task`; the families are imported on demand.
+#: name -> Task class of the tasks registered at run time (`register_task`: tests, users).
+#: The shipped families are listed in `sketch_tf.families.FAMILIES`.
 TASKS: dict[str, type[Task]] = {}
-
-#: Package whose sub-packages are the model families (each with task.py, evaluate.py,
-#: serving.py).
-FAMILIES_PACKAGE = "sketch_tf.families"
-
-
-def family_names() -> list[str]:
-    """Names of the model families shipped with sketch_tf (sub-packages of
-    `sketch_tf.families`), sorted. Cheap: nothing is imported."""
-    package = importlib.import_module(FAMILIES_PACKAGE)
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator adding a Task subclass to `TASKS` under `name`."""
+    """Class decorator adding a Task subclass to `TASKS` under `name` (sets `cls.name`)."""
 
     def add(cls: type[Task]) -> type[Task]:
         cls.name = name
@@ -51,20 +45,6 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         return cls
 
     return add
-
-
-def get_task_class(name: str) -> type[Task]:
-    """Returns the Task class registered as `name`, importing its family package if needed."""
-    if name not in TASKS and name in family_names():
-        importlib.import_module(f"{FAMILIES_PACKAGE}.{name}.task")
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {known_task_names()}")
-    return TASKS[name]
-
-
-def known_task_names() -> list[str]:
-    """Every task name: the shipped families and anything registered at run time."""
-    return sorted(set(TASKS) | set(family_names()))
 
 
 def unique_variables(models: dict[str, Any], attr: str = "variables") -> list:
@@ -142,6 +122,105 @@ class LossContext:
         return tf.cast(global_loss, tf.float32) / float(self.num_replicas)
 
 
+class Evaluator(Protocol):
+    """One evaluation of a Task on held-out data (big_vision's evaluators are the model).
+
+    Attributes:
+      name: what it evaluates, e.g. "<family>/retrieval"; named in errors.
+    """
+
+    name: str
+
+    def run(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
+        """Evaluates `models` (the Task's built models, name -> keras.Model).
+
+        Returns {"scalars": {name: float}} and optionally "images" (name -> uint8 [N, H, W, 3]),
+        "tables" (name -> {"header", "rows"}), "files" (name -> path) and other JSON-able
+        entries. Files go under `<workdir>/eval` only when `workdir` is given (the loop passes
+        it on the chief only).
+        """
+        ...
+
+
+class Serving(Protocol):
+    """What `sketch_tf.export` needs to write a Task's SavedModel."""
+
+    def signatures(
+        self, models: dict[str, Any], gallery=None
+    ) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """Signature name -> concrete function over `models` (the whole dict); one must be
+        `serving_default`. `gallery`: a `sketch_tf.export.gallery.ServingGallery` searched by
+        the retrieval signatures (None: no retrieval signature)."""
+        ...
+
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """Signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
+        warmup file and the export's reload check; `signatures` (those being written) lets
+        the inputs match their shapes. The export keeps those of the signatures it writes."""
+        ...
+
+
+class Retrieval(Protocol):
+    """How a Task retrieves gallery images for sketch queries (`Task.retrieval()`): how its
+    gallery is embedded and indexed and how a query becomes index rows. Used by
+    `sketch_tf.export.gallery` (the gallery stored in an export) and `sketch_tf.search`."""
+
+    def gallery_records(self) -> str:
+        """The records folder an export's gallery holds unless told otherwise
+        (`export.py --gallery=test`): the task's test records."""
+        ...
+
+    def gallery_domains(self) -> list[str]:
+        """The record domains a gallery holds (e.g. the photos)."""
+        ...
+
+    def gallery_embed(self, models: dict[str, Any]) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+        """Preprocessed gallery images float32 [B, S, S, 3] -> {space: embeddings [B, E]}."""
+        ...
+
+    def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Gallery embeddings {space: [N, E_space]} -> (rows of a `GalleryIndex` float32
+        [N, D], its metric)."""
+        ...
+
+    def query_vectors(
+        self, models: dict[str, Any], sketches, exemplars=None, alpha: float | None = None
+    ) -> np.ndarray:
+        """Preprocessed sketches float32 [Q, S, S, 3] (and, for style retrieval, exemplars
+        [Q, S, S, 3] and alpha in [0, 1]) -> index query rows float32 [Q, D] in the space of
+        `index_vectors`. ValueError when `exemplars` / `alpha` are given where they do not
+        belong, or missing where they do."""
+        ...
+
+
+def merge_results(results: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One evaluation result out of several evaluators' (name, result) in order.
+
+    Dict entries ("scalars", "images", "tables", "files", ...) are merged key by key, other
+    entries taken as they are. Returns at least {"scalars": {}}.
+
+    Raises:
+      ValueError: two evaluators give the same key (naming both).
+    """
+    merged: dict[str, Any] = {"scalars": {}}
+    given_by: dict[tuple[str, str], str] = {}
+    for name, result in results:
+        for entry, value in result.items():
+            keys = list(value) if isinstance(value, dict) else [""]
+            for key in keys:
+                if (entry, key) in given_by:
+                    raise ValueError(
+                        f"evaluators {given_by[entry, key]!r} and {name!r} both give "
+                        f"{entry} {key!r}"
+                    )
+                given_by[entry, key] = name
+            if isinstance(value, dict):
+                merged.setdefault(entry, {}).update(value)
+            else:
+                merged[entry] = value
+    return merged
+
+
 class Task:
     """Base class of a model family. Subclasses override the methods marked as required.
 
@@ -153,6 +232,11 @@ class Task:
     name: str = "task"
     #: Figures the main job prints for this family, next to their baselines.
     headlines: tuple[Headline, ...] = ()
+    #: What `evaluators()`, `serving()` and `retrieval()` build (each called with the task):
+    #: a family's classes from its evaluate.py and serving.py.
+    evaluator_types: tuple[Callable[[Task], Evaluator], ...] = ()
+    serving_type: Callable[[Task], Serving] | None = None
+    retrieval_type: Callable[[Task], Retrieval] | None = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -238,57 +322,30 @@ class Task:
         lambda) to the models and returns the values to log (name -> float)."""
         return {}
 
-    # ---- the family's other two files ----------------------------------------------------
-    def family_module(self, module: str):
-        """`sketch_tf.families.<name>.<module>` ("evaluate" / "serving") when this task is a
-        shipped family, else None (tasks registered at run time)."""
-        if self.name not in family_names():
-            return None
-        return importlib.import_module(f"{FAMILIES_PACKAGE}.{self.name}.{module}")
-
     # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
-        """Metrics on held-out data. Returns a dict with `scalars` (name -> float), and
-        optionally `images` (name -> uint8 [N, H, W, 3]) and `tables` (name -> rows).
-        Files (pictures) go under `<workdir>/eval` only when `workdir` is given: the loop
-        passes it on the chief only.
+    def evaluators(self) -> list[Evaluator]:
+        """The evaluations `evaluate` runs, in order: `evaluator_types`, each built with the
+        task (none by default)."""
+        return [make(self) for make in self.evaluator_types]
 
-        Default: the family's `evaluate.evaluate_task(task, models, workdir)`; no metric for
-        a task outside the families."""
-        module = self.family_module("evaluate")
-        if module is None:
-            return {"scalars": {}}
-        return module.evaluate_task(self, models, workdir)
+    def evaluate(self, models: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
+        """Metrics on held-out data: every evaluator of `evaluators()` run on `models` and
+        their results merged (`merge_results`): `scalars` (name -> float), and optionally
+        `images` (name -> uint8 [N, H, W, 3]), `tables` (name -> rows), `files`. Files
+        (pictures) go under `<workdir>/eval` only when `workdir` is given: the loop passes it
+        on the chief only. No evaluator: {"scalars": {}}."""
+        return merge_results([(e.name, e.run(models, workdir)) for e in self.evaluators()])
 
     # ---- export --------------------------------------------------------------------------
-    def serving_signatures(
-        self, models: dict[str, Any], gallery=None
-    ) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        """Serving signatures for `export.py` (name -> concrete function); one must be
-        `serving_default`. `gallery`: a `sketch_tf.export.gallery.ServingGallery` of
-        `serving_gallery`, searched by the retrieval signatures. Default: the family's
-        `serving.serving_signatures(task, models, gallery)`."""
-        module = self.family_module("serving")
-        if module is None:
+    def serving(self) -> Serving:
+        """The SavedModel signatures and warmup inputs of `export.py`: `serving_type` built
+        with the task. NotImplementedError when the task has none."""
+        if self.serving_type is None:
             raise NotImplementedError(f"task {self.name!r} defines no serving signatures")
-        return module.serving_signatures(self, models, gallery)
+        return self.serving_type(self)
 
-    def serving_gallery(self, models: dict[str, Any], records_dir: str, manifest: dict):
-        """The retrieval gallery embedded from a labelled-image records folder
-        (`export.py --gallery`), or None when the task serves no retrieval. `manifest` (the
-        model that embeds it) is stored with it. Default: `export.gallery.serving_gallery`
-        when the family's serving module defines the gallery (`gallery_domains`,
-        `gallery_embed`, `index_vectors`)."""
-        from sketch_tf.export import gallery  # noqa: PLC0415 - export code only when exporting
-
-        if gallery.retrieval_module(self) is None:
-            return None
-        return gallery.serving_gallery(self, models, records_dir, manifest)
-
-    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
-        """signature name -> example inputs (name -> numpy array / bytes) for the TF Serving
-        warmup file and the export round-trip check (the export keeps those of the
-        `signatures` it writes). Default: the family's `serving.warmup_inputs(task,
-        signatures)` ({} outside the families)."""
-        module = self.family_module("serving")
-        return {} if module is None else module.warmup_inputs(self, signatures)
+    def retrieval(self) -> Retrieval | None:
+        """How the task retrieves gallery images (`export.py --gallery`, `retrieve.py`):
+        `retrieval_type` built with the task, or None (the default) when it serves no
+        retrieval."""
+        return None if self.retrieval_type is None else self.retrieval_type(self)

@@ -19,6 +19,7 @@ top-k images, the true match framed green) in `<workdir>/eval/query_grid.png` an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -108,45 +109,56 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) -> np.n
     return index.search(queries, min(int(k), len(gallery)))[1]
 
 
-def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
-    """`FgSbirTask.evaluate` (see the module docstring); files only when `workdir` is given."""
-    e = task.config.eval
-    split = task.pairs("test")
-    names = tuple(e.baselines or ())
-    ks = tuple(int(k) for k in e.ks)
-    q = embed_role(task, models, split, "sketch", names)
-    g = embed_role(task, models, split, "image", names)
-    match = split.sketch_objects
-    res = ranked(q["embeddings"], g["embeddings"], match, e.metric, ks)
-    figures = [f"acc_at_{k}" for k in ks] + ["mean_rank", "median_rank"]
-    scalars = {key: float(res[key]) for key in figures}
-    rows = [["model"] + [scalars[key] for key in figures]]
-    for name in names:
-        b = ranked(q["baselines"][name], g["baselines"][name], match, e.metric, ks)
-        scalars.update({f"{name}/{key}": float(b[key]) for key in figures})
-        rows.append([baselines_lib.BASELINE_LABELS[name]] + [float(b[key]) for key in figures])
-    rnd = retrieval.random_instance_metrics(len(split.instance_ids), ks)
-    scalars.update({f"random/{key}": float(rnd[key]) for key in figures})
-    rows.append(["random (expected)"] + [float(rnd[key]) for key in figures])
-    scalars.update(num_queries=float(len(match)), num_gallery=float(len(split.instance_ids)))
-    header = ["ranking"] + [f"acc@{k}" for k in ks] + ["mean rank", "median rank"]
-    tables = {"held-out objects: model vs baselines": {"header": header, "rows": rows}}
+@dataclasses.dataclass
+class FgSbirEvaluator:
+    """The `Evaluator` of the fine-grained SBIR family: instance-level retrieval of the test
+    split next to the non-learned baselines and the random ranking (module docstring)."""
 
-    # Query grid: the first sketches, their best images; the true match framed green.
-    picks = np.arange(min(int(e.grid_queries), len(match)))
-    best = top_k(q["embeddings"][picks], g["embeddings"], e.metric, int(e.grid_top_k))
-    grid = plots.retrieval_grid(
-        [q["thumbs"][i] for i in picks], [[g["thumbs"][j] for j in row] for row in best],
-        best == match[picks][:, None], thumb_size=THUMB,
-    )  # fmt: skip
-    out = {
-        "scalars": scalars,
-        "images": {"query_grid": plots.to_array(grid)[None]},
-        "tables": tables,
-        "ranks": res["ranks"].tolist(),
-    }
-    if workdir:
-        path = os.path.join(workdir, "eval", "query_grid.png")
-        plots.save_png(grid, path)
-        out["files"] = {"query_grid": path}
-    return out
+    name = "fg_sbir/instance_retrieval"
+
+    task: Any  # the family's Task
+
+    def run(self, models, workdir=None) -> dict[str, Any]:
+        """Figures, table and query grid of the module docstring; files only when `workdir` is
+        given."""
+        task = self.task
+        e = task.config.eval
+        split = task.pairs("test")
+        names = tuple(e.baselines or ())
+        ks = tuple(int(k) for k in e.ks)
+        q = embed_role(task, models, split, "sketch", names)
+        g = embed_role(task, models, split, "image", names)
+        match = split.sketch_objects
+        res = ranked(q["embeddings"], g["embeddings"], match, e.metric, ks)
+        figures = [f"acc_at_{k}" for k in ks] + ["mean_rank", "median_rank"]
+        scalars = {key: float(res[key]) for key in figures}
+        rows = [["model"] + [scalars[key] for key in figures]]
+        for name in names:
+            b = ranked(q["baselines"][name], g["baselines"][name], match, e.metric, ks)
+            scalars.update({f"{name}/{key}": float(b[key]) for key in figures})
+            rows.append([baselines_lib.BASELINE_LABELS[name]] + [float(b[key]) for key in figures])
+        rnd = retrieval.random_instance_metrics(len(split.instance_ids), ks)
+        scalars.update({f"random/{key}": float(rnd[key]) for key in figures})
+        rows.append(["random (expected)"] + [float(rnd[key]) for key in figures])
+        scalars.update(num_queries=float(len(match)), num_gallery=float(len(split.instance_ids)))
+        header = ["ranking"] + [f"acc@{k}" for k in ks] + ["mean rank", "median rank"]
+        tables = {"held-out objects: model vs baselines": {"header": header, "rows": rows}}
+
+        # Query grid: the first sketches, their best images; the true match framed green.
+        picks = np.arange(min(int(e.grid_queries), len(match)))
+        best = top_k(q["embeddings"][picks], g["embeddings"], e.metric, int(e.grid_top_k))
+        grid = plots.retrieval_grid(
+            [q["thumbs"][i] for i in picks], [[g["thumbs"][j] for j in row] for row in best],
+            best == match[picks][:, None], thumb_size=THUMB,
+        )  # fmt: skip
+        out = {
+            "scalars": scalars,
+            "images": {"query_grid": plots.to_array(grid)[None]},
+            "tables": tables,
+            "ranks": res["ranks"].tolist(),
+        }
+        if workdir:
+            path = os.path.join(workdir, "eval", "query_grid.png")
+            plots.save_png(grid, path)
+            out["files"] = {"query_grid": path}
+        return out

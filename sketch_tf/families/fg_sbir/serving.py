@@ -23,6 +23,7 @@ their aspect with white padding, photos are resized and centre-cropped to `data.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -44,86 +45,106 @@ def _embedder(task, models, role: str):
     return lambda x: fg_models.embed_images(tower, x, multi_crop=multi, crop_cells=crop)
 
 
-def gallery_domains(task) -> list[str]:
-    """The record domains a gallery holds: the images sketches are matched with."""
-    return [task.config.data.image_domain]
+@dataclasses.dataclass
+class FgSbirRetrieval:
+    """The `Retrieval` of the fine-grained SBIR family: sketches against the unit image
+    embeddings of the gallery (Euclidean = cosine ranking)."""
+
+    task: Any  # the family's Task
+
+    def gallery_records(self) -> str:
+        """The test records (their `data.image_domain` images)."""
+        return self.task.records_dir("test")
+
+    def gallery_domains(self) -> list[str]:
+        """The record domains a gallery holds: the images sketches are matched with."""
+        return [self.task.config.data.image_domain]
+
+    def gallery_embed(self, models):
+        """Preprocessed gallery images float32 [B, S, S, 3] -> {"image": embeddings [B, E]}."""
+        embed = _embedder(self.task, models, "image")
+        return lambda x: {"image": embed(x)}
+
+    def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric)."""
+        return np.asarray(embeddings["image"], np.float32), METRIC
+
+    def query_vectors(self, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
+        """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E].
+        `exemplars` / `alpha` belong to style retrieval: refused here."""
+        if exemplars is not None or alpha is not None:
+            raise ValueError("fg_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
+        embed = _embedder(self.task, models, "sketch")
+        return embed(tf.convert_to_tensor(sketches, tf.float32)).numpy()
 
 
-def gallery_embed(task, models):
-    """Preprocessed gallery images float32 [B, S, S, 3] -> {"image": embeddings [B, E]}."""
-    embed = _embedder(task, models, "image")
-    return lambda x: {"image": embed(x)}
+@dataclasses.dataclass
+class FgSbirServing:
+    """The `Serving` of the fine-grained SBIR family: the signatures of the module docstring."""
 
+    task: Any  # the family's Task
 
-def index_vectors(task, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric)."""
-    return np.asarray(embeddings["image"], np.float32), METRIC
-
-
-def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
-    """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E]. `exemplars` /
-    `alpha` belong to style retrieval: refused here."""
-    if exemplars is not None or alpha is not None:
-        raise ValueError("fg_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
-    return _embedder(task, models, "sketch")(tf.convert_to_tensor(sketches, tf.float32)).numpy()
-
-
-def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
-    """The signatures above (name -> concrete function)."""
-    size = int(task.config.data.image_size)
-    out = {}
-    embedders = {role: _embedder(task, models, role) for role in ("sketch", "image")}
-    for role, embed in embedders.items():
+    def signatures(self, models, gallery=None) -> dict[str, Any]:
+        """The signatures above (name -> concrete function)."""
+        task = self.task
+        size = int(task.config.data.image_size)
+        out = {}
+        embedders = {role: _embedder(task, models, role) for role in ("sketch", "image")}
+        for role, embed in embedders.items():
+            out.update(
+                inputs.with_float_variant(
+                    f"embed_{role}",
+                    lambda x, _, embed=embed: {"embedding": embed(x["images"])},
+                    ["images"],
+                    [],
+                    inputs.prepare_batch(size, is_sketch=task.is_drawing(role)),
+                )
+            )
+        if gallery is None:
+            out["serving_default"] = out["embed_sketch"]
+            return out
+        sketch = embedders["sketch"]
         out.update(
             inputs.with_float_variant(
-                f"embed_{role}",
-                lambda x, _, embed=embed: {"embedding": embed(x["images"])},
+                "retrieve",
+                lambda x, extra: gallery.top_k(sketch(x["images"]), extra["k"]),
                 ["images"],
-                [],
-                inputs.prepare_batch(size, is_sketch=task.is_drawing(role)),
+                [_K],
+                inputs.prepare_batch(size, is_sketch=True),
             )
         )
-    if gallery is None:
-        out["serving_default"] = out["embed_sketch"]
-        return out
-    sketch = embedders["sketch"]
-    out.update(
-        inputs.with_float_variant(
-            "retrieve",
-            lambda x, extra: gallery.top_k(sketch(x["images"]), extra["k"]),
-            ["images"],
-            [_K],
-            inputs.prepare_batch(size, is_sketch=True),
+        width = int(fg_models.sketch_tower(models).output.shape[-1])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K]
         )
-    )
-    width = int(fg_models.sketch_tower(models).output.shape[-1])
+        def search(embedding, k):
+            return gallery.top_k(embedding, k)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K])
-    def search(embedding, k):
-        return gallery.top_k(embedding, k)
+        out["search"] = search.get_concrete_function()
+        out["serving_default"] = out["retrieve"]
+        return out
 
-    out["search"] = search.get_concrete_function()
-    out["serving_default"] = out["retrieve"]
-    return out
-
-
-def warmup_inputs(task, signatures=None) -> dict[str, dict[str, Any]]:
-    """One request per signature on the shared example drawing; the export keeps those of
-    the signatures it writes."""
-    img = inputs.example_drawing(int(task.config.data.image_size))
-    png = encode_png(img)
-    sketches = np.array([png, png], dtype=object)
-    floats = img[None].astype(np.float32) / 255.0
-    width = inputs.input_width(signatures, "search", "embedding")
-    requests = {
-        "embed_sketch": {"images": sketches},
-        "embed_sketch_floats": {"images": floats},
-        "embed_image": {"images": np.array([png], dtype=object)},
-        "embed_image_floats": {"images": floats},
-        "retrieve": {"images": sketches, "k": np.int32(3)},
-        "retrieve_floats": {"images": floats, "k": np.int32(3)},
-        "search": {"embedding": np.full((1, width), width**-0.5, np.float32), "k": np.int32(2)},
-    }
-    default = "retrieve" if signatures is not None and "retrieve" in signatures else "embed_sketch"
-    requests["serving_default"] = requests[default]
-    return requests
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """One request per signature on the shared example drawing; the export keeps those of
+        the signatures it writes."""
+        img = inputs.example_drawing(int(self.task.config.data.image_size))
+        png = encode_png(img)
+        sketches = np.array([png, png], dtype=object)
+        floats = img[None].astype(np.float32) / 255.0
+        width = inputs.input_width(signatures, "search", "embedding")
+        requests = {
+            "embed_sketch": {"images": sketches},
+            "embed_sketch_floats": {"images": floats},
+            "embed_image": {"images": np.array([png], dtype=object)},
+            "embed_image_floats": {"images": floats},
+            "retrieve": {"images": sketches, "k": np.int32(3)},
+            "retrieve_floats": {"images": floats, "k": np.int32(3)},
+            "search": {
+                "embedding": np.full((1, width), width**-0.5, np.float32),
+                "k": np.int32(2),
+            },
+        }
+        has_retrieve = signatures is not None and "retrieve" in signatures
+        requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_sketch"]
+        return requests

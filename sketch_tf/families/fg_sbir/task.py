@@ -46,8 +46,10 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import cache, pipeline, schema, tfrecord
 from sketch_tf.families import cached_towers
+from sketch_tf.families.fg_sbir.evaluate import FgSbirEvaluator
+from sketch_tf.families.fg_sbir.serving import FgSbirRetrieval, FgSbirServing
 from sketch_tf.models import fg_sbir as fg_models
-from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
+from sketch_tf.train.tasks import Headline, LossContext, Task
 
 MINING_MODES = ("hard", "semi_hard", "all", "random", "none")
 FLIP_MODES = ("pair", "none")
@@ -190,9 +192,13 @@ def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     )
 
 
-@register_task("fg_sbir")
 class FgSbirTask(Task):
     """Sketch / image towers on HED's VGG16 for instance-level retrieval (module docstring)."""
+
+    name = "fg_sbir"
+    evaluator_types = (FgSbirEvaluator,)
+    serving_type = FgSbirServing
+    retrieval_type = FgSbirRetrieval
 
     headlines = tuple(
         Headline(

@@ -14,7 +14,7 @@ rankings, ties and AP are those of `sketch_tf.eval.retrieval` (scikit-learn AP, 
 
        alpha * cos(structure(sketch), structure(g)) + (1 - alpha) * cos(style(x), style(g))
 
-   with `alpha` = `eval.alpha` (`evaluate_task(..., alpha=)` overrides it at query time).
+   with `alpha` = `eval.alpha` (`StyleSbirEvaluator(task, alpha=)` overrides it at query time).
    `sketch_style_map` is the mean AP over all queries; the table gives it per content x style
    cell, per row (content) and column (style).
    `style_map`: the style branch alone, every gallery image as a query against the others
@@ -33,17 +33,18 @@ rankings, ties and AP are those of `sketch_tf.eval.retrieval` (scikit-learn AP, 
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.data import tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.report import format_result
 from sketch_tf.eval.retrieval import unit_rows
+from sketch_tf.families.embedding import embed_labelled_records
 from sketch_tf.families.style_sbir import serving as style_serving
 from sketch_tf.index import GalleryIndex
 from sketch_tf.models import style as style_models
@@ -53,7 +54,8 @@ BASELINES = ("random", "structure_only", "style_only", "non_learned")
 
 
 def embed_test_records(task, models, domains, roles, with_baselines: bool) -> dict:
-    """Embeds every test record of `domains` with the towers of `roles` (`task.towers` keys).
+    """Embeds every test record of `domains` with the towers of `roles` (`task.towers` keys)
+    (`embedding.embed_labelled_records`).
 
     Returns {role: float32 [N, E]} plus "content_id" int64 [N], "style_id" int64 [N] (index
     in `task.styles()`, -1 for sketches), "thumbs" uint8 [N, 48, 48, 3] and, when
@@ -70,11 +72,6 @@ def embed_test_records(task, models, domains, roles, with_baselines: bool) -> di
         names = tfrecord.read_manifest(path)["classes"]
         classes = [names[i] for i in sorted(class_of.values())]
         content_of = {sc: c for c, sc in class_of.items()}
-    ds = pipeline.labelled_dataset(
-        path, int(task.config.eval.batch_size), image_size=int(d.image_size), training=False,
-        classes=classes, domains=list(domains), sketch_domain=d.sketch_domain,
-    )  # fmt: skip
-    towers = task.towers(models)
     if task.uses_feature_cache():
         caches = task.feature_caches(models, "test")
         lookups = {r: caches[r].lookup(f"style_sbir test {r}") for r in roles}
@@ -82,37 +79,33 @@ def embed_test_records(task, models, domains, roles, with_baselines: bool) -> di
         fns = {r: (lambda b, r=r: heads[r](lookups[r](b["image_key"]), training=False))
                for r in roles}  # fmt: skip
     else:
+        towers = task.towers(models)
         fns = {r: (lambda b, r=r: towers[r](b["image"], training=False)) for r in roles}
-
-    @tf.function(reduce_retracing=True)  # the last batch is smaller
-    def embed(batch):
-        thumbs = tf.image.resize(batch["image"], [48, 48], antialias=True)
-        return {r: f(batch) for r, f in fns.items()}, tf.cast(tf.round(thumbs * 255.0), tf.uint8)
-
-    parts: dict[str, list] = {k: [] for k in (*roles, "content_id", "style_id", "thumbs")}
+    descriptors = {}
     if with_baselines:
-        parts["hog"] = []
+        descriptors["hog"] = functools.partial(baselines_lib.hog, is_sketch=is_sketch)
         if not is_sketch:
-            parts["colour_texture"] = []
-    for batch in ds:
-        embs, thumbs = embed({"image": batch["image"], "image_key": batch["image_key"]})
-        for r in roles:
-            parts[r].append(embs[r].numpy())
-        parts["thumbs"].append(thumbs.numpy())
-        ids = batch["class_id"].numpy()
-        if content_of is not None:
-            ids = np.array([content_of[int(i)] for i in ids], np.int64)
-        parts["content_id"].append(ids)
-        dom = [x.decode() for x in batch["domain"].numpy()]
-        parts["style_id"].append(np.array([styles.index(x) if x in styles else -1 for x in dom]))
-        if with_baselines:
-            images = batch["image"].numpy()
-            parts["hog"].append(baselines_lib.hog(images, is_sketch))
-            if not is_sketch:
-                parts["colour_texture"].append(baselines_lib.colour_texture(images))
-    if not parts["content_id"]:
-        raise ValueError(f"style_sbir: no test records of domains {list(domains)} in {path}")
-    return {k: np.concatenate(v) for k, v in parts.items()}
+            descriptors["colour_texture"] = baselines_lib.colour_texture
+    out = embed_labelled_records(
+        path,
+        classes=classes,
+        domains=domains,
+        image_size=int(d.image_size),
+        sketch_domain=d.sketch_domain,
+        batch_size=int(task.config.eval.batch_size),
+        embedders=fns,
+        descriptors=descriptors,
+        empty_error=f"style_sbir: no test records of domains {list(domains)}",
+    )
+    ids = out["class_id"]
+    if content_of is not None:
+        ids = np.array([content_of[int(i)] for i in ids], np.int64)
+    result = {r: out[r] for r in roles}
+    result["content_id"] = ids
+    result["style_id"] = np.array([styles.index(x) if x in styles else -1 for x in out["domain"]])
+    result["thumbs"] = out["thumbs"]
+    result.update({name: out[name] for name in descriptors})
+    return result
 
 
 def sketch_only_maps(queries, query_content, gallery, content, style, styles):
@@ -219,126 +212,169 @@ def _cells(result, num_contents, num_styles) -> np.ndarray:
     return grid
 
 
-def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dict[str, Any]:
-    """`StyleSbirTask.evaluate` (see the module docstring); files only when `workdir` is given.
+def embed_test_set(task, models, with_baselines: bool) -> tuple[dict, dict]:
+    """(sketches, gallery): `embed_test_records` of the test sketches (structure tower) and
+    of the test images of every gallery style (structure and style towers).
 
-    `alpha`: the structure weight of the combined score (default `eval.alpha`), in [0, 1].
+    Raises:
+      ValueError: a gallery style has no test image (naming the records).
     """
-    e = task.config.eval
-    alpha = style_models.check_alpha(e.alpha if alpha is None else alpha, "alpha")
-    styles, contents = task.styles(), task.contents()
-    n_s, n_c = len(styles), len(contents)
-    base = bool(e.baselines)
+    styles = task.styles()
     sk = embed_test_records(task, models, [task.config.data.sketch_domain],
-                            ["structure_sketch"], base)  # fmt: skip
-    gal = embed_test_records(task, models, styles, ["structure_image", "style"], base)
-    gc, gs, kc = gal["content_id"], gal["style_id"], sk["content_id"]
-    missing = [styles[i] for i in range(n_s) if not np.any(gs == i)]
+                            ["structure_sketch"], with_baselines)  # fmt: skip
+    gal = embed_test_records(task, models, styles, ["structure_image", "style"], with_baselines)
+    missing = [name for i, name in enumerate(styles) if not np.any(gal["style_id"] == i)]
     if missing:
         raise ValueError(
             f"style_sbir: no test images of styles {missing} in {task.records_dir('test')}"
         )
-    structure_sim = SimilarityRows(sk["structure_sketch"], gal["structure_image"])
-    style_sim = SimilarityRows(gal["style"], gal["style"])
-    scalars: dict[str, float] = {}
-    tables: dict[str, dict] = {}
+    return sk, gal
 
-    # 1. sketch only, per style and over the whole gallery.
+
+def _random_map(task, queries, gallery) -> float:
+    """mAP of `retrieval.random_ranking_baseline` (seeded with `config.seed`)."""
+    e = task.config.eval
+    return retrieval.random_ranking_baseline(
+        queries, gallery, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
+    )["map_all"]
+
+
+def sketch_only_figures(task, sk, gal, with_baselines: bool) -> tuple[dict, dict]:
+    """1. Sketch-only mAP (relevant = same content) per style and over the whole gallery, of
+    the model, a random ranking and (`with_baselines`) HOG: (scalars, tables)."""
+    styles = task.styles()
+    kc, gc, gs = sk["content_id"], gal["content_id"], gal["style_id"]
+
     def sketch_only(q, g):
         return sketch_only_maps(q, kc, g, gc, gs, styles)
 
-    rows_sk = {}
-    rows_sk["model"] = sketch_only(sk["structure_sketch"], gal["structure_image"])
-    rnd = {}
-    for i, name in enumerate(styles):
-        m = gs == i
-        rnd[name] = retrieval.random_ranking_baseline(
-            kc, gc[m], seed=int(task.config.seed), repeats=int(e.baseline_repeats)
-        )["map_all"]
-    rnd_all = retrieval.random_ranking_baseline(
-        kc, gc, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
-    )["map_all"]
-    rows_sk["random"] = (rnd, rnd_all)
-    if base:
+    rows_sk = {"model": sketch_only(sk["structure_sketch"], gal["structure_image"])}
+    rnd = {name: _random_map(task, kc, gc[gs == i]) for i, name in enumerate(styles)}
+    rows_sk["random"] = (rnd, _random_map(task, kc, gc))
+    if with_baselines:
         rows_sk["hog"] = sketch_only(sk["hog"], gal["hog"])
+    scalars = {}
     for name, (per, whole) in rows_sk.items():
         prefix = "" if name == "model" else f"{name}/"
         scalars[f"{prefix}sketch_map"] = float(np.mean(list(per.values())))
         scalars[f"{prefix}sketch_map_all_styles"] = float(whole)
         for st, v in per.items():
             scalars[f"{prefix}sketch_map/{st}"] = float(v)
-    tables["sketch-only mAP per style (relevant = same content)"] = {
+    table = {
         "header": ["ranking", *styles, "mean", "whole gallery"],
         "rows": [
             [name, *[float(per[s]) for s in styles], float(np.mean(list(per.values()))), float(w)]
             for name, (per, w) in rows_sk.items()
         ],
     }
+    return scalars, {"sketch-only mAP per style (relevant = same content)": table}
 
-    # Style branch on its own: every gallery image as a style query against the others
-    # (relevant = same style, any content; no self matches), model and colour/texture.
+
+def style_only_figures(task, gal, with_baselines: bool) -> tuple[dict, dict]:
+    """The style branch on its own: every gallery image as a style query against the others
+    (relevant = same style, any content; no self matches), model, colour/texture (with
+    `with_baselines`) and random: (scalars, tables)."""
+    gs = gal["style_id"]
     ids = np.arange(len(gs))
-    style_rows = [["model", retrieval.retrieval_metrics(
-        gal["style"], gs, gal["style"], gs, metric="cosine", query_ids=ids, gallery_ids=ids
-    )["map_all"]]]  # fmt: skip
-    if base:
-        style_rows.append(["colour + texture", retrieval.retrieval_metrics(
-            gal["colour_texture"], gs, gal["colour_texture"], gs, metric="cosine",
-            query_ids=ids, gallery_ids=ids,
-        )["map_all"]])  # fmt: skip
-    style_rows.append(["random", retrieval.random_ranking_baseline(
-        gs, gs, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
-    )["map_all"]])  # fmt: skip
-    for name, value in style_rows:
-        key = {"model": "", "colour + texture": "colour_texture/", "random": "random/"}[name]
-        scalars[f"{key}style_map"] = float(value)
-    tables["style-only mAP (image -> image, relevant = same style)"] = {
-        "header": ["ranking", "style_map"],
-        "rows": [[n, float(v)] for n, v in style_rows],
-    }
 
-    # 2. sketch + style, and 3. its baselines.
-    exemplars = pick_exemplars(gc, gs, kc, n_s, int(e.exemplar_seed))
+    def style_map(descriptors):
+        return retrieval.retrieval_metrics(descriptors, gs, descriptors, gs, metric="cosine",
+                                           query_ids=ids, gallery_ids=ids)["map_all"]  # fmt: skip
+
+    rows = [["model", style_map(gal["style"])]]
+    if with_baselines:
+        rows.append(["colour + texture", style_map(gal["colour_texture"])])
+    rows.append(["random", _random_map(task, gs, gs)])
+    prefixes = {"model": "", "colour + texture": "colour_texture/", "random": "random/"}
+    scalars = {f"{prefixes[name]}style_map": float(value) for name, value in rows}
+    table = {"header": ["ranking", "style_map"], "rows": [[n, float(v)] for n, v in rows]}
+    return scalars, {"style-only mAP (image -> image, relevant = same style)": table}
+
+
+def similarities(sk, gal, with_baselines: bool) -> dict[str, tuple]:
+    """{"model": (structure, style) `SimilarityRows`, and with `with_baselines`
+    "non_learned": those of HOG (structure) and colour/texture (style)}."""
+    out = {
+        "model": (
+            SimilarityRows(sk["structure_sketch"], gal["structure_image"]),
+            SimilarityRows(gal["style"], gal["style"]),
+        )
+    }
+    if with_baselines:
+        out["non_learned"] = (
+            SimilarityRows(sk["hog"], gal["hog"]),
+            SimilarityRows(gal["colour_texture"], gal["colour_texture"]),
+        )
+    return out
+
+
+def sketch_style_rankings(task, sk, gal, sims, exemplars, alpha: float) -> dict[str, dict]:
+    """2. and 3.: `sketch_style_metrics` of the sketch + style queries for the model (at
+    `alpha`), "structure_only" (alpha = 1), "style_only" (alpha = 0), "random" and, when
+    `sims` has it, "non_learned" (at `alpha`)."""
+    n_s = len(task.styles())
+    kc, gc, gs = sk["content_id"], gal["content_id"], gal["style_id"]
     args = (kc, exemplars, gc, gs, n_s)
+    structure_sim, style_sim = sims["model"]
     results = {
         "model": sketch_style_metrics(structure_sim, style_sim, alpha, *args),
         "structure_only": sketch_style_metrics(structure_sim, style_sim, 1.0, *args),
         "style_only": sketch_style_metrics(structure_sim, style_sim, 0.0, *args),
     }
-    cell_q = np.repeat(kc, n_s) * n_s + np.tile(np.arange(n_s), len(kc))
-    cell_q = cell_q[exemplars.reshape(-1) >= 0]
+    e = task.config.eval
     results["random"] = retrieval.random_ranking_baseline(
-        cell_q, gc * n_s + gs, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
-    )
-    nl_structure = nl_style = None
-    if base:
-        nl_structure = SimilarityRows(sk["hog"], gal["hog"])
-        nl_style = SimilarityRows(gal["colour_texture"], gal["colour_texture"])
-        results["non_learned"] = sketch_style_metrics(nl_structure, nl_style, alpha, *args)
-    scalars["sketch_style_map"] = float(results["model"]["map_all"])
+        _query_cells(kc, exemplars), gc * n_s + gs, seed=int(task.config.seed),
+        repeats=int(e.baseline_repeats),
+    )  # fmt: skip
+    if "non_learned" in sims:
+        results["non_learned"] = sketch_style_metrics(*sims["non_learned"], alpha, *args)
+    return results
+
+
+def _query_cells(sketch_content, exemplars) -> np.ndarray:
+    """Cell label content * S + style of every sketch + style query with an exemplar."""
+    n_s = exemplars.shape[1]
+    cells = np.repeat(sketch_content, n_s) * n_s + np.tile(np.arange(n_s), len(sketch_content))
+    return cells[exemplars.reshape(-1) >= 0]
+
+
+def alpha_sweep(task, sk, gal, sims, exemplars) -> list[list[float]]:
+    """Rows [alpha, model mAP, (non-learned mAP when `sims` has it)] of the sketch + style
+    queries for every alpha of `eval.alpha_sweep`."""
+    args = (sk["content_id"], exemplars, gal["content_id"], gal["style_id"], len(task.styles()))
+    rows = []
+    for a in task.config.eval.alpha_sweep:
+        a = float(a)
+        rows.append([a] + [float(sketch_style_metrics(*sims[name], a, *args)["map_all"])
+                           for name in ("model", "non_learned") if name in sims])  # fmt: skip
+    return rows
+
+
+def sketch_style_scalars(results, sweep_rows, alpha: float) -> dict[str, float]:
+    """Scalars of the sketch + style queries: the model's mAP, each baseline's, alpha and the
+    sweep (`alpha_<a>/...`, `non_learned/alpha_<a>/...`)."""
+    scalars = {"sketch_style_map": float(results["model"]["map_all"])}
     for name in BASELINES:
         if name in results:
             scalars[f"{name}/sketch_style_map"] = float(results[name]["map_all"])
     scalars["alpha"] = alpha
-    sweep_rows = []
-    for a in e.alpha_sweep:
-        a = float(a)
-        row = [a, float(sketch_style_metrics(structure_sim, style_sim, a, *args)["map_all"])]
-        scalars[f"alpha_{a:g}/sketch_style_map"] = row[1]
-        if base:
-            row.append(float(sketch_style_metrics(nl_structure, nl_style, a, *args)["map_all"]))
-            scalars[f"non_learned/alpha_{a:g}/sketch_style_map"] = row[2]
-        sweep_rows.append(row)
-    scalars.update(
-        num_sketches=float(len(kc)), num_gallery=float(len(gc)),
-        num_sketch_style_queries=float(len(cell_q)),
-    )  # fmt: skip
-    grids = {name: _cells(r, n_c, n_s) for name, r in results.items()}
+    for row in sweep_rows:
+        scalars[f"alpha_{row[0]:g}/sketch_style_map"] = row[1]
+        if len(row) > 2:
+            scalars[f"non_learned/alpha_{row[0]:g}/sketch_style_map"] = row[2]
+    return scalars
+
+
+def sketch_style_tables(task, results, grids, sweep_rows, alpha: float) -> dict[str, dict]:
+    """Tables of the sketch + style queries: per content x style cell for every ranking
+    (`grids`: ranking -> [C, S] mAP), the rankings side by side, and the alpha sweep."""
+    styles, contents = task.styles(), task.contents()
+    tables = {}
     for name, grid in grids.items():
         rows = []
         for ci, c in enumerate(contents):
             rows.append([c, *[float(v) for v in grid[ci]], _mean_of_cells(grid[ci])])
-        rows.append(["mean", *[_mean_of_cells(grid[:, j]) for j in range(n_s)],
+        rows.append(["mean", *[_mean_of_cells(grid[:, j]) for j in range(len(styles))],
                      float(results[name]["map_all"])])  # fmt: skip
         a = {"structure_only": 1.0, "style_only": 0.0}.get(name, alpha)
         label = "model" if name == "model" else f"baseline {name}"
@@ -352,36 +388,88 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
         "rows": [[n, float(r["map_all"])] for n, r in results.items()],
     }
     tables["sketch + style mAP over alpha (query-time weight of structure)"] = {
-        "header": ["alpha", "model"] + (["non-learned"] if base else []),
+        "header": ["alpha", "model"] + (["non-learned"] if "non_learned" in results else []),
         "rows": sweep_rows,
     }
+    return tables
 
-    # 4. pictures.
-    heat = plots.heatmap(grids["model"], contents, styles,
+
+def pictures(task, sk, gal, exemplars, grids, alpha: float) -> dict:
+    """4. The PIL pictures: "sketch_style_map" (heat-map of the model's content x style
+    table) and "query_grid" (`_query_grid`)."""
+    heat = plots.heatmap(grids["model"], task.contents(), task.styles(),
                          title=f"sketch + style mAP, alpha={alpha:g}")  # fmt: skip
-    grid = _query_grid(task, sk, gal, exemplars, alpha)
-    out = {
-        "scalars": scalars,
-        "tables": tables,
-        "images": {
-            "sketch_style_map": plots.to_array(heat)[None],
-            "query_grid": plots.to_array(grid)[None],
-        },
+    return {"sketch_style_map": heat, "query_grid": _query_grid(task, sk, gal, exemplars, alpha)}
+
+
+def write_files(pictures_by_name: dict, tables: dict, workdir: str) -> dict[str, str]:
+    """Writes the pictures (`<name>.png`) and every table as Markdown (`tables.md`) under
+    `<workdir>/eval`; returns {name: path} (the tables as "tables")."""
+    eval_dir = os.path.join(workdir, "eval")
+    files = {
+        name: str(plots.save_png(picture, os.path.join(eval_dir, f"{name}.png")))
+        for name, picture in pictures_by_name.items()
     }
-    if workdir:
-        eval_dir = os.path.join(workdir, "eval")
-        files = {
-            "sketch_style_map": plots.save_png(
-                heat, os.path.join(eval_dir, "sketch_style_map.png")
-            ),
-            "query_grid": plots.save_png(grid, os.path.join(eval_dir, "query_grid.png")),
+    md = os.path.join(eval_dir, "tables.md")
+    with open(md + ".tmp", "w") as f:
+        f.write(format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
+    os.replace(md + ".tmp", md)
+    return {**files, "tables": md}
+
+
+class StyleSbirEvaluator:
+    """The `Evaluator` of the style-aware SBIR family (see the module docstring).
+
+    Args:
+      task: the `StyleSbirTask`.
+      alpha: the structure weight of the combined score (default `eval.alpha`), in [0, 1]
+        (ValueError otherwise).
+    """
+
+    name = "style_sbir/retrieval"
+
+    def __init__(self, task, alpha: float | None = None):
+        self.task = task
+        e = task.config.eval
+        self.alpha = style_models.check_alpha(e.alpha if alpha is None else alpha, "alpha")
+
+    def run(self, models, workdir=None) -> dict[str, Any]:
+        """Scalars, tables and pictures of the module docstring; files only when `workdir`
+        is given."""
+        task, alpha = self.task, self.alpha
+        e = task.config.eval
+        base = bool(e.baselines)
+        sk, gal = embed_test_set(task, models, base)
+        scalars, tables = {}, {}
+        for part_scalars, part_tables in (
+            sketch_only_figures(task, sk, gal, base),
+            style_only_figures(task, gal, base),
+        ):
+            scalars.update(part_scalars)
+            tables.update(part_tables)
+        sims = similarities(sk, gal, base)
+        exemplars = pick_exemplars(gal["content_id"], gal["style_id"], sk["content_id"],
+                                   len(task.styles()), int(e.exemplar_seed))  # fmt: skip
+        results = sketch_style_rankings(task, sk, gal, sims, exemplars, alpha)
+        sweep_rows = alpha_sweep(task, sk, gal, sims, exemplars)
+        scalars.update(sketch_style_scalars(results, sweep_rows, alpha))
+        scalars.update(
+            num_sketches=float(len(sk["content_id"])),
+            num_gallery=float(len(gal["content_id"])),
+            num_sketch_style_queries=float(len(_query_cells(sk["content_id"], exemplars))),
+        )
+        n_c, n_s = len(task.contents()), len(task.styles())
+        grids = {name: _cells(r, n_c, n_s) for name, r in results.items()}
+        tables.update(sketch_style_tables(task, results, grids, sweep_rows, alpha))
+        drawn = pictures(task, sk, gal, exemplars, grids, alpha)
+        out = {
+            "scalars": scalars,
+            "tables": tables,
+            "images": {name: plots.to_array(p)[None] for name, p in drawn.items()},
         }
-        md = os.path.join(eval_dir, "tables.md")
-        with open(md + ".tmp", "w") as f:
-            f.write(format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
-        os.replace(md + ".tmp", md)
-        out["files"] = {**{k: str(v) for k, v in files.items()}, "tables": md}
-    return out
+        if workdir:
+            out["files"] = write_files(drawn, tables, workdir)
+        return out
 
 
 def _query_grid(task, sk, gal, exemplars, alpha):
@@ -395,8 +483,8 @@ def _query_grid(task, sk, gal, exemplars, alpha):
     picks = picks[: int(e.grid_queries)]
     # The results come from the library's index, ranked as the `retrieve` signature ranks:
     # inner products with rows [unit structure, unit style] (`style_sbir.serving`).
-    vectors, metric = style_serving.index_vectors(
-        task, {"structure": gal["structure_image"], "style": gal["style"]}
+    vectors, metric = style_serving.StyleSbirRetrieval(task).index_vectors(
+        {"structure": gal["structure_image"], "style": gal["style"]}
     )
     index = GalleryIndex(vectors.shape[1], metric=metric)
     index.add(vectors)

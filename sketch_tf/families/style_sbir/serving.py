@@ -34,6 +34,7 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -62,39 +63,49 @@ def _query(structure, style, alpha):
     return tf.concat([alpha * _unit(structure), (1.0 - alpha) * _unit(style)], 1)
 
 
-def gallery_domains(task) -> list[str]:
-    """The record domains a gallery holds: every style domain."""
-    return list(task.styles())
+@dataclasses.dataclass
+class StyleSbirRetrieval:
+    """The `Retrieval` of the style-aware SBIR family: sketch + exemplar queries against
+    gallery rows [unit structure, unit style] (see `_query`)."""
 
+    task: Any  # the family's Task
 
-def gallery_embed(task, models):
-    """Preprocessed gallery images float32 [B, S, S, 3] -> {"structure": [B, E], "style":
-    [B, F]} embeddings."""
-    towers = task.towers(models)
-    return lambda x: {
-        "structure": towers["structure_image"](x, training=False),
-        "style": towers["style"](x, training=False),
-    }
+    def gallery_records(self) -> str:
+        """The test records (their images of every style domain)."""
+        return self.task.records_dir("test")
 
+    def gallery_domains(self) -> list[str]:
+        """The record domains a gallery holds: every style domain."""
+        return list(self.task.styles())
 
-def index_vectors(task, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """Gallery embeddings -> (`GalleryIndex` rows [N, E + F] = [unit structure, unit style],
-    "inner_product"); see `_query` for the matching query rows."""
-    rows = tf.concat([_unit(embeddings["structure"]), _unit(embeddings["style"])], 1)
-    return rows.numpy(), "inner_product"
+    def gallery_embed(self, models):
+        """Preprocessed gallery images float32 [B, S, S, 3] -> {"structure": [B, E], "style":
+        [B, F]} embeddings."""
+        towers = self.task.towers(models)
+        return lambda x: {
+            "structure": towers["structure_image"](x, training=False),
+            "style": towers["style"](x, training=False),
+        }
 
+    def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Gallery embeddings -> (`GalleryIndex` rows [N, E + F] = [unit structure, unit
+        style], "inner_product"); see `_query` for the matching query rows."""
+        rows = tf.concat([_unit(embeddings["structure"]), _unit(embeddings["style"])], 1)
+        return rows.numpy(), "inner_product"
 
-def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
-    """Preprocessed sketches and exemplars float32 [Q, S, S, 3] and alpha in [0, 1] -> index
-    query rows [Q, E + F] (`index_vectors`' space)."""
-    if exemplars is None or alpha is None:
-        raise ValueError("style_sbir retrieval needs an exemplar and alpha (--exemplar, --alpha)")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"--alpha: expected a number in [0, 1], got {alpha}")
-    towers = task.towers(models)
-    k = towers["structure_sketch"](sketches, training=False)
-    x = towers["style"](exemplars, training=False)
-    return query_vectors_from_embeddings(k, x, alpha)
+    def query_vectors(self, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
+        """Preprocessed sketches and exemplars float32 [Q, S, S, 3] and alpha in [0, 1] ->
+        index query rows [Q, E + F] (`index_vectors`' space)."""
+        if exemplars is None or alpha is None:
+            raise ValueError(
+                "style_sbir retrieval needs an exemplar and alpha (--exemplar, --alpha)"
+            )
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"--alpha: expected a number in [0, 1], got {alpha}")
+        towers = self.task.towers(models)
+        k = towers["structure_sketch"](sketches, training=False)
+        x = towers["style"](exemplars, training=False)
+        return query_vectors_from_embeddings(k, x, alpha)
 
 
 def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
@@ -103,119 +114,129 @@ def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
     return _query(structure, style, tf.constant(float(alpha))).numpy()
 
 
-def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
-    """The signatures above (name -> concrete function)."""
-    size = int(task.config.data.image_size)
-    towers = task.towers(models)
-    out = {}
-    for name, role, is_sketch in (
-        ("embed_structure_sketch", "structure_sketch", True),
-        ("embed_structure_image", "structure_image", False),
-        ("embed_style", "style", False),
-    ):
-        out.update(
-            inputs.with_float_variant(
-                name,
-                lambda x, _, t=towers[role]: {"embedding": t(x["images"], training=False)},
-                ["images"],
-                [],
-                inputs.prepare_batch(size, is_sketch),
+@dataclasses.dataclass
+class StyleSbirServing:
+    """The `Serving` of the style-aware SBIR family: the signatures of the module docstring."""
+
+    task: Any  # the family's Task
+
+    def signatures(self, models, gallery=None) -> dict[str, Any]:
+        """The signatures above (name -> concrete function)."""
+        task = self.task
+        size = int(task.config.data.image_size)
+        towers = task.towers(models)
+        out = {}
+        for name, role, is_sketch in (
+            ("embed_structure_sketch", "structure_sketch", True),
+            ("embed_structure_image", "structure_image", False),
+            ("embed_style", "style", False),
+        ):
+            out.update(
+                inputs.with_float_variant(
+                    name,
+                    lambda x, _, t=towers[role]: {"embedding": t(x["images"], training=False)},
+                    ["images"],
+                    [],
+                    inputs.prepare_batch(size, is_sketch),
+                )
             )
+        sketch_tower, style_tower = towers["structure_sketch"], towers["style"]
+        sketch_prep = inputs.prepare_batch(size, True)
+        image_prep = inputs.prepare_batch(size, False)
+
+        def prepare(value, name, from_bytes):
+            return (sketch_prep if name == "sketches" else image_prep)(value, name, from_bytes)
+
+        def embed_queries(x):
+            return (
+                sketch_tower(x["sketches"], training=False),
+                style_tower(x["exemplars"], training=False),
+            )
+
+        def score(x, extra):
+            alpha = _checked_alpha(extra["alpha"])
+            k, s = embed_queries(x)
+            structure = tf.matmul(_unit(k), _unit(extra["gallery_structure"]), transpose_b=True)
+            style = tf.matmul(_unit(s), _unit(extra["gallery_style"]), transpose_b=True)
+            return {"scores": alpha * structure + (1.0 - alpha) * style}
+
+        gallery_specs = [
+            tf.TensorSpec([None, None], tf.float32, name="gallery_structure"),
+            tf.TensorSpec([None, None], tf.float32, name="gallery_style"),
+        ]
+        images = ["sketches", "exemplars"]
+        out.update(
+            inputs.with_float_variant("score", score, images, [*gallery_specs, _ALPHA], prepare)
         )
-    sketch_tower, style_tower = towers["structure_sketch"], towers["style"]
-    sketch_prep = inputs.prepare_batch(size, True)
-    image_prep = inputs.prepare_batch(size, False)
+        if gallery is None:
+            out["serving_default"] = out["embed_structure_sketch"]
+            return out
 
-    def prepare(value, name, from_bytes):
-        return (sketch_prep if name == "sketches" else image_prep)(value, name, from_bytes)
+        def retrieve(x, extra):
+            k, s = embed_queries(x)
+            return gallery.top_k(_query(k, s, extra["alpha"]), extra["k"])
 
-    def embed_queries(x):
-        return (
-            sketch_tower(x["sketches"], training=False),
-            style_tower(x["exemplars"], training=False),
+        out.update(inputs.with_float_variant("retrieve", retrieve, images, [_ALPHA, _K], prepare))
+        e_dim, f_dim = int(sketch_tower.output.shape[-1]), int(style_tower.output.shape[-1])
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, e_dim], tf.float32, name="structure"),
+                tf.TensorSpec([None, f_dim], tf.float32, name="style"),
+                _ALPHA,
+                _K,
+            ]
         )
+        def search(structure, style, alpha, k):
+            return gallery.top_k(_query(structure, style, alpha), k)
 
-    def score(x, extra):
-        alpha = _checked_alpha(extra["alpha"])
-        k, s = embed_queries(x)
-        structure = tf.matmul(_unit(k), _unit(extra["gallery_structure"]), transpose_b=True)
-        style = tf.matmul(_unit(s), _unit(extra["gallery_style"]), transpose_b=True)
-        return {"scores": alpha * structure + (1.0 - alpha) * style}
-
-    gallery_specs = [
-        tf.TensorSpec([None, None], tf.float32, name="gallery_structure"),
-        tf.TensorSpec([None, None], tf.float32, name="gallery_style"),
-    ]
-    images = ["sketches", "exemplars"]
-    out.update(inputs.with_float_variant("score", score, images, [*gallery_specs, _ALPHA], prepare))
-    if gallery is None:
-        out["serving_default"] = out["embed_structure_sketch"]
+        out["search"] = search.get_concrete_function()
+        out["serving_default"] = out["retrieve"]
         return out
 
-    def retrieve(x, extra):
-        k, s = embed_queries(x)
-        return gallery.top_k(_query(k, s, extra["alpha"]), extra["k"])
-
-    out.update(inputs.with_float_variant("retrieve", retrieve, images, [_ALPHA, _K], prepare))
-    e_dim, f_dim = int(sketch_tower.output.shape[-1]), int(style_tower.output.shape[-1])
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, e_dim], tf.float32, name="structure"),
-            tf.TensorSpec([None, f_dim], tf.float32, name="style"),
-            _ALPHA,
-            _K,
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """One request per signature on the shared example drawing (a coloured copy as image);
+        the export keeps those of the signatures it writes."""
+        size = int(self.task.config.data.image_size)
+        img = inputs.example_drawing(size)
+        png = encode_png(img)
+        colour = img.copy()
+        colour[img[..., 0] == 255] = (240, 200, 120)  # a coloured background: a "styled" image
+        colour_png = encode_png(colour)
+        floats = img[None].astype(np.float32) / 255.0
+        colour_floats = colour[None].astype(np.float32) / 255.0
+        e_dim = inputs.input_width(signatures, "search", "structure")
+        f_dim = inputs.input_width(signatures, "search", "style")
+        pair = {
+            "sketches": np.array([png], dtype=object),
+            "exemplars": np.array([colour_png], dtype=object),
+        }
+        pair_floats = {"sketches": floats, "exemplars": colour_floats}
+        gallery = {
+            "gallery_structure": np.ones((3, e_dim), np.float32),
+            "gallery_style": np.ones((3, f_dim), np.float32),
+            "alpha": np.float32(0.5),
+        }
+        query = {"alpha": np.float32(0.7), "k": np.int32(3)}
+        requests = {
+            "embed_structure_sketch": {"images": np.array([png, png], dtype=object)},
+            "embed_structure_image": {"images": np.array([colour_png], dtype=object)},
+            "embed_style": {"images": np.array([colour_png], dtype=object)},
+            "embed_structure_sketch_floats": {"images": floats},
+            "embed_structure_image_floats": {"images": colour_floats},
+            "embed_style_floats": {"images": colour_floats},
+            "score": {**pair, **gallery},
+            "score_floats": {**pair_floats, **gallery},
+            "retrieve": {**pair, **query},
+            "retrieve_floats": {**pair_floats, **query},
+            "search": {
+                "structure": np.ones((1, e_dim), np.float32),
+                "style": np.ones((1, f_dim), np.float32),
+                **query,
+            },
+        }
+        has_retrieve = signatures is not None and "retrieve" in signatures
+        requests["serving_default"] = requests[
+            "retrieve" if has_retrieve else "embed_structure_sketch"
         ]
-    )
-    def search(structure, style, alpha, k):
-        return gallery.top_k(_query(structure, style, alpha), k)
-
-    out["search"] = search.get_concrete_function()
-    out["serving_default"] = out["retrieve"]
-    return out
-
-
-def warmup_inputs(task, signatures=None) -> dict[str, dict[str, Any]]:
-    """One request per signature on the shared example drawing (a coloured copy as image);
-    the export keeps those of the signatures it writes."""
-    size = int(task.config.data.image_size)
-    img = inputs.example_drawing(size)
-    png = encode_png(img)
-    colour = img.copy()
-    colour[img[..., 0] == 255] = (240, 200, 120)  # a coloured background: a "styled" image
-    colour_png = encode_png(colour)
-    floats = img[None].astype(np.float32) / 255.0
-    colour_floats = colour[None].astype(np.float32) / 255.0
-    e_dim = inputs.input_width(signatures, "search", "structure")
-    f_dim = inputs.input_width(signatures, "search", "style")
-    pair = {
-        "sketches": np.array([png], dtype=object),
-        "exemplars": np.array([colour_png], dtype=object),
-    }
-    pair_floats = {"sketches": floats, "exemplars": colour_floats}
-    gallery = {
-        "gallery_structure": np.ones((3, e_dim), np.float32),
-        "gallery_style": np.ones((3, f_dim), np.float32),
-        "alpha": np.float32(0.5),
-    }
-    query = {"alpha": np.float32(0.7), "k": np.int32(3)}
-    requests = {
-        "embed_structure_sketch": {"images": np.array([png, png], dtype=object)},
-        "embed_structure_image": {"images": np.array([colour_png], dtype=object)},
-        "embed_style": {"images": np.array([colour_png], dtype=object)},
-        "embed_structure_sketch_floats": {"images": floats},
-        "embed_structure_image_floats": {"images": colour_floats},
-        "embed_style_floats": {"images": colour_floats},
-        "score": {**pair, **gallery},
-        "score_floats": {**pair_floats, **gallery},
-        "retrieve": {**pair, **query},
-        "retrieve_floats": {**pair_floats, **query},
-        "search": {
-            "structure": np.ones((1, e_dim), np.float32),
-            "style": np.ones((1, f_dim), np.float32),
-            **query,
-        },
-    }
-    has_retrieve = signatures is not None and "retrieve" in signatures
-    requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_structure_sketch"]
-    return requests
+        return requests

@@ -42,9 +42,11 @@ from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
 from sketch_tf.families.style_sbir import data as style_data
+from sketch_tf.families.style_sbir.evaluate import StyleSbirEvaluator
+from sketch_tf.families.style_sbir.serving import StyleSbirRetrieval, StyleSbirServing
 from sketch_tf.models import style as style_models
 from sketch_tf.models.backbones import BACKBONES
-from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
+from sketch_tf.train.tasks import Headline, LossContext, Task
 
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 NEGATIVE_RULES = style_data.STYLE_NEGATIVE_RULES
@@ -84,9 +86,13 @@ def _tower_kwargs(section: ml_collections.ConfigDict) -> dict:
     }
 
 
-@register_task("style_sbir")
 class StyleSbirTask(Task):
     """Structure + style branches, sketch + exemplar queries (see module docstring)."""
+
+    name = "style_sbir"
+    evaluator_types = (StyleSbirEvaluator,)
+    serving_type = StyleSbirServing
+    retrieval_type = StyleSbirRetrieval
 
     headlines = (
         Headline(

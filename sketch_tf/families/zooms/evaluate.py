@@ -103,63 +103,75 @@ def _image_batch(img) -> np.ndarray:
     return plots.to_array(img)[None]
 
 
-def evaluate_task(task, model, workdir: str | None = None) -> dict[str, Any]:
-    """`ZoomsTask.evaluate`: held-out shapes of seen categories and unseen categories, ours vs
-    raw-patch vs shape-context. PNG curves go to `<workdir>/eval/`."""
-    cfg = task.config
-    splits = ["seen"] + (["unseen"] if len(tuple(cfg.data.unseen_classes)) else [])
-    scalars: dict[str, float] = {}
-    images: dict[str, np.ndarray] = {}
-    rows, curves = [], {}
-    eval_dir = os.path.join(workdir, "eval") if workdir else None
-    if eval_dir:
-        os.makedirs(eval_dir, exist_ok=True)
-    for which in splits:
-        res = evaluate_split(task, model, which)
-        if res["pairs"] == 0:
-            raise ValueError(
-                f"zooms evaluate: no test pairs with >= 2 points for the {which} categories in "
-                f"{cfg.data.root}/test"
+class ZoomsEvaluator:
+    """The `Evaluator` of the SketchZooms family: PCK / CMC of ours vs the raw-patch and
+    shape-context baselines on held-out pairs (see the module docstring)."""
+
+    name = "zooms/correspondence"
+
+    def __init__(self, task):
+        self.task = task
+
+    def run(self, models, workdir: str | None = None) -> dict[str, Any]:
+        """Held-out shapes of seen categories and unseen categories, ours (`models["zooms"]`) vs
+        raw-patch vs shape-context. PNG curves go to `<workdir>/eval/`."""
+        task, model = self.task, models["zooms"]
+        cfg = task.config
+        splits = ["seen"] + (["unseen"] if len(tuple(cfg.data.unseen_classes)) else [])
+        scalars: dict[str, float] = {}
+        images: dict[str, np.ndarray] = {}
+        rows, curves = [], {}
+        eval_dir = os.path.join(workdir, "eval") if workdir else None
+        if eval_dir:
+            os.makedirs(eval_dir, exist_ok=True)
+        for which in splits:
+            res = evaluate_split(task, model, which)
+            if res["pairs"] == 0:
+                raise ValueError(
+                    f"zooms evaluate: no test pairs with >= 2 points for the {which} categories in "
+                    f"{cfg.data.root}/test"
+                )
+            curves[which] = res
+            pck_curves, cmc_curves = {}, {}
+            for m in METHODS:
+                r = res["methods"][m]
+                rep = r["pck_report"]
+                for thr, v in rep.items():
+                    scalars[f"{which}/{m}/pck@{thr * 100:g}%"] = v
+                scalars[f"{which}/{m}/cmc@1"] = r["cmc"][0]
+                rows.append(
+                    [m, which, res["pairs"], res["points"]]
+                    + [round(rep[t], 4) for t in corr.PCK_REPORT_THRESHOLDS]
+                    + [round(r["cmc"][0], 4), round(r["cmc"][min(4, len(r["cmc"]) - 1)], 4)]
+                )
+                pck_curves[m] = (np.asarray(res["thresholds"]) * 100.0, r["pck"])
+                cmc_curves[m] = (np.arange(1, len(r["cmc"]) + 1), r["cmc"])
+            pck_img = plots.curve_plot(
+                pck_curves, f"PCK, {which} categories ({res['pairs']} pairs)",
+                "threshold (% of image side)", "fraction correct",
+            )  # fmt: skip
+            cmc_img = plots.curve_plot(
+                cmc_curves, f"CMC, {which} categories", "rank", "fraction with true match <= rank"
             )
-        curves[which] = res
-        pck_curves, cmc_curves = {}, {}
-        for m in METHODS:
-            r = res["methods"][m]
-            rep = r["pck_report"]
-            for thr, v in rep.items():
-                scalars[f"{which}/{m}/pck@{thr * 100:g}%"] = v
-            scalars[f"{which}/{m}/cmc@1"] = r["cmc"][0]
-            rows.append(
-                [m, which, res["pairs"], res["points"]]
-                + [round(rep[t], 4) for t in corr.PCK_REPORT_THRESHOLDS]
-                + [round(r["cmc"][0], 4), round(r["cmc"][min(4, len(r["cmc"]) - 1)], 4)]
-            )
-            pck_curves[m] = (np.asarray(res["thresholds"]) * 100.0, r["pck"])
-            cmc_curves[m] = (np.arange(1, len(r["cmc"]) + 1), r["cmc"])
-        pck_img = plots.curve_plot(
-            pck_curves, f"PCK, {which} categories ({res['pairs']} pairs)",
-            "threshold (% of image side)", "fraction correct",
-        )  # fmt: skip
-        cmc_img = plots.curve_plot(
-            cmc_curves, f"CMC, {which} categories", "rank", "fraction with true match <= rank"
-        )
-        img_a, img_b, pa, pb, pairs = res["example"]
-        err = np.linalg.norm(pb[pairs[:, 1]] - pb[pairs[:, 0]], axis=1)
-        ok = err <= 0.05 * int(cfg.data.image_size)
-        match_img = plots.match_picture(img_a, img_b, pa, pb, pairs, correct=ok)
-        for name, img in (("pck", pck_img), ("cmc", cmc_img), ("matches", match_img)):
-            images[f"{name}_{which}"] = _image_batch(img)
-            if eval_dir:
-                plots.save_png(img, os.path.join(eval_dir, f"zooms_{name}_{which}.png"))
-    header = ["method", "categories", "pairs", "points"]
-    header += [f"PCK@{t * 100:g}%" for t in corr.PCK_REPORT_THRESHOLDS] + ["CMC@1", "CMC@5"]
-    curves_json = {
-        w: {"thresholds": r["thresholds"], **{m: r["methods"][m]["pck"] for m in METHODS}}
-        for w, r in curves.items()
-    }
-    return {
-        "scalars": scalars,
-        "images": images,
-        "tables": {"zooms correspondence (held-out test pairs)": {"header": header, "rows": rows}},
-        "curves": curves_json,
-    }
+            img_a, img_b, pa, pb, pairs = res["example"]
+            err = np.linalg.norm(pb[pairs[:, 1]] - pb[pairs[:, 0]], axis=1)
+            ok = err <= 0.05 * int(cfg.data.image_size)
+            match_img = plots.match_picture(img_a, img_b, pa, pb, pairs, correct=ok)
+            for name, img in (("pck", pck_img), ("cmc", cmc_img), ("matches", match_img)):
+                images[f"{name}_{which}"] = _image_batch(img)
+                if eval_dir:
+                    plots.save_png(img, os.path.join(eval_dir, f"zooms_{name}_{which}.png"))
+        header = ["method", "categories", "pairs", "points"]
+        header += [f"PCK@{t * 100:g}%" for t in corr.PCK_REPORT_THRESHOLDS] + ["CMC@1", "CMC@5"]
+        curves_json = {
+            w: {"thresholds": r["thresholds"], **{m: r["methods"][m]["pck"] for m in METHODS}}
+            for w, r in curves.items()
+        }
+        return {
+            "scalars": scalars,
+            "images": images,
+            "tables": {
+                "zooms correspondence (held-out test pairs)": {"header": header, "rows": rows}
+            },
+            "curves": curves_json,
+        }

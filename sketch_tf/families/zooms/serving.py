@@ -20,6 +20,7 @@ evaluation, malformed bytes give InvalidArgument naming the input.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -72,94 +73,107 @@ def _nearest(desc_a, desc_b):
     return nn_b, dist, mutual
 
 
-def serving_signatures(task, model, gallery=None) -> dict[str, Any]:
-    """`describe` (= `serving_default`), `dense` and `match`, each with its `_floats` variant
-    (see the module docstring). `gallery` must be None: this family serves no retrieval."""
-    if gallery is not None:
-        raise ValueError("zooms: --gallery is for the retrieval families (zs_sbir, style_sbir)")
-    cfg = task.config
-    size = int(cfg.data.image_size)
-    kw = task.zoom_kwargs(training=False)
-    chunk = int(cfg.serving.chunk_points)
-    cap = int(cfg.serving.max_dense_points)
-    prepare = inputs.prepare_drawing_geometry(size)
-    points_spec = tf.TensorSpec([None, 2], tf.float32, name="points")
-    stride_spec = tf.TensorSpec([], tf.int32, name="stride")
+@dataclasses.dataclass
+class ZoomsServing:
+    """The `Serving` of the SketchZooms family: the signatures of the module docstring."""
 
-    def descriptors(img, pts):
-        return describe_graph(model, img[None], pts[None], kw, chunk)[0]
+    task: Any  # the family's Task
 
-    def grid(img, stride):
-        return dense_points(
-            img, stride, cap, int(cfg.serving.dilate_px), float(cfg.serving.ink_threshold)
+    def signatures(self, models, gallery=None) -> dict[str, Any]:
+        """`describe` (= `serving_default`), `dense` and `match`, each with its `_floats` variant
+        (see the module docstring), over `models["zooms"]`. `gallery` must be None: this family
+        serves no retrieval."""
+        if gallery is not None:
+            raise ValueError("zooms: --gallery is for the retrieval families (zs_sbir, style_sbir)")
+        task, model = self.task, models["zooms"]
+        cfg = task.config
+        size = int(cfg.data.image_size)
+        kw = task.zoom_kwargs(training=False)
+        chunk = int(cfg.serving.chunk_points)
+        cap = int(cfg.serving.max_dense_points)
+        prepare = inputs.prepare_drawing_geometry(size)
+        points_spec = tf.TensorSpec([None, 2], tf.float32, name="points")
+        stride_spec = tf.TensorSpec([], tf.int32, name="stride")
+
+        def descriptors(img, pts):
+            return describe_graph(model, img[None], pts[None], kw, chunk)[0]
+
+        def grid(img, stride):
+            return dense_points(
+                img, stride, cap, int(cfg.serving.dilate_px), float(cfg.serving.ink_threshold)
+            )
+
+        def describe(x, extra):
+            img, scale, offset = x["image"]
+            return {"descriptors": descriptors(img, extra["points"] * scale + offset)}
+
+        def dense(x, extra):
+            img, scale, offset = x["image"]
+            pts = grid(img, extra["stride"])
+            return {
+                "points": (pts - offset) / scale,
+                "descriptors": descriptors(img, pts),
+                "num_points": tf.shape(pts)[0],
+            }
+
+        def match(x, extra):
+            img_a, scale_a, offset_a = x["image_a"]
+            img_b, scale_b, offset_b = x["image_b"]
+            desc_a = descriptors(img_a, extra["points_a"] * scale_a + offset_a)
+            pts_b = grid(img_b, extra["stride"])
+            check = tf.debugging.Assert(
+                tf.shape(pts_b)[0] > 0, ["input `image_b`: no ink found to match against"]
+            )
+            with tf.control_dependencies([check]):
+                desc_b = descriptors(img_b, pts_b)
+            nn, dist, mutual = _nearest(desc_a, desc_b)
+            return {
+                "points_b": (tf.gather(pts_b, nn) - offset_b) / scale_b,
+                "distances": dist,
+                "mutual": mutual,
+                "num_candidates": tf.shape(pts_b)[0],
+            }
+
+        out = {}
+        out.update(
+            inputs.with_float_variant(
+                "describe", describe, ["image"], [points_spec], prepare, batched=False
+            )
         )
-
-    def describe(x, extra):
-        img, scale, offset = x["image"]
-        return {"descriptors": descriptors(img, extra["points"] * scale + offset)}
-
-    def dense(x, extra):
-        img, scale, offset = x["image"]
-        pts = grid(img, extra["stride"])
-        return {
-            "points": (pts - offset) / scale,
-            "descriptors": descriptors(img, pts),
-            "num_points": tf.shape(pts)[0],
-        }
-
-    def match(x, extra):
-        img_a, scale_a, offset_a = x["image_a"]
-        img_b, scale_b, offset_b = x["image_b"]
-        desc_a = descriptors(img_a, extra["points_a"] * scale_a + offset_a)
-        pts_b = grid(img_b, extra["stride"])
-        check = tf.debugging.Assert(
-            tf.shape(pts_b)[0] > 0, ["input `image_b`: no ink found to match against"]
+        out.update(
+            inputs.with_float_variant(
+                "dense", dense, ["image"], [stride_spec], prepare, batched=False
+            )
         )
-        with tf.control_dependencies([check]):
-            desc_b = descriptors(img_b, pts_b)
-        nn, dist, mutual = _nearest(desc_a, desc_b)
-        return {
-            "points_b": (tf.gather(pts_b, nn) - offset_b) / scale_b,
-            "distances": dist,
-            "mutual": mutual,
-            "num_candidates": tf.shape(pts_b)[0],
-        }
-
-    out = {}
-    out.update(inputs.with_float_variant("describe", describe, ["image"], [points_spec], prepare,
-                                         batched=False))  # fmt: skip
-    out.update(inputs.with_float_variant("dense", dense, ["image"], [stride_spec], prepare,
-                                         batched=False))  # fmt: skip
-    out.update(
-        inputs.with_float_variant(
-            "match",
-            match,
-            ["image_a", "image_b"],
-            [tf.TensorSpec([None, 2], tf.float32, name="points_a"), stride_spec],
-            prepare,
-            batched=False,
+        out.update(
+            inputs.with_float_variant(
+                "match",
+                match,
+                ["image_a", "image_b"],
+                [tf.TensorSpec([None, 2], tf.float32, name="points_a"), stride_spec],
+                prepare,
+                batched=False,
+            )
         )
-    )
-    out["serving_default"] = out["describe"]
-    return out
+        out["serving_default"] = out["describe"]
+        return out
 
-
-def warmup_inputs(task=None, signatures=None) -> dict[str, dict[str, Any]]:
-    """One request per signature on the shared example drawing."""
-    drawing = inputs.example_drawing(96)
-    image = encode_png(drawing)
-    floats = drawing.astype(np.float32) / 255.0
-    points = np.array([[20.0, 30.0], [48.0, 48.0], [70.0, 60.0]], np.float32)
-    stride = np.int32(16)
-    requests = {
-        "describe": {"image": image, "points": points},
-        "describe_floats": {"image": floats, "points": points},
-        "dense": {"image": image, "stride": stride},
-        "dense_floats": {"image": floats, "stride": stride},
-        "match": {"image_a": image, "image_b": image, "points_a": points, "stride": stride},
-        "match_floats": {
-            "image_a": floats, "image_b": floats, "points_a": points, "stride": stride
-        },
-    }  # fmt: skip
-    requests["serving_default"] = requests["describe"]
-    return requests
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """One request per signature on the shared example drawing."""
+        drawing = inputs.example_drawing(96)
+        image = encode_png(drawing)
+        floats = drawing.astype(np.float32) / 255.0
+        points = np.array([[20.0, 30.0], [48.0, 48.0], [70.0, 60.0]], np.float32)
+        stride = np.int32(16)
+        requests = {
+            "describe": {"image": image, "points": points},
+            "describe_floats": {"image": floats, "points": points},
+            "dense": {"image": image, "stride": stride},
+            "dense_floats": {"image": floats, "stride": stride},
+            "match": {"image_a": image, "image_b": image, "points_a": points, "stride": stride},
+            "match_floats": {
+                "image_a": floats, "image_b": floats, "points_a": points, "stride": stride
+            },
+        }  # fmt: skip
+        requests["serving_default"] = requests["describe"]
+        return requests

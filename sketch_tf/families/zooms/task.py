@@ -37,10 +37,12 @@ from sketch_tf import losses
 from sketch_tf.data import splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
 from sketch_tf.families.zooms import data as zooms_data
+from sketch_tf.families.zooms.evaluate import ZoomsEvaluator
+from sketch_tf.families.zooms.serving import ZoomsServing
 from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
 from sketch_tf.models.layers import FUSION_MODES
 from sketch_tf.models.zooms import build_zooms_model, describe_views
-from sketch_tf.train.tasks import Headline, Task, register_task
+from sketch_tf.train.tasks import Headline, Task
 
 LOSS_KINDS = ("triplet", "contrastive")
 #: In-batch mining over pair batches, or the original's per-triplet candidates.
@@ -81,9 +83,12 @@ def category_mask(categories, valid) -> tf.Tensor:
     return tf.logical_and(tf.equal(cat[:, None], cat[None, :]), both)
 
 
-@register_task("zooms")
 class ZoomsTask(Task):
     """SketchZooms descriptors (see module docstring); models: {"zooms": keras.Model}."""
+
+    name = "zooms"
+    evaluator_types = (ZoomsEvaluator,)
+    serving_type = ZoomsServing
 
     headlines = tuple(
         Headline(
@@ -426,23 +431,6 @@ class ZoomsTask(Task):
             a, other, same, float(self.config.loss.contrastive_margin), self.config.loss.distance
         )
         return tf.math.divide_no_nan(tf.reduce_sum(per_pair * use), tf.reduce_sum(use))
-
-    # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self, models, workdir=None):
-        from sketch_tf.families.zooms import evaluate
-
-        return evaluate.evaluate_task(self, models["zooms"], workdir)
-
-    # ---- export --------------------------------------------------------------------------
-    def serving_signatures(self, models, gallery=None):
-        from sketch_tf.families.zooms import serving
-
-        return serving.serving_signatures(self, models["zooms"], gallery)
-
-    def warmup_inputs(self, signatures=None):
-        from sketch_tf.families.zooms import serving
-
-        return serving.warmup_inputs(self, signatures)
 
 
 __all__ = ["ZoomsTask", "category_mask", "select_first_semi_hard"]

@@ -23,16 +23,18 @@ everything instead of an error.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.data import tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.retrieval import unit_rows
+from sketch_tf.families.embedding import embed_labelled_records
 from sketch_tf.index import GalleryIndex
 from sketch_tf.models import zs_sbir as zs_models
 
@@ -47,7 +49,8 @@ def configured_baselines(config) -> tuple[str, ...]:
 
 
 def embed_split(task, models, domain: str, classes: list[str], baselines=()):
-    """Embeds every test record of `domain` and `classes` with the matching tower.
+    """Embeds every test record of `domain` and `classes` with the matching tower
+    (`embedding.embed_labelled_records`).
 
     `baselines`: names of `sketch_tf.eval.baselines.BASELINE_NAMES` whose descriptors are
     computed batch by batch from the same preprocessed images (sketch or photo by `domain`).
@@ -56,19 +59,7 @@ def embed_split(task, models, domain: str, classes: list[str], baselines=()):
     instance ids [N] str, {baseline name: descriptors float32 [N, D]}).
     """
     d = task.config.data
-    path = task.records_dir("test")
     is_sketch = domain == d.sketch_domain
-    tower = zs_models.sketch_tower(models) if is_sketch else zs_models.photo_tower(models)
-    ds = pipeline.labelled_dataset(
-        path,
-        int(task.config.eval.batch_size),
-        image_size=int(d.image_size),
-        training=False,
-        classes=classes,
-        domains=[domain],
-        sketch_domain=d.sketch_domain,
-    )
-
     if task.uses_feature_cache():
         # The heads on the cached features of the frozen trunk: the same embeddings as
         # `tower(images)` (tests/families/zs_sbir), without running the trunk again.
@@ -79,35 +70,31 @@ def embed_split(task, models, domain: str, classes: list[str], baselines=()):
         def embedding(batch):
             return head(lookup(batch["image_key"]), training=False)
     else:
+        tower = zs_models.sketch_tower(models) if is_sketch else zs_models.photo_tower(models)
 
         def embedding(batch):
             return tower(batch["image"], training=False)
 
-    @tf.function(reduce_retracing=True)  # the last batch is smaller
-    def embed(batch):
-        thumbs = tf.image.resize(batch["image"], [48, 48], antialias=True)
-        return embedding(batch), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
-
-    embs, labels, thumbs, ids = [], [], [], []
-    descs = {name: [] for name in baselines}
-    for batch in ds:
-        e, t = embed({"image": batch["image"], "image_key": batch["image_key"]})
-        embs.append(e.numpy())
-        thumbs.append(t.numpy())
-        labels.append(batch["class_id"].numpy())
-        ids.extend(x.decode() for x in batch["instance_id"].numpy())
-        if descs:
-            images = batch["image"].numpy()
-            for name, parts in descs.items():
-                parts.append(baselines_lib.baseline_descriptors(name, images, is_sketch))
-    if not embs:
-        raise ValueError(f"zs_sbir: no {domain!r} records of classes {classes} in {path}")
+    out = embed_labelled_records(
+        task.records_dir("test"),
+        classes=classes,
+        domains=[domain],
+        image_size=int(d.image_size),
+        sketch_domain=d.sketch_domain,
+        batch_size=int(task.config.eval.batch_size),
+        embedders={"embedding": embedding},
+        descriptors={
+            name: functools.partial(baselines_lib.baseline_descriptors, name, is_sketch=is_sketch)
+            for name in baselines
+        },
+        empty_error=f"zs_sbir: no {domain!r} records of classes {classes}",
+    )
     return (
-        np.concatenate(embs).astype(np.float32),
-        np.concatenate(labels),
-        np.concatenate(thumbs),
-        np.asarray(ids),
-        {name: np.concatenate(parts) for name, parts in descs.items()},
+        out["embedding"].astype(np.float32),
+        out["class_id"],
+        out["thumbs"],
+        out["instance_id"],
+        {name: out[name] for name in baselines},
     )
 
 
@@ -133,74 +120,87 @@ def grid_top_k(queries: np.ndarray, gallery: np.ndarray, metric: str, k: int) ->
     return index.search(queries, k)[1]
 
 
-def evaluate_task(task, models, workdir=None) -> dict[str, Any]:
-    """`ZsSbirTask.evaluate` (see the module docstring); files only when `workdir` is given."""
-    d, e = task.config.data, task.config.eval
-    path = task.records_dir("test")
-    names = tfrecord.read_manifest(path)["classes"]
-    _, unseen = task.class_split(names)
-    baseline_names = configured_baselines(task.config)
-    q, ql, q_img, _, q_base = embed_split(task, models, d.sketch_domain, unseen, baseline_names)
-    g, gl, g_img, _, g_base = embed_split(task, models, d.photo_domain, unseen, baseline_names)
-    res = retrieval.retrieval_metrics(q, ql, g, gl, metric=e.metric)
-    rnd = retrieval.random_ranking_baseline(
-        ql, gl, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
-    )
-    keys = METRIC_KEYS
-    scalars = {k: float(res[k]) for k in keys}
-    scalars.update({f"random_{k}": float(rnd[k]) for k in keys})
-    baseline_rows = []
-    for name in baseline_names:
-        b = baseline_metrics(q_base[name], ql, g_base[name], gl, e.metric)
-        scalars.update({f"{name}_{k}": float(b[k]) for k in keys})
-        baseline_rows.append([baselines_lib.BASELINE_LABELS[name]] + [float(b[k]) for k in keys])
-    scalars.update(num_queries=float(len(q)), num_gallery=float(len(g)))
-    header = ["class", "queries", "relevant"] + list(keys)
-    rows = []
-    for label in sorted(res["per_class"], key=int):
-        pc = res["per_class"][label]
-        rows.append(
-            [names[int(label)], int(pc["num_queries"]), int(pc["num_relevant"])]
-            + [float(pc[k]) for k in keys]
-        )
-    tables = {
-        "unseen classes: model vs baselines": {
-            "header": ["ranking"] + list(keys),
-            "rows": [
-                ["model"] + [scalars[k] for k in keys],
-                ["random"] + [scalars[f"random_{k}"] for k in keys],
-            ]
-            + baseline_rows,
-        },
-        "per unseen class": {"header": header, "rows": rows},
-    }
+@dataclasses.dataclass
+class ZsSbirEvaluator:
+    """The `Evaluator` of the zero-shot SBIR family: unseen-class retrieval next to the
+    random ranking and the non-learned baselines (see the module docstring)."""
 
-    # Retrieval grid: the first queries of each class in turn, their top-k photos.
-    per_class = [np.flatnonzero(ql == c) for c in np.unique(ql)]
-    picks = []
-    for i in range(max(len(x) for x in per_class)):
-        picks += [x[i] for x in per_class if i < len(x)]
-    picks = picks[: int(e.grid_queries)]
-    top = grid_top_k(q[picks], g, e.metric, int(e.grid_top_k))
-    grid = plots.retrieval_grid(
-        [q_img[i] for i in picks], [[g_img[j] for j in row] for row in top],
-        gl[top] == ql[picks][:, None], thumb_size=48,
-    )  # fmt: skip
-    grid_arr = plots.to_array(grid)
-    out = {"scalars": scalars, "images": {"retrieval_grid": grid_arr[None]}, "tables": tables}
-    if workdir:
-        eval_dir = os.path.join(workdir, "eval")
-        plots.save_png(grid, os.path.join(eval_dir, "retrieval_grid.png"))
-        n_proj = min(len(g), int(e.projector_max))
-        if n_proj:
-            plots.write_projector(
-                os.path.join(eval_dir, "projector"),
-                g[:n_proj],
-                [names[int(c)] for c in gl[:n_proj]],
-                thumbnails=list(g_img[:n_proj]),
+    name = "zs_sbir/unseen_retrieval"
+
+    task: Any  # the family's Task
+
+    def run(self, models, workdir=None) -> dict[str, Any]:
+        """Metrics, tables and the retrieval grid of the module docstring; files only when
+        `workdir` is given."""
+        task = self.task
+        d, e = task.config.data, task.config.eval
+        path = task.records_dir("test")
+        names = tfrecord.read_manifest(path)["classes"]
+        _, unseen = task.class_split(names)
+        baseline_names = configured_baselines(task.config)
+        q, ql, q_img, _, q_base = embed_split(task, models, d.sketch_domain, unseen, baseline_names)
+        g, gl, g_img, _, g_base = embed_split(task, models, d.photo_domain, unseen, baseline_names)
+        res = retrieval.retrieval_metrics(q, ql, g, gl, metric=e.metric)
+        rnd = retrieval.random_ranking_baseline(
+            ql, gl, seed=int(task.config.seed), repeats=int(e.baseline_repeats)
+        )
+        keys = METRIC_KEYS
+        scalars = {k: float(res[k]) for k in keys}
+        scalars.update({f"random_{k}": float(rnd[k]) for k in keys})
+        baseline_rows = []
+        for name in baseline_names:
+            b = baseline_metrics(q_base[name], ql, g_base[name], gl, e.metric)
+            scalars.update({f"{name}_{k}": float(b[k]) for k in keys})
+            baseline_rows.append(
+                [baselines_lib.BASELINE_LABELS[name]] + [float(b[k]) for k in keys]
             )
-        out["files"] = {
-            "retrieval_grid": os.path.join(eval_dir, "retrieval_grid.png"),
-            "projector": os.path.join(eval_dir, "projector"),
+        scalars.update(num_queries=float(len(q)), num_gallery=float(len(g)))
+        header = ["class", "queries", "relevant"] + list(keys)
+        rows = []
+        for label in sorted(res["per_class"], key=int):
+            pc = res["per_class"][label]
+            rows.append(
+                [names[int(label)], int(pc["num_queries"]), int(pc["num_relevant"])]
+                + [float(pc[k]) for k in keys]
+            )
+        tables = {
+            "unseen classes: model vs baselines": {
+                "header": ["ranking"] + list(keys),
+                "rows": [
+                    ["model"] + [scalars[k] for k in keys],
+                    ["random"] + [scalars[f"random_{k}"] for k in keys],
+                ]
+                + baseline_rows,
+            },
+            "per unseen class": {"header": header, "rows": rows},
         }
-    return out
+
+        # Retrieval grid: the first queries of each class in turn, their top-k photos.
+        per_class = [np.flatnonzero(ql == c) for c in np.unique(ql)]
+        picks = []
+        for i in range(max(len(x) for x in per_class)):
+            picks += [x[i] for x in per_class if i < len(x)]
+        picks = picks[: int(e.grid_queries)]
+        top = grid_top_k(q[picks], g, e.metric, int(e.grid_top_k))
+        grid = plots.retrieval_grid(
+            [q_img[i] for i in picks], [[g_img[j] for j in row] for row in top],
+            gl[top] == ql[picks][:, None], thumb_size=48,
+        )  # fmt: skip
+        grid_arr = plots.to_array(grid)
+        out = {"scalars": scalars, "images": {"retrieval_grid": grid_arr[None]}, "tables": tables}
+        if workdir:
+            eval_dir = os.path.join(workdir, "eval")
+            plots.save_png(grid, os.path.join(eval_dir, "retrieval_grid.png"))
+            n_proj = min(len(g), int(e.projector_max))
+            if n_proj:
+                plots.write_projector(
+                    os.path.join(eval_dir, "projector"),
+                    g[:n_proj],
+                    [names[int(c)] for c in gl[:n_proj]],
+                    thumbnails=list(g_img[:n_proj]),
+                )
+            out["files"] = {
+                "retrieval_grid": os.path.join(eval_dir, "retrieval_grid.png"),
+                "projector": os.path.join(eval_dir, "projector"),
+            }
+        return out

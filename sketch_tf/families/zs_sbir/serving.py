@@ -21,6 +21,7 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -40,93 +41,109 @@ def _query(embedding, metric: str):
     return tf.convert_to_tensor(embedding, tf.float32)
 
 
-def gallery_domains(task) -> list[str]:
-    """The record domains a gallery holds: the photos."""
-    return [task.config.data.photo_domain]
+@dataclasses.dataclass
+class ZsSbirRetrieval:
+    """The `Retrieval` of the zero-shot SBIR family: sketches against photo embeddings,
+    ranked by `eval.metric` (unit rows for cosine, so that a blank image scores 0)."""
+
+    task: Any  # the family's Task
+
+    def gallery_records(self) -> str:
+        """The test records (the photos of every class in them)."""
+        return self.task.records_dir("test")
+
+    def gallery_domains(self) -> list[str]:
+        """The record domains a gallery holds: the photos."""
+        return [self.task.config.data.photo_domain]
+
+    def gallery_embed(self, models):
+        """Preprocessed gallery images float32 [B, S, S, 3] -> {"photo": embeddings [B, E]}."""
+        photo = zs_models.photo_tower(models)
+        return lambda x: {"photo": photo(x, training=False)}
+
+    def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric): the
+        photo embeddings with `eval.metric` (unit rows for cosine: a blank image scores 0)."""
+        metric = str(self.task.config.eval.metric)
+        return _query(embeddings["photo"], metric).numpy(), metric
+
+    def query_vectors(self, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
+        """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E]
+        (`index_vectors`' space). `exemplars` / `alpha` are for the style family: refused."""
+        if exemplars is not None or alpha is not None:
+            raise ValueError("zs_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
+        e = zs_models.sketch_tower(models)(sketches, training=False)
+        return _query(e, str(self.task.config.eval.metric)).numpy()
 
 
-def gallery_embed(task, models):
-    """Preprocessed gallery images float32 [B, S, S, 3] -> {"photo": embeddings [B, E]}."""
-    photo = zs_models.photo_tower(models)
-    return lambda x: {"photo": photo(x, training=False)}
+@dataclasses.dataclass
+class ZsSbirServing:
+    """The `Serving` of the zero-shot SBIR family: the signatures of the module docstring."""
 
+    task: Any  # the family's Task
 
-def index_vectors(task, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric): the photo
-    embeddings with `eval.metric` (unit rows for cosine: a blank image scores 0)."""
-    metric = str(task.config.eval.metric)
-    return _query(embeddings["photo"], metric).numpy(), metric
+    def signatures(self, models, gallery=None) -> dict[str, Any]:
+        """The signatures above (name -> concrete function)."""
+        task = self.task
+        size = int(task.config.data.image_size)
+        metric = str(task.config.eval.metric)
+        towers = {"sketch": zs_models.sketch_tower(models), "photo": zs_models.photo_tower(models)}
+        out = {}
+        for role, tower in towers.items():
+            out.update(
+                inputs.with_float_variant(
+                    f"embed_{role}",
+                    lambda x, _, tower=tower: {"embedding": tower(x["images"], training=False)},
+                    ["images"],
+                    [],
+                    inputs.prepare_batch(size, is_sketch=role == "sketch"),
+                )
+            )
+        if gallery is None:
+            out["serving_default"] = out["embed_sketch"]
+            return out
 
-
-def query_vectors(task, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
-    """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E] (`index_vectors`'
-    space). `exemplars` / `alpha` are for the style family: refused here."""
-    if exemplars is not None or alpha is not None:
-        raise ValueError("zs_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
-    e = zs_models.sketch_tower(models)(sketches, training=False)
-    return _query(e, str(task.config.eval.metric)).numpy()
-
-
-def serving_signatures(task, models, gallery=None) -> dict[str, Any]:
-    """The signatures above (name -> concrete function)."""
-    size = int(task.config.data.image_size)
-    metric = str(task.config.eval.metric)
-    towers = {"sketch": zs_models.sketch_tower(models), "photo": zs_models.photo_tower(models)}
-    out = {}
-    for role, tower in towers.items():
+        sketch = towers["sketch"]
         out.update(
             inputs.with_float_variant(
-                f"embed_{role}",
-                lambda x, _, tower=tower: {"embedding": tower(x["images"], training=False)},
+                "retrieve",
+                lambda x, extra: gallery.top_k(
+                    _query(sketch(x["images"], training=False), metric), extra["k"]
+                ),
                 ["images"],
-                [],
-                inputs.prepare_batch(size, is_sketch=role == "sketch"),
+                [_K],
+                inputs.prepare_batch(size, is_sketch=True),
             )
         )
-    if gallery is None:
-        out["serving_default"] = out["embed_sketch"]
+        width = int(sketch.output.shape[-1])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K]
+        )
+        def search(embedding, k):
+            return gallery.top_k(_query(embedding, metric), k)
+
+        out["search"] = search.get_concrete_function()
+        out["serving_default"] = out["retrieve"]
         return out
 
-    sketch = towers["sketch"]
-    out.update(
-        inputs.with_float_variant(
-            "retrieve",
-            lambda x, extra: gallery.top_k(
-                _query(sketch(x["images"], training=False), metric), extra["k"]
-            ),
-            ["images"],
-            [_K],
-            inputs.prepare_batch(size, is_sketch=True),
-        )
-    )
-    width = int(sketch.output.shape[-1])
-
-    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K])
-    def search(embedding, k):
-        return gallery.top_k(_query(embedding, metric), k)
-
-    out["search"] = search.get_concrete_function()
-    out["serving_default"] = out["retrieve"]
-    return out
-
-
-def warmup_inputs(task, signatures=None) -> dict[str, dict[str, Any]]:
-    """One request per signature on the shared example drawing (inverted for the photo);
-    the export keeps those of the signatures it writes."""
-    img = inputs.example_drawing(int(task.config.data.image_size))
-    png = encode_png(img)
-    sketches = np.array([png, png], dtype=object)
-    floats = img[None].astype(np.float32) / 255.0
-    width = inputs.input_width(signatures, "search", "embedding")
-    requests = {
-        "embed_sketch": {"images": sketches},
-        "embed_sketch_floats": {"images": floats},
-        "embed_photo": {"images": np.array([encode_png(255 - img)], dtype=object)},
-        "embed_photo_floats": {"images": 1.0 - floats},
-        "retrieve": {"images": sketches, "k": np.int32(3)},
-        "retrieve_floats": {"images": floats, "k": np.int32(3)},
-        "search": {"embedding": np.ones((1, width), np.float32), "k": np.int32(2)},
-    }
-    default = "retrieve" if signatures is not None and "retrieve" in signatures else "embed_sketch"
-    requests["serving_default"] = requests[default]
-    return requests
+    def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
+        """One request per signature on the shared example drawing (inverted for the photo);
+        the export keeps those of the signatures it writes."""
+        img = inputs.example_drawing(int(self.task.config.data.image_size))
+        png = encode_png(img)
+        sketches = np.array([png, png], dtype=object)
+        floats = img[None].astype(np.float32) / 255.0
+        width = inputs.input_width(signatures, "search", "embedding")
+        requests = {
+            "embed_sketch": {"images": sketches},
+            "embed_sketch_floats": {"images": floats},
+            "embed_photo": {"images": np.array([encode_png(255 - img)], dtype=object)},
+            "embed_photo_floats": {"images": 1.0 - floats},
+            "retrieve": {"images": sketches, "k": np.int32(3)},
+            "retrieve_floats": {"images": floats, "k": np.int32(3)},
+            "search": {"embedding": np.ones((1, width), np.float32), "k": np.int32(2)},
+        }
+        has_retrieve = signatures is not None and "retrieve" in signatures
+        requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_sketch"]
+        return requests

@@ -42,11 +42,13 @@ from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
 from sketch_tf.families.zs_sbir import data as zs_data
+from sketch_tf.families.zs_sbir.evaluate import ZsSbirEvaluator
+from sketch_tf.families.zs_sbir.serving import ZsSbirRetrieval, ZsSbirServing
 from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
-from sketch_tf.train.tasks import Headline, LossContext, Task, register_task
+from sketch_tf.train.tasks import Headline, LossContext, Task
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
 PHOTO_INPUTS = towers.PHOTO_INPUTS
@@ -72,9 +74,13 @@ def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     return f"python prepare_data.py --source=folders --root=<dataset folder> --out={root}/{split}"
 
 
-@register_task("zs_sbir")
 class ZsSbirTask(Task):
     """Sketch/photo towers + GRL domain classifier (see module docstring)."""
+
+    name = "zs_sbir"
+    evaluator_types = (ZsSbirEvaluator,)
+    serving_type = ZsSbirServing
+    retrieval_type = ZsSbirRetrieval
 
     headlines = tuple(
         Headline(

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
+from sketch_tf import families
 from sketch_tf.data import pipeline, schema, tfrecord
 from sketch_tf.families.fg_sbir import evaluate as fg_evaluate
 from sketch_tf.families.fg_sbir.task import FgSbirTask, read_pairs
 from sketch_tf.models import fg_sbir as fg_models
-from sketch_tf.train import loop, tasks
+from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
 from sketch_tf.train.tasks import LossContext
 from tests.conftest import requires_hed
@@ -378,8 +379,8 @@ def test_export_round_trip(exported):
 
 
 def test_family_registers_through_the_contract_only():
-    assert "fg_sbir" in tasks.family_names()
-    assert tasks.get_task_class("fg_sbir") is FgSbirTask
+    assert "fg_sbir" in families.family_names()
+    assert families.get_task_class("fg_sbir") is FgSbirTask
 
 
 def test_synthetic_variants_share_the_zero_shot_records():

@@ -382,12 +382,12 @@ def test_evaluate_writes_tables_and_pictures(trained):
     for name in ("sketch_style_map", "query_grid"):
         assert os.path.isfile(result["files"][name])
     assert "sketch + style mAP" in open(result["files"]["tables"]).read()
-    other = style_eval.evaluate_task(run.task, run.models, alpha=1.0)
+    other = style_eval.StyleSbirEvaluator(run.task, alpha=1.0).run(run.models)
     assert other["scalars"]["sketch_style_map"] == pytest.approx(
         s["structure_only/sketch_style_map"]
     )
     with pytest.raises(ValueError, match="alpha"):
-        style_eval.evaluate_task(run.task, run.models, alpha=2.0)
+        style_eval.StyleSbirEvaluator(run.task, alpha=2.0)
 
 
 def test_export_round_trip_of_every_signature(trained, tmp_path):

@@ -422,7 +422,7 @@ def test_export_round_trip(exported):
     )
     requests = warmup.read_warmup_requests(os.path.join(path, serving.WARMUP_FILE))
     assert {r["signature"] for r in requests} == set(loaded.signatures)
-    png = task.warmup_inputs()["embed_sketch"]["images"][:1]
+    png = task.serving().warmup_inputs()["embed_sketch"]["images"][:1]
     got = loaded.signatures["embed_sketch"](images=tf.constant(png))["embedding"].numpy()
     image = pipeline.preprocess(tf.constant(png[0]), True, SIZE, False)
     want = zs_models.sketch_tower(state.models)(image[None], training=False).numpy()
@@ -715,7 +715,7 @@ def test_search_index_and_export_give_the_same_results(exported, tmp_path):
     records = run.task.records_dir("test")
     index = search.build_index(run, records)
     assert index.manifest["step"] == run.step and index.manifest["domains"] == ["photo"]
-    png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
+    png = run.task.serving().warmup_inputs()["embed_sketch"]["images"][0]
     got = search.query_run(run, index, png, 4)
     # The exported `retrieve` (gallery embedded at export time) ranks the same way.
     via_export = search.query_export(base, png, 4)
@@ -743,7 +743,7 @@ def test_clients_retrieve_through_the_test_server(exported):
     from tests.serving_server import ModelServer
 
     run, base, path = exported
-    png = run.task.warmup_inputs()["embed_sketch"]["images"][0]
+    png = run.task.serving().warmup_inputs()["embed_sketch"]["images"][0]
     want = tf.saved_model.load(path).signatures["retrieve"](
         images=tf.constant([png, png]), k=tf.constant(3)
     )
