@@ -43,9 +43,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.models.variables import unique_variables
 from sketch_tf.train import strategy as strategy_lib
 from sketch_tf.train.schedules import learning_rate_schedule
-from sketch_tf.train.tasks import LossContext, Task, unique_variables
+from sketch_tf.train.tasks import LossContext, Task
 
 CHECKPOINT_SUBDIR = "ckpt"
 TRAIN_SUMMARY_SUBDIR = "train"

@@ -27,6 +27,8 @@ from typing import Any
 import ml_collections
 import tensorflow as tf
 
+from sketch_tf.models.variables import unique_variables
+
 #: name -> Task class. Filled by `register_task`; the families are imported on demand.
 TASKS: dict[str, type[Task]] = {}
 
@@ -65,22 +67,6 @@ def get_task_class(name: str) -> type[Task]:
 def known_task_names() -> list[str]:
     """Every task name: the shipped families and anything registered at run time."""
     return sorted(set(TASKS) | set(family_names()))
-
-
-def unique_variables(models: dict[str, Any], attr: str = "variables") -> list:
-    """`getattr(model, attr)` of every model (models in name order), each variable once.
-
-    `attr="variables"`: every variable incl. non-trainable statistics and RNG seed states
-    (what checkpoints and SavedModels must hold); `"trainable_variables"`: what an optimizer
-    updates. Models may share layers (a shared tower), hence the de-duplication.
-    """
-    seen, out = set(), []
-    for name in sorted(models):
-        for v in getattr(models[name], attr):
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
 
 
 @dataclass(frozen=True)

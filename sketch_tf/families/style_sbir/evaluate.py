@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core.files import write_atomic
 from sketch_tf.data import pipeline, tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
@@ -382,9 +383,7 @@ def evaluate_task(task, models, workdir=None, alpha: float | None = None) -> dic
             "query_grid": plots.save_png(grid, os.path.join(eval_dir, "query_grid.png")),
         }
         md = os.path.join(eval_dir, "tables.md")
-        with open(md + ".tmp", "w") as f:
-            f.write(format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
-        os.replace(md + ".tmp", md)
+        write_atomic(md, format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
         out["files"] = {**{k: str(v) for k, v in files.items()}, "tables": md}
     return out
 
