@@ -29,26 +29,29 @@ _ABLATIONS = flags.DEFINE_list(
 def main(argv):
     cli.check_args(argv, workdir=_WORKDIR.value)
     run = cli.load_run_or_fail(_CONFIG.value, _WORKDIR.value)
-    if _ABLATIONS.value:
-        known = sorted((run.config.get("ablations") or {}).keys())
-        unknown = sorted(set(_ABLATIONS.value) - set(known) - {"all"})
-        if unknown:
-            cli.fail(f"--ablations: unknown {unknown}; this config defines {known}")
 
     from sketch_tf.eval.report import format_result
-    from sketch_tf.train import loop
-    from sketch_tf.train.run import run_ablations
+    from sketch_tf.train.run import run_ablations, select_ablations
 
-    result = run.task.evaluate(run.models, run.workdir)
-    result.setdefault("checkpoint", run.checkpoint)
+    ablations, top = [], None
     if _ABLATIONS.value:
+        # The ablations are the whole config's (the stages of a multi-stage run have none).
         top = (
             _CONFIG.value
             if _CONFIG.value is not None
             else cli.validated_config(None, _WORKDIR.value)
         )
-        run_ablations(top, _WORKDIR.value, result, _ABLATIONS.value, log=logging.info)
-    json_path = loop.write_eval_results(run.workdir, run.step, result)
+        try:
+            ablations = select_ablations(top, _ABLATIONS.value)
+        except ValueError as e:
+            cli.fail(str(e))
+
+    def add_checkpoint_and_ablations(result):
+        result.setdefault("checkpoint", run.checkpoint)
+        if ablations:
+            run_ablations(top, _WORKDIR.value, result, ablations, log=logging.info)
+
+    result, json_path = run.evaluate_and_write(before_write=add_checkpoint_and_ablations)
     print(format_result(result, title=f"{run.config.task} @ step {run.step} ({run.checkpoint})"))
     print(f"metrics: {json_path}")
     if _OUTPUT.value:

@@ -18,6 +18,7 @@ import time
 from absl import app, flags, logging
 
 from sketch_tf import cli
+from sketch_tf.core.files import write_atomic
 from sketch_tf.paths import PROJECT_ROOT
 from sketch_tf.train.config import STRATEGY_NAMES
 
@@ -39,7 +40,6 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     its records are rendered from the synthetic world when absent."""
     from sketch_tf.data.synthetic.prepare import prepare_synthetic
     from sketch_tf.export.serving import export_run
-    from sketch_tf.train import loop
     from sketch_tf.train.config import ConfigError, load_project_config, validate_config
     from sketch_tf.train.run import load_run, train_run
 
@@ -71,8 +71,7 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
 
     t0 = time.perf_counter()
     run = load_run(run_dir, config)
-    evaluation = run.task.evaluate(run.models, run.workdir)
-    loop.write_eval_results(run.workdir, result.step, evaluation)
+    evaluation, _ = run.evaluate_and_write()
     timings["evaluate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -162,14 +161,8 @@ def main(argv):
         )
     )
     summary_path = os.path.join(workdir, "results.json")
-    with open(summary_path + ".tmp", "w") as f:
-        json.dump(
-            {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in results.items()},
-            f,
-            indent=2,
-            default=str,
-        )
-    os.replace(summary_path + ".tmp", summary_path)
+    summary = {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in results.items()}
+    write_atomic(summary_path, json.dumps(summary, indent=2, default=str))
     print(f"\nresults: {summary_path}")
 
 

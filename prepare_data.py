@@ -122,6 +122,7 @@ def _derived() -> None:
     """--derived: the task's caches for training and evaluation (`Task.precompute`)."""
     from sketch_tf.families import get_task_class
     from sketch_tf.train import loop
+    from sketch_tf.train import run as run_lib
     from sketch_tf.train.config import ConfigError, validate_config
 
     config = _CONFIG.value
@@ -134,7 +135,7 @@ def _derived() -> None:
     task = get_task_class(config.task)(config)
     state = loop.build_state(task)
     if config.get("init") and config.init.get("workdir"):
-        loop.apply_init(state, config.init, print)
+        run_lib.apply_init(state, config.init, print)
     try:
         paths = task.precompute(state.models)
     except (ValueError, OSError) as e:

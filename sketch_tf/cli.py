@@ -7,7 +7,6 @@ else below takes plain values.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -98,14 +97,14 @@ def validated_config(
     if config is None:
         if not workdir:
             fail("give --config, or --workdir of a trained run (its config.json is used)")
-        path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(path):
-            fail(f"no --config given and {path} does not exist (is --workdir a trained run?)")
+        from sketch_tf.train.run import read_config
+
         try:
-            with open(path) as f:
-                config = ml_collections.ConfigDict(json.load(f))
-        except (OSError, ValueError) as e:
-            fail(f"cannot read {path}: {e}")
+            config = read_config(workdir)
+        except FileNotFoundError as e:
+            fail(f"no --config given and {e}")
+        except ValueError as e:
+            fail(str(e))
     try:
         validate_config(config)
     except ConfigError as e:

@@ -63,6 +63,23 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert again.step == 6
 
 
+def test_init_fn_runs_only_when_the_run_starts_from_scratch(tmp_path):
+    config = _config(num_steps=4)
+    workdir = str(tmp_path / "run")
+    calls = []
+
+    def init_fn(state):
+        # Called before any step, on the models the loop trains.
+        assert int(state.step.numpy()) == 0 and set(state.models) == {"trunk", "head"}
+        calls.append(len(state.variables))
+
+    task = tiny_task.TinyTask(config)
+    loop.train(task, workdir, init_fn=init_fn, stop_after_steps=2, log=lambda s: None)
+    assert len(calls) == 1
+    loop.train(tiny_task.TinyTask(config), workdir, init_fn=init_fn, log=lambda s: None)
+    assert len(calls) == 1  # the resume restores the checkpoint instead
+
+
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_mirrored_two_cpus_matches_default_strategy(tmp_path, two_cpu_strategy, batchnorm):
     cpus = tf.config.list_logical_devices("CPU")

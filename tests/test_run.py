@@ -46,7 +46,7 @@ def test_two_stage_recipe_init_freeze_and_resume(tmp_path):
     _, fine_config, fine_dir = run_lib.stage_configs(config, workdir)[1]
     assert fine_config.init.workdir == os.path.join(workdir, "pre")
     fresh = loop.build_state(tiny_task.TinyTask(fine_config))
-    loop.apply_init(fresh, fine_config.init, log=lambda s: None)
+    run_lib.apply_init(fresh, fine_config.init, log=lambda s: None)
     for name in ("trunk", "head"):
         for a, b in zip(_weights(pre[name]), _weights(fresh.models[name]), strict=True):
             np.testing.assert_array_equal(a, b)
@@ -90,10 +90,13 @@ def test_init_shape_mismatch_names_model_and_variable(tmp_path):
     target.init.workdir = src_dir
     target.init.models = ("trunk",)
     with pytest.raises(ValueError, match=r"init: model 'trunk' variable .* has shape \(8, 12\)"):
-        loop.train(tiny_task.TinyTask(target), str(tmp_path / "dst"), log=lambda s: None)
+        run_lib.train_run(target, str(tmp_path / "dst"), log=lambda s: None)
     target.init.models = ("nope",)
     with pytest.raises(ValueError, match="init.models: 'nope' is not a model of this run"):
-        loop.train(tiny_task.TinyTask(target), str(tmp_path / "dst2"), log=lambda s: None)
+        run_lib.train_run(target, str(tmp_path / "dst2"), log=lambda s: None)
+    # The loop loads no other run: it refuses a warm start it is not given the function of.
+    with pytest.raises(ValueError, match="init.workdir=.* is set but loop.train got no init_fn"):
+        loop.train(tiny_task.TinyTask(target), str(tmp_path / "dst3"), log=lambda s: None)
 
 
 def test_recipe_sections_are_validated():

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from sketch_tf.core.files import atomic_file, write_atomic
 
 __all__ = [
     "CACHE_SUBDIR",
@@ -154,19 +155,11 @@ def _read_entry(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarr
 
 def _write_entry(path: str, keys: np.ndarray, values: np.ndarray, spec: dict, digest: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, _SPEC + ".tmp"), "w") as f:
-            json.dump({"format": CACHE_FORMAT, "spec": spec, "weights_sha256": digest}, f, indent=1)
-        os.replace(os.path.join(path, _SPEC + ".tmp"), os.path.join(path, _SPEC))
-        fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=keys, values=values)
-            os.replace(tmp, os.path.join(path, _FILE))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        spec_json = {"format": CACHE_FORMAT, "spec": spec, "weights_sha256": digest}
+        write_atomic(os.path.join(path, _SPEC), json.dumps(spec_json, indent=1))
+        # Streamed into the temporary (no second copy of a large array in memory).
+        with atomic_file(os.path.join(path, _FILE), "wb") as f:
+            np.savez(f, keys=keys, values=values)
     except OSError as e:
         raise OSError(
             f"feature cache: cannot write {path} ({e.strerror or e}); make the folder writable "

@@ -30,9 +30,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core.files import write_atomic
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import warmup
-from sketch_tf.train.tasks import unique_variables
+from sketch_tf.models.variables import unique_variables
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MODEL_MANIFEST_FILE = os.path.join("assets.extra", "model.json")
@@ -76,14 +77,6 @@ def batching_parameters_text(params: dict[str, int] | None = None) -> str:
     """`batching_parameters.txt` for `--enable_batching --batching_parameters_file`."""
     params = {**BATCHING_PARAMETERS, **(params or {})}
     return "".join(f"{key} {{ value: {int(value)} }}\n" for key, value in params.items())
-
-
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _remove_stale_temporaries(export_base: str) -> list[str]:
@@ -203,7 +196,7 @@ def export_saved_model(
         if gallery is not None:
             gallery.write_manifest(tmp)
         if model_manifest is not None:
-            _write_atomic(os.path.join(tmp, MODEL_MANIFEST_FILE), json.dumps(model_manifest))
+            write_atomic(os.path.join(tmp, MODEL_MANIFEST_FILE), json.dumps(model_manifest))
         if inputs:
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             warmup.write_warmup_requests(os.path.join(tmp, WARMUP_FILE), name, inputs)
@@ -221,11 +214,11 @@ def export_saved_model(
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    _write_atomic(
+    write_atomic(
         os.path.join(export_base, MODELS_CONFIG_FILE),
         server_config_text(name, server_base_path or f"/models/{name}"),
     )
-    _write_atomic(os.path.join(export_base, BATCHING_FILE), batching_parameters_text())
+    write_atomic(os.path.join(export_base, BATCHING_FILE), batching_parameters_text())
     return final
 
 

@@ -19,10 +19,12 @@ interrupted run continues exactly where an uninterrupted one would be (same seed
 deterministic ops). SIGTERM / SIGINT save a checkpoint and return; a non-finite loss stops
 training without saving, leaving the last good checkpoint.
 
-A run that starts from scratch applies the config's warm start (`config.init`: named models
-restored from another run, `apply_init`); models outside `config.train.trainable` are frozen
-(`build_state`). Periodic evaluation (`train.eval_every`) runs on the chief only, which alone
-writes `<workdir>/eval`. Stages and ablations are run by `sketch_tf.train.run` on top of this.
+A run that starts from scratch calls the warm start it is given (`init_fn`; the run helpers
+build it from `config.init`: `sketch_tf.train.run.warm_start_fn`); models outside
+`config.train.trainable` are frozen (`build_state`). Periodic evaluation (`train.eval_every`)
+runs on the chief only, which alone writes `<workdir>/eval`. Stages and ablations are run by
+`sketch_tf.train.run` on top of this; this module imports nothing above it (no run folder
+loading, no export, no family).
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core.files import write_atomic
+from sketch_tf.models.variables import unique_variables
 from sketch_tf.train import strategy as strategy_lib
 from sketch_tf.train.schedules import learning_rate_schedule
-from sketch_tf.train.tasks import LossContext, Task, unique_variables
+from sketch_tf.train.tasks import LossContext, Task
 
+#: Files and folders of a run folder (see `sketch_tf.train.run`).
+CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "ckpt"
 TRAIN_SUMMARY_SUBDIR = "train"
 EVAL_SUMMARY_SUBDIR = "eval"
@@ -146,70 +152,6 @@ def synchronize_batch_norm(models: dict[str, Any]) -> int:
                 layer.synchronized = True
                 changed += 1
     return changed
-
-
-def copy_model_weights(src: Any, dst: Any, name: str, source: str) -> None:
-    """Assigns every weight of Keras model `src` to the same-position weight of `dst`.
-
-    Raises:
-      ValueError naming the model, the variable and both shapes on any mismatch (nothing is
-      assigned then).
-    """
-    sw, dw = src.weights, dst.weights
-    if len(sw) != len(dw):
-        raise ValueError(
-            f"init: model {name!r} has {len(dw)} weights here but {len(sw)} in {source}: "
-            "the two runs build different architectures for it"
-        )
-    for s, d in zip(sw, dw, strict=True):
-        if tuple(s.shape) != tuple(d.shape):
-            raise ValueError(
-                f"init: model {name!r} variable {d.path!r} has shape {tuple(d.shape)} here but "
-                f"{tuple(s.shape)} in {source} (variable {s.path!r})"
-            )
-    for s, d in zip(sw, dw, strict=True):
-        d.assign(s)
-
-
-def apply_init(state: TrainState, init: ml_collections.ConfigDict, log=print) -> list[str]:
-    """Warm start: restores `init.models` (all models both runs have, when empty) from the
-    latest checkpoint of the run in `init.workdir`. Returns the restored model names.
-
-    Raises:
-      FileNotFoundError when `init.workdir` holds no trained run; ValueError when that run
-      stopped before its `train.num_steps` (an unfinished earlier stage: finish it first), or
-      naming the model (and variable) when a model is missing there or its weights do not fit.
-    """
-    from sketch_tf.train.run import load_run
-
-    source = load_run(str(init.workdir))
-    planned = int(source.config.train.num_steps)
-    if source.step < planned:
-        raise ValueError(
-            f"init.workdir={init.workdir}: that run is unfinished (step {source.step} of "
-            f"{planned}); finish it first (python train.py --workdir={init.workdir} resumes "
-            "it, or the multi-stage recipe resumes its stage)"
-        )
-    wanted = tuple(init.get("models", ()) or ())
-    names = list(wanted) or sorted(m for m in state.models if m in source.state.models)
-    for name in names:
-        if name not in state.models:
-            raise ValueError(
-                f"init.models: {name!r} is not a model of this run {sorted(state.models)}"
-            )
-        if name not in source.state.models:
-            raise ValueError(
-                f"init.models: model {name!r} is not in {source.checkpoint} (it has "
-                f"{sorted(source.state.models)})"
-            )
-        copy_model_weights(source.state.models[name], state.models[name], name, source.checkpoint)
-    if not names:
-        raise ValueError(
-            f"init: no model in common between this run {sorted(state.models)} and "
-            f"{source.checkpoint} {sorted(source.state.models)}"
-        )
-    log(f"initialised {names} from {source.checkpoint}")
-    return names
 
 
 def checkpoint_step(checkpoint_dir: str) -> int | None:
@@ -404,15 +346,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     Raises:
       WorkdirError: `workdir` cannot be created or written.
     """
-    tmp = os.path.join(workdir, ".config.json.tmp")
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(tmp, os.path.join(workdir, "config.json"))
+        write_atomic(
+            os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
+        )
     except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise WorkdirError(f"workdir {workdir} is not writable: {err}") from err
 
 
@@ -460,11 +398,25 @@ def write_eval_results(workdir: str, step: int, result: dict[str, Any]) -> str:
     path = os.path.join(eval_dir, f"metrics_{step}.json")
     payload = {k: v for k, v in result.items() if k != "images"}
     payload["step"] = int(step)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
     return path
+
+
+def evaluate_and_write(
+    task: Task,
+    models: dict[str, Any],
+    workdir: str,
+    step: int,
+    before_write: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Evaluates `models` (`task.evaluate(models, workdir)`: its pictures and tables go to
+    `<workdir>/eval` too) and writes the result for `step` (`write_eval_results`).
+    `before_write(result)` may add to the result first (evaluate.py: the checkpoint and the
+    ablations). Returns (result, path of `metrics_<step>.json`)."""
+    result = task.evaluate(models, workdir)
+    if before_write is not None:
+        before_write(result)
+    return result, write_eval_results(workdir, step, result)
 
 
 def _json_default(obj):
@@ -475,11 +427,17 @@ def _json_default(obj):
     return str(obj)
 
 
+#: A warm start: called with the fresh TrainState of a run that starts from scratch (not on a
+#: resume); returns the names of the models it initialised (`sketch_tf.train.run.warm_start_fn`).
+InitFn = Callable[[TrainState], Any]
+
+
 def train(
     task: Task,
     workdir: str,
     strategy: tf.distribute.Strategy | None = None,
     *,
+    init_fn: InitFn | None = None,
     stop_after_steps: int | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -490,6 +448,8 @@ def train(
       workdir: run folder: `ckpt/`, `train/` and `eval/` summaries, `config.json`.
       strategy: a `tf.distribute.Strategy` (default strategy when None). Must be the one the
         caller created before any op when logical devices are configured.
+      init_fn: the warm start of a run that starts from scratch (`InitFn`); required when the
+        config sets `init.workdir` (`sketch_tf.train.run.train_run` passes it).
       stop_after_steps: stop (with a checkpoint, status `interrupted`) after this many steps
         of this call, as if interrupted; for tests and smoke runs.
       log: console progress sink.
@@ -502,47 +462,142 @@ def train(
       WorkdirError: the workdir or a checkpoint could not be written (the last complete
         checkpoint is intact).
       InputError: the training input failed (bad records; the last checkpoint is intact).
+      ValueError: `config.init.workdir` is set but no `init_fn` was given.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    config = task.config
-    train_cfg = config.train
-    chief = strategy_lib.is_chief(strategy)
+    config, train_cfg = task.config, task.config.train
+    _check_init_fn(config, init_fn)
+    # 1. Seeds, determinism, and the run folder (config.json, the checkpoint folder).
     keras.utils.set_random_seed(int(config.seed))
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    folders = _prepare_workdir(config, workdir, strategy)
 
-    # Non-chief workers write their (identical) checkpoints to a scratch folder: every worker
-    # must take part in saving under MultiWorkerMirroredStrategy, but only the chief's count.
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
-    if not chief:
-        ckpt_dir = os.path.join(
-            workdir, ".scratch", strategy_lib.worker_id(strategy), CHECKPOINT_SUBDIR
-        )
-    if chief:
-        write_config(config, workdir)
-
+    # 2. Models and optimizer; resume from the latest checkpoint, or warm start a new run.
     state = build_state(task, strategy)
     manager = tf.train.CheckpointManager(
-        state.checkpoint, ckpt_dir, max_to_keep=int(train_cfg.keep_checkpoints)
+        state.checkpoint, folders.checkpoints, max_to_keep=int(train_cfg.keep_checkpoints)
     )
-    restored = restore_latest(state, os.path.join(workdir, CHECKPOINT_SUBDIR), for_training=True)
-    start_step = int(state.step.numpy())
-    if restored:
-        log(f"resumed from {restored} at step {start_step}")
-    elif config.get("init") and config.init.get("workdir"):
-        apply_init(state, config.init, log)
-
-    num_steps = int(train_cfg.num_steps)
-    global_batch = int(train_cfg.batch_size)
-    replicas = strategy.num_replicas_in_sync
-    if global_batch % replicas:
-        raise ValueError(
-            f"train.batch_size={global_batch} is not divisible by the {replicas} replicas in sync"
-        )
+    restored = _restore_or_warm_start(state, workdir, init_fn, log)
+    start_step, num_steps = int(state.step.numpy()), int(train_cfg.num_steps)
+    _check_batch_size(int(train_cfg.batch_size), strategy.num_replicas_in_sync)
     if start_step >= num_steps:
         log(f"nothing to do: step {start_step} >= train.num_steps={num_steps}")
         return TrainResult(start_step, "completed", checkpoint=restored)
 
+    # 3. The input, positioned after the batches already consumed, and the distributed step.
+    iterator, sharding = _training_input(task, strategy, state, restored, start_step, log)
+    train_step = _make_train_step(task, state, strategy, sharding, log)
+
+    # 4. The steps, each followed by the periodic actions; the last checkpoint.
+    writer = tf.summary.create_file_writer(folders.summaries)
+    progress = _Progress(writer, state.optimizer, num_steps, int(train_cfg.batch_size), log)
+    step, status = start_step, "completed"
+    with _StopRequest() as stop:
+        while step < num_steps:
+            schedule_values = task.schedule_values(state.models, step)
+            losses = train_step(_next_batch(iterator, step, config))
+            values = _finite_losses(losses, step, manager, writer)
+            step += 1
+            progress.add(values)
+            if step % train_cfg.log_every == 0 or step == num_steps:
+                progress.log_and_summarise(step, schedule_values)
+            if step % train_cfg.checkpoint_every == 0 and step < num_steps:
+                _save(state, manager, step)
+            # Only the chief evaluates: the others would write the same files into the same
+            # <workdir>/eval (evaluation runs outside strategy.run, no collectives).
+            eval_every = train_cfg.eval_every
+            if folders.chief and eval_every and step % eval_every == 0 and step < num_steps:
+                evaluate_and_write(task, state.models, workdir, step)
+            if stop.signal is not None or (
+                stop_after_steps is not None
+                and progress.run_steps >= stop_after_steps
+                and step < num_steps
+            ):
+                status = "interrupted"
+                break
+        path = _save(state, manager, step)
+
+    # 5. Close the summaries, drop a worker's scratch folder, report.
+    writer.close()
+    if folders.scratch:
+        shutil.rmtree(folders.scratch, ignore_errors=True)
+    if status == "interrupted":
+        why = f"signal {stop.signal}" if stop.signal is not None else "stop_after_steps"
+        log(f"interrupted ({why}) at step {step}; checkpoint saved: {path}")
+    else:
+        log(f"training finished at step {step}; checkpoint: {path}")
+    return TrainResult(step, status, progress.last_logged, path, progress.last_rate)
+
+
+def _check_init_fn(config: ml_collections.ConfigDict, init_fn: InitFn | None) -> None:
+    """A config with a warm start (`init.workdir`) needs the `init_fn` that applies it: the
+    loop itself does not load other runs."""
+    if init_fn is None and config.get("init") and config.init.get("workdir"):
+        raise ValueError(
+            f"config.init.workdir={config.init.workdir} is set but loop.train got no init_fn: "
+            "train through sketch_tf.train.run.train_run, or pass "
+            "init_fn=run.warm_start_fn(config.init)"
+        )
+
+
+@dataclass(frozen=True)
+class _Folders:
+    """Where this worker writes: the chief into the run folder; other workers (which must
+    take part in saving under MultiWorkerMirroredStrategy, but whose files do not count)
+    into `<workdir>/.scratch/<worker>/`, removed at the end."""
+
+    chief: bool
+    checkpoints: str
+    summaries: str
+    scratch: str | None
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str, strategy) -> _Folders:
+    """This worker's folders; the chief writes `<workdir>/config.json` (WorkdirError when the
+    workdir cannot be written)."""
+    if strategy_lib.is_chief(strategy):
+        write_config(config, workdir)
+        return _Folders(
+            True,
+            os.path.join(workdir, CHECKPOINT_SUBDIR),
+            os.path.join(workdir, TRAIN_SUMMARY_SUBDIR),
+            None,
+        )
+    scratch = os.path.join(workdir, ".scratch", strategy_lib.worker_id(strategy))
+    return _Folders(
+        False,
+        os.path.join(scratch, CHECKPOINT_SUBDIR),
+        os.path.join(scratch, TRAIN_SUMMARY_SUBDIR),
+        scratch,
+    )
+
+
+def _restore_or_warm_start(
+    state: TrainState, workdir: str, init_fn: InitFn | None, log: Callable[[str], None]
+) -> str | None:
+    """Restores the latest checkpoint of `<workdir>/ckpt` (every worker reads the chief's);
+    without one, calls `init_fn` (a new run's warm start). Returns the restored path."""
+    restored = restore_latest(state, os.path.join(workdir, CHECKPOINT_SUBDIR), for_training=True)
+    if restored:
+        log(f"resumed from {restored} at step {int(state.step.numpy())}")
+    elif init_fn is not None:
+        init_fn(state)
+    return restored
+
+
+def _check_batch_size(global_batch: int, replicas: int) -> None:
+    if global_batch % replicas:
+        raise ValueError(
+            f"train.batch_size={global_batch} is not divisible by the {replicas} replicas in sync"
+        )
+
+
+def _training_input(task: Task, strategy, state: TrainState, restored, start_step: int, log):
+    """(iterator of the global batches, sharding "file" or "data"): how the workers split the
+    input (`choose_input_sharding`, logged with several workers), positioned at `start_step`."""
+    train_cfg = task.config.train
+    seed, global_batch = int(task.config.seed), int(train_cfg.batch_size)
     sharding, why = choose_input_sharding(
         task, strategy, str(train_cfg.get("input_sharding", "auto"))
     )
@@ -550,28 +605,26 @@ def train(
         log(f"input sharded by {sharding} ({why})")
     if sharding == "file":
         iterator = _file_sharded_iterator(
-            task, strategy, global_batch, int(config.seed), state.models, start_step, log
+            task, strategy, global_batch, seed, state.models, start_step, log
         )
     else:
-        dataset = task.build_train_dataset(global_batch, int(config.seed), models=state.models)
+        dataset = task.build_train_dataset(global_batch, seed, models=state.models)
         iterator = _input_iterator(
             dataset, state, restored, start_step, log,
             saves_input=bool(train_cfg.get("save_input_position", True)),
         )  # fmt: skip
+    return iterator, sharding
+
+
+def _make_train_step(task: Task, state: TrainState, strategy, sharding: str, log):
+    """The `tf.function` of one distributed step: a global batch -> the loss terms summed
+    over the replicas (each replica's terms are its shares of the global-batch mean)."""
+    train_cfg = task.config.train
+    global_batch = int(train_cfg.batch_size)
+    replicas = strategy.num_replicas_in_sync
     replica_rows = global_batch // replicas
-
-    def replica_batches(batch):
-        """A global batch -> per-replica values: replica r gets rows [r * b, (r + 1) * b)."""
-
-        def rows(context):
-            first = context.replica_id_in_sync_group * replica_rows
-            return tf.nest.map_structure(lambda t: t[first : first + replica_rows], batch)
-
-        return strategy.experimental_distribute_values_from_function(rows)
-
     loss_ctx = LossContext(global_batch_size=global_batch, num_replicas=replicas)
-    variables = state.variables
-    optimizer = state.optimizer
+    variables, optimizer = state.variables, state.optimizer
     clipnorm = float(train_cfg.clipnorm)
 
     if not variables:
@@ -581,6 +634,15 @@ def train(
             "nothing to train: every model is frozen or has no trainable weight; the steps only "
             "compute the losses"
         )
+
+    def replica_batches(batch):
+        """A global batch -> per-replica values: replica r gets rows [r * b, (r + 1) * b)."""
+
+        def rows(context):
+            first = context.replica_id_in_sync_group * replica_rows
+            return tf.nest.map_structure(lambda t: t[first : first + replica_rows], batch)
+
+        return strategy.experimental_distribute_values_from_function(rows)
 
     def replica_step(batch):
         with tf.GradientTape() as tape:
@@ -610,92 +672,74 @@ def train(
             for name, value in per_replica.items()
         }
 
-    summary_dir = os.path.join(workdir, TRAIN_SUMMARY_SUBDIR)
-    if not chief:
-        summary_dir = os.path.join(workdir, ".scratch", strategy_lib.worker_id(strategy), "train")
-    writer = tf.summary.create_file_writer(summary_dir)
+    return train_step
 
-    step = start_step
-    interval_losses: dict[str, list[float]] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
-    run_start, run_steps = time.perf_counter(), 0
-    last_logged: dict[str, float] = {}
-    last_rate = 0.0
-    status = "completed"
 
-    def save() -> str:
-        state.step.assign(step)
-        return _save_checkpoint(manager, step)
-
-    with _StopRequest() as stop:
-        while step < num_steps:
-            schedule_values = task.schedule_values(state.models, step)
-            losses = train_step(_next_batch(iterator, step, config))
-            values = {k: float(v.numpy()) for k, v in losses.items()}
-            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-            if bad:
-                writer.close()
-                last = manager.latest_checkpoint
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1}: {bad}; training stopped, last good "
-                    f"checkpoint: {last or 'none (no checkpoint was written yet)'}"
-                )
-            step += 1
-            run_steps += 1
-            interval_steps += 1
-            for k, v in values.items():
-                interval_losses.setdefault(k, []).append(v)
-
-            if step % train_cfg.log_every == 0 or step == num_steps:
-                elapsed = time.perf_counter() - interval_start
-                last_rate = interval_steps * global_batch / max(elapsed, 1e-9)
-                last_logged = {k: float(np.mean(v)) for k, v in interval_losses.items()}
-                lr = current_learning_rate(optimizer)
-                with writer.as_default(step=step):
-                    for k, v in last_logged.items():
-                        tf.summary.scalar(f"loss/{k}", v)
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("examples_per_s", last_rate)
-                    for k, v in schedule_values.items():
-                        tf.summary.scalar(f"schedule/{k}", float(v))
-                writer.flush()
-                overall = run_steps / max(time.perf_counter() - run_start, 1e-9)
-                eta = (num_steps - step) / overall if overall > 0 else float("inf")
-                terms = ", ".join(f"{k} {v:.4f}" for k, v in last_logged.items() if k != "total")
-                log(
-                    f"step {step}/{num_steps} | loss {last_logged['total']:.4f}"
-                    + (f" ({terms})" if terms else "")
-                    + f" | {last_rate:.1f} ex/s | lr {lr:.2e} | ETA {_format_eta(eta)}"
-                )
-                interval_losses, interval_start, interval_steps = {}, time.perf_counter(), 0
-
-            if step % train_cfg.checkpoint_every == 0 and step < num_steps:
-                save()
-            if (
-                chief
-                and train_cfg.eval_every
-                and step % train_cfg.eval_every == 0
-                and step < num_steps
-            ):
-                # Only the chief evaluates: the others would write the same files into the
-                # same <workdir>/eval (evaluation runs outside strategy.run, no collectives).
-                result = task.evaluate(state.models, workdir)
-                write_eval_results(workdir, step, result)
-            if stop.signal is not None or (
-                stop_after_steps is not None and run_steps >= stop_after_steps and step < num_steps
-            ):
-                status = "interrupted"
-                break
-
-        path = save()
-    writer.close()
-    if not chief:
-        shutil.rmtree(
-            os.path.join(workdir, ".scratch", strategy_lib.worker_id(strategy)), ignore_errors=True
+def _finite_losses(losses, step: int, manager, writer) -> dict[str, float]:
+    """The step's loss terms as floats; a NaN / infinite one closes the summaries and raises
+    NonFiniteLossError naming the step and the last good checkpoint (nothing is saved)."""
+    values = {k: float(v.numpy()) for k, v in losses.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        writer.close()
+        last = manager.latest_checkpoint
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step + 1}: {bad}; training stopped, last good "
+            f"checkpoint: {last or 'none (no checkpoint was written yet)'}"
         )
-    if status == "interrupted":
-        why = f"signal {stop.signal}" if stop.signal is not None else "stop_after_steps"
-        log(f"interrupted ({why}) at step {step}; checkpoint saved: {path}")
-    else:
-        log(f"training finished at step {step}; checkpoint: {path}")
-    return TrainResult(step, status, last_logged, path, last_rate)
+    return values
+
+
+def _save(state: TrainState, manager, step: int) -> str:
+    """Checkpoint of `step` (the step variable set first, so a resume starts after it)."""
+    state.step.assign(step)
+    return _save_checkpoint(manager, step)
+
+
+class _Progress:
+    """The log line and the train summaries: loss terms averaged over the steps since the
+    last line, examples per second over them, learning rate, schedule values, and an ETA
+    from the rate of the whole call."""
+
+    def __init__(self, writer, optimizer, num_steps: int, global_batch: int, log):
+        self.writer, self.optimizer, self.log = writer, optimizer, log
+        self.num_steps, self.global_batch = num_steps, global_batch
+        self.run_start, self.run_steps = time.perf_counter(), 0
+        self._reset()
+        self.last_logged: dict[str, float] = {}
+        self.last_rate = 0.0
+
+    def _reset(self) -> None:
+        self.interval_losses: dict[str, list[float]] = {}
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+
+    def add(self, values: dict[str, float]) -> None:
+        """Counts one step of this call and its loss terms."""
+        self.run_steps += 1
+        self.interval_steps += 1
+        for k, v in values.items():
+            self.interval_losses.setdefault(k, []).append(v)
+
+    def log_and_summarise(self, step: int, schedule_values: dict[str, Any]) -> None:
+        """Writes the train summaries of `step` and logs its line; starts a new interval."""
+        elapsed = time.perf_counter() - self.interval_start
+        self.last_rate = self.interval_steps * self.global_batch / max(elapsed, 1e-9)
+        self.last_logged = {k: float(np.mean(v)) for k, v in self.interval_losses.items()}
+        lr = current_learning_rate(self.optimizer)
+        with self.writer.as_default(step=step):
+            for k, v in self.last_logged.items():
+                tf.summary.scalar(f"loss/{k}", v)
+            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("examples_per_s", self.last_rate)
+            for k, v in schedule_values.items():
+                tf.summary.scalar(f"schedule/{k}", float(v))
+        self.writer.flush()
+        overall = self.run_steps / max(time.perf_counter() - self.run_start, 1e-9)
+        eta = (self.num_steps - step) / overall if overall > 0 else float("inf")
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in self.last_logged.items() if k != "total")
+        self.log(
+            f"step {step}/{self.num_steps} | loss {self.last_logged['total']:.4f}"
+            + (f" ({terms})" if terms else "")
+            + f" | {self.last_rate:.1f} ex/s | lr {lr:.2e} | ETA {_format_eta(eta)}"
+        )
+        self._reset()

@@ -10,12 +10,15 @@ A run folder is what `train.py --workdir=DIR` writes:
 A multi-stage config (`config.stage_order`, `config.stages`) writes `DIR/config.json` (the
 whole recipe) and one such run folder per stage, `DIR/<stage>/`; each stage starts from the
 weights of the stage before (`init`). Loading `DIR` then means loading its last stage.
+Warm starts (`config.init`: named models from another run) are applied here: `train_run`
+hands `loop.train` the `init_fn` of `warm_start_fn` (the loop loads no other run).
 Ablations (`config.ablations`, `evaluate.py --ablations`) are run folders
 `DIR/ablations/<name>/`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +35,7 @@ from sketch_tf.train import strategy as strategy_lib
 from sketch_tf.train.config import apply_overrides, validate_config, without_recipes
 from sketch_tf.train.tasks import Task
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = loop.CONFIG_FILE
 ABLATIONS_SUBDIR = "ablations"
 
 
@@ -51,6 +54,16 @@ class Run:
     @property
     def models(self) -> dict[str, Any]:
         return self.state.models
+
+    def evaluate_and_write(
+        self, before_write: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """Evaluates this run's models (`task.evaluate(models, workdir)`) and writes the
+        result for its step to `<workdir>/eval` (TensorBoard and `metrics_<step>.json`);
+        `before_write(result)` may add to the result first. Returns (result, JSON path)."""
+        return loop.evaluate_and_write(
+            self.task, self.models, self.workdir, self.step, before_write
+        )
 
     def manifest(self) -> dict[str, Any]:
         """What identifies the model of this run, stored with what it embeds (a serving
@@ -146,6 +159,82 @@ def load_run(
     return Run(run_dir, config, task, state, path, int(state.step.numpy()))
 
 
+def copy_model_weights(src: Any, dst: Any, name: str, source: str) -> None:
+    """Assigns every weight of Keras model `src` to the same-position weight of `dst`.
+
+    Raises:
+      ValueError naming the model, the variable and both shapes on any mismatch (nothing is
+      assigned then).
+    """
+    sw, dw = src.weights, dst.weights
+    if len(sw) != len(dw):
+        raise ValueError(
+            f"init: model {name!r} has {len(dw)} weights here but {len(sw)} in {source}: "
+            "the two runs build different architectures for it"
+        )
+    for s, d in zip(sw, dw, strict=True):
+        if tuple(s.shape) != tuple(d.shape):
+            raise ValueError(
+                f"init: model {name!r} variable {d.path!r} has shape {tuple(d.shape)} here but "
+                f"{tuple(s.shape)} in {source} (variable {s.path!r})"
+            )
+    for s, d in zip(sw, dw, strict=True):
+        d.assign(s)
+
+
+def apply_init(
+    state: loop.TrainState, init: ml_collections.ConfigDict, log: Callable[[str], None] = print
+) -> list[str]:
+    """Warm start: restores `init.models` (all models both runs have, when empty) from the
+    latest checkpoint of the run in `init.workdir` into `state`. Returns the restored model
+    names.
+
+    Raises:
+      FileNotFoundError when `init.workdir` holds no trained run; ValueError when that run
+      stopped before its `train.num_steps` (an unfinished earlier stage: finish it first), or
+      naming the model (and variable) when a model is missing there or its weights do not fit.
+    """
+    source = load_run(str(init.workdir))
+    planned = int(source.config.train.num_steps)
+    if source.step < planned:
+        raise ValueError(
+            f"init.workdir={init.workdir}: that run is unfinished (step {source.step} of "
+            f"{planned}); finish it first (python train.py --workdir={init.workdir} resumes "
+            "it, or the multi-stage recipe resumes its stage)"
+        )
+    wanted = tuple(init.get("models", ()) or ())
+    names = list(wanted) or sorted(m for m in state.models if m in source.state.models)
+    for name in names:
+        if name not in state.models:
+            raise ValueError(
+                f"init.models: {name!r} is not a model of this run {sorted(state.models)}"
+            )
+        if name not in source.state.models:
+            raise ValueError(
+                f"init.models: model {name!r} is not in {source.checkpoint} (it has "
+                f"{sorted(source.state.models)})"
+            )
+        copy_model_weights(source.state.models[name], state.models[name], name, source.checkpoint)
+    if not names:
+        raise ValueError(
+            f"init: no model in common between this run {sorted(state.models)} and "
+            f"{source.checkpoint} {sorted(source.state.models)}"
+        )
+    log(f"initialised {names} from {source.checkpoint}")
+    return names
+
+
+def warm_start_fn(
+    config: ml_collections.ConfigDict, log: Callable[[str], None] = print
+) -> loop.InitFn | None:
+    """The `init_fn` for `loop.train` of `config`: `apply_init` of its `init` section, or None
+    when it sets no `init.workdir` (the run starts from the models' own initialisation)."""
+    init = config.get("init")
+    if not init or not init.get("workdir"):
+        return None
+    return functools.partial(apply_init, init=init, log=log)
+
+
 def stage_done(stage_config: ml_collections.ConfigDict, stage_dir: str) -> bool:
     """True when `stage_dir` holds a checkpoint at `train.num_steps` or later (cheap: reads
     the checkpoint index only)."""
@@ -182,10 +271,32 @@ def train_run(
         if name:
             log(f"stage {name!r} -> {stage_dir}")
         task = get_task_class(stage.task)(stage)
-        result = loop.train(task, stage_dir, strategy, stop_after_steps=stop_after_steps, log=log)
+        result = loop.train(
+            task,
+            stage_dir,
+            strategy,
+            init_fn=warm_start_fn(stage, log),
+            stop_after_steps=stop_after_steps,
+            log=log,
+        )
         if result.status != "completed":
             break
     return result
+
+
+def select_ablations(config: ml_collections.ConfigDict, names: list[str]) -> list[str]:
+    """The ablations of `config.ablations` that `names` (`evaluate.py --ablations`) asks for:
+    `["all"]` means every one, in name order.
+
+    Raises:
+      ValueError naming the unknown names and the ablations the config defines.
+    """
+    known = sorted((config.get("ablations") or {}).keys())
+    names = known if list(names) == ["all"] else list(names)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"--ablations: unknown {unknown}; this config defines {known}")
+    return names
 
 
 def run_ablations(
@@ -211,11 +322,7 @@ def run_ablations(
     Raises:
       ValueError naming unknown ablations (and the known ones).
     """
-    known = sorted((config.get("ablations") or {}).keys())
-    names = known if list(names) == ["all"] else list(names)
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(f"--ablations: unknown {unknown}; this config defines {known}")
+    names = select_ablations(config, names)
     task_class = get_task_class(config.task)
     keys = [h.key for h in task_class.headlines]
     baselines = [(b_name, b_key) for h in task_class.headlines for b_name, b_key in h.baselines]
@@ -230,9 +337,7 @@ def run_ablations(
         ab_dir = os.path.join(workdir, ABLATIONS_SUBDIR, name)
         log(f"ablation {name!r} -> {ab_dir}")
         train_run(ablation, ab_dir, log=log)
-        run = load_run(ab_dir, ablation)
-        ab_result = run.task.evaluate(run.models, run.workdir)
-        loop.write_eval_results(run.workdir, run.step, ab_result)
+        ab_result, _ = load_run(ab_dir, ablation).evaluate_and_write()
         for k in keys:
             if k in ab_result.get("scalars", {}):
                 scalars[f"ablation/{name}/{k}"] = float(ab_result["scalars"][k])
@@ -260,11 +365,15 @@ def run_ablations(
 
 __all__ = [
     "Run",
+    "apply_init",
+    "copy_model_weights",
     "final_stage_dir",
     "load_run",
     "read_config",
     "run_ablations",
+    "select_ablations",
     "stage_configs",
     "stage_done",
     "train_run",
+    "warm_start_fn",
 ]

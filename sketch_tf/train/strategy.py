@@ -58,17 +58,6 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
 
 
-def worker_index(strategy: tf.distribute.Strategy) -> int:
-    """This worker's index among `num_workers` (the chief first; 0 off multi-worker)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return 0
-    spec = resolver.cluster_spec().as_dict()
-    if resolver.task_type == "chief":
-        return 0
-    return len(spec.get("chief", [])) + int(resolver.task_id)
-
-
 def worker_id(strategy: tf.distribute.Strategy) -> str:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_type is None:

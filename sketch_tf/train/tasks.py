@@ -31,6 +31,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.models.variables import unique_variables
+
 #: name -> Task class of the tasks registered at run time (`register_task`: tests, users).
 #: The shipped families are listed in `sketch_tf.families.FAMILIES`.
 TASKS: dict[str, type[Task]] = {}
@@ -45,22 +47,6 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         return cls
 
     return add
-
-
-def unique_variables(models: dict[str, Any], attr: str = "variables") -> list:
-    """`getattr(model, attr)` of every model (models in name order), each variable once.
-
-    `attr="variables"`: every variable incl. non-trainable statistics and RNG seed states
-    (what checkpoints and SavedModels must hold); `"trainable_variables"`: what an optimizer
-    updates. Models may share layers (a shared tower), hence the de-duplication.
-    """
-    seen, out = set(), []
-    for name in sorted(models):
-        for v in getattr(models[name], attr):
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from sketch_tf.core.files import write_atomic
 from sketch_tf.data import tfrecord
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
@@ -411,9 +412,7 @@ def write_files(pictures_by_name: dict, tables: dict, workdir: str) -> dict[str,
         for name, picture in pictures_by_name.items()
     }
     md = os.path.join(eval_dir, "tables.md")
-    with open(md + ".tmp", "w") as f:
-        f.write(format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
-    os.replace(md + ".tmp", md)
+    write_atomic(md, format_result({"tables": tables}, title="# style_sbir evaluation") + "\n")
     return {**files, "tables": md}
 
 

@@ -16,7 +16,7 @@ from sketch_tf.families.style_sbir.task import StyleSbirTask
 from sketch_tf.models import style as style_models
 from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
-from sketch_tf.train.run import load_run, stage_configs, train_run
+from sketch_tf.train.run import apply_init, load_run, stage_configs, train_run
 
 CONTENTS = ["apple", "boat", "cup"]
 STYLES = ["ink", "oil", "water"]
@@ -280,7 +280,7 @@ def test_stage_handover_keeps_the_style_tower(trained):
     # Stage 2 initialised from stage 1, before any step: the style tower is the same.
     task = StyleSbirTask(c2)
     state = loop.build_state(task)
-    loop.apply_init(state, c2.init, log=lambda *_: None)
+    apply_init(state, c2.init, log=lambda *_: None)
     for a, b in zip(first.models["style_tower"].weights, state.models["style_tower"].weights,
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -305,7 +305,7 @@ def test_stage_two_refuses_an_unfinished_stage_one(records, tmp_path):
     assert result.step == 1
     state = loop.build_state(StyleSbirTask(c2))
     with pytest.raises(ValueError, match=r"unfinished \(step 1 of 2\)"):
-        loop.apply_init(state, c2.init, log=lambda *_: None)
+        apply_init(state, c2.init, log=lambda *_: None)
 
 
 def test_losses_of_each_stage(records):
