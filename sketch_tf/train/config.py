@@ -14,9 +14,20 @@ Sections every family's config has (`add_run_sections`), read by generic code on
   overrides; `train.py` runs the stages in `stage_order` into `<workdir>/<name>/`, each one
   initialised from the stage before (`sketch_tf.train.run`).
 - `ablations`: name -> partial config tree of overrides, run by `evaluate.py --ablations`.
+
+One config truth per family: `sketch_tf/families/<family>/config.py` holds the complete
+defaults (`defaults()`) beside their checks (`validate(config)`), and what an older run folder
+keeps for a key it lacks. `configs/<family>.py` holds only the variants (`variant_config`).
+A stored `config.json` is read through `migrate`, which renames old keys and fills every
+missing key, so code reads config values without fallbacks.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
 
 import ml_collections
 
@@ -27,10 +38,12 @@ STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
 #: How several workers split the training input (`train.input_sharding`, train/loop.py).
 INPUT_SHARDING = ("auto", "file", "data")
 
-#: Keys that were renamed: old dotted key -> message. A config that still has one fails
-#: validation naming the new key (an old config.json or a copied config file).
+#: Keys renamed in every family with their meaning unchanged: old dotted key -> new dotted key
+#: (a family adds its own in its config module's `RENAMED_KEYS`). `migrate` moves the value
+#: of a stored config.json; a config that still has an old key (a copied config file) fails
+#: validation naming the new one.
 RENAMED_KEYS = {
-    "data.unseen_categories": "data.unseen_categories was renamed data.unseen_classes",
+    "data.unseen_categories": "data.unseen_classes",
 }
 
 
@@ -43,9 +56,10 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config ({len(self.problems)} problem(s)):\n{lines}")
 
 
-def load_project_config(family: str, variant: str) -> ml_collections.ConfigDict:
-    """`get_config(variant)` of the project's `configs/<family>.py` (outside absl flags: the
-    main job, benches and tests). Raises FileNotFoundError naming the file when absent."""
+def project_config_module(family: str) -> ModuleType:
+    """The project's `configs/<family>.py` as a module (its `get_config`, `VARIANTS`), loaded
+    outside absl flags (the main job, benches and tests). Raises FileNotFoundError naming the
+    file when absent."""
     import importlib.util
     import os
 
@@ -57,7 +71,46 @@ def load_project_config(family: str, variant: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(f"configs_{family}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return module
+
+
+def load_project_config(family: str, variant: str) -> ml_collections.ConfigDict:
+    """`get_config(variant)` of the project's `configs/<family>.py` (outside absl flags: the
+    main job, benches and tests). Raises FileNotFoundError naming the file when absent."""
+    return project_config_module(family).get_config(variant)
+
+
+def variant_config(
+    family: str,
+    defaults: Callable[[], ml_collections.ConfigDict],
+    variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+    arg: str | None,
+    default: str = "synthetic",
+) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of `configs/<family>.py`, the one variant mechanism of the config
+    files: `defaults()` (the family's complete config) edited in place by `variants[arg]`.
+
+    Args:
+      family: the config file's family, for the error message.
+      defaults: `sketch_tf.families.<family>.config.defaults`.
+      variants: variant name -> function editing the defaults in place; its docstring says
+        what the variant is (the smoke variants, `main_job.py --smoke`, are `runlocal`-style
+        blocks shrinking a recipe to seconds).
+      arg: what follows the colon of `--config=configs/<family>.py:<arg>` ("" / None: the
+        default variant).
+      default: the variant of an empty `arg`.
+
+    Raises:
+      ValueError naming the config file, the unknown variant and the known ones.
+    """
+    variant = arg or default
+    if variant not in variants:
+        raise ValueError(
+            f"configs/{family}.py: unknown variant {variant!r}; known: {', '.join(variants)}"
+        )
+    config = defaults()
+    variants[variant](config)
+    return config
 
 
 def base_train_config() -> ml_collections.ConfigDict:
@@ -180,9 +233,8 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
     )
     _check(
         p,
-        train.get("input_sharding", "auto") in INPUT_SHARDING,
-        f"train.input_sharding must be one of {INPUT_SHARDING}, got "
-        f"{train.get('input_sharding')!r}",
+        train.input_sharding in INPUT_SHARDING,
+        f"train.input_sharding must be one of {INPUT_SHARDING}, got {train.input_sharding!r}",
     )
     _check(
         p,
@@ -228,7 +280,7 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         isinstance(train.eval_every, int) and train.eval_every >= 0,
         f"train.eval_every must be an integer >= 0, got {train.eval_every!r}",
     )
-    trainable = train.get("trainable", ())
+    trainable = train.trainable
     _check(
         p,
         isinstance(trainable, (tuple, list)) and all(isinstance(n, str) for n in trainable),
@@ -237,34 +289,55 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
     return p
 
 
+_ABSENT = object()
+
+
 def _get_dotted(config, dotted: str):
+    """The value at `dotted` ("data.root") in `config`, or `_ABSENT`."""
     node = config
     for part in dotted.split("."):
         if not hasattr(node, "keys") or part not in node:
-            return None
+            return _ABSENT
         node = node[part]
     return node
 
 
+def _set_dotted(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """Sets `dotted` in `config`, adding the missing sections on the way."""
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            node[part] = ml_collections.ConfigDict()
+        node = node[part]
+    node[last] = value
+
+
+def _delete_dotted(config: ml_collections.ConfigDict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    del node[last]
+
+
 def validate_run_sections(config: ml_collections.ConfigDict) -> list[str]:
-    """Problems in `init`, `stage_order` / `stages` and `ablations` (absent sections are
-    fine: configs saved before they existed)."""
+    """Problems in `init`, `stage_order` / `stages` and `ablations` (present in every config:
+    `add_run_sections`, and `migrate` for a config saved before they existed)."""
     p: list[str] = []
-    init = config.get("init")
-    if init is not None:
-        models = tuple(init.get("models", ()) or ())
-        _check(
-            p,
-            all(isinstance(m, str) for m in models),
-            f"init.models must be model names, got {models!r}",
-        )
-        _check(
-            p,
-            not models or bool(init.get("workdir")),
-            f"init.models={models!r} needs init.workdir (the run to restore them from)",
-        )
-    order = tuple(config.get("stage_order", ()) or ())
-    stages = config.get("stages") or {}
+    models = tuple(config.init.models or ())
+    _check(
+        p,
+        all(isinstance(m, str) for m in models),
+        f"init.models must be model names, got {models!r}",
+    )
+    _check(
+        p,
+        not models or bool(config.init.workdir),
+        f"init.models={models!r} needs init.workdir (the run to restore them from)",
+    )
+    order = tuple(config.stage_order or ())
+    stages = config.stages or {}
     names = set(stages.keys()) if stages else set()
     _check(
         p,
@@ -284,7 +357,7 @@ def validate_run_sections(config: ml_collections.ConfigDict) -> list[str]:
             f"stage name {name!r} must be an identifier (it becomes a folder name)",
         )
     for section in ("stages", "ablations"):
-        tree = config.get(section) or {}
+        tree = config[section] or {}
         base = without_recipes(config, keep_stages=section == "ablations")
         for name in tree.keys() if tree else ():
             try:
@@ -310,6 +383,173 @@ def without_recipes(
     return out
 
 
+# ---- stored configs: old keys and missing keys ---------------------------------------------
+
+
+def family_config_modules() -> dict[str, ModuleType]:
+    """Task name -> its family's config module, `sketch_tf/families/<name>/config.py`, whose
+    `defaults()`, `RENAMED_KEYS`, `DERIVED_KEYS`, `OLD_RUN_VALUES` and `FREE_FORM` `migrate`
+    and `validate_config` read. A task registered at run time (tests) has none.
+    """
+    # Imported on use, not at the top: each of these modules imports this one
+    # (`base_train_config`, `add_run_sections`). A new family is added here (tests check it).
+    from sketch_tf.families.fg_sbir import config as fg_sbir
+    from sketch_tf.families.style_sbir import config as style_sbir
+    from sketch_tf.families.zooms import config as zooms
+    from sketch_tf.families.zs_sbir import config as zs_sbir
+
+    return {"fg_sbir": fg_sbir, "style_sbir": style_sbir, "zooms": zooms, "zs_sbir": zs_sbir}
+
+
+#: The run sections an older run folder lacks are empty, not a family's recipe (style_sbir's
+#: stages, zs_sbir's ablations): the code read their absence as "none".
+_RUN_SECTIONS = ("init", "stage_order", "stages", "ablations")
+#: Run sections whose keys are the user's (names of stages and ablations).
+_FREE_FORM_RUN_SECTIONS = ("stages", "ablations")
+
+
+def stored_config_template(task: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+    """What a config of `task` holds, as `migrate` fills it and `validate_config` requires it.
+
+    Returns:
+      (template, free_form): every key of the family's `defaults()` with the value a run
+      folder written before the key existed keeps (`OLD_RUN_VALUES` where the code's old
+      fallback differed from the default, empty run sections); the dotted keys whose sub-keys
+      are the user's (their sub-keys are neither filled nor required). A task without a
+      family config module: the generic `train` and run sections only.
+    """
+    family = family_config_modules().get(task)
+    if family is None:
+        template = ml_collections.ConfigDict({"train": base_train_config()})
+    else:
+        template = family.defaults()
+        for section in _RUN_SECTIONS:
+            del template[section]
+    add_run_sections(template)
+    free_form = _FREE_FORM_RUN_SECTIONS
+    if family is not None:
+        for key, value in family.OLD_RUN_VALUES.items():
+            _set_dotted(template, key, value)
+        free_form += tuple(family.FREE_FORM)
+    return template, free_form
+
+
+def _walk_missing(node, template, prefix: str, free_form: tuple[str, ...], fill: bool) -> list:
+    """Dotted keys of `template` that `node` lacks (filled in from `template` if `fill`)."""
+    missing = []
+    for key in template.keys():
+        dotted = f"{prefix}{key}"
+        if key not in node:
+            missing.append(dotted)
+            if fill:
+                node[key] = copy.deepcopy(template[key])
+        elif (
+            dotted not in free_form
+            and isinstance(template[key], ml_collections.ConfigDict)
+            and isinstance(node[key], ml_collections.ConfigDict)
+        ):
+            missing += _walk_missing(node[key], template[key], f"{dotted}.", free_form, fill)
+    return missing
+
+
+def missing_keys(config: ml_collections.ConfigDict) -> list[str]:
+    """Dotted keys that a config of task `config.task` must have and `config` lacks (a
+    config.json of an older version not read through `migrate`, a hand-made config)."""
+    template, free_form = stored_config_template(config.task)
+    return _walk_missing(config, template, "", free_form, fill=False)
+
+
+def old_key_problems(
+    config: ml_collections.ConfigDict,
+    renamed: Mapping[str, str],
+    derived: Mapping[str, tuple[str, Callable[[ml_collections.ConfigDict], Any]]] | None = None,
+) -> list[str]:
+    """One problem per old key that `config` still has (a config file copied from an older
+    version; `migrate` updates a stored config.json).
+
+    Args:
+      renamed: old dotted key -> new dotted key (same meaning).
+      derived: old dotted key -> (what gives its value now, e.g. "len(zooms.zooms)", the
+        function computing it from a config).
+    """
+    p = [
+        f"{old} was renamed {new}"
+        for old, new in renamed.items()
+        if _get_dotted(config, old) is not _ABSENT
+    ]
+    p += [
+        f"{old} is gone: it is {what} now"
+        for old, (what, _) in (derived or {}).items()
+        if _get_dotted(config, old) is not _ABSENT
+    ]
+    return p
+
+
+def _rename(tree: ml_collections.ConfigDict, renamed: Mapping[str, str], where: str) -> list:
+    """Moves every old key of `renamed` in `tree` to its new key; problems where both are
+    present with different values. `where`: the tree's dotted name for messages."""
+    problems = []
+    for old, new in renamed.items():
+        value = _get_dotted(tree, old)
+        if value is _ABSENT:
+            continue
+        present = _get_dotted(tree, new)
+        if present is not _ABSENT and present != value:
+            problems.append(
+                f"{where}{old}={value!r} was renamed {new}, which holds {present!r} as well"
+            )
+            continue
+        _delete_dotted(tree, old)
+        _set_dotted(tree, new, value)
+    return problems
+
+
+def migrate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A stored config (`<workdir>/config.json`, maybe written by an older version) in
+    today's layout, so that code reads its values without fallbacks. Applied where a stored
+    config is read (`sketch_tf.train.run.read_config`); `config` is not modified.
+
+    1. Renames: every old key of `RENAMED_KEYS` and of the family's `RENAMED_KEYS` moves to
+       its new key, in the config and in its override trees (`stages.<name>`,
+       `ablations.<name>`); a key of the family's `DERIVED_KEYS` (a value now computed from
+       others) is dropped when it agrees with that value.
+    2. Fills: every key of `stored_config_template` that the config lacks gets the
+       template's value: the family's default, or, where the code read an absent key with a
+       fallback that differs from today's default, that fallback (the family's
+       `OLD_RUN_VALUES`: what the run was trained with); absent run sections are empty.
+
+    Keys the config has keep their values, also keys today's defaults lack (a variant's
+    `data.synthetic`). A task without a family config module gets the generic sections.
+
+    Raises:
+      ConfigError: an old key and its new key both hold different values, or a derived
+        key disagrees with what it is today.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    family = family_config_modules().get(out.get("task"))
+    renamed = dict(RENAMED_KEYS)
+    if family is not None:
+        renamed.update(family.RENAMED_KEYS)
+    problems = _rename(out, renamed, "")
+    for section in _FREE_FORM_RUN_SECTIONS:
+        for name, tree in (out.get(section) or {}).items():
+            if isinstance(tree, ml_collections.ConfigDict):
+                problems += _rename(tree, renamed, f"{section}.{name}.")
+    template, free_form = stored_config_template(out.get("task"))
+    _walk_missing(out, template, "", free_form, fill=True)
+    for old, (what, value_now) in (family.DERIVED_KEYS if family else {}).items():
+        value = _get_dotted(out, old)
+        if value is _ABSENT:
+            continue
+        if value != value_now(out):
+            problems.append(f"{old}={value!r} is gone, and {what} is {value_now(out)!r}")
+        else:
+            _delete_dotted(out, old)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Validates a whole config: common sections, then the task's own `validate_config`.
 
@@ -329,14 +569,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         isinstance(config.get("seed"), int),
         f"seed must be an integer, got {config.get('seed')!r}",
     )
-    renamed = [msg for key, msg in RENAMED_KEYS.items() if _get_dotted(config, key) is not None]
-    if renamed:
+    family = family_config_modules().get(config.task)
+    old_keys = old_key_problems(config, RENAMED_KEYS)
+    if family is not None:
+        old_keys += old_key_problems(config, family.RENAMED_KEYS, family.DERIVED_KEYS)
+    if old_keys:
         # Checked first and alone: the family's own checks would only add confusing noise.
-        raise ConfigError(renamed)
-    if "train" not in config:
-        problems.append("config has no 'train' section")
-    else:
-        problems.extend(validate_train_config(config.train))
+        raise ConfigError(old_keys)
+    missing = missing_keys(config)
+    if missing:
+        # Alone too: the checks below read every key without a fallback.
+        raise ConfigError(
+            [
+                f"config lacks {', '.join(missing)}: a config.json of an older version is "
+                "read through sketch_tf.train.config.migrate, a config file starts from "
+                f"the defaults of its family (configs/{config.task}.py)"
+            ]
+        )
+    problems.extend(validate_train_config(config.train))
     problems.extend(validate_run_sections(config))
     problems.extend(tasks.get_task_class(config.task).validate_config(config))
     if problems:
