@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from sketch_tf import cli
 from sketch_tf.core.files import write_atomic
 from sketch_tf.paths import PROJECT_ROOT
-from sketch_tf.train.config import STRATEGY_NAMES
+from sketch_tf.train.config_sections import STRATEGY_NAMES
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Root folder of the main job's runs.")
 _FAMILIES = flags.DEFINE_list(

@@ -36,7 +36,8 @@ compared with this sketch (QMUL's triplet annotations).
 
 import ml_collections
 
-from sketch_tf.train.config import add_run_sections, base_train_config
+from sketch_tf.families.fg_sbir.config import defaults
+from sketch_tf.train.config_sections import variant_config
 
 #: The synthetic world's records and options: identical to configs/zs_sbir.py:synthetic's, so
 #: the main job renders them once for both families (tests/families/fg_sbir checks it).
@@ -50,76 +51,6 @@ SYNTHETIC_OPTIONS = {
 }
 #: Categories of the synthetic variant (each a gallery of look-alike instances).
 SYNTHETIC_CLASSES = ("chair", "lamp", "mug", "table")
-
-
-def _base() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.task = "fg_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = "data/records/qmul_shoes"
-    config.data.train_split = "train"
-    config.data.test_split = "val"  # carved from the training files; "test" when shared
-    config.data.sketch_domain = "sketch"
-    config.data.image_domain = "edge"  # the gallery side: QMUL's edge maps ("photo" if given)
-    # The gallery images are line drawings (edge maps): preprocessed and described (HOG of
-    # their ink) like sketches. False for photos (HOG of their Sobel edges).
-    config.data.gallery_drawings = True
-    config.data.classes = ()  # () = every class of the records
-    config.data.image_size = 256
-    # Training crop side in pixels, a multiple of the split point's stride (16 with
-    # model.frozen_blocks=4); = image_size: no crop. The original: 225 of 256.
-    config.data.crop_size = 224
-    config.data.flip = "pair"  # pair: sketch and images of a row mirrored together | none
-    config.data.feature_cache = True
-    config.data.cache_dir = ""  # "" = beside the records
-
-    config.model = ml_collections.ConfigDict()
-    # Any sketch_tf.models.backbones name; only vgg16_hed (pretrained, with a split point)
-    # gives the frozen + cached CPU recipe; the others train whole from the image.
-    config.model.backbone = "vgg16_hed"
-    config.model.backbone_kwargs = ml_collections.ConfigDict()
-    config.model.trunk_blocks = 4
-    config.model.frozen_blocks = 4
-    config.model.projection_dim = 128
-    config.model.hidden = ()
-    config.model.grid = 4
-    config.model.feature_scale = 0.01
-    # One head for sketches and edge maps (both line drawings); False: a head per side.
-    config.model.shared = True
-    config.model.backbone_weights = ""
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.margin = 0.2
-    config.loss.mining = "semi_hard"  # in-batch: hard | semi_hard | all | random | none
-    config.loss.annotated_weight = 0.0
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 32
-    config.eval.metric = "euclidean"  # on unit embeddings: the cosine ranking
-    config.eval.multi_crop = False  # True: mean of the 10 crop / flip views
-    config.eval.ks = (1, 5, 10)
-    config.eval.baselines = ("hog", "raw_pixels")
-    config.eval.grid_queries = 8
-    config.eval.grid_top_k = 6
-
-    config.train = base_train_config()
-    config.train.update(
-        batch_size=32,
-        num_steps=600,
-        steps_per_epoch=100,
-        learning_rate=1e-3,
-        log_every=50,
-        checkpoint_every=300,
-    )
-    add_run_sections(config)
-    config.ablations.no_flip = ml_collections.ConfigDict({"data": {"flip": "none"}})
-    config.ablations.annotated = ml_collections.ConfigDict({"loss": {"annotated_weight": 1.0}})
-    config.ablations.separate_towers = ml_collections.ConfigDict({"model": {"shared": False}})
-    config.ablations.hard_mining = ml_collections.ConfigDict({"loss": {"mining": "hard"}})
-    config.ablations.all_mining = ml_collections.ConfigDict({"loss": {"mining": "all"}})
-    return config
 
 
 def shoes(config: ml_collections.ConfigDict) -> None:
@@ -191,7 +122,7 @@ def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
     config.eval.grid_queries = 4
 
 
-#: Variant name -> function that edits the `_base` config in place.
+#: Variant name -> function that edits `defaults()` in place.
 VARIANTS = {
     "shoes": shoes,
     "chairs": chairs,
@@ -203,9 +134,4 @@ VARIANTS = {
 
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown fg_sbir variant {variant!r}; known: {', '.join(VARIANTS)}")
-    config = _base()
-    VARIANTS[variant](config)
-    return config
+    return variant_config("fg_sbir", defaults, VARIANTS, arg)

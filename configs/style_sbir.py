@@ -31,7 +31,8 @@ of DESIGN.md); `--config.model.structure.freeze_trunk=False
 
 import ml_collections
 
-from sketch_tf.train.config import add_run_sections, base_train_config
+from sketch_tf.families.style_sbir.config import defaults, two_stages
+from sketch_tf.train.config_sections import variant_config
 
 #: Gallery media of the PACS variant.
 PACS_STYLES = ("art_painting", "cartoon", "photo")
@@ -39,109 +40,6 @@ PACS_CONTENTS = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "pers
 #: The original's BAM! content classes and media.
 BAM_CONTENTS = ("bicycle", "bird", "cars", "cat", "dog")
 BAM_STYLES = ("3d_graphics", "comic", "graphite", "oilpaint", "pen_ink", "vectorart", "watercolor")
-
-
-def _tower(backbone, cut, pooling, projection_dim, head_hidden=()):
-    return ml_collections.ConfigDict(
-        {
-            "backbone": backbone,
-            "backbone_kwargs": {"cut": cut, "pooling": pooling},
-            "backbone_weights": "",
-            "projection_dim": projection_dim,
-            "head_hidden": tuple(head_hidden),
-            "freeze_trunk": True,
-        }
-    )
-
-
-def _base() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.task = "style_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = ""
-    config.data.train_split = "train"
-    config.data.test_split = "test"
-    config.data.sketch_domain = "sketch"
-    config.data.styles = ()  # gallery media (domains); () = every domain but the sketches'
-    config.data.classes = ()  # content classes; () = all
-    # Sketches from other record folders (matched to the contents by class name, or by
-    # sketch_class_names {sketch class: content}): for training ("" = the training records'
-    # own sketch domain) and as evaluation queries ("" = the test records' own).
-    config.data.train_sketches = ""
-    config.data.query_sketches = ""
-    config.data.sketch_class_names = ml_collections.ConfigDict()
-    config.data.image_size = 224
-    # The style negative: another style and the anchor's content ("same_content", the
-    # decorrelating rule of the original's stage 2) or another style of any content ("any").
-    config.data.negative_rule = "same_content"
-    config.data.train_augment = False
-    config.data.feature_cache = True  # cached features of the frozen trunks
-    config.data.cache_dir = ""  # "" = <records folder>/cache
-    config.data.shuffle_buffer = 256
-
-    config.model = ml_collections.ConfigDict()
-    # Structure: HED's VGG16 to block5, max-pooled on a 2x2 grid, 128-d head.
-    config.model.structure = _tower("vgg16_hed", "block5", "max_grid2", 128)
-    config.model.structure.shared = False
-    # Style: the feature statistics (mean, std per channel) of HED's blocks 1-4, MLP head
-    # (on PACS: style_map 0.82 vs 0.79 for block3 alone, sketch + style mAP 0.312 vs 0.292).
-    config.model.style = _tower("vgg16_hed", "block4", "mean_std_blocks", 64, (256,))
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.structure_weight = 1.0
-    config.loss.structure_margin = 0.2  # on L2-normalised embeddings
-    config.loss.structure_mining = "semi_hard"
-    config.loss.style_class_weight = 1.0
-    config.loss.style_triplet_weight = 0.0
-    config.loss.style_margin = 0.2
-    # "" = the explicit (A, P, N) triplets of the batch (the original); semi_hard / hard /
-    # all / random = mined over every A, P, N of the global batch (positives: same style,
-    # other content; negatives: data.negative_rule).
-    config.loss.style_mining = "semi_hard"  # PACS: 0.321 vs 0.312 explicit, 0.178 "hard"
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.alpha = 0.5  # structure weight of the combined score (query-time)
-    config.eval.alpha_sweep = (0.0, 0.25, 0.5, 0.75, 1.0)
-    config.eval.batch_size = 64
-    config.eval.baselines = True  # HOG, colour + texture, random
-    config.eval.baseline_repeats = 5
-    config.eval.exemplar_seed = 0
-    config.eval.grid_queries = 8
-    config.eval.grid_top_k = 8
-
-    config.train = base_train_config()
-    config.train.update(batch_size=64, num_steps=400, learning_rate=1e-3, log_every=50,
-                        checkpoint_every=400)  # fmt: skip
-    add_run_sections(config)
-    _two_stages(config, 300, 300)
-    # evaluate.py --ablations=any_negative: stage 2 with negatives of any content.
-    config.ablations.any_negative = ml_collections.ConfigDict({"data": {"negative_rule": "any"}})
-    return config
-
-
-def _two_stages(config, classify_steps: int, triplet_steps: int) -> None:
-    """The original's recipe: stage `classify` (content x style classification of the style
-    tower, and the structure triplet), then `triplet` (style triplet only), initialised from
-    `classify`."""
-    config.stage_order = ("classify", "triplet")
-    config.stages = ml_collections.ConfigDict(
-        {
-            "classify": {
-                "loss": {"style_class_weight": 1.0, "style_triplet_weight": 0.0},
-                "train": {"num_steps": classify_steps, "checkpoint_every": classify_steps},
-            },
-            "triplet": {
-                "loss": {
-                    "structure_weight": 0.0,
-                    "style_class_weight": 0.0,
-                    "style_triplet_weight": 1.0,
-                },
-                "train": {"num_steps": triplet_steps, "checkpoint_every": triplet_steps},
-            },
-        }
-    )
 
 
 def synthetic(config: ml_collections.ConfigDict) -> None:
@@ -166,7 +64,7 @@ def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
     )  # fmt: skip
     config.train.update(batch_size=8, log_every=1)
     config.eval.baseline_repeats = 2
-    _two_stages(config, 2, 2)
+    two_stages(config, 2, 2)
 
 
 def pacs(config: ml_collections.ConfigDict) -> None:
@@ -207,10 +105,10 @@ def bam(config: ml_collections.ConfigDict) -> None:
     config.data.query_sketches = "data/records/quickdraw_bam/test"
     config.data.sketch_class_names = ml_collections.ConfigDict({"car": "cars"})
     config.data.image_size = 224
-    _two_stages(config, 5000, 5000)
+    two_stages(config, 5000, 5000)
 
 
-#: Variant name -> function that edits the `_base` config in place.
+#: Variant name -> function that edits `defaults()` in place.
 VARIANTS = {
     "synthetic": synthetic,
     "synthetic_smoke": synthetic_smoke,
@@ -221,9 +119,4 @@ VARIANTS = {
 
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown style_sbir variant {variant!r}; known: {', '.join(VARIANTS)}")
-    config = _base()
-    VARIANTS[variant](config)
-    return config
+    return variant_config("style_sbir", defaults, VARIANTS, arg)

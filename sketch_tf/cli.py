@@ -14,7 +14,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from sketch_tf.train.config import STRATEGY_NAMES
+from sketch_tf.train.config_sections import STRATEGY_NAMES
 
 #: Exit status for unusable flags or config values (nothing has been written when it is used).
 EXIT_BAD_CONFIG = 2

@@ -22,9 +22,9 @@ ABOVE_LOOP = ("sketch_tf.train.run", "sketch_tf.export", "sketch_tf.families")
 
 #: Functions that load a module by name or path (their calls are reported with their line).
 BY_NAME_CALLS = ("import_module", "iter_modules", "spec_from_file_location", "exec_module")
-#: (file, function) allowed to load a module by path: `load_project_config` executes a config
+#: (file, function) allowed to load a module by path: `project_config_module` executes a config
 #: *file* (`configs/<family>.py`) as absl's `config_flags` does; no module of the package.
-LOADS_BY_NAME_ALLOWED = {("sketch_tf/train/config.py", "load_project_config")}
+LOADS_BY_NAME_ALLOWED = {("sketch_tf/train/config.py", "project_config_module")}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sketch_tf.train.config import base_train_config, validate_train_config
+from sketch_tf.train.config_sections import base_train_config, validate_train_config
 from sketch_tf.train.schedules import ConstantLR, grl_lambda, learning_rate_schedule
 
 EPOCHS = (0, 4, 5, 15, 25, 40)

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.train.config import add_run_sections, base_train_config
+from sketch_tf.train.config_sections import add_run_sections, base_train_config
 from sketch_tf.train.tasks import Task, register_task
 
 NUM_FEATURES, NUM_CLASSES = 8, 4

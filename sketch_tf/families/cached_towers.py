@@ -95,14 +95,14 @@ def cache_problems(config, frozen: dict[str, bool]) -> list[str]:
     (`frozen`: config key -> its value, e.g. {"model.freeze_trunk": False}) and
     `data.train_augment` off. Empty when the cache is off or the config fits it."""
     d = config.data
-    if not d.get("feature_cache", False):
+    if not d.feature_cache:
         return []
     problems = [
         f"data.feature_cache=True needs {key}=True (only a frozen trunk's features can be cached)"
         for key, value in frozen.items()
         if not value
     ]
-    if d.get("train_augment", True):
+    if d.train_augment:
         problems.append(
             "data.feature_cache=True needs data.train_augment=False (the cached features are "
             "those of the un-augmented images)"

@@ -32,7 +32,8 @@ import tensorflow as tf
 from sketch_tf.families import get_task_class
 from sketch_tf.train import loop
 from sketch_tf.train import strategy as strategy_lib
-from sketch_tf.train.config import apply_overrides, validate_config, without_recipes
+from sketch_tf.train.config import ConfigError, migrate, validate_config
+from sketch_tf.train.config_sections import apply_overrides, without_recipes
 from sketch_tf.train.tasks import Task
 
 CONFIG_FILE = loop.CONFIG_FILE
@@ -79,15 +80,26 @@ class Run:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """`<workdir>/config.json` as a ConfigDict. Raises FileNotFoundError naming the file."""
+    """`<workdir>/config.json` as a ConfigDict in today's layout (`config.migrate`: old keys
+    renamed, keys a run folder of an older version lacks filled in), so that code reads its
+    values without fallbacks.
+
+    Raises:
+      FileNotFoundError naming the file; ValueError when it is not JSON; ConfigError naming
+      the file when an old key cannot be migrated.
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist (is {workdir} a trained run folder?)")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            stored = ml_collections.ConfigDict(json.load(f))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
+    try:
+        return migrate(stored)
+    except ConfigError as e:
+        raise ConfigError([f"{path}: {p}" for p in e.problems]) from e
 
 
 def stage_configs(

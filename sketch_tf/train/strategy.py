@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-from sketch_tf.train.config import STRATEGY_NAMES
+from sketch_tf.train.config_sections import STRATEGY_NAMES
 
 
 def build_strategy(name: str = "auto") -> tf.distribute.Strategy:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import ml_collections
@@ -223,6 +224,9 @@ class Task:
     evaluator_types: tuple[Callable[[Task], Evaluator], ...] = ()
     serving_type: Callable[[Task], Serving] | None = None
     retrieval_type: Callable[[Task], Retrieval] | None = None
+    #: The family's `sketch_tf/families/<family>/config.py`: `defaults()` beside `validate()`,
+    #: and what `sketch_tf.train.config.migrate` needs; None for a task registered at run time.
+    config_module: ModuleType | None = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -230,8 +234,9 @@ class Task:
     # ---- configuration -------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: ml_collections.ConfigDict) -> list[str]:
-        """Problems in the task-specific parts of `config` (empty when valid). Must be cheap."""
-        return []
+        """Problems in the task-specific parts of `config` (empty when valid). Must be cheap.
+        Default: the family config module's `validate(config)` (none without one)."""
+        return [] if cls.config_module is None else cls.config_module.validate(config)
 
     # ---- model ---------------------------------------------------------------------------
     def build_models(self) -> dict[str, Any]:

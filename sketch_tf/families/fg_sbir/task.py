@@ -46,14 +46,11 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import cache, pipeline, schema, tfrecord
 from sketch_tf.families import cached_towers
+from sketch_tf.families.fg_sbir import config as family_config
 from sketch_tf.families.fg_sbir.evaluate import FgSbirEvaluator
 from sketch_tf.families.fg_sbir.serving import FgSbirRetrieval, FgSbirServing
 from sketch_tf.models import fg_sbir as fg_models
 from sketch_tf.train.tasks import Headline, LossContext, Task
-
-MINING_MODES = ("hard", "semi_hard", "all", "random", "none")
-FLIP_MODES = ("pair", "none")
-METRICS = ("euclidean", "cosine")
 
 
 @dataclass
@@ -196,6 +193,7 @@ class FgSbirTask(Task):
     """Sketch / image towers on HED's VGG16 for instance-level retrieval (module docstring)."""
 
     name = "fg_sbir"
+    config_module = family_config
     evaluator_types = (FgSbirEvaluator,)
     serving_type = FgSbirServing
     retrieval_type = FgSbirRetrieval
@@ -213,88 +211,6 @@ class FgSbirTask(Task):
         for label, key in (("acc@1, held-out objects", "acc_at_1"),
                            ("acc@10, held-out objects", "acc_at_10"))
     )  # fmt: skip
-
-    # ---- configuration -------------------------------------------------------------------
-    @classmethod
-    def validate_config(cls, config):
-        p = []
-        d, m, loss, e = config.data, config.model, config.loss, config.eval
-        if not d.root:
-            p.append("data.root must name the folder holding the record splits")
-        if d.sketch_domain == d.image_domain:
-            p.append(f"data.sketch_domain and data.image_domain are both {d.image_domain!r}")
-        for key in ("gallery_drawings", "feature_cache"):
-            if not isinstance(d[key], bool):
-                p.append(f"data.{key} must be True or False, got {d[key]!r}")
-        from sketch_tf.models.backbones import BACKBONES
-
-        if m.backbone not in BACKBONES:
-            p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-        elif m.backbone != fg_models.SPLIT_BACKBONE and (
-            m.frozen_blocks != 0 or d.feature_cache or d.crop_size != d.image_size
-        ):
-            p.append(
-                f"model.backbone={m.backbone!r} is trained whole from the image (only "
-                f"{fg_models.SPLIT_BACKBONE} has a split point): it needs model.frozen_blocks=0,"
-                " data.feature_cache=False and data.crop_size = data.image_size (its input "
-                f"size), got {m.frozen_blocks}, {d.feature_cache}, {d.crop_size}"
-            )
-        if m.trunk_blocks not in (4, 5):
-            p.append(f"model.trunk_blocks must be 4 or 5, got {m.trunk_blocks!r}")
-        elif not isinstance(m.frozen_blocks, int) or not 0 <= m.frozen_blocks <= m.trunk_blocks:
-            p.append(
-                f"model.frozen_blocks must be in 0..model.trunk_blocks, got {m.frozen_blocks!r}"
-            )
-        else:
-            stride = fg_models.split_stride(m.frozen_blocks)
-            size, crop = d.image_size, d.crop_size
-            if not isinstance(size, int) or size < 32:
-                p.append(f"data.image_size must be an integer >= 32, got {size!r}")
-            elif not isinstance(crop, int) or not 0 < crop <= size or crop % stride:
-                p.append(
-                    f"data.crop_size must be a multiple of {stride} px (the stride of the "
-                    f"map after {m.frozen_blocks} frozen blocks) in (0, data.image_size={size}],"
-                    f" got {crop!r}"
-                )
-            elif crop // stride < m.grid:
-                p.append(f"data.crop_size={crop} gives {crop // stride} cells < model.grid")
-            if d.feature_cache and m.frozen_blocks == 0:
-                p.append(
-                    "data.feature_cache=True needs model.frozen_blocks > 0 (only a frozen "
-                    "part's maps can be cached)"
-                )
-        if d.flip not in FLIP_MODES:
-            p.append(f"data.flip must be one of {FLIP_MODES}, got {d.flip!r}")
-        if not isinstance(m.grid, int) or m.grid < 1:
-            p.append(f"model.grid must be an integer >= 1, got {m.grid!r}")
-        if not isinstance(m.projection_dim, int) or m.projection_dim < 1:
-            p.append(f"model.projection_dim must be an integer >= 1, got {m.projection_dim!r}")
-        if not all(isinstance(w, int) and w > 0 for w in m.hidden):
-            p.append(f"model.hidden must be positive integer widths, got {tuple(m.hidden)!r}")
-        if not m.feature_scale > 0:
-            p.append(f"model.feature_scale must be > 0, got {m.feature_scale!r}")
-        if m.backbone_weights and not os.path.isfile(m.backbone_weights):
-            p.append(f"model.backbone_weights file {m.backbone_weights} does not exist")
-        if loss.mining not in MINING_MODES:
-            p.append(f"loss.mining must be one of {MINING_MODES}, got {loss.mining!r}")
-        if loss.margin < 0:
-            p.append(f"loss.margin must be >= 0, got {loss.margin!r}")
-        if loss.annotated_weight < 0:
-            p.append(f"loss.annotated_weight must be >= 0, got {loss.annotated_weight!r}")
-        if loss.mining == "none" and loss.annotated_weight == 0:
-            p.append("loss.mining='none' and loss.annotated_weight=0: nothing to learn")
-        if e.metric not in METRICS:
-            p.append(f"eval.metric must be one of {METRICS}, got {e.metric!r}")
-        if not isinstance(e.batch_size, int) or e.batch_size < 1:
-            p.append(f"eval.batch_size must be a positive integer, got {e.batch_size!r}")
-        if not e.ks or not all(isinstance(k, int) and k >= 1 for k in e.ks):
-            p.append(f"eval.ks must be positive integers, got {tuple(e.ks)!r}")
-        if not isinstance(e.multi_crop, bool):
-            p.append(f"eval.multi_crop must be True or False, got {e.multi_crop!r}")
-        from sketch_tf.eval.baselines import baseline_names_problems
-
-        p.extend(baseline_names_problems(e.baselines))
-        return p
 
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):
@@ -500,7 +416,7 @@ class FgSbirTask(Task):
         "negative"): the head on the cropped split-point maps (from the cache, or the frozen
         part run on the images)."""
         tower = (fg_models.sketch_tower if role == "sketch" else fg_models.image_tower)(models)
-        maps = batch.get(f"{role}_features")
+        maps = batch.get(f"{role}_features")  # a batch (not config): cached maps, if any
         if maps is None:
             maps = fg_models.trunk_of(tower)(batch[role], training=training)
         cropped = fg_models.crop_maps(maps, batch[f"{role}_offset"], self.crop_cells())

@@ -40,28 +40,26 @@ import tensorflow as tf
 
 from sketch_tf import losses
 from sketch_tf.data import pipeline, tfrecord
-from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.families.cached_towers import CachedTowers, precompute
+from sketch_tf.families.style_sbir import config as family_config
 from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir.evaluate import StyleSbirEvaluator
 from sketch_tf.families.style_sbir.serving import StyleSbirRetrieval, StyleSbirServing
 from sketch_tf.models import style as style_models
-from sketch_tf.models.backbones import BACKBONES
 from sketch_tf.train.tasks import Headline, LossContext, Task
 
-MINING_MODES = ("semi_hard", "hard", "all", "random")
-NEGATIVE_RULES = style_data.STYLE_NEGATIVE_RULES
 #: Image roles of a batch that the gallery towers embed (the sketch K goes to the sketch tower).
 GALLERY_ROLES = ("anchor", "positive", "negative")
 
 
 def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
-    if "synthetic" in config.data:
+    if "synthetic" in config.data:  # the synthetic variants' section only (not a default)
         s = config.data.synthetic
         return (
             "python prepare_data.py --source=synthetic --task=style "
-            f"--image_size={s.get('image_size', 96)} --n_per_category={s.get('n_per_category', 20)}"
-            f" --test_fraction={s.get('test_fraction', 0.2)} --out={root}"
+            f"--image_size={s.image_size} --n_per_category={s.n_per_category}"
+            f" --test_fraction={s.test_fraction} --out={root}"
         )
     if "pacs" in root:
         return (
@@ -74,15 +72,15 @@ def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
 
 def _tower_kwargs(section: ml_collections.ConfigDict) -> dict:
     """`build_tower` arguments of a `model.structure` / `model.style` section."""
-    kwargs = dict(section.backbone_kwargs.to_dict()) if section.get("backbone_kwargs") else {}
-    if section.get("backbone_weights"):
+    kwargs = dict(section.backbone_kwargs.to_dict())
+    if section.backbone_weights:
         kwargs["weights_path"] = section.backbone_weights
     return {
         "backbone": section.backbone,
         "backbone_kwargs": kwargs,
         "projection_dim": int(section.projection_dim),
-        "head_hidden": tuple(int(w) for w in section.get("head_hidden", ())),
-        "freeze_trunk": bool(section.get("freeze_trunk", False)),
+        "head_hidden": tuple(int(w) for w in section.head_hidden),
+        "freeze_trunk": bool(section.freeze_trunk),
     }
 
 
@@ -90,6 +88,7 @@ class StyleSbirTask(Task):
     """Structure + style branches, sketch + exemplar queries (see module docstring)."""
 
     name = "style_sbir"
+    config_module = family_config
     evaluator_types = (StyleSbirEvaluator,)
     serving_type = StyleSbirServing
     retrieval_type = StyleSbirRetrieval
@@ -111,73 +110,6 @@ class StyleSbirTask(Task):
             (("random ranking", "random/sketch_map"), ("HOG", "hog/sketch_map")),
         ),
     )
-
-    # ---- configuration -------------------------------------------------------------------
-    @classmethod
-    def validate_config(cls, config):
-        from sketch_tf.models.backbones import HED_POOLINGS
-
-        p = []
-        d, m, loss, e = config.data, config.model, config.loss, config.eval
-        if not d.root:
-            p.append("data.root must name the folder holding the record splits")
-        if not isinstance(d.image_size, int) or d.image_size < 32:
-            p.append(f"data.image_size must be an integer >= 32, got {d.image_size!r}")
-        if d.negative_rule not in NEGATIVE_RULES:
-            p.append(f"data.negative_rule must be one of {NEGATIVE_RULES}, got {d.negative_rule!r}")
-        if d.sketch_domain in tuple(d.styles):
-            p.append(f"data.styles must not hold the sketch domain {d.sketch_domain!r}")
-        if len(set(d.styles)) != len(tuple(d.styles)):
-            p.append(f"data.styles lists a style twice: {tuple(d.styles)!r}")
-        for key in ("train_sketches", "query_sketches"):
-            folder = d.get(key, "")
-            if folder and not os.path.isfile(os.path.join(folder, "manifest.json")):
-                p.append(f"data.{key}={folder} holds no records (no manifest.json)")
-        for key in ("feature_cache", "train_augment"):
-            if not isinstance(d.get(key), bool):
-                p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
-        for name in ("structure", "style"):
-            s = m[name]
-            if s.backbone not in BACKBONES:
-                p.append(
-                    f"model.{name}.backbone must be one of {sorted(BACKBONES)}, got {s.backbone!r}"
-                )
-            pooling = (s.get("backbone_kwargs") or {}).get("pooling")
-            if s.backbone == "vgg16_hed" and pooling is not None and pooling not in HED_POOLINGS:
-                p.append(f"model.{name}.backbone_kwargs.pooling must be one of {HED_POOLINGS}")
-            if s.get("backbone_weights") and not os.path.isfile(s.backbone_weights):
-                p.append(f"model.{name}.backbone_weights file {s.backbone_weights} does not exist")
-            if not isinstance(s.projection_dim, int) or s.projection_dim < 0:
-                p.append(f"model.{name}.projection_dim must be an integer >= 0")
-            if any(int(w) <= 0 for w in s.get("head_hidden", ())):
-                p.append(f"model.{name}.head_hidden widths must be > 0, got {tuple(s.head_hidden)}")
-            if not isinstance(s.get("freeze_trunk", False), bool):
-                p.append(f"model.{name}.freeze_trunk must be True or False")
-        frozen = {f"model.{n}.freeze_trunk": m[n].get("freeze_trunk", False)
-                  for n in ("structure", "style")}  # fmt: skip
-        p.extend(cache_problems(config, frozen))
-        weights = ("structure_weight", "style_class_weight", "style_triplet_weight")
-        if any(float(loss[k]) < 0 for k in weights):
-            p.append(f"loss.{'/'.join(weights)} must be >= 0")
-        elif not config.get("stage_order") and all(float(loss[k]) == 0 for k in weights):
-            p.append(f"loss: {', '.join(weights)} are all 0: nothing to learn")
-        for k in ("structure_margin", "style_margin"):
-            if float(loss[k]) < 0:
-                p.append(f"loss.{k} must be >= 0, got {loss[k]}")
-        if loss.get("style_mining", "") not in ("",) + MINING_MODES:
-            p.append(f"loss.style_mining must be '' or one of {MINING_MODES}")
-        if loss.structure_mining not in MINING_MODES:
-            mining = loss.structure_mining
-            p.append(f"loss.structure_mining must be one of {MINING_MODES}, got {mining!r}")
-        try:
-            style_models.check_alpha(e.alpha, "eval.alpha")
-            for a in e.alpha_sweep:
-                style_models.check_alpha(a, "eval.alpha_sweep values")
-        except ValueError as err:
-            p.append(str(err))
-        if e.batch_size <= 0:
-            p.append(f"eval.batch_size must be > 0, got {e.batch_size}")
-        return p
 
     # ---- records -------------------------------------------------------------------------
     def records_dir(self, which: str) -> str:
@@ -204,7 +136,7 @@ class StyleSbirTask(Task):
         classes matched to the contents by name or `data.sketch_class_names`), else the
         sketch domain of the train / test records themselves (the same class ids)."""
         d = self.config.data
-        folder = d.get("train_sketches" if which == "train" else "query_sketches", "")
+        folder = d.train_sketches if which == "train" else d.query_sketches
         contents = self.contents()
         unknown = sorted(set(d.classes) - set(contents))
         if unknown:
@@ -221,7 +153,7 @@ class StyleSbirTask(Task):
                 f"--categories=... --out={folder}"
             )
         manifest = tfrecord.read_manifest(folder)
-        names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
+        names = dict(d.sketch_class_names.to_dict())
         return folder, style_data.sketch_classes_of(manifest, contents, wanted, names)
 
     def style_index(self, which: str) -> style_data.StyleIndex:
@@ -229,8 +161,8 @@ class StyleSbirTask(Task):
         memo = self.__dict__.setdefault("_indexes", {})
         if which not in memo:
             d = self.config.data
-            names = dict(d.sketch_class_names.to_dict()) if d.get("sketch_class_names") else {}
-            own = which == "train" and not d.get("train_sketches", "")
+            names = dict(d.sketch_class_names.to_dict())
+            own = which == "train" and not d.train_sketches
             memo[which] = style_data.StyleIndex(
                 self.records_dir(which), self.styles(), d.sketch_domain,
                 classes=tuple(d.classes) or None,
@@ -271,7 +203,7 @@ class StyleSbirTask(Task):
 
     # ---- feature cache -------------------------------------------------------------------
     def uses_feature_cache(self) -> bool:
-        return bool(self.config.data.get("feature_cache", False))
+        return bool(self.config.data.feature_cache)
 
     def towers(self, models) -> dict:
         """{"structure_sketch", "structure_image", "style": tower} (shared towers repeat)."""
@@ -307,7 +239,7 @@ class StyleSbirTask(Task):
                 names = tfrecord.read_manifest(where)["classes"]
                 classes = [names[i] for i in sorted(class_of.values())]
             out[role] = towers.features(
-                which, role, tower, records_dir=where, cache_dir=d.get("cache_dir", ""),
+                which, role, tower, records_dir=where, cache_dir=d.cache_dir,
                 spec=spec,
                 images=pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
                 is_sketch=is_sketch, image_size=int(d.image_size),
@@ -426,7 +358,7 @@ class StyleSbirTask(Task):
             ) / float(len(GALLERY_ROLES))
             out["style_class"] = ctx.mean(ce)
             total += float(w.style_class_weight) * out["style_class"]
-        if float(w.style_triplet_weight) > 0 and w.get("style_mining", ""):
+        if float(w.style_triplet_weight) > 0 and w.style_mining:
             out["style_triplet"] = ctx.share(self._mined_style_triplet(style, batch, ctx))
             total += float(w.style_triplet_weight) * out["style_triplet"]
         elif float(w.style_triplet_weight) > 0:

@@ -36,18 +36,12 @@ import tensorflow as tf
 from sketch_tf import losses
 from sketch_tf.data import splits, tfrecord
 from sketch_tf.data.zooms import zoom_views
+from sketch_tf.families.zooms import config as family_config
 from sketch_tf.families.zooms import data as zooms_data
 from sketch_tf.families.zooms.evaluate import ZoomsEvaluator
 from sketch_tf.families.zooms.serving import ZoomsServing
-from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
-from sketch_tf.models.layers import FUSION_MODES
 from sketch_tf.models.zooms import build_zooms_model, describe_views
 from sketch_tf.train.tasks import Headline, Task
-
-LOSS_KINDS = ("triplet", "contrastive")
-#: In-batch mining over pair batches, or the original's per-triplet candidates.
-MINING = ("semi_hard", "hard", "first_semi_hard")
-BATCHING = ("pairs", "triplets")
 
 
 def _as_tuple(value) -> tuple:
@@ -87,6 +81,7 @@ class ZoomsTask(Task):
     """SketchZooms descriptors (see module docstring); models: {"zooms": keras.Model}."""
 
     name = "zooms"
+    config_module = family_config
     evaluator_types = (ZoomsEvaluator,)
     serving_type = ZoomsServing
 
@@ -102,91 +97,6 @@ class ZoomsTask(Task):
         for split in ("seen", "unseen")
     )
 
-    # ---- configuration -------------------------------------------------------------------
-    @classmethod
-    def validate_config(cls, config) -> list[str]:
-        p: list[str] = []
-        for section in ("data", "model", "zooms", "loss", "eval", "serving"):
-            if section not in config:
-                p.append(f"config has no '{section}' section (see configs/zooms.py)")
-        if p:
-            return p
-        m, z, loss, data = config.model, config.zooms, config.loss, config.data
-        if m.backbone not in BACKBONES:
-            p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-        poolings = {"small_cnn": ("avg", "max", "flatten"), "vgg16_hed": HED_POOLINGS}
-        if m.get("backbone_pooling") and m.backbone not in poolings:
-            p.append(
-                f"model.backbone_pooling={m.backbone_pooling!r} applies to small_cnn and "
-                "vgg16_hed only (the torchvision layouts keep their own pooling); set it to '' "
-                f"for {m.backbone!r}"
-            )
-        elif m.get("backbone_pooling") and m.backbone_pooling not in poolings[m.backbone]:
-            p.append(
-                f"model.backbone_pooling must be one of {poolings[m.backbone]} or '' for "
-                f"{m.backbone}, got {m.backbone_pooling!r}"
-            )
-        for key in ("backbone_cut", "backbone_freeze_blocks"):
-            if m.get(key) and m.backbone != "vgg16_hed":
-                p.append(f"model.{key} applies to vgg16_hed only, got {m.get(key)!r}")
-        if m.get("backbone_cut") and m.backbone_cut not in HED_CUTS:
-            p.append(f"model.backbone_cut must be one of {HED_CUTS} or '', got {m.backbone_cut!r}")
-        if m.fusion not in FUSION_MODES:
-            p.append(f"model.fusion must be one of {FUSION_MODES}, got {m.fusion!r}")
-        for old, new in (("num_views", "len(zooms.zooms)"), ("view_size", "zooms.view_size")):
-            if old in m:
-                p.append(f"model.{old} is gone: zoom geometry is one section, use {new}")
-        if not (isinstance(z.get("view_size"), int) and z.view_size >= 16):
-            p.append(f"zooms.view_size must be an integer >= 16, got {z.get('view_size')!r}")
-        if not _as_tuple(z.zooms):
-            p.append("zooms.zooms must list at least one zoom factor")
-        if any(float(v) <= 0 for v in _as_tuple(z.zooms)):
-            p.append(f"zooms.zooms must be positive, got {tuple(z.zooms)}")
-        elif not 0 <= z.scale_jitter < min(z.zooms):
-            p.append(f"zooms.scale_jitter must be in [0, min(zooms.zooms)), got {z.scale_jitter}")
-        if not 0 <= z.max_rotation_deg <= 180:
-            p.append(f"zooms.max_rotation_deg must be in [0, 180], got {z.max_rotation_deg}")
-        if not 0 <= z.flip_prob <= 1:
-            p.append(f"zooms.flip_prob must be in [0, 1], got {z.flip_prob}")
-        if loss.kind not in LOSS_KINDS:
-            p.append(f"loss.kind must be one of {LOSS_KINDS}, got {loss.kind!r}")
-        if loss.mining not in MINING:
-            p.append(f"loss.mining must be one of {MINING}, got {loss.mining!r}")
-        if loss.distance not in losses.DISTANCES:
-            p.append(f"loss.distance must be one of {losses.DISTANCES}, got {loss.distance!r}")
-        if loss.margin <= 0:
-            p.append(f"loss.margin must be > 0, got {loss.margin}")
-        batching = data.get("batching", "pairs")
-        if batching not in BATCHING:
-            p.append(f"data.batching must be one of {BATCHING}, got {batching!r}")
-        elif (batching == "triplets") != (loss.mining == "first_semi_hard"):
-            p.append(
-                "data.batching='triplets' goes with loss.mining='first_semi_hard' (the original's "
-                f"candidate negatives) and only with it; got batching={batching!r}, "
-                f"mining={loss.mining!r}"
-            )
-        elif batching == "triplets" and loss.kind != "triplet":
-            p.append("data.batching='triplets' trains loss.kind='triplet' only")
-        if not (
-            isinstance(loss.get("num_candidates", 5), int) and loss.get("num_candidates", 5) >= 1
-        ):
-            p.append(f"loss.num_candidates must be an integer >= 1, got {loss.num_candidates!r}")
-        if not (isinstance(data.num_points, int) and data.num_points >= 2):
-            p.append(f"data.num_points must be an integer >= 2, got {data.num_points!r}")
-        if not (isinstance(data.image_size, int) and data.image_size >= 32):
-            p.append(f"data.image_size must be an integer >= 32, got {data.image_size!r}")
-        from sketch_tf.eval.correspondence import MATCHERS
-
-        if config.eval.matcher not in MATCHERS:
-            p.append(f"eval.matcher must be one of {sorted(MATCHERS)}, got {config.eval.matcher!r}")
-        if config.eval.max_pairs < 1:
-            p.append(f"eval.max_pairs must be >= 1, got {config.eval.max_pairs}")
-        if config.serving.max_dense_points < 1:
-            p.append(
-                f"serving.max_dense_points must be >= 1, got {config.serving.max_dense_points}"
-            )
-        return p
-
     # ---- helpers -------------------------------------------------------------------------
     def zoom_kwargs(self, training: bool) -> dict[str, Any]:
         """Arguments of `zoom_views` for this config (augmentations only when training)."""
@@ -196,7 +106,7 @@ class ZoomsTask(Task):
             base_half_size=float(z.base_half_size),
             reference_size=float(z.reference_size),
             view_size=int(z.view_size),
-            antialias=bool(z.get("antialias", False)),
+            antialias=bool(z.antialias),
         )
         if training:
             kw.update(
@@ -210,15 +120,16 @@ class ZoomsTask(Task):
     def build_models(self):
         m = self.config.model
         backbone_kwargs = {}
-        if m.get("backbone_weights"):
+        # Each empty value ("", (), 0) leaves the backbone's own default.
+        if m.backbone_weights:
             backbone_kwargs["weights_path"] = m.backbone_weights
-        if m.get("backbone_widths") and m.backbone == "small_cnn":
+        if m.backbone_widths and m.backbone == "small_cnn":
             backbone_kwargs["widths"] = tuple(m.backbone_widths)
-        if m.get("backbone_pooling"):
+        if m.backbone_pooling:
             backbone_kwargs["pooling"] = m.backbone_pooling
-        if m.get("backbone_cut"):
+        if m.backbone_cut:
             backbone_kwargs["cut"] = m.backbone_cut
-        if m.get("backbone_freeze_blocks"):
+        if m.backbone_freeze_blocks:
             backbone_kwargs["freeze_blocks"] = int(m.backbone_freeze_blocks)
         model = build_zooms_model(
             backbone=m.backbone,
@@ -278,12 +189,13 @@ class ZoomsTask(Task):
         them unless the records are grouped by class)."""
         manifest = tfrecord.read_manifest(self.records_dir("train"))
         seen = {manifest["classes"][i] for i in self.category_ids("train", "seen")}
+        # Manifest shard entries (not config): "class" only when grouped by class.
         return [s for s in manifest["shards"] if s.get("class") is None or s["class"] in seen]
 
     def train_input_shards(self) -> int | None:
         # Pair batches are one plain record stream (file sharding works); the original's
         # triplet batching samples negatives of other categories: data sharding only.
-        if self.config.data.get("batching", "pairs") == "triplets":
+        if self.config.data.batching == "triplets":
             return None
         return len(self.train_shards())
 
@@ -293,7 +205,7 @@ class ZoomsTask(Task):
         `input_context` (sharding by file across workers, `loop.choose_input_sharding`):
         this worker reads every `num_input_pipelines`-th training shard from its
         `input_pipeline_id` on, with its own shuffling seed."""
-        if self.config.data.get("batching", "pairs") == "triplets":
+        if self.config.data.batching == "triplets":
             return self._triplet_dataset(global_batch_size, seed)
         shards = None
         if input_context is not None:
@@ -332,7 +244,7 @@ class ZoomsTask(Task):
         full-size drawings."""
         classes = list(tfrecord.read_manifest(self.records_dir("train"))["classes"])
         seen = [classes[i] for i in self.category_ids("train", "seen")]
-        c = int(self.config.loss.get("num_candidates", 5))
+        c = int(self.config.loss.num_candidates)
         ds = zooms_data.correspondence_triplets(
             self.records_dir("train"),
             num_candidates=c,

@@ -44,8 +44,9 @@ METRIC_KEYS = ("map_all", "map_all_sake", "map_200", "map_200_sake", "p_100", "p
 
 
 def configured_baselines(config) -> tuple[str, ...]:
-    """`eval.baselines` (configs saved before the key existed get every baseline)."""
-    return tuple(config.eval.get("baselines", baselines_lib.BASELINE_NAMES) or ())
+    """`eval.baselines` (a config.json saved before the key existed gets the default, every
+    baseline, from `sketch_tf.train.config.migrate`)."""
+    return tuple(config.eval.baselines or ())
 
 
 def embed_split(task, models, domain: str, classes: list[str], baselines=()):

@@ -33,40 +33,29 @@ projector files in `<workdir>/eval`. Signatures: `sketch_tf.families.zs_sbir.ser
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
 from sketch_tf.data import pipeline, splits, tfrecord
-from sketch_tf.families.cached_towers import CachedTowers, cache_problems, precompute
+from sketch_tf.families.cached_towers import CachedTowers, precompute
+from sketch_tf.families.zs_sbir import config as family_config
 from sketch_tf.families.zs_sbir import data as zs_data
 from sketch_tf.families.zs_sbir.evaluate import ZsSbirEvaluator
 from sketch_tf.families.zs_sbir.serving import ZsSbirRetrieval, ZsSbirServing
-from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
-from sketch_tf.models.backbones import BACKBONES
-from sketch_tf.train.schedules import GRL_SCHEDULES, grl_lambda
+from sketch_tf.train.schedules import grl_lambda
 from sketch_tf.train.tasks import Headline, LossContext, Task
-
-NEGATIVE_MODES = ("random", "class_embedding", "mined")
-PHOTO_INPUTS = towers.PHOTO_INPUTS
-NEGATIVE_SAMPLING = zs_data.NEGATIVE_SAMPLING
-ANCHOR_SAMPLING = zs_data.ANCHOR_SAMPLING
-DOMAIN_BATCHES = zs_models.DOMAIN_BATCHES
-MINING_MODES = ("semi_hard", "hard", "all", "random")
-METRICS = ("euclidean", "cosine")
 
 
 def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
-    if "synthetic" in config.data:
+    if "synthetic" in config.data:  # the synthetic variants' section only (not a default)
         s = config.data.synthetic
         return (
             "python prepare_data.py --source=synthetic --task=zs_sbir "
-            f"--image_size={s.get('image_size', 96)} --n_per_category={s.get('n_per_category', 20)}"
-            f" --test_fraction={s.get('test_fraction', 0.2)} --out={root}"
+            f"--image_size={s.image_size} --n_per_category={s.n_per_category}"
+            f" --test_fraction={s.test_fraction} --out={root}"
         )
     if "pacs" in root:
         pacs = "../shared/data/pacs"
@@ -78,6 +67,7 @@ class ZsSbirTask(Task):
     """Sketch/photo towers + GRL domain classifier (see module docstring)."""
 
     name = "zs_sbir"
+    config_module = family_config
     evaluator_types = (ZsSbirEvaluator,)
     serving_type = ZsSbirServing
     retrieval_type = ZsSbirRetrieval
@@ -95,97 +85,10 @@ class ZsSbirTask(Task):
         for label, key in (("mAP@all unseen", "map_all"), ("P@100 unseen", "p_100"))
     )
 
-    # ---- configuration -------------------------------------------------------------------
-    @classmethod
-    def validate_config(cls, config):
-        p = []
-        d, m, loss, g, e = config.data, config.model, config.loss, config.grl, config.eval
-        if not d.root:
-            p.append("data.root must name the folder holding the record splits")
-        if not d.unseen_classes and not d.unseen_classes_file:
-            p.append("data.unseen_classes or data.unseen_classes_file must be set")
-        if d.unseen_classes_file and splits.resolve_class_file(d.unseen_classes_file) is None:
-            p.append(
-                f"data.unseen_classes_file={d.unseen_classes_file!r} does not exist "
-                "(one class name per line; see data/README.md for the standard splits)"
-            )
-        overlap = sorted(set(d.seen_classes) & set(d.unseen_classes))
-        if overlap:
-            p.append(f"data.seen_classes and data.unseen_classes overlap: {overlap}")
-        if not isinstance(d.image_size, int) or d.image_size < 32:
-            p.append(f"data.image_size must be an integer >= 32, got {d.image_size!r}")
-        if m.backbone not in BACKBONES:
-            p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-        if m.backbone_weights and not os.path.isfile(m.backbone_weights):
-            p.append(f"model.backbone_weights file {m.backbone_weights} does not exist")
-        if m.projection_dim < 0:
-            p.append(f"model.projection_dim must be >= 0, got {m.projection_dim}")
-        photo_input = m.get("photo_input", "photo")
-        if photo_input not in PHOTO_INPUTS:
-            p.append(f"model.photo_input must be one of {PHOTO_INPUTS}, got {photo_input!r}")
-        elif photo_input != "photo" and m.shared:
-            p.append(f"model.photo_input={photo_input!r} needs model.shared=False")
-        edges = m.get("photo_edges", {}) or {}
-        if not 0.0 <= float(edges.get("threshold", 0.0)) < 1.0:
-            p.append(f"model.photo_edges.threshold must be in [0, 1), got {edges['threshold']!r}")
-        for key in ("freeze_trunk",):
-            if not isinstance(m.get(key, False), bool):
-                p.append(f"model.{key} must be True or False, got {m.get(key)!r}")
-        p.extend(cache_problems(config, {"model.freeze_trunk": m.get("freeze_trunk", False)}))
-        if m.domain_hidden <= 0 or m.domain_layers < 0:
-            p.append("model.domain_hidden must be > 0 and model.domain_layers >= 0")
-        if loss.triplet_weight < 0 or loss.domain_weight < 0:
-            p.append("loss.triplet_weight and loss.domain_weight must be >= 0")
-        if loss.triplet_weight == 0 and loss.domain_weight == 0:
-            p.append("loss.triplet_weight and loss.domain_weight are both 0: nothing to learn")
-        if loss.margin < 0:
-            p.append(f"loss.margin must be >= 0, got {loss.margin}")
-        if loss.negatives not in NEGATIVE_MODES:
-            p.append(f"loss.negatives must be one of {NEGATIVE_MODES}, got {loss.negatives!r}")
-        if loss.mining not in MINING_MODES:
-            p.append(f"loss.mining must be one of {MINING_MODES}, got {loss.mining!r}")
-        if loss.negatives == "class_embedding" and not d.class_embeddings:
-            p.append("loss.negatives='class_embedding' needs data.class_embeddings (.npy path)")
-        if d.class_embeddings and not os.path.isfile(d.class_embeddings):
-            p.append(f"data.class_embeddings file {d.class_embeddings} does not exist")
-        sampling = d.get("negative_sampling", "softmax")
-        if sampling not in NEGATIVE_SAMPLING:
-            p.append(f"data.negative_sampling must be one of {NEGATIVE_SAMPLING}, got {sampling!r}")
-        elif sampling == "softmax" and not d.negative_temperature > 0:
-            p.append(
-                "data.negative_temperature must be > 0 for data.negative_sampling='softmax', "
-                f"got {d.negative_temperature!r}"
-            )
-        anchors = d.get("anchor_sampling", "uniform")
-        if anchors not in ANCHOR_SAMPLING:
-            p.append(f"data.anchor_sampling must be one of {ANCHOR_SAMPLING}, got {anchors!r}")
-        for key in ("train_augment", "epoch_from_sketches", "feature_cache"):
-            if not isinstance(d.get(key, False), bool):
-                p.append(f"data.{key} must be True or False, got {d.get(key)!r}")
-        batches = m.get("domain_batches", "joint")
-        if batches not in DOMAIN_BATCHES:
-            p.append(f"model.domain_batches must be one of {DOMAIN_BATCHES}, got {batches!r}")
-        if not 0.0 <= m.get("domain_bn_momentum", 0.99) < 1.0:
-            p.append(f"model.domain_bn_momentum must be in [0, 1), got {m.domain_bn_momentum!r}")
-        if not m.get("domain_bn_epsilon", 1e-3) > 0:
-            p.append(f"model.domain_bn_epsilon must be > 0, got {m.domain_bn_epsilon!r}")
-        if g.schedule not in GRL_SCHEDULES:
-            p.append(f"grl.schedule must be one of {GRL_SCHEDULES}, got {g.schedule!r}")
-        elif g.schedule == "intended_ramp" and g.threshold_epoch <= g.start_epoch:
-            p.append("grl.threshold_epoch must be > grl.start_epoch for intended_ramp")
-        if e.metric not in METRICS:
-            p.append(f"eval.metric must be one of {METRICS}, got {e.metric!r}")
-        if e.batch_size <= 0:
-            p.append(f"eval.batch_size must be > 0, got {e.batch_size}")
-        from sketch_tf.eval.baselines import BASELINE_NAMES, baseline_names_problems
-
-        p.extend(baseline_names_problems(e.get("baselines", BASELINE_NAMES)))
-        return p
-
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):
         m = self.config.model
-        kwargs = dict(m.backbone_kwargs.to_dict()) if m.get("backbone_kwargs") else {}
+        kwargs = dict(m.backbone_kwargs.to_dict())
         if m.backbone_weights:
             kwargs["weights_path"] = m.backbone_weights
         return zs_models.build_zs_sbir_models(
@@ -195,13 +98,13 @@ class ZsSbirTask(Task):
             projection_dim=int(m.projection_dim),
             normalize=bool(m.normalize),
             backbone_kwargs=kwargs,
-            freeze_trunk=bool(m.get("freeze_trunk", False)),
-            photo_input=m.get("photo_input", "photo"),
-            edge_kwargs=dict(m.photo_edges.to_dict()) if m.get("photo_edges") else None,
+            freeze_trunk=bool(m.freeze_trunk),
+            photo_input=m.photo_input,
+            edge_kwargs=dict(m.photo_edges.to_dict()),
             domain_hidden=int(m.domain_hidden),
             domain_layers=int(m.domain_layers),
-            domain_bn_momentum=float(m.get("domain_bn_momentum", 0.99)),
-            domain_bn_epsilon=float(m.get("domain_bn_epsilon", 1e-3)),
+            domain_bn_momentum=float(m.domain_bn_momentum),
+            domain_bn_epsilon=float(m.domain_bn_epsilon),
         )
 
     def trainable_models(self, models):
@@ -229,7 +132,7 @@ class ZsSbirTask(Task):
 
     def uses_feature_cache(self) -> bool:
         """True when training and evaluation read cached trunk features (`data.feature_cache`)."""
-        return bool(self.config.data.get("feature_cache", False))
+        return bool(self.config.data.feature_cache)
 
     def feature_caches(self, models, which: str, log=print) -> dict:
         """{"sketch", "photo": `cache.FeatureCache`} of the frozen trunks of the sketch and
@@ -251,12 +154,12 @@ class ZsSbirTask(Task):
         ):
             spec = {
                 "backbone": m.backbone,
-                "backbone_kwargs": m.backbone_kwargs.to_dict() if m.get("backbone_kwargs") else {},
-                "photo_input": m.get("photo_input", "photo") if role == "photo" else "photo",
+                "backbone_kwargs": m.backbone_kwargs.to_dict(),
+                "photo_input": m.photo_input if role == "photo" else "photo",
                 "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
             }
             out[role] = towers.features(
-                which, role, tower, records_dir=path, cache_dir=d.get("cache_dir", ""),
+                which, role, tower, records_dir=path, cache_dir=d.cache_dir,
                 spec=spec,
                 images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
                 is_sketch=role == "sketch", image_size=int(d.image_size),
@@ -281,8 +184,8 @@ class ZsSbirTask(Task):
         manifest = tfrecord.read_manifest(path)
         seen, _ = self.class_split(manifest["classes"])
         negatives = self.config.loss.negatives
-        # Configs saved before these keys existed get the behaviour they were trained with.
-        sampling = d.get("negative_sampling", "softmax")
+        # A config.json saved before data.negative_sampling existed has "softmax" (migrate).
+        sampling = d.negative_sampling
         triplets = zs_data.triplet_batches(
             path,
             global_batch_size,
@@ -292,11 +195,11 @@ class ZsSbirTask(Task):
             class_embeddings=d.class_embeddings or None,
             negative_sampling=sampling,
             temperature=float(d.negative_temperature) if sampling == "softmax" else None,
-            anchor_sampling=d.get("anchor_sampling", "uniform"),
+            anchor_sampling=d.anchor_sampling,
             classes=seen,
             sketch_domain=d.sketch_domain,
             photo_domain=d.photo_domain,
-            training=bool(d.get("train_augment", True)),  # False: no augmentation
+            training=bool(d.train_augment),  # False: no augmentation
             shuffle_buffer=int(d.shuffle_buffer),
             output="keys" if self.uses_feature_cache() else "images",
         )
@@ -326,14 +229,15 @@ class ZsSbirTask(Task):
         training manifest's counts (at least 1), computed once per task.
         """
         d = self.config.data
-        if not d.get("epoch_from_sketches", False):
+        if not d.epoch_from_sketches:
             return int(self.config.train.steps_per_epoch)
         cached = getattr(self, "_steps_per_epoch", None)
         if cached is None:
             manifest = tfrecord.read_manifest(self.records_dir("train"))
             seen, _ = self.class_split(manifest["classes"])
+            # Manifest counts (not config): a domain or class without records is absent.
             per_class = manifest["counts"]["per_domain_class"].get(d.sketch_domain, {})
-            sketches = sum(int(per_class.get(c, 0)) for c in seen)
+            sketches = sum(int(per_class.get(c, 0)) for c in seen)  # (manifest, as above)
             batch = int(self.config.train.batch_size)
             if sketches < batch:
                 raise ValueError(
@@ -379,7 +283,7 @@ class ZsSbirTask(Task):
             logits = zs_models.domain_logits(
                 models["domain_classifier"],
                 [p, n, s],
-                self.config.model.get("domain_batches", "joint"),
+                self.config.model.domain_batches,
                 training=True,
             )
             b = tf.shape(s)[0]

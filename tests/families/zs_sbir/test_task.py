@@ -16,7 +16,8 @@ from sketch_tf.families.zs_sbir.task import ZsSbirTask
 from sketch_tf.models import towers
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train import loop
-from sketch_tf.train.config import apply_overrides, load_project_config
+from sketch_tf.train.config import load_project_config
+from sketch_tf.train.config_sections import apply_overrides
 from sketch_tf.train.tasks import LossContext
 
 CATS = ["airplane", "bed", "bottle", "mug"]
