@@ -39,7 +39,7 @@ def test_families_are_the_registry_and_share_one_layout():
     assert {"zooms", "zs_sbir", "style_sbir"} <= set(names)
     for name in names:
         folder = PROJECT_ROOT / "sketch_tf" / "families" / name
-        for module in ("task.py", "evaluate.py", "serving.py"):
+        for module in ("config.py", "task.py", "evaluate.py", "serving.py"):
             assert (folder / module).is_file(), f"{name}: {module} missing"
         task_class = families.get_task_class(name)
         assert task_class.name == name

@@ -1,12 +1,15 @@
 """The model families, and the registry of tasks.
 
-Each family is a sub-package with the same three modules:
+Each family is a sub-package with the same modules:
 
-- `task.py`: the Task (config validation, models, training data, losses), which hands out
-  the objects of the other two;
+- `config.py`: the complete defaults (`defaults()`) beside their checks (`validate()`);
+- `task.py`: the Task (models, training data, losses), which hands out the objects of the
+  next two;
 - `evaluate.py`: an Evaluator class (metrics, tables and pictures on held-out data);
 - `serving.py`: a Serving class (SavedModel signatures and their warmup inputs) and, for the
-  retrieval families, a Retrieval class (gallery and query embeddings).
+  retrieval families, a Retrieval class (gallery and query embeddings);
+- `data.py` where the family samples its own training batches (zooms also has `match.py`, the
+  two-sketch matching of `match.py`).
 
 `FAMILIES` is the family list: name -> a function importing its Task class (a plain import,
 done on first use so that importing this package stays cheap). Generic code finds tasks
