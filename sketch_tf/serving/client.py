@@ -868,9 +868,7 @@ class GrpcClient(_Client):
             "grpc.max_reconnect_backoff_ms": int(1000 * MAX_BACKOFF_S),
             **dict(channel_options),
         }
-        self._channel = self._m.grpc.insecure_channel(
-            self.host_port, options=list(options.items())
-        )
+        self._channel = self._m.grpc.insecure_channel(self.host_port, options=list(options.items()))
         self._stub = self._m.service.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
