@@ -21,10 +21,18 @@ K_SPEC = tf.TensorSpec([], tf.int32, name="k")
 
 
 @dataclasses.dataclass
-class TestGalleryRetrieval:
-    """Base of a family `Retrieval` whose default gallery is the run's test records."""
+class TaskBound:
+    """Base of a family's `Serving` and `Retrieval`: the family Task they work for."""
 
     task: Any  # the family's Task
+
+    def image_size(self) -> int:
+        """`data.image_size` of the task's config: the side (px) of the model inputs."""
+        return int(self.task.config.data.image_size)
+
+
+class TestGalleryRetrieval(TaskBound):
+    """Base of a family `Retrieval` whose default gallery is the run's test records."""
 
     def gallery_records(self) -> str:
         """The test records (`Task.records_dir("test")`)."""

@@ -23,7 +23,6 @@ their aspect with white padding, photos are resized and centre-cropped to `data.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -70,16 +69,13 @@ class FgSbirRetrieval(retrieval.TestGalleryRetrieval):
         return embed(tf.convert_to_tensor(sketches, tf.float32)).numpy()
 
 
-@dataclasses.dataclass
-class FgSbirServing:
+class FgSbirServing(retrieval.TaskBound):
     """The `Serving` of the fine-grained SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
+        size = self.image_size()
         embedders = {role: _embedder(task, models, role) for role in ("sketch", "image")}
         sketch_roles = [role for role in embedders if task.is_drawing(role)]
         out = retrieval.embed_signatures(size, embedders, sketch_roles)
@@ -93,7 +89,7 @@ class FgSbirServing:
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing; the export keeps those of
         the signatures it writes."""
-        _, png, floats = retrieval.example_images(int(self.task.config.data.image_size))
+        _, png, floats = retrieval.example_images(self.image_size())
         width = inputs.input_width(signatures, "search", "embedding")
         requests = {
             **retrieval.sketch_warmup_requests(png, floats),

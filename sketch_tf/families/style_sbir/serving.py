@@ -34,7 +34,6 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -109,16 +108,13 @@ def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
     return _query(structure, style, tf.constant(float(alpha))).numpy()
 
 
-@dataclasses.dataclass
-class StyleSbirServing:
+class StyleSbirServing(retrieval.TaskBound):
     """The `Serving` of the style-aware SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
+        size = self.image_size()
         towers = task.towers(models)
         embedders = {
             role: (lambda x, tower=towers[role]: tower(x, training=False))
@@ -182,7 +178,7 @@ class StyleSbirServing:
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing (a coloured copy as image);
         the export keeps those of the signatures it writes."""
-        img, png, floats = retrieval.example_images(int(self.task.config.data.image_size))
+        img, png, floats = retrieval.example_images(self.image_size())
         colour = img.copy()
         colour[img[..., 0] == 255] = (240, 200, 120)  # a coloured background: a "styled" image
         colour_png = encode_png(colour)

@@ -21,7 +21,6 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -68,16 +67,13 @@ class ZsSbirRetrieval(retrieval.TestGalleryRetrieval):
         return _query(e, str(self.task.config.eval.metric)).numpy()
 
 
-@dataclasses.dataclass
-class ZsSbirServing:
+class ZsSbirServing(retrieval.TaskBound):
     """The `Serving` of the zero-shot SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
+        size = self.image_size()
         metric = str(task.config.eval.metric)
         towers = {"sketch": zs_models.sketch_tower(models), "photo": zs_models.photo_tower(models)}
         embedders = {
@@ -99,7 +95,7 @@ class ZsSbirServing:
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing (inverted for the photo);
         the export keeps those of the signatures it writes."""
-        img, png, floats = retrieval.example_images(int(self.task.config.data.image_size))
+        img, png, floats = retrieval.example_images(self.image_size())
         width = inputs.input_width(signatures, "search", "embedding")
         requests = {
             **retrieval.sketch_warmup_requests(png, floats),
