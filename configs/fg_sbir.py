@@ -37,7 +37,7 @@ compared with this sketch (QMUL's triplet annotations).
 import ml_collections
 
 from sketch_tf.families.fg_sbir.config import defaults
-from sketch_tf.train.config_sections import variant_config
+from sketch_tf.train.config_sections import config_getter, variants_by_name
 
 #: The synthetic world's records and options: identical to configs/zs_sbir.py:synthetic's, so
 #: the main job renders them once for both families (tests/families/fg_sbir checks it).
@@ -123,15 +123,5 @@ def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
 
 
 #: Variant name -> function that edits `defaults()` in place.
-VARIANTS = {
-    "shoes": shoes,
-    "chairs": chairs,
-    "shoes_gpu": shoes_gpu,
-    "chairs_gpu": chairs_gpu,
-    "synthetic": synthetic,
-    "synthetic_smoke": synthetic_smoke,
-}
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    return variant_config("fg_sbir", defaults, VARIANTS, arg)
+VARIANTS = variants_by_name(shoes, chairs, shoes_gpu, chairs_gpu, synthetic, synthetic_smoke)
+get_config = config_getter("fg_sbir", defaults, VARIANTS)

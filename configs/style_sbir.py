@@ -32,7 +32,7 @@ of DESIGN.md); `--config.model.structure.freeze_trunk=False
 import ml_collections
 
 from sketch_tf.families.style_sbir.config import defaults, two_stages
-from sketch_tf.train.config_sections import variant_config
+from sketch_tf.train.config_sections import config_getter, variants_by_name
 
 #: Gallery media of the PACS variant.
 PACS_STYLES = ("art_painting", "cartoon", "photo")
@@ -109,14 +109,5 @@ def bam(config: ml_collections.ConfigDict) -> None:
 
 
 #: Variant name -> function that edits `defaults()` in place.
-VARIANTS = {
-    "synthetic": synthetic,
-    "synthetic_smoke": synthetic_smoke,
-    "pacs": pacs,
-    "pacs_quickdraw": pacs_quickdraw,
-    "bam": bam,
-}
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    return variant_config("style_sbir", defaults, VARIANTS, arg)
+VARIANTS = variants_by_name(synthetic, synthetic_smoke, pacs, pacs_quickdraw, bam)
+get_config = config_getter("style_sbir", defaults, VARIANTS)

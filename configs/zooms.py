@@ -28,7 +28,7 @@ Variants (`--config=configs/zooms.py:<variant>`):
 import ml_collections
 
 from sketch_tf.families.zooms.config import defaults
-from sketch_tf.train.config_sections import variant_config
+from sketch_tf.train.config_sections import config_getter, variants_by_name
 
 
 def synthetic(config: ml_collections.ConfigDict) -> None:
@@ -68,12 +68,5 @@ def sketchzooms(config: ml_collections.ConfigDict) -> None:
 
 
 #: Variant name -> function that edits `defaults()` in place.
-VARIANTS = {
-    "synthetic": synthetic,
-    "synthetic_smoke": synthetic_smoke,
-    "sketchzooms": sketchzooms,
-}
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    return variant_config("zooms", defaults, VARIANTS, arg)
+VARIANTS = variants_by_name(synthetic, synthetic_smoke, sketchzooms)
+get_config = config_getter("zooms", defaults, VARIANTS)

@@ -50,7 +50,7 @@ above were measured when the domain term was the *mean* of the three BCEs (a thi
 import ml_collections
 
 from sketch_tf.families.zs_sbir.config import defaults
-from sketch_tf.train.config_sections import variant_config
+from sketch_tf.train.config_sections import config_getter, variants_by_name
 
 #: Categories of the synthetic world held out as unseen.
 SYNTHETIC_UNSEEN = ("bench", "guitar", "mug")
@@ -315,19 +315,16 @@ def upstream(config: ml_collections.ConfigDict) -> None:
 
 
 #: Variant name -> function that edits `defaults()` in place.
-VARIANTS = {
-    "synthetic": synthetic,
-    "synthetic_scratch": synthetic_scratch,
-    "synthetic_smoke": synthetic_smoke,
-    "pacs": pacs,
-    "pacs_scratch": pacs_scratch,
-    "sketchy": sketchy,
-    "sketchy_21": sketchy_21,
-    "tuberlin": tuberlin,
-    "quickdraw": quickdraw,
-    "upstream": upstream,
-}
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    return variant_config("zs_sbir", defaults, VARIANTS, arg)
+VARIANTS = variants_by_name(
+    synthetic,
+    synthetic_scratch,
+    synthetic_smoke,
+    pacs,
+    pacs_scratch,
+    sketchy,
+    sketchy_21,
+    tuberlin,
+    quickdraw,
+    upstream,
+)
+get_config = config_getter("zs_sbir", defaults, VARIANTS)

@@ -419,10 +419,15 @@ class _Client:
         self._metadata_unsupported = False
 
     @property
+    def host_port(self) -> str:
+        """`host:port`, an IPv6 host in brackets (`[::1]:8500`), as URLs and channels take it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def address(self) -> str:
         """The server, as error messages name it."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port} ({self.protocol})"
+        return f"{self.host_port} ({self.protocol})"
 
     def __repr__(self) -> str:
         version = "latest" if self.version is None else self.version
@@ -701,15 +706,13 @@ class RestClient(_Client):
         super().__init__(host, port, model, version, timeout_s, retries, backoff_s, use_metadata)
         handlers = [] if proxies is None else [urllib.request.ProxyHandler(dict(proxies))]
         self._opener = urllib.request.build_opener(*handlers)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.base_url = f"http://{host}:{self.port}/v1/models/{urllib.parse.quote(model, '')}"
+        self.base_url = f"http://{self.host_port}/v1/models/{urllib.parse.quote(model, '')}"
         if self.version is not None:
             self.base_url += f"/versions/{self.version}"
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self.host_port}"
 
     def _request(self, url: str, body: bytes | None, timeout_s: float) -> dict:
         """One HTTP request; returns the JSON reply, raises _Failure."""
@@ -854,7 +857,6 @@ class GrpcClient(_Client):
     ):
         super().__init__(host, port, model, version, timeout_s, retries, backoff_s, use_metadata)
         self._m = _grpc_modules()
-        host = f"[{self.host}]" if ":" in self.host else self.host
         # gRPC waits 1 s (then longer) before reconnecting after a failed connection: attempts
         # within that time fail at once, so the retries would not see a server come back.
         reconnect_ms = max(10, int(1000 * backoff_s))
@@ -866,9 +868,7 @@ class GrpcClient(_Client):
             "grpc.max_reconnect_backoff_ms": int(1000 * MAX_BACKOFF_S),
             **dict(channel_options),
         }
-        self._channel = self._m.grpc.insecure_channel(
-            f"{host}:{self.port}", options=list(options.items())
-        )
+        self._channel = self._m.grpc.insecure_channel(self.host_port, options=list(options.items()))
         self._stub = self._m.service.PredictionServiceStub(self._channel)
 
     def close(self) -> None:

@@ -165,6 +165,43 @@ def apply_overrides(
     return out
 
 
+def variants_by_name(*edits: Callable[[ml_collections.ConfigDict], None]) -> dict:
+    """`VARIANTS` of a config file: variant name (the edit function's name) -> the function
+    editing `defaults()` in place, in the order given (the order errors list them in)."""
+    return {edit.__name__: edit for edit in edits}
+
+
+def config_getter(
+    family: str,
+    defaults: Callable[[], ml_collections.ConfigDict],
+    variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+    default: str = "synthetic",
+) -> Callable[..., ml_collections.ConfigDict]:
+    """The `get_config(arg)` of `configs/<family>.py` that absl's config flags call:
+    `variant_config(family, defaults, variants, arg, default)`."""
+
+    def get_config(arg: str = default) -> ml_collections.ConfigDict:
+        return variant_config(family, defaults, variants, arg, default)
+
+    get_config.__doc__ = f"`configs/{family}.py:<variant>`: one of {', '.join(variants)}."
+    return get_config
+
+
+def root_problems(data: ml_collections.ConfigDict) -> list[str]:
+    """The problem of an empty `data.root` (the folder of the record splits), if any."""
+    return [] if data.root else ["data.root must name the folder holding the record splits"]
+
+
+def bool_problems(section: ml_collections.ConfigDict, where: str, keys) -> list[str]:
+    """`<where>.<key> must be True or False` for each of `keys` whose value in `section` (the
+    config section at dotted path `where`) is not a bool."""
+    return [
+        f"{where}.{key} must be True or False, got {section[key]!r}"
+        for key in keys
+        if not isinstance(section[key], bool)
+    ]
+
+
 def check(problems: list[str], ok: bool, message: str) -> None:
     if not ok:
         problems.append(message)

@@ -65,6 +65,30 @@ class Headline:
     baselines: tuple[tuple[str, str], ...] = ()
 
 
+def headlines_with_baselines(
+    figures: tuple[tuple[str, str], ...], baselines: tuple[tuple[str, str], ...]
+) -> tuple[Headline, ...]:
+    """One `Headline(label, key, ...)` per (label, key) of `figures`, each with the same
+    non-learned `baselines`: (name, scalar key pattern), the pattern's `{key}` filled with the
+    figure's key (e.g. ("HOG", "hog/{key}"))."""
+    return tuple(
+        Headline(label, key, tuple((name, pattern.format(key=key)) for name, pattern in baselines))
+        for label, key in figures
+    )
+
+
+def synthetic_prepare_command(config: ml_collections.ConfigDict, task: str) -> str:
+    """The `prepare_data.py` command that writes the records of a synthetic variant: its
+    `data.synthetic` section (image_size, n_per_category, test_fraction) for `--task=task`
+    into `data.root`."""
+    s = config.data.synthetic
+    return (
+        f"python prepare_data.py --source=synthetic --task={task} --image_size="
+        f"{s.image_size} --n_per_category={s.n_per_category} --test_fraction="
+        f"{s.test_fraction} --out={config.data.root}"
+    )
+
+
 @dataclass
 class LossContext:
     """What `Task.compute_losses` needs to know about the distributed step.

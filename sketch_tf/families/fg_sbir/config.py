@@ -13,7 +13,12 @@ import os
 
 import ml_collections
 
-from sketch_tf.train.config_sections import add_run_sections, base_train_config
+from sketch_tf.train.config_sections import (
+    add_run_sections,
+    base_train_config,
+    bool_problems,
+    root_problems,
+)
 
 MINING_MODES = ("hard", "semi_hard", "all", "random", "none")
 FLIP_MODES = ("pair", "none")
@@ -112,15 +117,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     from sketch_tf.models import fg_sbir as fg_models
     from sketch_tf.models.backbones import BACKBONES
 
-    p = []
     d, m, loss, e = config.data, config.model, config.loss, config.eval
-    if not d.root:
-        p.append("data.root must name the folder holding the record splits")
+    p = root_problems(d)
     if d.sketch_domain == d.image_domain:
         p.append(f"data.sketch_domain and data.image_domain are both {d.image_domain!r}")
-    for key in ("gallery_drawings", "feature_cache"):
-        if not isinstance(d[key], bool):
-            p.append(f"data.{key} must be True or False, got {d[key]!r}")
+    p.extend(bool_problems(d, "data", ("gallery_drawings", "feature_cache")))
     if m.backbone not in BACKBONES:
         p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
     elif m.backbone != fg_models.SPLIT_BACKBONE and (
@@ -180,7 +181,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"eval.batch_size must be a positive integer, got {e.batch_size!r}")
     if not e.ks or not all(isinstance(k, int) and k >= 1 for k in e.ks):
         p.append(f"eval.ks must be positive integers, got {tuple(e.ks)!r}")
-    if not isinstance(e.multi_crop, bool):
-        p.append(f"eval.multi_crop must be True or False, got {e.multi_crop!r}")
+    p.extend(bool_problems(e, "eval", ("multi_crop",)))
     p.extend(baseline_names_problems(e.baselines))
     return p

@@ -23,17 +23,15 @@ their aspect with white padding, photos are resized and centre-cropped to `data.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.data.images import encode_png
 from sketch_tf.export import inputs
+from sketch_tf.families import retrieval
 from sketch_tf.models import fg_sbir as fg_models
 
-_K = tf.TensorSpec([], tf.int32, name="k")
 #: Embeddings are unit rows: the Euclidean ranking is the cosine ranking.
 METRIC = "euclidean"
 
@@ -45,16 +43,10 @@ def _embedder(task, models, role: str):
     return lambda x: fg_models.embed_images(tower, x, multi_crop=multi, crop_cells=crop)
 
 
-@dataclasses.dataclass
-class FgSbirRetrieval:
+class FgSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the fine-grained SBIR family: sketches against the unit image
-    embeddings of the gallery (Euclidean = cosine ranking)."""
-
-    task: Any  # the family's Task
-
-    def gallery_records(self) -> str:
-        """The test records (their `data.image_domain` images)."""
-        return self.task.records_dir("test")
+    embeddings of the gallery (Euclidean = cosine ranking); its gallery, the test records
+    (their `data.image_domain` images)."""
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: the images sketches are matched with."""
@@ -72,79 +64,40 @@ class FgSbirRetrieval:
     def query_vectors(self, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
         """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E].
         `exemplars` / `alpha` belong to style retrieval: refused here."""
-        if exemplars is not None or alpha is not None:
-            raise ValueError("fg_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
+        retrieval.refuse_style_inputs("fg_sbir", exemplars, alpha)
         embed = _embedder(self.task, models, "sketch")
         return embed(tf.convert_to_tensor(sketches, tf.float32)).numpy()
 
 
-@dataclasses.dataclass
-class FgSbirServing:
+class FgSbirServing(retrieval.TaskBound):
     """The `Serving` of the fine-grained SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
-        out = {}
+        size = self.image_size()
         embedders = {role: _embedder(task, models, role) for role in ("sketch", "image")}
-        for role, embed in embedders.items():
-            out.update(
-                inputs.with_float_variant(
-                    f"embed_{role}",
-                    lambda x, _, embed=embed: {"embedding": embed(x["images"])},
-                    ["images"],
-                    [],
-                    inputs.prepare_batch(size, is_sketch=task.is_drawing(role)),
-                )
-            )
+        sketch_roles = [role for role in embedders if task.is_drawing(role)]
+        out = retrieval.embed_signatures(size, embedders, sketch_roles)
         if gallery is None:
             out["serving_default"] = out["embed_sketch"]
             return out
-        sketch = embedders["sketch"]
-        out.update(
-            inputs.with_float_variant(
-                "retrieve",
-                lambda x, extra: gallery.top_k(sketch(x["images"]), extra["k"]),
-                ["images"],
-                [_K],
-                inputs.prepare_batch(size, is_sketch=True),
-            )
-        )
         width = int(fg_models.sketch_tower(models).output.shape[-1])
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K]
-        )
-        def search(embedding, k):
-            return gallery.top_k(embedding, k)
-
-        out["search"] = search.get_concrete_function()
-        out["serving_default"] = out["retrieve"]
+        out.update(retrieval.sketch_search_signatures(gallery, size, embedders["sketch"], width))
         return out
 
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing; the export keeps those of
         the signatures it writes."""
-        img = inputs.example_drawing(int(self.task.config.data.image_size))
-        png = encode_png(img)
-        sketches = np.array([png, png], dtype=object)
-        floats = img[None].astype(np.float32) / 255.0
+        _, png, floats = retrieval.example_images(self.image_size())
         width = inputs.input_width(signatures, "search", "embedding")
         requests = {
-            "embed_sketch": {"images": sketches},
-            "embed_sketch_floats": {"images": floats},
+            **retrieval.sketch_warmup_requests(png, floats),
             "embed_image": {"images": np.array([png], dtype=object)},
             "embed_image_floats": {"images": floats},
-            "retrieve": {"images": sketches, "k": np.int32(3)},
-            "retrieve_floats": {"images": floats, "k": np.int32(3)},
             "search": {
                 "embedding": np.full((1, width), width**-0.5, np.float32),
                 "k": np.int32(2),
             },
         }
-        has_retrieve = signatures is not None and "retrieve" in signatures
-        requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_sketch"]
-        return requests
+        return retrieval.with_default_request(requests, signatures, "embed_sketch")

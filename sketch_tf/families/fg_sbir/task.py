@@ -50,7 +50,12 @@ from sketch_tf.families.fg_sbir import config as family_config
 from sketch_tf.families.fg_sbir.evaluate import FgSbirEvaluator
 from sketch_tf.families.fg_sbir.serving import FgSbirRetrieval, FgSbirServing
 from sketch_tf.models import fg_sbir as fg_models
-from sketch_tf.train.tasks import Headline, LossContext, Task
+from sketch_tf.train.tasks import (
+    LossContext,
+    Task,
+    headlines_with_baselines,
+    synthetic_prepare_command,
+)
 
 
 @dataclass
@@ -175,12 +180,7 @@ def read_pairs(
 def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
     if "synthetic" in config.data:
-        s = config.data.synthetic
-        return (
-            f"python prepare_data.py --source=synthetic --task={s.task} --image_size="
-            f"{s.image_size} --n_per_category={s.n_per_category} --test_fraction="
-            f"{s.test_fraction} --out={root}"
-        )
+        return synthetic_prepare_command(config, config.data.synthetic.task)
     category = os.path.basename(os.path.normpath(root)).replace("qmul_", "")
     qmul_split = "test" if split == "test" else "train"
     return (
@@ -198,19 +198,10 @@ class FgSbirTask(Task):
     serving_type = FgSbirServing
     retrieval_type = FgSbirRetrieval
 
-    headlines = tuple(
-        Headline(
-            label,
-            key,
-            (
-                ("HOG", f"hog/{key}"),
-                ("raw pixels", f"raw_pixels/{key}"),
-                ("random", f"random/{key}"),
-            ),
-        )
-        for label, key in (("acc@1, held-out objects", "acc_at_1"),
-                           ("acc@10, held-out objects", "acc_at_10"))
-    )  # fmt: skip
+    headlines = headlines_with_baselines(
+        (("acc@1, held-out objects", "acc_at_1"), ("acc@10, held-out objects", "acc_at_10")),
+        (("HOG", "hog/{key}"), ("raw pixels", "raw_pixels/{key}"), ("random", "random/{key}")),
+    )
 
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):

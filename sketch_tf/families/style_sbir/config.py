@@ -13,7 +13,12 @@ import os
 
 import ml_collections
 
-from sketch_tf.train.config_sections import add_run_sections, base_train_config
+from sketch_tf.train.config_sections import (
+    add_run_sections,
+    base_train_config,
+    bool_problems,
+    root_problems,
+)
 
 MINING_MODES = ("semi_hard", "hard", "all", "random")
 
@@ -155,10 +160,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     from sketch_tf.models import style as style_models
     from sketch_tf.models.backbones import BACKBONES, HED_POOLINGS
 
-    p = []
     d, m, loss, e = config.data, config.model, config.loss, config.eval
-    if not d.root:
-        p.append("data.root must name the folder holding the record splits")
+    p = root_problems(d)
     if not isinstance(d.image_size, int) or d.image_size < 32:
         p.append(f"data.image_size must be an integer >= 32, got {d.image_size!r}")
     rules = style_data.STYLE_NEGATIVE_RULES
@@ -172,9 +175,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         folder = d[key]
         if folder and not os.path.isfile(os.path.join(folder, "manifest.json")):
             p.append(f"data.{key}={folder} holds no records (no manifest.json)")
-    for key in ("feature_cache", "train_augment"):
-        if not isinstance(d[key], bool):
-            p.append(f"data.{key} must be True or False, got {d[key]!r}")
+    p.extend(bool_problems(d, "data", ("feature_cache", "train_augment")))
     for name in ("structure", "style"):
         s = m[name]
         if s.backbone not in BACKBONES:

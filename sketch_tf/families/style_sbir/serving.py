@@ -34,7 +34,6 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -43,9 +42,10 @@ import tensorflow as tf
 from sketch_tf.data.images import encode_png
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
+from sketch_tf.families import retrieval
 
 _ALPHA = tf.TensorSpec([], tf.float32, name="alpha")
-_K = tf.TensorSpec([], tf.int32, name="k")
+_K = retrieval.K_SPEC
 _unit = gallery_lib.unit_rows
 
 
@@ -63,16 +63,10 @@ def _query(structure, style, alpha):
     return tf.concat([alpha * _unit(structure), (1.0 - alpha) * _unit(style)], 1)
 
 
-@dataclasses.dataclass
-class StyleSbirRetrieval:
+class StyleSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the style-aware SBIR family: sketch + exemplar queries against
-    gallery rows [unit structure, unit style] (see `_query`)."""
-
-    task: Any  # the family's Task
-
-    def gallery_records(self) -> str:
-        """The test records (their images of every style domain)."""
-        return self.task.records_dir("test")
+    gallery rows [unit structure, unit style] (see `_query`); its gallery, the test records
+    (their images of every style domain)."""
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: every style domain."""
@@ -114,32 +108,19 @@ def query_vectors_from_embeddings(structure, style, alpha: float) -> np.ndarray:
     return _query(structure, style, tf.constant(float(alpha))).numpy()
 
 
-@dataclasses.dataclass
-class StyleSbirServing:
+class StyleSbirServing(retrieval.TaskBound):
     """The `Serving` of the style-aware SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
+        size = self.image_size()
         towers = task.towers(models)
-        out = {}
-        for name, role, is_sketch in (
-            ("embed_structure_sketch", "structure_sketch", True),
-            ("embed_structure_image", "structure_image", False),
-            ("embed_style", "style", False),
-        ):
-            out.update(
-                inputs.with_float_variant(
-                    name,
-                    lambda x, _, t=towers[role]: {"embedding": t(x["images"], training=False)},
-                    ["images"],
-                    [],
-                    inputs.prepare_batch(size, is_sketch),
-                )
-            )
+        embedders = {
+            role: (lambda x, tower=towers[role]: tower(x, training=False))
+            for role in ("structure_sketch", "structure_image", "style")
+        }
+        out = retrieval.embed_signatures(size, embedders, ["structure_sketch"])
         sketch_tower, style_tower = towers["structure_sketch"], towers["style"]
         sketch_prep = inputs.prepare_batch(size, True)
         image_prep = inputs.prepare_batch(size, False)
@@ -197,13 +178,10 @@ class StyleSbirServing:
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing (a coloured copy as image);
         the export keeps those of the signatures it writes."""
-        size = int(self.task.config.data.image_size)
-        img = inputs.example_drawing(size)
-        png = encode_png(img)
+        img, png, floats = retrieval.example_images(self.image_size())
         colour = img.copy()
         colour[img[..., 0] == 255] = (240, 200, 120)  # a coloured background: a "styled" image
         colour_png = encode_png(colour)
-        floats = img[None].astype(np.float32) / 255.0
         colour_floats = colour[None].astype(np.float32) / 255.0
         e_dim = inputs.input_width(signatures, "search", "structure")
         f_dim = inputs.input_width(signatures, "search", "style")
@@ -235,8 +213,4 @@ class StyleSbirServing:
                 **query,
             },
         }
-        has_retrieve = signatures is not None and "retrieve" in signatures
-        requests["serving_default"] = requests[
-            "retrieve" if has_retrieve else "embed_structure_sketch"
-        ]
-        return requests
+        return retrieval.with_default_request(requests, signatures, "embed_structure_sketch")

@@ -46,7 +46,7 @@ from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir.evaluate import StyleSbirEvaluator
 from sketch_tf.families.style_sbir.serving import StyleSbirRetrieval, StyleSbirServing
 from sketch_tf.models import style as style_models
-from sketch_tf.train.tasks import Headline, LossContext, Task
+from sketch_tf.train.tasks import Headline, LossContext, Task, synthetic_prepare_command
 
 #: Image roles of a batch that the gallery towers embed (the sketch K goes to the sketch tower).
 GALLERY_ROLES = ("anchor", "positive", "negative")
@@ -55,12 +55,7 @@ GALLERY_ROLES = ("anchor", "positive", "negative")
 def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
     if "synthetic" in config.data:  # the synthetic variants' section only (not a default)
-        s = config.data.synthetic
-        return (
-            "python prepare_data.py --source=synthetic --task=style "
-            f"--image_size={s.image_size} --n_per_category={s.n_per_category}"
-            f" --test_fraction={s.test_fraction} --out={root}"
-        )
+        return synthetic_prepare_command(config, "style")
     if "pacs" in root:
         return (
             "python prepare_data.py --source=folders --root=../shared/data/pacs "

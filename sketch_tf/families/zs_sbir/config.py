@@ -12,7 +12,12 @@ import os
 
 import ml_collections
 
-from sketch_tf.train.config_sections import add_run_sections, base_train_config
+from sketch_tf.train.config_sections import (
+    add_run_sections,
+    base_train_config,
+    bool_problems,
+    root_problems,
+)
 
 NEGATIVE_MODES = ("random", "class_embedding", "mined")
 MINING_MODES = ("semi_hard", "hard", "all", "random")
@@ -144,10 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     from sketch_tf.models.backbones import BACKBONES
     from sketch_tf.train.schedules import GRL_SCHEDULES
 
-    p = []
     d, m, loss, g, e = config.data, config.model, config.loss, config.grl, config.eval
-    if not d.root:
-        p.append("data.root must name the folder holding the record splits")
+    p = root_problems(d)
     if not d.unseen_classes and not d.unseen_classes_file:
         p.append("data.unseen_classes or data.unseen_classes_file must be set")
     if d.unseen_classes_file and splits.resolve_class_file(d.unseen_classes_file) is None:
@@ -172,8 +175,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"model.photo_input={m.photo_input!r} needs model.shared=False")
     if not 0.0 <= float(m.photo_edges.threshold) < 1.0:
         p.append(f"model.photo_edges.threshold must be in [0, 1), got {m.photo_edges.threshold!r}")
-    if not isinstance(m.freeze_trunk, bool):
-        p.append(f"model.freeze_trunk must be True or False, got {m.freeze_trunk!r}")
+    p.extend(bool_problems(m, "model", ("freeze_trunk",)))
     p.extend(cache_problems(config, {"model.freeze_trunk": m.freeze_trunk}))
     if m.domain_hidden <= 0 or m.domain_layers < 0:
         p.append("model.domain_hidden must be > 0 and model.domain_layers >= 0")
@@ -206,9 +208,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
             f"data.anchor_sampling must be one of {zs_data.ANCHOR_SAMPLING}, "
             f"got {d.anchor_sampling!r}"
         )
-    for key in ("train_augment", "epoch_from_sketches", "feature_cache"):
-        if not isinstance(d[key], bool):
-            p.append(f"data.{key} must be True or False, got {d[key]!r}")
+    p.extend(bool_problems(d, "data", ("train_augment", "epoch_from_sketches", "feature_cache")))
     if m.domain_batches not in zs_models.DOMAIN_BATCHES:
         p.append(
             f"model.domain_batches must be one of {zs_models.DOMAIN_BATCHES}, "

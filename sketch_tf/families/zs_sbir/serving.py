@@ -21,7 +21,6 @@ centre-cropped to `data.image_size`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,8 @@ import tensorflow as tf
 from sketch_tf.data.images import encode_png
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
+from sketch_tf.families import retrieval
 from sketch_tf.models import zs_sbir as zs_models
-
-_K = tf.TensorSpec([], tf.int32, name="k")
 
 
 def _query(embedding, metric: str):
@@ -41,16 +39,10 @@ def _query(embedding, metric: str):
     return tf.convert_to_tensor(embedding, tf.float32)
 
 
-@dataclasses.dataclass
-class ZsSbirRetrieval:
+class ZsSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the zero-shot SBIR family: sketches against photo embeddings,
-    ranked by `eval.metric` (unit rows for cosine, so that a blank image scores 0)."""
-
-    task: Any  # the family's Task
-
-    def gallery_records(self) -> str:
-        """The test records (the photos of every class in them)."""
-        return self.task.records_dir("test")
+    ranked by `eval.metric` (unit rows for cosine, so that a blank image scores 0); its
+    gallery, the test records (the photos of every class in them)."""
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: the photos."""
@@ -70,80 +62,45 @@ class ZsSbirRetrieval:
     def query_vectors(self, models, sketches, exemplars=None, alpha=None) -> np.ndarray:
         """Preprocessed sketches float32 [Q, S, S, 3] -> index query rows [Q, E]
         (`index_vectors`' space). `exemplars` / `alpha` are for the style family: refused."""
-        if exemplars is not None or alpha is not None:
-            raise ValueError("zs_sbir retrieval takes a sketch only (no --exemplar / --alpha)")
+        retrieval.refuse_style_inputs("zs_sbir", exemplars, alpha)
         e = zs_models.sketch_tower(models)(sketches, training=False)
         return _query(e, str(self.task.config.eval.metric)).numpy()
 
 
-@dataclasses.dataclass
-class ZsSbirServing:
+class ZsSbirServing(retrieval.TaskBound):
     """The `Serving` of the zero-shot SBIR family: the signatures of the module docstring."""
-
-    task: Any  # the family's Task
 
     def signatures(self, models, gallery=None) -> dict[str, Any]:
         """The signatures above (name -> concrete function)."""
         task = self.task
-        size = int(task.config.data.image_size)
+        size = self.image_size()
         metric = str(task.config.eval.metric)
         towers = {"sketch": zs_models.sketch_tower(models), "photo": zs_models.photo_tower(models)}
-        out = {}
-        for role, tower in towers.items():
-            out.update(
-                inputs.with_float_variant(
-                    f"embed_{role}",
-                    lambda x, _, tower=tower: {"embedding": tower(x["images"], training=False)},
-                    ["images"],
-                    [],
-                    inputs.prepare_batch(size, is_sketch=role == "sketch"),
-                )
-            )
+        embedders = {
+            role: (lambda x, tower=tower: tower(x, training=False))
+            for role, tower in towers.items()
+        }
+        out = retrieval.embed_signatures(size, embedders, ["sketch"])
         if gallery is None:
             out["serving_default"] = out["embed_sketch"]
             return out
-
-        sketch = towers["sketch"]
+        width = int(towers["sketch"].output.shape[-1])
         out.update(
-            inputs.with_float_variant(
-                "retrieve",
-                lambda x, extra: gallery.top_k(
-                    _query(sketch(x["images"], training=False), metric), extra["k"]
-                ),
-                ["images"],
-                [_K],
-                inputs.prepare_batch(size, is_sketch=True),
+            retrieval.sketch_search_signatures(
+                gallery, size, embedders["sketch"], width, lambda e: _query(e, metric)
             )
         )
-        width = int(sketch.output.shape[-1])
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, width], tf.float32, name="embedding"), _K]
-        )
-        def search(embedding, k):
-            return gallery.top_k(_query(embedding, metric), k)
-
-        out["search"] = search.get_concrete_function()
-        out["serving_default"] = out["retrieve"]
         return out
 
     def warmup_inputs(self, signatures=None) -> dict[str, dict[str, Any]]:
         """One request per signature on the shared example drawing (inverted for the photo);
         the export keeps those of the signatures it writes."""
-        img = inputs.example_drawing(int(self.task.config.data.image_size))
-        png = encode_png(img)
-        sketches = np.array([png, png], dtype=object)
-        floats = img[None].astype(np.float32) / 255.0
+        img, png, floats = retrieval.example_images(self.image_size())
         width = inputs.input_width(signatures, "search", "embedding")
         requests = {
-            "embed_sketch": {"images": sketches},
-            "embed_sketch_floats": {"images": floats},
+            **retrieval.sketch_warmup_requests(png, floats),
             "embed_photo": {"images": np.array([encode_png(255 - img)], dtype=object)},
             "embed_photo_floats": {"images": 1.0 - floats},
-            "retrieve": {"images": sketches, "k": np.int32(3)},
-            "retrieve_floats": {"images": floats, "k": np.int32(3)},
             "search": {"embedding": np.ones((1, width), np.float32), "k": np.int32(2)},
         }
-        has_retrieve = signatures is not None and "retrieve" in signatures
-        requests["serving_default"] = requests["retrieve" if has_retrieve else "embed_sketch"]
-        return requests
+        return retrieval.with_default_request(requests, signatures, "embed_sketch")

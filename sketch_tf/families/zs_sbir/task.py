@@ -45,18 +45,18 @@ from sketch_tf.families.zs_sbir.evaluate import ZsSbirEvaluator
 from sketch_tf.families.zs_sbir.serving import ZsSbirRetrieval, ZsSbirServing
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train.schedules import grl_lambda
-from sketch_tf.train.tasks import Headline, LossContext, Task
+from sketch_tf.train.tasks import (
+    LossContext,
+    Task,
+    headlines_with_baselines,
+    synthetic_prepare_command,
+)
 
 
 def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
     root = config.data.root
     if "synthetic" in config.data:  # the synthetic variants' section only (not a default)
-        s = config.data.synthetic
-        return (
-            "python prepare_data.py --source=synthetic --task=zs_sbir "
-            f"--image_size={s.image_size} --n_per_category={s.n_per_category}"
-            f" --test_fraction={s.test_fraction} --out={root}"
-        )
+        return synthetic_prepare_command(config, "zs_sbir")
     if "pacs" in root:
         pacs = "../shared/data/pacs"
         return f"python prepare_data.py --source=folders --root={pacs} --out={root}/{split}"
@@ -72,17 +72,13 @@ class ZsSbirTask(Task):
     serving_type = ZsSbirServing
     retrieval_type = ZsSbirRetrieval
 
-    headlines = tuple(
-        Headline(
-            label,
-            key,
-            (
-                ("random ranking", f"random_{key}"),
-                ("HOG", f"hog_{key}"),
-                ("raw pixels", f"raw_pixels_{key}"),
-            ),
-        )
-        for label, key in (("mAP@all unseen", "map_all"), ("P@100 unseen", "p_100"))
+    headlines = headlines_with_baselines(
+        (("mAP@all unseen", "map_all"), ("P@100 unseen", "p_100")),
+        (
+            ("random ranking", "random_{key}"),
+            ("HOG", "hog_{key}"),
+            ("raw pixels", "raw_pixels_{key}"),
+        ),
     )
 
     # ---- model ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from sketch_tf.models import fg_sbir as fg_models
 from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
 from sketch_tf.train.tasks import LossContext
-from tests.conftest import requires_hed
+from tests.conftest import export_trained_run, requires_hed
 
 pytestmark = requires_hed
 
@@ -331,13 +331,9 @@ def test_train_and_evaluate_next_to_the_baselines(trained, monkeypatch):
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    from sketch_tf.export import serving
-    from sketch_tf.train.run import load_run
-
-    config, workdir, _ = trained
-    run = load_run(workdir, config)
-    base = str(tmp_path_factory.mktemp("fg_export") / "fg_sbir")
-    return run, base, serving.export_run(run, base, model_name="fg_sbir")
+    """(run, export base, version folder): the trained run exported once with its test
+    records as the gallery, shared by the tests below."""
+    return export_trained_run(trained, tmp_path_factory, "fg_sbir")
 
 
 def test_export_round_trip(exported):

@@ -19,6 +19,7 @@ from sketch_tf.train import loop
 from sketch_tf.train.config import load_project_config
 from sketch_tf.train.config_sections import apply_overrides
 from sketch_tf.train.tasks import LossContext
+from tests.conftest import export_trained_run
 
 CATS = ["airplane", "bed", "bottle", "mug"]
 SIZE = 32
@@ -399,14 +400,8 @@ def test_baseline_metrics_cosine_is_euclidean_of_unit_rows():
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     """(run, export base, version folder): the trained run exported once with its test
-    records as the gallery (`export_run`, model name "zs_sbir"), shared by the tests below."""
-    from sketch_tf.export import serving
-    from sketch_tf.train.run import load_run
-
-    config, workdir, _ = trained
-    run = load_run(workdir, config)
-    base = str(tmp_path_factory.mktemp("zs_export") / "zs_sbir")
-    return run, base, serving.export_run(run, base, model_name="zs_sbir")
+    records as the gallery, shared by the tests below."""
+    return export_trained_run(trained, tmp_path_factory, "zs_sbir")
 
 
 def test_export_round_trip(exported):
