@@ -58,16 +58,3 @@ def two_cpu_strategy():
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2, "the CPU must be split into 2 logical devices before any op runs"
     return tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
-
-
-def export_trained_run(trained, tmp_path_factory, model_name: str):
-    """(run, export base, version folder): a module's `trained` fixture (config, workdir, _)
-    loaded and exported once with its test records as the gallery (`export_run`, model name
-    `model_name`), for the export tests of a retrieval family."""
-    from sketch_tf.export import serving
-    from sketch_tf.train.run import load_run
-
-    config, workdir, _ = trained
-    run = load_run(workdir, config)
-    base = str(tmp_path_factory.mktemp(f"{model_name}_export") / model_name)
-    return run, base, serving.export_run(run, base, model_name=model_name)

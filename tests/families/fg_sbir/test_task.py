@@ -17,7 +17,8 @@ from sketch_tf.models import fg_sbir as fg_models
 from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
 from sketch_tf.train.tasks import LossContext
-from tests.conftest import export_trained_run, requires_hed
+from tests.conftest import requires_hed
+from tests.export_fixtures import export_trained_run
 
 pytestmark = requires_hed
 

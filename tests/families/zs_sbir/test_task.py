@@ -19,7 +19,7 @@ from sketch_tf.train import loop
 from sketch_tf.train.config import load_project_config
 from sketch_tf.train.config_sections import apply_overrides
 from sketch_tf.train.tasks import LossContext
-from tests.conftest import export_trained_run
+from tests.export_fixtures import export_trained_run
 
 CATS = ["airplane", "bed", "bottle", "mug"]
 SIZE = 32
