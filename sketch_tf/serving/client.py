@@ -392,13 +392,15 @@ class _Client:
         self,
         host: str,
         port: int,
+        *,
         model: str,
-        version: int | None,
-        timeout_s: float,
-        retries: int,
-        backoff_s: float,
-        use_metadata: bool,
+        version: int | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.1,
+        use_metadata: bool = True,
     ):
+        """The connection options both protocols take (see `RestClient` for their meaning)."""
         if not model or not isinstance(model, str):
             raise ValueError(f"model must be a non-empty model name, got {model!r}")
         if version is not None and (isinstance(version, bool) or int(version) != version):
@@ -695,18 +697,13 @@ class RestClient(_Client):
         host: str,
         port: int = 8501,
         *,
-        model: str,
-        version: int | None = None,
-        timeout_s: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.1,
-        use_metadata: bool = True,
         proxies: Mapping[str, str] | None = None,
+        **connection,
     ):
-        super().__init__(host, port, model, version, timeout_s, retries, backoff_s, use_metadata)
+        super().__init__(host, port, **connection)
         handlers = [] if proxies is None else [urllib.request.ProxyHandler(dict(proxies))]
         self._opener = urllib.request.build_opener(*handlers)
-        self.base_url = f"http://{self.host_port}/v1/models/{urllib.parse.quote(model, '')}"
+        self.base_url = f"http://{self.host_port}/v1/models/{urllib.parse.quote(self.model, '')}"
         if self.version is not None:
             self.base_url += f"/versions/{self.version}"
 
@@ -846,20 +843,15 @@ class GrpcClient(_Client):
         host: str,
         port: int = 8500,
         *,
-        model: str,
-        version: int | None = None,
-        timeout_s: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.1,
-        use_metadata: bool = True,
         max_message_bytes: int = 64 << 20,
         channel_options: Sequence[tuple[str, Any]] = (),
+        **connection,
     ):
-        super().__init__(host, port, model, version, timeout_s, retries, backoff_s, use_metadata)
+        super().__init__(host, port, **connection)
         self._m = _grpc_modules()
         # gRPC waits 1 s (then longer) before reconnecting after a failed connection: attempts
         # within that time fail at once, so the retries would not see a server come back.
-        reconnect_ms = max(10, int(1000 * backoff_s))
+        reconnect_ms = max(10, int(1000 * self.backoff_s))
         options = {
             "grpc.max_send_message_length": int(max_message_bytes),
             "grpc.max_receive_message_length": int(max_message_bytes),
