@@ -196,7 +196,23 @@ def plan(
     style_domains=None,
     test_fraction: float = 0.0,
 ) -> FoldersPlan:
-    """Scan and check the folder tree `prepare` converts (arguments as `prepare`).
+    """Scan and check the folder tree `prepare` converts.
+
+    Args:
+      root: dataset root (see module docstring for layouts).
+      layout: "auto", "domain_class" or "class".
+      domain: domain name given to every image of the `class` layout.
+      domains: only these domain folders (default: all).
+      tx_dir: Sketchy variant folder inside a domain (default `tx_000000000000`).
+      allow_missing: allow a class that is absent from some domain (default: error, since
+        cross-domain triplets need every class in every domain).
+      verify_images: fully decode every image while preparing.
+      max_per_class: keep at most this many images per (domain, class), first by name.
+      style_domains: domains whose images get style labels (`style_id` = index of the domain
+        in this list sorted, `content_id` = class id): the gallery media of style-aware SBIR,
+        e.g. PACS's art_painting, cartoon, photo. Other domains keep -1.
+      test_fraction: in [0, 1): share of instances written to `<out_dir>/test` (0 = one
+        dataset in `out_dir`).
 
     Raises:
       ValueError on an empty class folder, a class missing in a domain, an unknown style
@@ -239,19 +255,12 @@ def plan(
 def prepare(
     root,
     out_dir,
-    layout: str = "auto",
-    domain: str = "sketch",
-    domains=None,
-    tx_dir: str | None = None,
+    *,
     skip_bad: bool = False,
-    allow_missing: bool = False,
-    verify_images: bool = True,
     shard_bytes: int = 128 << 20,
     group_by: str = DEFAULT_GROUP_BY,
     overwrite: bool = False,
-    max_per_class: int | None = None,
-    style_domains=None,
-    test_fraction: float = 0.0,
+    **plan_options,
 ) -> dict:
     """Convert an image folder tree into a `labelled_image` dataset.
 
@@ -262,20 +271,11 @@ def prepare(
     Args:
       root: dataset root (see module docstring for layouts).
       out_dir: output dataset folder (written atomically).
-      layout: "auto", "domain_class" or "class".
-      domain: domain name given to every image of the `class` layout.
-      domains: only these domain folders (default: all).
-      tx_dir: Sketchy variant folder inside a domain (default `tx_000000000000`).
       skip_bad: skip unreadable/corrupt images (recorded in the manifest) instead of failing.
-      allow_missing: allow a class that is absent from some domain (default: error, since
-        cross-domain triplets need every class in every domain).
-      verify_images: fully decode every image while preparing.
-      max_per_class: keep at most this many images per (domain, class), first by name.
-      style_domains: domains whose images get style labels (`style_id` = index of the domain
-        in this list sorted, `content_id` = class id): the gallery media of style-aware SBIR,
-        e.g. PACS's art_painting, cartoon, photo. Other domains keep -1.
-      test_fraction: in [0, 1): share of instances written to `<out_dir>/test` (0 = one
-        dataset in `out_dir`).
+      shard_bytes, group_by, overwrite: the output options (`common.WriteOptions`).
+      **plan_options: what to read and how (`layout`, `domain`, `domains`, `tx_dir`,
+        `allow_missing`, `verify_images`, `max_per_class`, `style_domains`,
+        `test_fraction`): see `plan`.
 
     Returns:
       the manifest dict (with test_fraction > 0: {"train": manifest, "test": manifest}).
@@ -284,16 +284,5 @@ def prepare(
       ValueError on an empty class folder or a class missing in a domain; BadInputError naming
       the file on a bad image (unless `skip_bad`).
     """
-    conversion = plan(
-        root,
-        layout=layout,
-        domain=domain,
-        domains=domains,
-        tx_dir=tx_dir,
-        allow_missing=allow_missing,
-        verify_images=verify_images,
-        max_per_class=max_per_class,
-        style_domains=style_domains,
-        test_fraction=test_fraction,
-    )
+    conversion = plan(root, **plan_options)
     return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))

@@ -233,7 +233,12 @@ def plan(
 ) -> QuickDrawPlan:
     """The conversion `prepare` does, before anything is read beyond the file list.
 
-    Args: as `prepare`.
+    Args:
+      root: an `.ndjson` / `.npz` file or a folder of them (one class per file).
+      size, line_width, margin: raster size, stroke width and border in output pixels.
+      npz_split: key of sketch-rnn `.npz` files to read.
+      max_per_class: read at most this many drawings per file.
+      categories: only these file stems (class names), default all.
 
     Raises:
       ValueError when `root` does not exist, holds no input file or lacks a category.
@@ -262,29 +267,25 @@ def plan(
 def prepare(
     root,
     out_dir,
-    size: int = 256,
-    line_width: float = 3.0,
-    margin: int = 8,
-    npz_split: str = "train",
-    max_per_class: int | None = None,
-    categories=None,
+    *,
     skip_bad: bool = False,
     shard_bytes: int = 128 << 20,
     group_by: str = DEFAULT_GROUP_BY,
     overwrite: bool = False,
+    **plan_options,
 ) -> dict:
     """Rasterise Quick, Draw! drawings into a `labelled_image` dataset (domain "sketch").
 
     Args:
       root: an `.ndjson` / `.npz` file or a folder of them (one class per file).
-      size, line_width, margin: raster size, stroke width and border in output pixels.
-      npz_split: key of sketch-rnn `.npz` files to read.
-      max_per_class: read at most this many drawings per file.
-      categories: only these file stems (class names), default all.
+      out_dir: output dataset folder (written atomically).
       skip_bad: skip malformed drawings (recorded in the manifest) instead of failing.
+      shard_bytes, group_by, overwrite: the output options (`common.WriteOptions`).
+      **plan_options: `size`, `line_width`, `margin`, `npz_split`, `max_per_class`,
+        `categories`: see `plan`.
 
     Returns:
       the manifest dict.
     """
-    conversion = plan(root, size, line_width, margin, npz_split, max_per_class, categories)
+    conversion = plan(root, **plan_options)
     return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))
