@@ -18,7 +18,7 @@ from sketch_tf.train import loop
 from sketch_tf.train.config import ConfigError, load_project_config, validate_config
 from sketch_tf.train.tasks import LossContext
 from tests.conftest import requires_hed
-from tests.export_fixtures import export_trained_run
+from tests.export_fixtures import exported_fixture
 
 pytestmark = requires_hed
 
@@ -330,11 +330,9 @@ def test_train_and_evaluate_next_to_the_baselines(trained, monkeypatch):
     np.testing.assert_allclose(cached, direct, atol=2e-3)
 
 
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """(run, export base, version folder): the trained run exported once with its test
-    records as the gallery, shared by the tests below."""
-    return export_trained_run(trained, tmp_path_factory, "fg_sbir")
+# (run, export base, version folder): the trained run exported once with its test records as
+# the gallery, shared by the tests below.
+exported = exported_fixture("fg_sbir")
 
 
 def test_export_round_trip(exported):

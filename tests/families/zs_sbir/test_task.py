@@ -19,7 +19,7 @@ from sketch_tf.train import loop
 from sketch_tf.train.config import load_project_config
 from sketch_tf.train.config_sections import apply_overrides
 from sketch_tf.train.tasks import LossContext
-from tests.export_fixtures import export_trained_run
+from tests.export_fixtures import exported_fixture
 
 CATS = ["airplane", "bed", "bottle", "mug"]
 SIZE = 32
@@ -397,11 +397,9 @@ def test_baseline_metrics_cosine_is_euclidean_of_unit_rows():
     assert 0.0 <= evaluate.baseline_metrics(q, ql, g, gl, "cosine")["map_all"] <= 1.0
 
 
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """(run, export base, version folder): the trained run exported once with its test
-    records as the gallery, shared by the tests below."""
-    return export_trained_run(trained, tmp_path_factory, "zs_sbir")
+# (run, export base, version folder): the trained run exported once with its test records as
+# the gallery, shared by the tests below.
+exported = exported_fixture("zs_sbir")
 
 
 def test_export_round_trip(exported):
