@@ -75,6 +75,18 @@ def variant_config(
     return config
 
 
+def retrieval_config(task: str, root: str, test_split: str = "test") -> ml_collections.ConfigDict:
+    """The start of a retrieval family's `defaults()`: `task`, `seed` 0 and the record keys
+    every retrieval family reads, `data.root` (the records folder), `data.train_split` /
+    `data.test_split` (its sub-folders read for training and for evaluation) and
+    `data.sketch_domain` (the domain name of the query sketches)."""
+    config = ml_collections.ConfigDict({"task": task, "seed": 0})
+    config.data = ml_collections.ConfigDict(
+        {"root": root, "train_split": "train", "test_split": test_split, "sketch_domain": "sketch"}
+    )
+    return config
+
+
 def base_train_config() -> ml_collections.ConfigDict:
     """Fields of `config.train` common to every task (tasks override values, never names)."""
     return ml_collections.ConfigDict(

@@ -17,6 +17,7 @@ from sketch_tf.train.config_sections import (
     add_run_sections,
     base_train_config,
     bool_problems,
+    retrieval_config,
     root_problems,
 )
 
@@ -39,15 +40,8 @@ OLD_RUN_VALUES: dict = {}
 def defaults() -> ml_collections.ConfigDict:
     """The complete fg_sbir config: the CPU recipe on QMUL Shoes (frozen, cached HED blocks
     1-4 and a trained head) that every variant of configs/fg_sbir.py edits."""
-    config = ml_collections.ConfigDict()
-    config.task = "fg_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = "data/records/qmul_shoes"
-    config.data.train_split = "train"
-    config.data.test_split = "val"  # carved from the training files; "test" when shared
-    config.data.sketch_domain = "sketch"
+    # The test split "val" is carved from the training files ("test" when shared).
+    config = retrieval_config("fg_sbir", root="data/records/qmul_shoes", test_split="val")
     config.data.image_domain = "edge"  # the gallery side: QMUL's edge maps ("photo" if given)
     # The gallery images are line drawings (edge maps): preprocessed and described (HOG of
     # their ink) like sketches. False for photos (HOG of their Sobel edges).

@@ -17,6 +17,7 @@ from sketch_tf.train.config_sections import (
     add_run_sections,
     base_train_config,
     bool_problems,
+    retrieval_config,
     root_problems,
 )
 
@@ -61,15 +62,7 @@ def _tower(backbone, cut, pooling, projection_dim, head_hidden=()):
 def defaults() -> ml_collections.ConfigDict:
     """The complete style_sbir config: the two-stage recipe on frozen, cached `vgg16_hed`
     trunks that every variant of configs/style_sbir.py edits (data and sizes)."""
-    config = ml_collections.ConfigDict()
-    config.task = "style_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = ""
-    config.data.train_split = "train"
-    config.data.test_split = "test"
-    config.data.sketch_domain = "sketch"
+    config = retrieval_config("style_sbir", root="")
     config.data.styles = ()  # gallery media (domains); () = every domain but the sketches'
     config.data.classes = ()  # content classes; () = all
     # Sketches from other record folders (matched to the contents by class name, or by

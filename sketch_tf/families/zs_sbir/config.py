@@ -16,6 +16,7 @@ from sketch_tf.train.config_sections import (
     add_run_sections,
     base_train_config,
     bool_problems,
+    retrieval_config,
     root_problems,
 )
 
@@ -47,18 +48,10 @@ OLD_RUN_VALUES = {
 def defaults() -> ml_collections.ConfigDict:
     """The complete zs_sbir config: the `upstream`-like GPU recipe every variant of
     configs/zs_sbir.py edits (see its docstrings for the departures)."""
-    config = ml_collections.ConfigDict()
-    config.task = "zs_sbir"
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.root = ""
-    config.data.train_split = "train"  # sub-folder of root with the training records
-    config.data.test_split = "test"  # sub-folder of root with the evaluation records
+    config = retrieval_config("zs_sbir", root="")
     config.data.seen_classes = ()  # () = every class not in unseen_classes
     config.data.unseen_classes = ()
     config.data.unseen_classes_file = ""  # alternative to unseen_classes: one name per line
-    config.data.sketch_domain = "sketch"
     config.data.photo_domain = "photo"
     config.data.image_size = 224
     config.data.class_embeddings = ""  # [C, D] .npy over the dataset's classes (class_embedding)
