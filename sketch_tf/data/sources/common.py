@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -207,6 +207,38 @@ class SourcePlan:
     def info(self, part: str) -> dict:
         """Source options recorded in the manifest's `info` after `source` and `root`."""
         raise NotImplementedError
+
+
+def plan_and_write(
+    plan_fn: Callable[..., SourcePlan],
+    root,
+    out_dir,
+    default_group_by: str,
+    *,
+    skip_bad: bool = False,
+    shard_bytes: int = 128 << 20,
+    group_by: str | None = None,
+    overwrite: bool = False,
+    **plan_options,
+) -> dict:
+    """The `prepare` of a source split into a plan: `write_plan(plan_fn(root, **plan_options))`.
+
+    Args:
+      plan_fn: the source's `plan(root, **plan_options)`.
+      root: the dataset's file or folder; out_dir: the output dataset folder (written
+        atomically).
+      default_group_by: the source's `group_by` when none is given.
+      skip_bad: skip unreadable / malformed inputs (recorded in the manifest) instead of
+        failing.
+      shard_bytes, group_by, overwrite: the output options (`WriteOptions`).
+      **plan_options: the source's own options (see its `plan`).
+
+    Returns:
+      the manifest dict; with several parts, {part: manifest}.
+    """
+    conversion = plan_fn(root, **plan_options)
+    options = WriteOptions(skip_bad, shard_bytes, group_by or default_group_by, overwrite)
+    return write_plan(conversion, out_dir, options)
 
 
 def write_plan(plan: SourcePlan, out_dir, options: WriteOptions) -> dict:

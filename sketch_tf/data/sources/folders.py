@@ -25,12 +25,11 @@ from sketch_tf.data import schema
 from sketch_tf.data.sources.common import (
     Converted,
     SourcePlan,
-    WriteOptions,
     is_held_out,
     list_images,
     load_image_bytes,
+    plan_and_write,
     subdirs,
-    write_plan,
 )
 
 #: Record kind this source writes.
@@ -252,16 +251,7 @@ def plan(
     )
 
 
-def prepare(
-    root,
-    out_dir,
-    *,
-    skip_bad: bool = False,
-    shard_bytes: int = 128 << 20,
-    group_by: str = DEFAULT_GROUP_BY,
-    overwrite: bool = False,
-    **plan_options,
-) -> dict:
+def prepare(root, out_dir, **options) -> dict:
     """Convert an image folder tree into a `labelled_image` dataset.
 
     With `test_fraction` > 0 two datasets are written, `<out_dir>/train` and `<out_dir>/test`:
@@ -271,11 +261,11 @@ def prepare(
     Args:
       root: dataset root (see module docstring for layouts).
       out_dir: output dataset folder (written atomically).
-      skip_bad: skip unreadable/corrupt images (recorded in the manifest) instead of failing.
-      shard_bytes, group_by, overwrite: the output options (`common.WriteOptions`).
-      **plan_options: what to read and how (`layout`, `domain`, `domains`, `tx_dir`,
-        `allow_missing`, `verify_images`, `max_per_class`, `style_domains`,
-        `test_fraction`): see `plan`.
+      **options: the output options of `common.plan_and_write` (`skip_bad`: skip
+        unreadable / corrupt images, recorded in the manifest, instead of failing;
+        `shard_bytes`, `group_by`, `overwrite`) and what to read and how (`layout`,
+        `domain`, `domains`, `tx_dir`, `allow_missing`, `verify_images`, `max_per_class`,
+        `style_domains`, `test_fraction`): see `plan`.
 
     Returns:
       the manifest dict (with test_fraction > 0: {"train": manifest, "test": manifest}).
@@ -284,5 +274,4 @@ def prepare(
       ValueError on an empty class folder or a class missing in a domain; BadInputError naming
       the file on a bad image (unless `skip_bad`).
     """
-    conversion = plan(root, **plan_options)
-    return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))
+    return plan_and_write(plan, root, out_dir, DEFAULT_GROUP_BY, **options)

@@ -30,9 +30,8 @@ from sketch_tf.data.sources.common import (
     BadInputError,
     Converted,
     SourcePlan,
-    WriteOptions,
     class_index,
-    write_plan,
+    plan_and_write,
 )
 
 #: Record kind this source writes.
@@ -264,28 +263,18 @@ def plan(
     )
 
 
-def prepare(
-    root,
-    out_dir,
-    *,
-    skip_bad: bool = False,
-    shard_bytes: int = 128 << 20,
-    group_by: str = DEFAULT_GROUP_BY,
-    overwrite: bool = False,
-    **plan_options,
-) -> dict:
+def prepare(root, out_dir, **options) -> dict:
     """Rasterise Quick, Draw! drawings into a `labelled_image` dataset (domain "sketch").
 
     Args:
       root: an `.ndjson` / `.npz` file or a folder of them (one class per file).
       out_dir: output dataset folder (written atomically).
-      skip_bad: skip malformed drawings (recorded in the manifest) instead of failing.
-      shard_bytes, group_by, overwrite: the output options (`common.WriteOptions`).
-      **plan_options: `size`, `line_width`, `margin`, `npz_split`, `max_per_class`,
+      **options: the output options of `common.plan_and_write` (`skip_bad`: skip malformed
+        drawings, recorded in the manifest, instead of failing; `shard_bytes`, `group_by`,
+        `overwrite`) and `size`, `line_width`, `margin`, `npz_split`, `max_per_class`,
         `categories`: see `plan`.
 
     Returns:
       the manifest dict.
     """
-    conversion = plan(root, **plan_options)
-    return write_plan(conversion, out_dir, WriteOptions(skip_bad, shard_bytes, group_by, overwrite))
+    return plan_and_write(plan, root, out_dir, DEFAULT_GROUP_BY, **options)
