@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import http.client
 import json
 import re
@@ -134,6 +135,8 @@ _FATAL_METADATA_CODES = frozenset(
 )
 
 
+# eq=False, repr=False: an exception compares by identity and shows its message.
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class ServingError(RuntimeError):
     """A failed request to the model server, or an input the client could not send.
 
@@ -156,66 +159,41 @@ class ServingError(RuntimeError):
       attempts: requests made (1 + retries used).
     """
 
-    def __init__(
-        self,
-        *,
-        operation: str,
-        model: str,
-        version: int | None,
-        signature: str | None,
-        address: str,
-        code: str,
-        message: str,
-        server_message: str | None = None,
-        input_name: str | None = None,
-        http_status: int | None = None,
-        grpc_code: Any = None,
-        attempts: int = 1,
-    ):
-        self.operation = operation
-        self.model = model
-        self.version = version
-        self.signature = signature
-        self.address = address
-        self.code = code
-        self.message = message
-        self.server_message = server_message
-        self.input_name = input_name
-        self.http_status = http_status
-        self.grpc_code = grpc_code
-        self.attempts = attempts
-        where = f"model {model!r} version {'latest' if version is None else version}"
-        if signature is not None:
-            where += f", signature {signature!r}"
-        where += f", at {address}"
-        if input_name is not None:
-            where += f", input {input_name!r}"
-        status = code + (f" (HTTP {http_status})" if http_status is not None else "")
-        if attempts > 1:
-            status += f" after {attempts} attempts"
-        super().__init__(f"{operation} failed for {where}: {status}: {message}")
+    operation: str
+    model: str
+    version: int | None
+    signature: str | None
+    address: str
+    code: str
+    message: str
+    server_message: str | None = None
+    input_name: str | None = None
+    http_status: int | None = None
+    grpc_code: Any = None
+    attempts: int = 1
 
-    _FIELDS = (
-        "operation",
-        "model",
-        "version",
-        "signature",
-        "address",
-        "code",
-        "message",
-        "server_message",
-        "input_name",
-        "http_status",
-        "grpc_code",
-        "attempts",
-    )
+    def __post_init__(self):
+        version = "latest" if self.version is None else self.version
+        where = f"model {self.model!r} version {version}"
+        if self.signature is not None:
+            where += f", signature {self.signature!r}"
+        where += f", at {self.address}"
+        if self.input_name is not None:
+            where += f", input {self.input_name!r}"
+        status = self.code
+        if self.http_status is not None:
+            status += f" (HTTP {self.http_status})"
+        if self.attempts > 1:
+            status += f" after {self.attempts} attempts"
+        super().__init__(f"{self.operation} failed for {where}: {status}: {self.message}")
 
     def replace(self, **changes) -> ServingError:
         """A copy with some fields changed (keyword arguments as for the constructor)."""
-        return ServingError(**{**{k: getattr(self, k) for k in self._FIELDS}, **changes})
+        return dataclasses.replace(self, **changes)
 
-    def __reduce__(self):
-        return _rebuild_error, ({k: getattr(self, k) for k in self._FIELDS},)
+    def __reduce__(self):  # pickling an exception re-calls it with `args` by default
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _rebuild_error, (fields,)
 
 
 def _rebuild_error(fields: dict) -> ServingError:
