@@ -39,7 +39,7 @@ from pathlib import Path
 
 from sketch_tf.data import schema
 from sketch_tf.data.sources import folders, quickdraw
-from sketch_tf.data.sources.common import BadInputError, SourcePlan
+from sketch_tf.data.sources.common import BadInputError, SourcePlan, split_options
 from sketch_tf.data.tfrecord import MANIFEST, DatasetError, sha256_file
 
 #: Source name -> (plan builder, default group_by) of the sources Beam can run.
@@ -193,11 +193,7 @@ def prepare_beam(
     root,
     out_dir,
     pipeline_args: list[str],
-    skip_bad: bool = False,
-    shard_bytes: int = 128 << 20,
-    group_by: str | None = None,
-    overwrite: bool = False,
-    **source_options,
+    **options,
 ) -> dict:
     """`sources.prepare(source_name, root, out_dir, ...)` as an Apache Beam pipeline.
 
@@ -206,9 +202,9 @@ def prepare_beam(
       root, out_dir: dataset root and output folder (see the module docstring for paths).
       pipeline_args: Beam pipeline options, e.g. `["--runner=DirectRunner",
         "--direct_num_workers=2", "--direct_running_mode=multi_processing"]`.
-      skip_bad, shard_bytes, overwrite: as `sources.prepare`; `group_by` defaults to the
-        source's own default.
-      **source_options: the source's `plan` arguments (`size=`, `layout=`, ...).
+      **options: as `sources.prepare`: the output options (`skip_bad`, `shard_bytes`,
+        `group_by`, default the source's own, `overwrite`) and the source's `plan` arguments
+        (`size=`, `layout=`, ...); see `common.split_options`.
 
     Returns:
       the manifest dict (with several parts, e.g. folders' `test_fraction`: {part: manifest}).
@@ -227,12 +223,13 @@ def prepare_beam(
             "(convert it without --runner)"
         )
     planner, default_group_by = PLANNERS[source_name]
-    group_by = group_by or default_group_by
+    write_options, plan_options = split_options(default_group_by, **options)
+    skip_bad, shard_bytes, group_by, overwrite = write_options
     if group_by not in ("none", "class", "domain_class"):
         raise ValueError(f"group_by must be none, class or domain_class, got {group_by!r}")
     if int(shard_bytes) <= 0:
         raise ValueError(f"shard_bytes must be > 0, got {shard_bytes}")
-    plan = planner(root, **source_options)
+    plan = planner(root, **plan_options)
     out_dir = Path(out_dir).expanduser().absolute()
     targets = {part: out_dir / part if part else out_dir for part in plan.parts}
     for target in targets.values():

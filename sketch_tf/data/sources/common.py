@@ -209,10 +209,7 @@ class SourcePlan:
         raise NotImplementedError
 
 
-def plan_and_write(
-    plan_fn: Callable[..., SourcePlan],
-    root,
-    out_dir,
+def split_options(
     default_group_by: str,
     *,
     skip_bad: bool = False,
@@ -220,25 +217,37 @@ def plan_and_write(
     group_by: str | None = None,
     overwrite: bool = False,
     **plan_options,
+) -> tuple[WriteOptions, dict]:
+    """A planned source's `prepare` options -> (its output options, its `plan` options).
+
+    Args:
+      default_group_by: the source's `group_by` when none is given.
+      skip_bad: skip unreadable / malformed inputs (recorded in the manifest) instead of
+        failing.
+      shard_bytes, group_by, overwrite: the output options (`WriteOptions`).
+      **plan_options: the source's own options (see its `plan`).
+    """
+    write_options = WriteOptions(skip_bad, shard_bytes, group_by or default_group_by, overwrite)
+    return write_options, plan_options
+
+
+def plan_and_write(
+    plan_fn: Callable[..., SourcePlan], root, out_dir, default_group_by: str, **options
 ) -> dict:
-    """The `prepare` of a source split into a plan: `write_plan(plan_fn(root, **plan_options))`.
+    """The `prepare` of a source split into a plan: `write_plan(plan_fn(root, ...))`.
 
     Args:
       plan_fn: the source's `plan(root, **plan_options)`.
       root: the dataset's file or folder; out_dir: the output dataset folder (written
         atomically).
       default_group_by: the source's `group_by` when none is given.
-      skip_bad: skip unreadable / malformed inputs (recorded in the manifest) instead of
-        failing.
-      shard_bytes, group_by, overwrite: the output options (`WriteOptions`).
-      **plan_options: the source's own options (see its `plan`).
+      **options: output and plan options (`split_options`).
 
     Returns:
       the manifest dict; with several parts, {part: manifest}.
     """
-    conversion = plan_fn(root, **plan_options)
-    options = WriteOptions(skip_bad, shard_bytes, group_by or default_group_by, overwrite)
-    return write_plan(conversion, out_dir, options)
+    write_options, plan_options = split_options(default_group_by, **options)
+    return write_plan(plan_fn(root, **plan_options), out_dir, write_options)
 
 
 def write_plan(plan: SourcePlan, out_dir, options: WriteOptions) -> dict:
