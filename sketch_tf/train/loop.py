@@ -114,7 +114,7 @@ def build_state(task: Task, strategy=None) -> TrainState:
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         models = task.build_models()
-        if strategy.num_replicas_in_sync > 1 and task.config.train.get("sync_batch_norm", True):
+        if strategy.num_replicas_in_sync > 1 and task.config.train.sync_batch_norm:
             synchronize_batch_norm(models)
         trainable = task.trainable_models(models)
         for name, model in models.items():
@@ -322,6 +322,7 @@ def _next_batch(iterator, step: int, config):
     try:
         return next(iterator)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+        # `data` is the family's section: not every task reads records from a `root`.
         root = config.data.get("root") if "data" in config else None
         hint = (
             f"list every bad shard / record with: python prepare_data.py --verify={root}"
@@ -533,7 +534,7 @@ def train(
 def _check_init_fn(config: ml_collections.ConfigDict, init_fn: InitFn | None) -> None:
     """A config with a warm start (`init.workdir`) needs the `init_fn` that applies it: the
     loop itself does not load other runs."""
-    if init_fn is None and config.get("init") and config.init.get("workdir"):
+    if init_fn is None and config.init.workdir:
         raise ValueError(
             f"config.init.workdir={config.init.workdir} is set but loop.train got no init_fn: "
             "train through sketch_tf.train.run.train_run, or pass "
@@ -598,9 +599,7 @@ def _training_input(task: Task, strategy, state: TrainState, restored, start_ste
     input (`choose_input_sharding`, logged with several workers), positioned at `start_step`."""
     train_cfg = task.config.train
     seed, global_batch = int(task.config.seed), int(train_cfg.batch_size)
-    sharding, why = choose_input_sharding(
-        task, strategy, str(train_cfg.get("input_sharding", "auto"))
-    )
+    sharding, why = choose_input_sharding(task, strategy, str(train_cfg.input_sharding))
     if strategy_lib.num_workers(strategy) > 1:
         log(f"input sharded by {sharding} ({why})")
     if sharding == "file":
@@ -611,7 +610,7 @@ def _training_input(task: Task, strategy, state: TrainState, restored, start_ste
         dataset = task.build_train_dataset(global_batch, seed, models=state.models)
         iterator = _input_iterator(
             dataset, state, restored, start_step, log,
-            saves_input=bool(train_cfg.get("save_input_position", True)),
+            saves_input=bool(train_cfg.save_input_position),
         )  # fmt: skip
     return iterator, sharding
 

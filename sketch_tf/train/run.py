@@ -111,7 +111,7 @@ def stage_configs(
     initialised from stage i - 1 (`init.workdir`) unless its overrides set `init` itself;
     the first stage keeps the recipe's own `init`.
     """
-    order = tuple(config.get("stage_order", ()) or ())
+    order = tuple(config.stage_order)
     if not order:
         return [("", config, workdir)]
     base = without_recipes(config)
@@ -214,7 +214,7 @@ def apply_init(
             f"{planned}); finish it first (python train.py --workdir={init.workdir} resumes "
             "it, or the multi-stage recipe resumes its stage)"
         )
-    wanted = tuple(init.get("models", ()) or ())
+    wanted = tuple(init.models)
     names = list(wanted) or sorted(m for m in state.models if m in source.state.models)
     for name in names:
         if name not in state.models:
@@ -241,10 +241,9 @@ def warm_start_fn(
 ) -> loop.InitFn | None:
     """The `init_fn` for `loop.train` of `config`: `apply_init` of its `init` section, or None
     when it sets no `init.workdir` (the run starts from the models' own initialisation)."""
-    init = config.get("init")
-    if not init or not init.get("workdir"):
+    if not config.init.workdir:
         return None
-    return functools.partial(apply_init, init=init, log=log)
+    return functools.partial(apply_init, init=config.init, log=log)
 
 
 def stage_done(stage_config: ml_collections.ConfigDict, stage_dir: str) -> bool:
@@ -303,7 +302,7 @@ def select_ablations(config: ml_collections.ConfigDict, names: list[str]) -> lis
     Raises:
       ValueError naming the unknown names and the ablations the config defines.
     """
-    known = sorted((config.get("ablations") or {}).keys())
+    known = sorted(config.ablations.keys())
     names = known if list(names) == ["all"] else list(names)
     unknown = sorted(set(names) - set(known))
     if unknown:
