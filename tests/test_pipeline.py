@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data import pipeline, schema, tfrecord
-from sketch_tf.shape_buckets import pow2_at_least
 
 SEED = tf.constant([3, 4], tf.int64)
 

@@ -25,7 +25,7 @@ GENERIC_FILES = [
     "sketch_tf/models/layers.py",
     "sketch_tf/models/towers.py",
     "sketch_tf/models/edges.py",
-    "sketch_tf/shape_buckets.py",
+    "sketch_tf/core/shape_buckets.py",
     "retrieve.py",
     "train.py",
     "evaluate.py",

@@ -23,8 +23,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data import cache, schema, tfrecord
-from sketch_tf.shape_buckets import pow2_at_least
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: What a triplet batch builder yields per image: the preprocessed image, or its int64 cache

@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
 from sketch_tf.models.backbones import build_backbone, load_weights_file
 from sketch_tf.models.layers import FUSION_MODES, L2Normalize, ViewFusion
-from sketch_tf.shape_buckets import pow2_at_least
 
 __all__ = [
     "HEADS",
