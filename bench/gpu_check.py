@@ -55,8 +55,12 @@ RECIPES = {
 }
 #: `--recipes=smoke`: the tiny models of the smoke variants (for CPU smoke runs).
 SMOKE_RECIPES = {family: ("synthetic_smoke", {}) for family in RECIPES}
-#: Sections (dotted) of the recipe copied onto the synthetic variant: what the GPU computes.
-RECIPE_KEYS = ("model", "train", "zooms", "data.image_size", "data.crop_size")
+#: Keys (dotted) of the recipe copied onto the synthetic variant, where both have them: what
+#: the GPU computes (models, training, zoom views, sizes, augmentation, feature caching).
+RECIPE_KEYS = (
+    "model", "train", "zooms", "data.image_size", "data.crop_size", "data.feature_cache",
+    "data.train_augment", "data.flip",
+)  # fmt: skip
 PRECISIONS = ("float32", "mixed_float16")
 
 _FAMILIES = flags.DEFINE_list("families", list(RECIPES), "Families to check.")

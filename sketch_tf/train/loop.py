@@ -19,6 +19,12 @@ interrupted run continues exactly where an uninterrupted one would be (same seed
 deterministic ops). SIGTERM / SIGINT save a checkpoint and return; a non-finite loss stops
 training without saving, leaving the last good checkpoint.
 
+The models are built under the Keras dtype policy of `train.precision` and give float32
+outputs (`sketch_tf.train.precision`); with `mixed_float16` the step differentiates the loss
+times the LossScaleOptimizer's dynamic scale, clips the scaled gradients at the scaled norm,
+and makes the replicas agree on skipping a step whose gradients overflowed
+(`agree_on_finite`); skipped steps show as drops of the `loss_scale` summary.
+
 A run that starts from scratch calls the warm start it is given (`init_fn`; the run helpers
 build it from `config.init`: `sketch_tf.train.run.warm_start_fn`); models outside
 `config.train.trainable` are frozen (`build_state`). Periodic evaluation (`train.eval_every`)
