@@ -8,20 +8,26 @@ MirroredStrategy, in float32 and in mixed_float16.
 Per family (and per stage of a multi-stage recipe) and per precision: the model, zoom and
 training settings of the family's GPU recipe (`RECIPES`: e.g. configs/zs_sbir.py:sketchy)
 on the records of its synthetic variant, rendered at the recipe's image size into a
-temporary folder (`--per_category` instances per category), from random weights (nothing is
-downloaded; a stage starts from scratch). The first `--batches` training batches are held in
-memory and cycled, so the figures are compute-bound (not input-bound) and the loss must fall
-as the model fits those batches. `loop.train` runs `--warmup + --steps` steps, logging every
-`--warmup` steps; per run the JSON holds `examples_per_s` over the logged intervals after the
-first (which holds tracing), `loss_first` / `loss_last` (the mean total loss of the first
-and the last interval), and per family `ratio_vs_float32` (mixed_float16 examples/s over
-float32's). `matmul_gflops` / `matmul_float16_gflops`: a square matmul's rate on the
-same device in the same run (`matmul_gflops`), to tell a slow card from a slow recipe.
+temporary folder (`--per_category` instances per category). Weights start random: every
+`backbone_weights` / `weights_path` of the model is emptied (GPU hosts may have no network,
+and throughput does not depend on the weights), unless `--keep_weights`; a later stage
+starts from scratch too. The first `--batches` training batches are held in memory and
+cycled, so the figures are compute-bound (not input-bound) and the loss must fall as the
+model fits those batches.
 
-Without a GPU it says so and exits 2, unless `--allow_cpu` (then the same code runs on the
-CPU: the smoke test, tests/test_gpu_check.py, with `--recipes=smoke`, the families' tiny
-`synthetic_smoke` models). Exits 1 when a run failed (its error is in the JSON). The last
-stdout line is one JSON object. Record the figures of a GPU run in the README.
+`loop.train` runs `--warmup + --steps` steps, logging every `--warmup` steps. Per run the
+JSON holds `examples_per_s` over the logged intervals after the first (which holds
+tracing), `loss_first` / `loss_last` (the mean total loss of the first and the last
+interval) and, for a mixed precision, `ratio_vs_float32` (its examples/s over float32's;
+`--precisions` picks the runs: float32 and mixed_float16 by default). `matmul_gflops` (and
+`matmul_float16_gflops` on a GPU): a square matmul's rate on the same device in the same
+run, to tell a slow card from a slow recipe.
+
+Without a GPU it says so and exits 2, unless `--allow_cpu`: then the same code runs on the
+CPU (the smoke test, tests/test_gpu_check.py: `--recipes=smoke`, the families' tiny
+`synthetic_smoke` models). Exits 1 when a run failed (its error is in the JSON), 130 when
+interrupted (SIGTERM / SIGINT; the figures measured so far are printed). The last stdout
+line is one JSON object. Record the figures of a GPU run in the README.
 """
 
 import json
@@ -61,7 +67,6 @@ RECIPE_KEYS = (
     "model", "train", "zooms", "data.image_size", "data.crop_size", "data.feature_cache",
     "data.train_augment", "data.flip",
 )  # fmt: skip
-PRECISIONS = ("float32", "mixed_float16")
 
 _FAMILIES = flags.DEFINE_list("families", list(RECIPES), "Families to check.")
 _RECIPES = flags.DEFINE_enum("recipes", "gpu", ["gpu", "smoke"], "GPU recipes or smoke models.")
@@ -70,7 +75,15 @@ _WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed first steps; also the log 
 _BATCHES = flags.DEFINE_integer("batches", 8, "Training batches held in memory and cycled.")
 _PER_CATEGORY = flags.DEFINE_integer("per_category", 8, "Synthetic instances per category.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override train.batch_size.")
-_IMAGE = flags.DEFINE_integer("image_size", None, "Override data.image_size (and the render).")
+_IMAGE = flags.DEFINE_integer(
+    "image_size", None, "Override data.image_size (the render, and data.crop_size in proportion)."
+)
+_PRECISIONS = flags.DEFINE_list(
+    "precisions", ["float32", "mixed_float16"], "train.precision values to run (float32 first)."
+)
+_KEEP_WEIGHTS = flags.DEFINE_bool(
+    "keep_weights", False, "Keep the recipes' backbone weights (default: random init)."
+)
 _ALLOW_CPU = flags.DEFINE_bool("allow_cpu", False, "Run on the CPU when no GPU is visible.")
 
 _LOG_LINE = re.compile(r"^step (\d+)/\d+ \| loss (\S+) .*\| ([\d.]+) ex/s")
@@ -128,14 +141,31 @@ def recipe_config(family: str, recipes: dict, root: str):
             set_dotted(config, key, value)
     for key, value in overrides.items():
         set_dotted(config, key, value)
+    if not _KEEP_WEIGHTS.value:
+        _random_weights(config.model)
     if _BATCH.value:
         config.train.batch_size = _BATCH.value
     if _IMAGE.value:
+        if "crop_size" in config.data:  # the same fraction of the smaller image
+            scale = _IMAGE.value / int(config.data.image_size)
+            config.data.crop_size = max(1, round(int(config.data.crop_size) * scale))
         config.data.image_size = _IMAGE.value
     config.data.root = root
     options = config.data.synthetic.to_dict()
     options.update(n_per_category=_PER_CATEGORY.value, image_size=int(config.data.image_size))
     return config, options
+
+
+def _random_weights(section) -> None:
+    """Empties every `backbone_weights` / `weights_path` key of a config section, nested
+    sections included (the models then build from random weights)."""
+    import ml_collections
+
+    for key in list(section.keys()):
+        if isinstance(section[key], ml_collections.ConfigDict):
+            _random_weights(section[key])
+        elif key in ("backbone_weights", "weights_path") and section[key]:
+            section[key] = ""
 
 
 def _cycled(task_cls, batches: int):
@@ -172,7 +202,9 @@ def run_check(task_cls, config, strategy, workdir: str) -> dict:
             print(line, file=sys.stderr)
 
     start = time.perf_counter()
-    loop.train(_cycled(task_cls, _BATCHES.value)(config), workdir, strategy, log=log)
+    result = loop.train(_cycled(task_cls, _BATCHES.value)(config), workdir, strategy, log=log)
+    if result.status != "completed":  # SIGTERM / SIGINT: the loop saved and returned
+        raise KeyboardInterrupt(f"interrupted at step {result.step}")
     timed = [rate for _, _, rate in lines[1:]]
     if not timed:
         raise RuntimeError("the loop logged no interval after the warmup")
@@ -199,7 +231,7 @@ def check_family(family: str, recipes: dict, strategy, tmp: str) -> dict:
     prepare_synthetic(options.pop("task", config.task), root, **options)
     out = {"recipe": recipes[family][0], "batch_size": int(config.train.batch_size),
            "image_size": int(config.data.image_size)}  # fmt: skip
-    for precision in PRECISIONS:
+    for precision in _PRECISIONS.value:
         config.train.precision = precision
         for stage_name, stage, _ in stage_configs(config, os.path.join(tmp, family, precision)):
             key = stage_name or "run"
@@ -207,10 +239,12 @@ def check_family(family: str, recipes: dict, strategy, tmp: str) -> dict:
             task_cls = get_task_class(stage.task)
             out.setdefault(key, {})[precision] = run_check(task_cls, stage, strategy, workdir)
     for runs in out.values():
-        if isinstance(runs, dict) and len(runs) == len(PRECISIONS):
-            runs["ratio_vs_float32"] = round(
-                runs["mixed_float16"]["examples_per_s"] / runs["float32"]["examples_per_s"], 3
-            )
+        if isinstance(runs, dict) and "float32" in runs:
+            for precision, figures in runs.items():
+                if precision != "float32":
+                    figures["ratio_vs_float32"] = round(
+                        figures["examples_per_s"] / runs["float32"]["examples_per_s"], 3
+                    )
     return out
 
 
@@ -219,6 +253,11 @@ def main(argv):
     unknown = sorted(set(_FAMILIES.value) - set(RECIPES))
     if unknown:
         cli.fail(f"--families: unknown {unknown}; known: {sorted(RECIPES)}")
+    from sketch_tf.train.config_sections import PRECISIONS
+
+    bad = [p for p in _PRECISIONS.value if p not in PRECISIONS]
+    if bad or not _PRECISIONS.value:
+        cli.fail(f"--precisions: {bad or 'none given'}; each must be one of {PRECISIONS}")
     if _STEPS.value <= 0 or _WARMUP.value < 1 or _STEPS.value % _WARMUP.value:
         cli.fail("--steps must be a positive multiple of --warmup (>= 1)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -249,15 +288,22 @@ def main(argv):
         result["matmul_float16_gflops"] = round(matmul_gflops("float16", n), 1)
     recipes = RECIPES if _RECIPES.value == "gpu" else SMOKE_RECIPES
     failed = False
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         for family in _FAMILIES.value:
             try:
                 result[family] = check_family(family, recipes, strategy, tmp)
+            except KeyboardInterrupt as err:  # stop, but print what was measured
+                interrupted = True
+                result[family] = {"error": f"interrupted: {err}"}
+                break
             except Exception as err:  # noqa: BLE001 - reported in the JSON, the others still run
                 failed = True
                 result[family] = {"error": f"{type(err).__name__}: {err}"[:2000]}
                 print(f"gpu_check: {family} failed: {err}", file=sys.stderr)
     print(json.dumps(result))
+    if interrupted:
+        sys.exit(130)
     if failed:
         sys.exit(1)
 

@@ -42,7 +42,7 @@ def test_allow_cpu_smoke_runs_both_precisions():
         figures = run[precision]
         assert figures["steps"] == 3 and figures["examples_per_s"] > 0, figures
         assert math.isfinite(figures["loss_first"]) and math.isfinite(figures["loss_last"])
-    assert run["ratio_vs_float32"] == round(
+    assert run["mixed_float16"]["ratio_vs_float32"] == round(
         run["mixed_float16"]["examples_per_s"] / run["float32"]["examples_per_s"], 3
     )
     assert "mixed_float16 but no GPU is visible" in proc.stderr  # the loop's warning

@@ -128,6 +128,10 @@ def test_overflowing_float16_gradients_skip_the_step_and_halve_the_scale(tmp_pat
         np.testing.assert_array_equal(a, b)  # skipped: no weight moved
     assert float(state.optimizer.dynamic_scale.numpy()) == 2.0**39
     assert int(state.optimizer.iterations.numpy()) == 0
+    # The loss scale is saved with the checkpoint: a resume goes on with it.
+    resumed = loop.build_state(tiny_task.TinyTask(config))
+    loop.restore_latest(resumed, str(tmp_path / "skip" / "ckpt"), for_training=True)
+    assert float(resumed.optimizer.dynamic_scale.numpy()) == 2.0**39
     # Clipping (global norm, on the scaled gradients) skips the same way.
     config.train.clipnorm = 1.0
     before, after, state = _one_step(tmp_path, "skip_clip", config, init_fn=huge_scale)
