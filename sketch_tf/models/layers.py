@@ -3,7 +3,10 @@
 - `GradientReversal`: identity forward, ``-lambda * grad`` backward (zero-shot SBIR domain
   classifier); lambda lives in a non-trainable variable so a schedule can change it between
   epochs without retracing and it is saved with checkpoints.
-- `L2Normalize`: unit-length descriptors / embeddings.
+- `L2Normalize`: unit-length descriptors / embeddings (always computed in float32).
+- `dtype_policy`: Keras' global dtype policy for the layers built inside a block.
+- `float32_output`: the cast that ends a model built under a mixed-precision policy, so
+  its outputs (and the losses and exports after them) are float32.
 - `ViewFusion`: fuse K per-view descriptors into one (SketchZooms), either as in the paper
   (max across views) or bit-compatible with the public PyTorch code (stride-K max over the
   concatenated views).
@@ -18,9 +21,12 @@ All layers are registered as ``sketch_tf>ClassName`` so saved ``.keras`` models 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import tensorflow as tf
-from keras import ops
+from keras import layers, ops
 
 __all__ = [
     "FUSION_MODES",
@@ -29,6 +35,8 @@ __all__ = [
     "GridMaxPool",
     "L2Normalize",
     "ViewFusion",
+    "dtype_policy",
+    "float32_output",
 ]
 
 #: Modes of `ViewFusion`.
@@ -158,12 +166,41 @@ class GradientReversal(keras.layers.Layer):
         return config
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy (`"float32"`, `"mixed_float16"`, `"mixed_bfloat16"`)
+    inside the block and restores the previous one on the way out, also on an error. A layer
+    keeps the policy it was built with, so setting it while models are built is enough
+    (`sketch_tf.train.precision.policy`); pretrained networks whose code is not
+    mixed-precision safe are built inside `dtype_policy("float32")`."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_output(x, name: str = "output_float32"):
+    """`x` (a symbolic Keras tensor) cast to float32 by a weightless layer, or `x` itself when
+    it is float32 already (under the float32 policy nothing is added, so the architecture and
+    checkpoints are those of a float32 model). Ends every model whose last layer would
+    otherwise compute in the global mixed-precision policy (`sketch_tf.train.precision`)."""
+    if str(x.dtype) == "float32":
+        return x
+    return layers.Activation("linear", dtype="float32", name=name)(x)
+
+
 @keras.saving.register_keras_serializable(package="sketch_tf")
 class L2Normalize(keras.layers.Layer):
     """Scale vectors to unit L2 norm along `axis`.
 
     ``y = x / sqrt(max(sum(x^2, axis), epsilon))`` (the same rule as ``tf.math.l2_normalize``;
-    an all-zero vector stays zero). Any input shape; output has the input shape and dtype.
+    an all-zero vector stays zero). Any input shape; output has the input shape.
+
+    Computes in float32 whatever the global dtype policy (inputs are cast): the sum of squares
+    of a bfloat16 / float16 vector loses the precision (and float16 the range) unit vectors
+    need, and normalised embeddings are what losses, indexes and exports compare.
 
     Args:
       axis: int axis (default -1, the feature axis).
@@ -171,6 +208,7 @@ class L2Normalize(keras.layers.Layer):
     """
 
     def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.axis = int(axis)
         self.epsilon = float(epsilon)

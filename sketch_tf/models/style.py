@@ -86,7 +86,11 @@ def build_style_models(
     )
     dim = int(models["style_tower"].output.shape[-1])
     inp = keras.Input((dim,), name="style_embedding")
-    logits = layers.Dense(num_contents * num_styles, name="content_style_logits")(inp)
+    # float32 logits under every precision policy: the softmax cross-entropy is computed
+    # from them.
+    logits = layers.Dense(num_contents * num_styles, name="content_style_logits", dtype="float32")(
+        inp
+    )
     models["style_classifier"] = keras.Model(inp, logits, name="style_classifier")
     return models
 

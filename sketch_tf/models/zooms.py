@@ -30,7 +30,7 @@ from keras import layers, ops
 from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
 from sketch_tf.models.backbones import build_backbone, load_weights_file
-from sketch_tf.models.layers import FUSION_MODES, L2Normalize, ViewFusion
+from sketch_tf.models.layers import FUSION_MODES, L2Normalize, ViewFusion, float32_output
 
 __all__ = [
     "HEADS",
@@ -122,7 +122,8 @@ def build_zooms_model(
       name: model name.
 
     Returns:
-      keras.Model: float32 views [B, K, S, S, 3] in [0, 1] -> descriptors [B, D].
+      keras.Model: float32 views [B, K, S, S, 3] in [0, 1] -> float32 descriptors [B, D]
+      (also when built under a mixed-precision policy: `float32_output`).
     """
     if fusion not in FUSION_MODES:
         raise ValueError(f"build_zooms_model: fusion must be one of {FUSION_MODES}, got {fusion!r}")
@@ -150,7 +151,7 @@ def build_zooms_model(
     x = ViewFusion(fusion, name="fusion")(x)
     if l2_normalize:
         x = L2Normalize(name="l2_normalize")(x)
-    model = keras.Model(views, x, name=name)
+    model = keras.Model(views, float32_output(x), name=name)
     if weights_path:
         load_weights_file(model, weights_path)
     return model

@@ -78,7 +78,8 @@ def build_domain_classifier(
             momentum=float(bn_momentum), epsilon=float(bn_epsilon), name=f"bn{i}"
         )(x)
         x = layers.ReLU(name=f"relu{i}")(x)
-    out = layers.Dense(1, name="logit")(x)
+    # float32 logits under every precision policy: the domain BCE is computed from them.
+    out = layers.Dense(1, name="logit", dtype="float32")(x)
     return keras.Model(inp, out, name=name)
 
 

@@ -31,6 +31,9 @@ LR_SCHEDULES = ("constant", "cosine", "piecewise")
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
 #: How several workers split the training input (`train.input_sharding`, train/loop.py).
 INPUT_SHARDING = ("auto", "file", "data")
+#: Values of `train.precision`: the Keras dtype policy the models are built under
+#: (`sketch_tf.train.precision`).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 class ConfigError(ValueError):
@@ -120,6 +123,10 @@ def base_train_config() -> ml_collections.ConfigDict:
             # (file when the task reads a plain record stream of >= one shard per worker).
             "input_sharding": "auto",
             "trainable": (),  # model names the optimizer updates; () = every model
+            # float32, mixed_float16 (GPUs; loss scaling) or mixed_bfloat16 (bf16 CPUs, TPUs,
+            # recent GPUs): the Keras policy the models compute in; their outputs, the
+            # losses and exports stay float32 (sketch_tf/train/precision.py).
+            "precision": "float32",
         }
     )
 
@@ -290,6 +297,12 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         p,
         isinstance(train.eval_every, int) and train.eval_every >= 0,
         f"train.eval_every must be an integer >= 0, got {train.eval_every!r}",
+    )
+    check(
+        p,
+        train.precision in PRECISIONS,
+        f"train.precision must be one of {PRECISIONS}, got {train.precision!r} (mixed_float16 "
+        "for GPUs, mixed_bfloat16 for CPUs / accelerators with bfloat16)",
     )
     trainable = train.trainable
     check(

@@ -19,6 +19,12 @@ interrupted run continues exactly where an uninterrupted one would be (same seed
 deterministic ops). SIGTERM / SIGINT save a checkpoint and return; a non-finite loss stops
 training without saving, leaving the last good checkpoint.
 
+The models are built under the Keras dtype policy of `train.precision` and give float32
+outputs (`sketch_tf.train.precision`); with `mixed_float16` the step differentiates the loss
+times the LossScaleOptimizer's dynamic scale, clips the scaled gradients at the scaled norm,
+and makes the replicas agree on skipping a step whose gradients overflowed
+(`agree_on_finite`); skipped steps show as drops of the `loss_scale` summary.
+
 A run that starts from scratch calls the warm start it is given (`init_fn`; the run helpers
 build it from `config.init`: `sketch_tf.train.run.warm_start_fn`); models outside
 `config.train.trainable` are frozen (`build_state`). Periodic evaluation (`train.eval_every`)
@@ -47,6 +53,7 @@ import tensorflow as tf
 
 from sketch_tf.core.files import write_atomic
 from sketch_tf.models.variables import unique_variables
+from sketch_tf.train import precision as precision_lib
 from sketch_tf.train import strategy as strategy_lib
 from sketch_tf.train.schedules import learning_rate_schedule
 from sketch_tf.train.tasks import LossContext, Task
@@ -74,15 +81,18 @@ class TrainResult:
 
 
 def build_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
-    """Keras optimizer from `config.train` (call under `strategy.scope()`)."""
+    """Keras optimizer from `config.train` (call under `strategy.scope()`), wrapped in a
+    LossScaleOptimizer for `train.precision=mixed_float16` (`precision.wrap_optimizer`)."""
     lr = learning_rate_schedule(train)
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=float(train.weight_decay))
-    if train.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=float(train.momentum), nesterov=True)
-    raise ValueError(f"unknown train.optimizer {train.optimizer!r}")
+        optimizer = keras.optimizers.Adam(lr)
+    elif train.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=float(train.weight_decay))
+    elif train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=float(train.momentum), nesterov=True)
+    else:
+        raise ValueError(f"unknown train.optimizer {train.optimizer!r}")
+    return precision_lib.wrap_optimizer(optimizer, train.precision)
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -109,11 +119,16 @@ def build_state(task: Task, strategy=None) -> TrainState:
     (`model.trainable = False`): the optimizer never sees them and their BatchNorm layers run
     on their moving statistics, so a frozen model stays bit-identical while others train.
     With more than one replica in sync and `config.train.sync_batch_norm` (the default), every
-    BatchNormalization layer is synchronised (`synchronize_batch_norm`).
+    BatchNormalization layer is synchronised (`synchronize_batch_norm`). The models are built
+    under the Keras dtype policy of `config.train.precision` (restored afterwards) and must
+    give float32 outputs (`precision.check_float32_outputs`).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    precision = task.config.train.precision
     with strategy.scope():
-        models = task.build_models()
+        with precision_lib.policy(precision):
+            models = task.build_models()
+        precision_lib.check_float32_outputs(models, precision)
         if strategy.num_replicas_in_sync > 1 and task.config.train.sync_batch_norm:
             synchronize_batch_norm(models)
         trainable = task.trainable_models(models)
@@ -470,6 +485,9 @@ def train(
     _check_init_fn(config, init_fn)
     # 1. Seeds, determinism, and the run folder (config.json, the checkpoint folder).
     keras.utils.set_random_seed(int(config.seed))
+    warning = precision_lib.device_warning(train_cfg.precision)
+    if warning:
+        log(warning)
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     folders = _prepare_workdir(config, workdir, strategy)
@@ -625,6 +643,7 @@ def _make_train_step(task: Task, state: TrainState, strategy, sharding: str, log
     loss_ctx = LossContext(global_batch_size=global_batch, num_replicas=replicas)
     variables, optimizer = state.variables, state.optimizer
     clipnorm = float(train_cfg.clipnorm)
+    scaled = precision_lib.uses_loss_scaling(train_cfg.precision)
 
     if not variables:
         # E.g. a frozen pretrained trunk without a head and without the domain term: the run
@@ -646,18 +665,26 @@ def _make_train_step(task: Task, state: TrainState, strategy, sharding: str, log
     def replica_step(batch):
         with tf.GradientTape() as tape:
             losses = task.compute_losses(state.models, batch, loss_ctx)
+            # mixed_float16: the loss times the optimizer's dynamic loss scale, so that small
+            # float16 gradients do not underflow; the LossScaleOptimizer divides the
+            # gradients by the same scale (and skips a step whose gradients are not finite).
+            # Every other optimizer returns the loss unchanged.
+            objective = optimizer.scale_loss(losses["total"])
         if not variables:
             return losses
-        grads = tape.gradient(losses["total"], variables)
+        grads = tape.gradient(objective, variables)
         if clipnorm > 0:
             # Clip the *global* gradient: sum over replicas first, clip, then hand each
-            # replica 1/R of it (the optimizer sums replicas again).
+            # replica 1/R of it (the optimizer sums replicas again). Scaled gradients are
+            # clipped at the scaled norm: the same as clipping the unscaled ones at clipnorm.
             ctx = tf.distribute.get_replica_context()
             if replicas > 1:
                 grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+            grads, _ = tf.clip_by_global_norm(grads, clipnorm * precision_lib.loss_scale(optimizer))
             if replicas > 1:
                 grads = [g / float(replicas) for g in grads]
+        elif scaled and replicas > 1:
+            grads = agree_on_finite(grads)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return losses
 
@@ -672,6 +699,30 @@ def _make_train_step(task: Task, state: TrainState, strategy, sharding: str, log
         }
 
     return train_step
+
+
+def agree_on_finite(grads: list) -> list:
+    """Per-replica gradients (in a replica context) that are finite on every replica or on
+    none: when any replica's gradients hold an inf / NaN, a NaN is added to the first
+    gradient of every replica.
+
+    A LossScaleOptimizer decides from each replica's own gradients, before the optimizer
+    sums them over the replicas, whether to apply the step; with one replica overflowing
+    and another not, the replicas would disagree (an all-reduce entered by some replicas
+    only, or a skipped step's inf summed into the weights). One scalar all-reduce makes them
+    agree, instead of all-reducing every gradient twice. Returns the new list.
+    """
+    ctx = tf.distribute.get_replica_context()
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not present:
+        return grads
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(grads[i])) for i in present])
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+    first = present[0]
+    out = list(grads)
+    poison = tf.where(bad > 0, tf.constant(float("nan")), tf.constant(0.0))
+    out[first] = grads[first] + tf.cast(poison, grads[first].dtype)
+    return out
 
 
 def _finite_losses(losses, step: int, manager, writer) -> dict[str, float]:
@@ -730,6 +781,9 @@ class _Progress:
                 tf.summary.scalar(f"loss/{k}", v)
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("examples_per_s", self.last_rate)
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                # Halved at each skipped (non-finite) step: a falling curve means skips.
+                tf.summary.scalar("loss_scale", float(precision_lib.loss_scale(self.optimizer)))
             for k, v in schedule_values.items():
                 tf.summary.scalar(f"schedule/{k}", float(v))
         self.writer.flush()
