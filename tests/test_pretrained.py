@@ -265,3 +265,52 @@ def test_backbone_weights_problems(tmp_path):
         backbones.build_vgg16_hed(SIZE, weights_path="imagenet")
     with pytest.raises(ValueError, match="no published ImageNet weights"):
         build_backbone("small_cnn", SIZE, weights_path="imagenet")
+
+
+# ---- the papers' recipes start from ImageNet ------------------------------------------------
+
+RECIPES = {
+    ("zs_sbir", "upstream"): ("model",),
+    ("zs_sbir", "sketchy"): ("model",),
+    ("zs_sbir", "tuberlin"): ("model",),
+    ("zooms", "sketchzooms"): ("model",),
+    ("style_sbir", "bam"): ("model.structure", "model.style"),
+}
+
+
+@pytest.mark.parametrize("family,variant", sorted(RECIPES))
+def test_paper_recipes_start_from_imagenet_and_fine_tune(family, variant):
+    from sketch_tf.train.config import load_project_config
+
+    config = load_project_config(family, variant)
+    for path in RECIPES[family, variant]:
+        section = config
+        for part in path.split("."):
+            section = section[part]
+        assert backbone_kwargs(section)["weights_path"] == "imagenet"
+        assert section.backbone in pretrained.IMAGENET_WEIGHTS
+        if "freeze_trunk" in section:
+            assert section.freeze_trunk is False
+        if "backbone_freeze_blocks" in section:
+            assert not section.backbone_freeze_blocks
+
+
+def test_sketchzooms_recipe_builds_from_a_prefilled_cache_offline(tmp_path, monkeypatch):
+    from sketch_tf.families.zooms.task import ZoomsTask
+    from sketch_tf.train.config import load_project_config
+
+    source, _ = _torch_layout_case("alexnet", tmp_path, monkeypatch, 64)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a test tried to download weights")
+
+    monkeypatch.setattr(pretrained.keras.utils, "get_file", no_download)
+    config = load_project_config("zooms", "sketchzooms")
+    config.zooms.view_size = 64  # the recipe's 224 px views, smaller for the test
+    model = ZoomsTask(config).build_models()["zooms"]
+    trunk = model.get_layer("alexnet")
+    assert "torch_preprocess" in [ly.name for ly in trunk.layers]
+    for name in ("features_0", "features_10"):
+        for ours, ref in zip(trunk.get_layer(name).weights, source.get_layer(name).weights,
+                             strict=True):  # fmt: skip
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))

@@ -556,7 +556,7 @@ def build_vgg16(
     return _vgg16_trunk("vgg16", input_size, weights_path, cut, pooling, freeze_blocks)
 
 
-#: The backbones with the VGG16 trunk layout (cut, pooling, freeze_blocks; fg_sbir's split point).
+#: The backbones with the VGG16 trunk layout (cut, pooling, freeze_blocks; a split point).
 VGG16_TRUNKS = ("vgg16", "vgg16_hed")
 
 
@@ -636,10 +636,10 @@ def backbone_kwargs(section) -> dict:
     """The builder keyword arguments (`build_backbone(section.backbone, size, **kwargs)`) of a
     family's config section that names a backbone, in one place for every family.
 
-    Reads the keys the section has: ``backbone_kwargs`` (free-form builder arguments;
-    zs_sbir, style_sbir, fg_sbir), zooms' flat ``backbone_widths`` (small_cnn only),
-    ``backbone_pooling``, ``backbone_cut`` and ``backbone_freeze_blocks`` (an empty value
-    leaves the builder's default), and ``backbone_weights`` -> ``weights_path``: a local
+    Reads the keys the section has: ``backbone_kwargs`` (free-form builder arguments), the
+    flat ``backbone_widths`` (small_cnn only), ``backbone_pooling``, ``backbone_cut`` and
+    ``backbone_freeze_blocks`` (an empty value leaves the builder's default), and
+    ``backbone_weights`` -> ``weights_path``: a local
     file, or "imagenet" for the backbone's published ImageNet weights (fetched when the
     model is built; see `pretrained`).
 
@@ -647,7 +647,10 @@ def backbone_kwargs(section) -> dict:
       ValueError: "imagenet" for a backbone without published ImageNet weights.
     """
     name = section["backbone"]
-    kwargs = dict(section["backbone_kwargs"]) if "backbone_kwargs" in section else {}
+    kwargs = {}
+    if "backbone_kwargs" in section:
+        extra = section["backbone_kwargs"]
+        kwargs = extra.to_dict() if hasattr(extra, "to_dict") else dict(extra)
     flat = {"backbone_pooling": "pooling", "backbone_cut": "cut",
             "backbone_freeze_blocks": "freeze_blocks"}  # fmt: skip
     if "backbone_widths" in section and section["backbone_widths"] and name == "small_cnn":

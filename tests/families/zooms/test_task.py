@@ -106,15 +106,22 @@ def test_validate_config_lists_problems():
     assert ZoomsTask.validate_config(load_config()) == []
     c = load_config("sketchzooms")
     c.model.backbone_pooling = "flatten"  # alexnet keeps its own pooling
-    assert "model.backbone_pooling='flatten' applies to small_cnn and vgg16_hed only" in "\n".join(
-        ZoomsTask.validate_config(c)
+    assert "model.backbone_pooling='flatten' applies to small_cnn and the vgg16 trunks only" in (
+        "\n".join(ZoomsTask.validate_config(c))
     )
     c = load_config()
     c.model.backbone_pooling = "sum"
     assert "model.backbone_pooling must be" in "\n".join(ZoomsTask.validate_config(c))
     c = load_config()
     c.model.backbone_cut = "block3"  # a vgg16_hed key on small_cnn
-    assert "model.backbone_cut applies to vgg16_hed only" in "\n".join(ZoomsTask.validate_config(c))
+    assert "model.backbone_cut applies to vgg16 / vgg16_hed only" in "\n".join(
+        ZoomsTask.validate_config(c)
+    )
+    c = load_config()  # small_cnn has no published ImageNet weights; "imagenet" is no file
+    c.model.backbone_weights = "imagenet"
+    assert "model.backbone_weights='imagenet': backbone 'small_cnn' has no published" in (
+        "\n".join(ZoomsTask.validate_config(c))
+    )
 
 
 def test_vgg16_hed_trunk_selectable_from_the_config():
