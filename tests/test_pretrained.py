@@ -349,3 +349,21 @@ def test_documented_fallbacks_validate(family, variant):
             section[last] = value
     problems = families.get_task_class(family).validate_config(config)
     assert [p for p in problems if not any(k in p for k in USER_FILES)] == []
+
+
+def test_fg_sbir_split_towers_take_the_imagenet_vgg16(tmp_path, monkeypatch):
+    from sketch_tf.models import fg_sbir
+
+    keras.utils.set_random_seed(7)
+    ref = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    published = tmp_path / "published.h5"
+    write_keras_h5(ref, published)
+    install(monkeypatch, tmp_path / "keras_home", "vgg16", published)
+    tower = fg_sbir.build_fg_tower(
+        SIZE, backbone="vgg16", weights_path="imagenet", frozen_blocks=2, grid=1
+    )
+    trunk, x = fg_sbir.trunk_of(tower), _image(3)
+    # The split point (after block 2 and its pool) is Keras' block3_pool input.
+    reference = keras.Model(ref.input, ref.get_layer("block2_pool").output)
+    _close(trunk(x), reference(keras.applications.vgg16.preprocess_input(255.0 * x)))
+    assert not trunk.trainable_weights
