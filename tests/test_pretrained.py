@@ -367,3 +367,23 @@ def test_fg_sbir_split_towers_take_the_imagenet_vgg16(tmp_path, monkeypatch):
     reference = keras.Model(ref.input, ref.get_layer("block2_pool").output)
     _close(trunk(x), reference(keras.applications.vgg16.preprocess_input(255.0 * x)))
     assert not trunk.trainable_weights
+
+
+def test_exported_imagenet_tower_takes_unit_pixels(tmp_path, monkeypatch):
+    """The normalisation is part of the model: a SavedModel and a .keras file of an ImageNet
+    tower take [0, 1] pixels and give the tower's outputs (no weights fetched to reload)."""
+    import tensorflow as tf
+
+    _torch_layout_case("alexnet", tmp_path, monkeypatch, 64)
+    ours = build_backbone("alexnet", 64, weights_path="imagenet")
+    x = _image(4, 64)
+    ours.export(str(tmp_path / "saved"), verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved"))
+    _close(reloaded.serve(tf.constant(x)), ours(x))
+    ours.save(tmp_path / "tower.keras")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_home"))
+    _close(keras.models.load_model(tmp_path / "tower.keras")(x), ours(x))
+    layer = backbones.TorchPreprocess(mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 4.0))
+    clone = backbones.TorchPreprocess.from_config(layer.get_config())
+    np.testing.assert_allclose(clone(np.ones((1, 1, 1, 3), np.float32)).numpy().ravel(),
+                               [0.9, 0.4, 0.175], rtol=1e-6)  # fmt: skip

@@ -215,9 +215,13 @@ class TorchPreprocess(layers.Layer):
 
 def _pixels(inp, name: str, weights_path):
     """`inp` as the weight set expects it: torch-normalised for ImageNet weights trained so
-    (`pretrained.IMAGENET_WEIGHTS`), else unchanged. Checks first that `name` has ImageNet
-    weights, before any layer is built."""
-    if weights_path == IMAGENET and pretrained.weight_set(name).input_norm == "torch":
+    (`pretrained.IMAGENET_WEIGHTS`), else unchanged (the Caffe and [-1, 1] inputs are the
+    builders' own). With `IMAGENET` it first fetches and reads the weights (kept for
+    `_load`), so a missing file fails before any layer is built."""
+    if weights_path != IMAGENET:
+        return inp
+    pretrained.imagenet_layer_arrays(name)
+    if pretrained.weight_set(name).input_norm == "torch":
         return TorchPreprocess(name="torch_preprocess")(inp)
     return inp
 
@@ -240,6 +244,9 @@ def build_alexnet(input_size: int = 224, *, weights_path: str | None = None) -> 
     """torchvision AlexNet features: conv 64/192/384/256/256 -> adaptive avg 6x6 -> [B, 9216].
 
     Needs input_size >= 63 (at 224 the adaptive pool is the identity on the 6x6 map).
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
     """
     inp = _image_input(input_size, 63, "alexnet")
     x = _conv(_pixels(inp, "alexnet", weights_path), 64, 11, 4, 2, "features_0")
@@ -262,7 +269,11 @@ _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 def build_vgg11(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
-    """torchvision VGG-11 features (no BN) -> adaptive avg 7x7 -> [B, 25088]; input >= 32."""
+    """torchvision VGG-11 features (no BN) -> adaptive avg 7x7 -> [B, 25088]; input >= 32.
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
+    """
     inp = _image_input(input_size, 32, "vgg11")
     x = _pixels(inp, "vgg11", weights_path)
     idx = 0
@@ -293,7 +304,11 @@ def _basic_block(x, filters, stride, name):
 
 
 def build_resnet18(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
-    """torchvision ResNet-18 without `fc`: -> global average pool -> [B, 512]; input >= 32."""
+    """torchvision ResNet-18 without `fc`: -> global average pool -> [B, 512]; input >= 32.
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
+    """
     inp = _image_input(input_size, 32, "resnet18")
     x = _conv(_pixels(inp, "resnet18", weights_path), 64, 7, 2, 3, "conv1", use_bias=False)
     x = layers.BatchNormalization(name="bn1", **_BN)(x)
@@ -355,15 +370,19 @@ def build_densenet121(
     layers are `FusedBatchNormalization` (same configs, names and weights): training steps
     1.1-1.4x and inference 1.15x faster (batch 8, 112 px, 2-core AMD EPYC, two runs each);
     the descriptor benchmark in bench/ compares its throughput with PyTorch's.
+
+    ``weights_path="imagenet"``: Keras' ImageNet DenseNet121, whose input is normalised with
+    the ImageNet mean / std (keras.applications' "torch" mode) by a `TorchPreprocess` layer
+    in front; random init and local files keep the [0, 1] input (as before).
     """
     inp = _image_input(input_size, 32, "densenet121")
     _global_pool(pooling, "densenet121")  # validates the argument
+    x = _pixels(inp, "densenet121", weights_path)
     net = keras.applications.DenseNet121(
         include_top=False, weights=None, input_shape=tuple(inp.shape[1:]), pooling=pooling
     )
     net = keras.models.clone_model(net, clone_function=_fused_batch_norm_clone)
-    return _finish(inp, net(_pixels(inp, "densenet121", weights_path)), "densenet121",
-                   weights_path)  # fmt: skip
+    return _finish(inp, net(x), "densenet121", weights_path)
 
 
 def _fused_batch_norm_clone(layer):
@@ -378,11 +397,14 @@ def build_mobilenet_v3_small(
 ) -> keras.Model:
     """keras.applications MobileNetV3Small (weights=None) + global pool -> [B, 576]; input >= 32.
 
-    Inputs in [0, 1] are mapped to [-1, 1], the range the architecture expects.
+    Inputs in [0, 1] are mapped to [-1, 1], the range the architecture expects (and Keras'
+    ImageNet weights, ``weights_path="imagenet"``, were trained with).
     """
     inp = _image_input(input_size, 32, "mobilenet_v3_small")
     _global_pool(pooling, "mobilenet_v3_small")
-    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(inp)
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(
+        _pixels(inp, "mobilenet_v3_small", weights_path)
+    )
     net = keras.applications.MobileNetV3Small(
         input_shape=tuple(inp.shape[1:]),
         include_top=False,
@@ -580,7 +602,7 @@ def _vgg16_trunk(name, input_size, weights_path, cut, pooling, freeze_blocks) ->
     # Before the layers are built, so a missing extra fails fast with the install hint.
     arrays = _hed_trunk_arrays(num_blocks) if hed and not weights_path else None
     mean = HED_MEAN_BGR if hed else pretrained.KERAS_VGG16_MEAN_BGR
-    x = CaffePreprocess(mean, name="caffe_preprocess")(inp)
+    x = CaffePreprocess(mean, name="caffe_preprocess")(_pixels(inp, name, weights_path))
     convs, block_outputs = [], []
     for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
         if b > 1:
