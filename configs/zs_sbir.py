@@ -23,11 +23,16 @@ Variants (`--config=configs/zs_sbir.py:<variant>`):
   above HOG (0.552 / 0.524; 0.545 / 0.493 with the fixed edge maps) and random (0.530 /
   0.514) of the same run, but far from what zero-shot SBIR needs. Heads trained on the 5
   seen classes do worse (docs/zs_sbir.md).
-- `sketchy`, `tuberlin` (GPU): DenseNet121 towers at 224 px, 1024-d max-pooled embeddings as in
-  the original; unseen classes: the standard "25 unseen" Sketchy and "30 unseen" TU-Berlin
-  lists as published with the SAKE code (data/splits/{sketchy_25,tuberlin_30}_unseen.txt),
-  seen = every other class. `sketchy_21`: the same with Yelamarthi et al.'s 21 unseen classes
-  (data/splits/sketchy_21_unseen.txt).
+- `sketchy`, `tuberlin` (GPU): DenseNet121 towers at 224 px from ImageNet, fine-tuned end to
+  end, 1024-d max-pooled embeddings as in the original; unseen classes: the standard "25
+  unseen" Sketchy and "30 unseen" TU-Berlin lists as published with the SAKE code
+  (data/splits/{sketchy_25,tuberlin_30}_unseen.txt), seen = every other class. `sketchy_21`:
+  the same with Yelamarthi et al.'s 21 unseen classes (data/splits/sketchy_21_unseen.txt).
+    python train.py --config=configs/zs_sbir.py:sketchy --workdir=runs/zs_sbir_sketchy
+    python evaluate.py --workdir=runs/zs_sbir_sketchy
+  ImageNet weights: `model.backbone_weights="imagenet"`, Keras' DenseNet121 (28 MB), fetched
+  once into the Keras cache (docs/weights.md). The original publishes no mAP (its README
+  shows qualitative top-5 retrievals only), so there is no figure to compare with.
 - `upstream` (GPU): the original recipe (ashok-arjun/Zero-Shot-Sketch-Based-Image-Retrieval)
   on Sketchy, as exactly as this code base allows; see `upstream` below for every value and where
   it comes from, and docs/zs_sbir.md "Departures from the original" for what still differs.
@@ -211,6 +216,7 @@ def sketchy(config: ml_collections.ConfigDict) -> None:
     """
     config.data.root = "data/records/sketchy"
     config.data.unseen_classes_file = "data/splits/sketchy_25_unseen.txt"
+    config.model.backbone_weights = "imagenet"  # as upstream: an ImageNet trunk, fine-tuned
 
 
 def sketchy_21(config: ml_collections.ConfigDict) -> None:
@@ -230,6 +236,7 @@ def tuberlin(config: ml_collections.ConfigDict) -> None:
     config.data.root = "data/records/tuberlin"
     # Shen et al. (CVPR 2018) 30 unseen classes, as published with the SAKE code.
     config.data.unseen_classes_file = "data/splits/tuberlin_30_unseen.txt"
+    config.model.backbone_weights = "imagenet"  # as upstream: an ImageNet trunk, fine-tuned
 
 
 def quickdraw(config: ml_collections.ConfigDict) -> None:
@@ -250,8 +257,11 @@ def upstream(config: ml_collections.ConfigDict) -> None:
 
     - towers: `model/net.py` BasicModel = torchvision densenet121(pretrained=True).features +
       MaxPool2d(7) at 224 px -> 1024-d, no projection, no normalisation; separate sketch and
-      photo models (`train.py`). Our densenet121 starts from random weights (load converted
-      ImageNet weights with `model.backbone_weights`).
+      photo models (`train.py`), fine-tuned end to end. Ours: densenet121 with
+      `backbone_weights="imagenet"`, Keras' published ImageNet DenseNet121 (keras.applications
+      layout, 28 MB; fetched once, docs/weights.md), not trained frozen. Departure: the model
+      normalises the [0, 1] pixels with the ImageNet mean / std those weights expect
+      (upstream feeds them unnormalised, `ToTensor()` only).
     - domain classifier: `model/net.py` DomainAdversarialNet = 4 x [Linear 1024, BatchNorm1d,
       ReLU] -> Linear 1 -> sigmoid, called once per domain on the GRL'd embeddings (positives,
       negatives, sketches; `train.py`); BatchNorm1d defaults momentum 0.1 / eps 1e-5, i.e. Keras
@@ -275,7 +285,12 @@ def upstream(config: ml_collections.ConfigDict) -> None:
     - class split: the original's train_labels.txt / test_labels.txt are not public; we use
       the 21 unseen classes of `sketchy_21` (the split of its ancestor, Yelamarthi et al.).
     - evaluation (`evaluate.py`): every test sketch against every test photo, Euclidean
-      distance, scikit-learn AP per query: our `map_all`.
+      distance, scikit-learn AP per query: our `map_all`. The repository reports no figure
+      (README: qualitative top-5 retrievals only).
+
+    GPU command line (class embeddings supplied by the user, see the module docstring):
+      python train.py --config=configs/zs_sbir.py:upstream --workdir=runs/zs_sbir_upstream \
+          --config.data.class_embeddings=data/records/sketchy/glove_300d.npy
     """
     sketchy_21(config)
     config.data.image_size = 224
@@ -285,6 +300,8 @@ def upstream(config: ml_collections.ConfigDict) -> None:
     config.data.negative_sampling = "inverse_distance"
     config.data.class_embeddings = "data/records/sketchy/glove_300d.npy"  # user supplied
     config.model.backbone = "densenet121"
+    config.model.backbone_weights = "imagenet"
+    config.model.freeze_trunk = False
     config.model.shared = False
     config.model.projection_dim = 0
     config.model.normalize = False

@@ -22,6 +22,7 @@ GENERIC_FILES = [
     "sketch_tf/search.py",
     "sketch_tf/data/pipeline.py",
     "sketch_tf/models/backbones.py",
+    "sketch_tf/models/pretrained.py",
     "sketch_tf/models/layers.py",
     "sketch_tf/models/towers.py",
     "sketch_tf/models/edges.py",

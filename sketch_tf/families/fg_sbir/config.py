@@ -9,8 +9,6 @@ first version on, so `migrate` fills an older config.json's missing keys with th
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from sketch_tf.train.config_sections import (
@@ -56,8 +54,9 @@ def defaults() -> ml_collections.ConfigDict:
     config.data.cache_dir = ""  # "" = beside the records
 
     config.model = ml_collections.ConfigDict()
-    # Any sketch_tf.models.backbones name; only vgg16_hed (pretrained, with a split point)
-    # gives the frozen + cached CPU recipe; the others train whole from the image.
+    # Any sketch_tf.models.backbones name; only the VGG16 trunks (vgg16_hed: HED's weights;
+    # vgg16: ImageNet's with backbone_weights="imagenet") have a split point and give the
+    # frozen + cached CPU recipe; the others train whole from the image.
     config.model.backbone = "vgg16_hed"
     config.model.backbone_kwargs = ml_collections.ConfigDict()
     config.model.trunk_blocks = 4
@@ -68,6 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
     config.model.feature_scale = 0.01
     # One head for sketches and edge maps (both line drawings); False: a head per side.
     config.model.shared = True
+    # "" (the backbone's own: HED's for vgg16_hed), "imagenet" (docs/weights.md) or a file.
     config.model.backbone_weights = ""
 
     config.loss = ml_collections.ConfigDict()
@@ -109,7 +109,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     # cheap (no TensorFlow) for the absl config flags.
     from sketch_tf.eval.baselines import baseline_names_problems
     from sketch_tf.models import fg_sbir as fg_models
-    from sketch_tf.models.backbones import BACKBONES
+    from sketch_tf.models.backbones import BACKBONES, backbone_weights_problems
 
     d, m, loss, e = config.data, config.model, config.loss, config.eval
     p = root_problems(d)
@@ -118,12 +118,12 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     p.extend(bool_problems(d, "data", ("gallery_drawings", "feature_cache")))
     if m.backbone not in BACKBONES:
         p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-    elif m.backbone != fg_models.SPLIT_BACKBONE and (
+    elif m.backbone not in fg_models.SPLIT_BACKBONES and (
         m.frozen_blocks != 0 or d.feature_cache or d.crop_size != d.image_size
     ):
         p.append(
             f"model.backbone={m.backbone!r} is trained whole from the image (only "
-            f"{fg_models.SPLIT_BACKBONE} has a split point): it needs model.frozen_blocks=0,"
+            f"{fg_models.SPLIT_BACKBONES} have a split point): it needs model.frozen_blocks=0,"
             " data.feature_cache=False and data.crop_size = data.image_size (its input "
             f"size), got {m.frozen_blocks}, {d.feature_cache}, {d.crop_size}"
         )
@@ -159,8 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"model.hidden must be positive integer widths, got {tuple(m.hidden)!r}")
     if not m.feature_scale > 0:
         p.append(f"model.feature_scale must be > 0, got {m.feature_scale!r}")
-    if m.backbone_weights and not os.path.isfile(m.backbone_weights):
-        p.append(f"model.backbone_weights file {m.backbone_weights} does not exist")
+    p.extend(backbone_weights_problems(m.backbone, m.backbone_weights))
     if loss.mining not in MINING_MODES:
         p.append(f"loss.mining must be one of {MINING_MODES}, got {loss.mining!r}")
     if loss.margin < 0:

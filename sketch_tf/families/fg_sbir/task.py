@@ -49,6 +49,7 @@ from sketch_tf.families import cached_towers
 from sketch_tf.families.fg_sbir import config as family_config
 from sketch_tf.families.fg_sbir.evaluate import FgSbirEvaluator
 from sketch_tf.families.fg_sbir.serving import FgSbirRetrieval, FgSbirServing
+from sketch_tf.models import backbones
 from sketch_tf.models import fg_sbir as fg_models
 from sketch_tf.train.tasks import (
     LossContext,
@@ -206,6 +207,9 @@ class FgSbirTask(Task):
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):
         m, d = self.config.model, self.config.data
+        kwargs = backbones.backbone_kwargs(m)
+        # The split-point trunk (vgg16, vgg16_hed) takes its weights outside backbone_kwargs.
+        weights_path = kwargs.pop("weights_path", None)
         return fg_models.build_fg_sbir_models(
             int(d.image_size),
             shared=bool(m.shared),
@@ -215,9 +219,9 @@ class FgSbirTask(Task):
             hidden=tuple(int(w) for w in m.hidden),
             grid=int(m.grid),
             feature_scale=float(m.feature_scale),
-            weights_path=m.backbone_weights or None,
+            weights_path=weights_path,
             backbone=m.backbone,
-            backbone_kwargs=m.backbone_kwargs.to_dict(),
+            backbone_kwargs=kwargs,
         )
 
     # ---- geometry of the split-point maps ------------------------------------------------
@@ -287,7 +291,7 @@ class FgSbirTask(Task):
 
                 spec = {
                     "task": "fg_sbir",
-                    "backbone": "vgg16_hed",
+                    "backbone": m.backbone,
                     "backbone_weights": m.backbone_weights,
                     "frozen_blocks": int(m.frozen_blocks),
                     "image_size": size,

@@ -151,7 +151,12 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     from sketch_tf.families.cached_towers import cache_problems
     from sketch_tf.families.style_sbir import data as style_data
     from sketch_tf.models import style as style_models
-    from sketch_tf.models.backbones import BACKBONES, HED_POOLINGS
+    from sketch_tf.models.backbones import (
+        BACKBONES,
+        HED_POOLINGS,
+        VGG16_TRUNKS,
+        backbone_weights_problems,
+    )
 
     d, m, loss, e = config.data, config.model, config.loss, config.eval
     p = root_problems(d)
@@ -177,10 +182,10 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
             )
         # The backbone's own pooling when backbone_kwargs does not name one.
         pooling = (s.backbone_kwargs or {}).get("pooling")
-        if s.backbone == "vgg16_hed" and pooling is not None and pooling not in HED_POOLINGS:
+        if s.backbone in VGG16_TRUNKS and pooling is not None and pooling not in HED_POOLINGS:
             p.append(f"model.{name}.backbone_kwargs.pooling must be one of {HED_POOLINGS}")
-        if s.backbone_weights and not os.path.isfile(s.backbone_weights):
-            p.append(f"model.{name}.backbone_weights file {s.backbone_weights} does not exist")
+        key = f"model.{name}.backbone_weights"
+        p.extend(backbone_weights_problems(s.backbone, s.backbone_weights, key))
         if not isinstance(s.projection_dim, int) or s.projection_dim < 0:
             p.append(f"model.{name}.projection_dim must be an integer >= 0")
         if any(int(w) <= 0 for w in s.head_hidden):

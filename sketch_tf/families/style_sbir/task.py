@@ -45,6 +45,7 @@ from sketch_tf.families.style_sbir import config as family_config
 from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir.evaluate import StyleSbirEvaluator
 from sketch_tf.families.style_sbir.serving import StyleSbirRetrieval, StyleSbirServing
+from sketch_tf.models import backbones
 from sketch_tf.models import style as style_models
 from sketch_tf.train.tasks import Headline, LossContext, Task, synthetic_prepare_command
 
@@ -67,12 +68,9 @@ def _prepare_command(config: ml_collections.ConfigDict, split: str) -> str:
 
 def _tower_kwargs(section: ml_collections.ConfigDict) -> dict:
     """`build_tower` arguments of a `model.structure` / `model.style` section."""
-    kwargs = dict(section.backbone_kwargs.to_dict())
-    if section.backbone_weights:
-        kwargs["weights_path"] = section.backbone_weights
     return {
         "backbone": section.backbone,
-        "backbone_kwargs": kwargs,
+        "backbone_kwargs": backbones.backbone_kwargs(section),
         "projection_dim": int(section.projection_dim),
         "head_hidden": tuple(int(w) for w in section.head_hidden),
         "freeze_trunk": bool(section.freeze_trunk),

@@ -128,18 +128,24 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     # cheap (no TensorFlow) for the absl config flags.
     from sketch_tf import losses
     from sketch_tf.eval.correspondence import MATCHERS
-    from sketch_tf.models.backbones import BACKBONES, HED_CUTS, HED_POOLINGS
+    from sketch_tf.models.backbones import (
+        BACKBONES,
+        HED_CUTS,
+        HED_POOLINGS,
+        VGG16_TRUNKS,
+        backbone_weights_problems,
+    )
     from sketch_tf.models.layers import FUSION_MODES
 
     p = old_key_problems(config, RENAMED_KEYS, DERIVED_KEYS)
     m, z, loss, data = config.model, config.zooms, config.loss, config.data
     if m.backbone not in BACKBONES:
         p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-    poolings = {"small_cnn": ("avg", "max", "flatten"), "vgg16_hed": HED_POOLINGS}
+    poolings = {"small_cnn": ("avg", "max", "flatten"), **dict.fromkeys(VGG16_TRUNKS, HED_POOLINGS)}
     if m.backbone_pooling and m.backbone not in poolings:
         p.append(
             f"model.backbone_pooling={m.backbone_pooling!r} applies to small_cnn and "
-            "vgg16_hed only (the torchvision layouts keep their own pooling); set it to '' "
+            "the vgg16 trunks only (the torchvision layouts keep their own pooling); set it to '' "
             f"for {m.backbone!r}"
         )
     elif m.backbone_pooling and m.backbone_pooling not in poolings[m.backbone]:
@@ -148,10 +154,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
             f"{m.backbone}, got {m.backbone_pooling!r}"
         )
     for key in ("backbone_cut", "backbone_freeze_blocks"):
-        if m[key] and m.backbone != "vgg16_hed":
-            p.append(f"model.{key} applies to vgg16_hed only, got {m[key]!r}")
+        if m[key] and m.backbone not in VGG16_TRUNKS:
+            p.append(f"model.{key} applies to {' / '.join(VGG16_TRUNKS)} only, got {m[key]!r}")
     if m.backbone_cut and m.backbone_cut not in HED_CUTS:
         p.append(f"model.backbone_cut must be one of {HED_CUTS} or '', got {m.backbone_cut!r}")
+    p.extend(backbone_weights_problems(m.backbone, m.backbone_weights))
     if m.fusion not in FUSION_MODES:
         p.append(f"model.fusion must be one of {FUSION_MODES}, got {m.fusion!r}")
     if not (isinstance(z.view_size, int) and z.view_size >= 16):

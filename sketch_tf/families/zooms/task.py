@@ -40,6 +40,7 @@ from sketch_tf.families.zooms import config as family_config
 from sketch_tf.families.zooms import data as zooms_data
 from sketch_tf.families.zooms.evaluate import ZoomsEvaluator
 from sketch_tf.families.zooms.serving import ZoomsServing
+from sketch_tf.models import backbones
 from sketch_tf.models.zooms import build_zooms_model, describe_views
 from sketch_tf.train.tasks import Headline, Task
 
@@ -119,18 +120,6 @@ class ZoomsTask(Task):
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):
         m = self.config.model
-        backbone_kwargs = {}
-        # Each empty value ("", (), 0) leaves the backbone's own default.
-        if m.backbone_weights:
-            backbone_kwargs["weights_path"] = m.backbone_weights
-        if m.backbone_widths and m.backbone == "small_cnn":
-            backbone_kwargs["widths"] = tuple(m.backbone_widths)
-        if m.backbone_pooling:
-            backbone_kwargs["pooling"] = m.backbone_pooling
-        if m.backbone_cut:
-            backbone_kwargs["cut"] = m.backbone_cut
-        if m.backbone_freeze_blocks:
-            backbone_kwargs["freeze_blocks"] = int(m.backbone_freeze_blocks)
         model = build_zooms_model(
             backbone=m.backbone,
             view_size=int(self.config.zooms.view_size),
@@ -141,7 +130,7 @@ class ZoomsTask(Task):
             dropout=float(m.dropout),
             head=m.head,
             head_hidden=int(m.head_hidden) or None,
-            backbone_kwargs=backbone_kwargs,
+            backbone_kwargs=backbones.backbone_kwargs(m),
             weights_path=m.weights_path or None,
         )
         return {"zooms": model}

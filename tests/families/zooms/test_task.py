@@ -106,15 +106,22 @@ def test_validate_config_lists_problems():
     assert ZoomsTask.validate_config(load_config()) == []
     c = load_config("sketchzooms")
     c.model.backbone_pooling = "flatten"  # alexnet keeps its own pooling
-    assert "model.backbone_pooling='flatten' applies to small_cnn and vgg16_hed only" in "\n".join(
-        ZoomsTask.validate_config(c)
+    assert "model.backbone_pooling='flatten' applies to small_cnn and the vgg16 trunks only" in (
+        "\n".join(ZoomsTask.validate_config(c))
     )
     c = load_config()
     c.model.backbone_pooling = "sum"
     assert "model.backbone_pooling must be" in "\n".join(ZoomsTask.validate_config(c))
     c = load_config()
     c.model.backbone_cut = "block3"  # a vgg16_hed key on small_cnn
-    assert "model.backbone_cut applies to vgg16_hed only" in "\n".join(ZoomsTask.validate_config(c))
+    assert "model.backbone_cut applies to vgg16 / vgg16_hed only" in "\n".join(
+        ZoomsTask.validate_config(c)
+    )
+    c = load_config()  # small_cnn has no published ImageNet weights; "imagenet" is no file
+    c.model.backbone_weights = "imagenet"
+    assert "model.backbone_weights='imagenet': backbone 'small_cnn' has no published" in (
+        "\n".join(ZoomsTask.validate_config(c))
+    )
 
 
 def test_vgg16_hed_trunk_selectable_from_the_config():
@@ -334,7 +341,9 @@ def _original_format_config(tmp_path):
     c.data.root = str(tmp_path / "records")
     c.data.image_size = 64
     c.data.shuffle_buffer = 4
-    c.model.update(backbone="small_cnn", backbone_widths=(8, 16), head_hidden=32, dropout=0.0)
+    # small_cnn from scratch: the recipe's ImageNet alexnet is not downloaded in tests.
+    c.model.update(backbone="small_cnn", backbone_widths=(8, 16), head_hidden=32, dropout=0.0,
+                   backbone_weights="")  # fmt: skip
     c.model.backbone_pooling = "flatten"
     c.zooms.view_size = 16
     c.train.update(batch_size=6, num_steps=2, log_every=1)
