@@ -31,6 +31,9 @@ LR_SCHEDULES = ("constant", "cosine", "piecewise")
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
 #: How several workers split the training input (`train.input_sharding`, train/loop.py).
 INPUT_SHARDING = ("auto", "file", "data")
+#: `train.kernels`: the values of `sketch_tf.core.kernels.CHOICES` (kept TensorFlow-free here:
+#: config files import this module).
+KERNEL_CHOICES = ("auto", "xla", "tf")
 
 
 class ConfigError(ValueError):
@@ -108,6 +111,11 @@ def base_train_config() -> ml_collections.ConfigDict:
             # (file when the task reads a plain record stream of >= one shard per worker).
             "input_sharding": "auto",
             "trainable": (),  # model names the optimizer updates; () = every model
+            # XLA-compiled or plain-TF kernels of the input ops that have both (the training
+            # resample and colour jitter, the zoom sampler): "auto" = the faster on this
+            # machine, measured once and cached (sketch_tf.core.kernels), or "xla" / "tf".
+            # Process-wide (the kernels are the machine's, not a family's); same values.
+            "kernels": "auto",
         }
     )
 
@@ -234,6 +242,11 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         p,
         train.input_sharding in INPUT_SHARDING,
         f"train.input_sharding must be one of {INPUT_SHARDING}, got {train.input_sharding!r}",
+    )
+    check(
+        p,
+        train.kernels in KERNEL_CHOICES,
+        f"train.kernels must be one of {KERNEL_CHOICES}, got {train.kernels!r}",
     )
     check(
         p,
