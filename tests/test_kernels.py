@@ -66,6 +66,7 @@ def test_cache_miss_measures_picks_the_faster_and_writes_the_cache(cache, monkey
     assert len(logged) == 1 and "xla 3 ms, tf 1 ms -> tf" in logged[0], logged
     # Another size is another decision.
     assert kernel.pick() is kernel.tf and calls[-1] == ("toy", 8)
+    assert kernels.used() == {"toy@16": (kernel, 16), "toy@8": (kernel, 8)}
 
 
 def test_cache_hit_does_not_measure(cache, monkeypatch):

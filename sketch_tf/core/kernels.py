@@ -53,9 +53,11 @@ ENV_CHOICE = "SKETCH_TF_KERNELS"
 ENV_CACHE = "SKETCH_TF_KERNEL_CACHE"
 CACHE_FORMAT = "sketch_tf kernel timings"
 CACHE_VERSION = 1
-#: `measure`: time budget per implementation after the warm-up, and the repeats' bounds.
-MEASURE_BUDGET_S = 0.25
-MIN_REPEATS, MAX_REPEATS = 3, 9
+#: `measure`: time budget per implementation after the warm-up, and the repeats' bounds: a
+#: 1 ms op gets ~200 samples (a few of another process's bursts do not move the median; with 9
+#: samples one did, and the cached choice was wrong), a 90 ms one 5.
+MEASURE_BUDGET_S = 0.2
+MIN_REPEATS, MAX_REPEATS = 5, 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +92,10 @@ class DualKernel:
 class _State:
     configured: str = "auto"
     overridden: str | None = None
-    #: (op key, source) -> choice, for decisions already made (and logged) in this process.
+    #: (op key, wanted, source) -> choice, for decisions already made (and logged) here.
     decided: dict = dataclasses.field(default_factory=dict)
+    #: "name@size" -> (kernel, size) of every pick in this process (`used`).
+    used: dict = dataclasses.field(default_factory=dict)
 
 
 _STATE = _State()
@@ -129,6 +133,14 @@ def reset() -> None:
     with _LOCK:
         _STATE.configured, _STATE.overridden = "auto", None
         _STATE.decided.clear()
+        _STATE.used.clear()
+
+
+def used() -> dict[str, tuple[DualKernel, int]]:
+    """{"name@size": (kernel, size)} of every kernel picked in this process so far (what a
+    bench reports the per-machine choice of: `choose(kernel, size)` under `override("auto")`)."""
+    with _LOCK:
+        return dict(_STATE.used)
 
 
 def requested() -> tuple[str, str]:
@@ -245,7 +257,7 @@ def measure(kernel: DualKernel, size: int) -> dict[str, float]:
     Both run as graphs (`tf.function`, as inside a `tf.data` map or a training step) after
     one warm-up call each (tracing, XLA compilation), then alternate (so a load change of the
     machine hits both alike) for at least `MIN_REPEATS` and at most `MAX_REPEATS` rounds,
-    stopping once each has used `MEASURE_BUDGET_S`. Runs eagerly even when called while a
+    stopping once the slower has used `MEASURE_BUDGET_S`. Runs eagerly even when called while a
     caller is being traced (`tf.init_scope`).
 
     Returns:
@@ -263,7 +275,7 @@ def measure(kernel: DualKernel, size: int) -> dict[str, float]:
                 t0 = time.perf_counter()
                 _block(fns[impl](*args))
                 times[impl].append(time.perf_counter() - t0)
-            if r + 1 >= MIN_REPEATS and all(sum(t) >= MEASURE_BUDGET_S for t in times.values()):
+            if r + 1 >= MIN_REPEATS and any(sum(t) >= MEASURE_BUDGET_S for t in times.values()):
                 break
     return {i: 1e3 * statistics.median(t) for i, t in times.items()}
 
@@ -280,6 +292,7 @@ def choose(kernel: DualKernel, size: int | None = None) -> str:
     docstring for the order. Logs each decision once per process."""
     size = kernel.default_size if size is None else int(size)
     with _LOCK:
+        _STATE.used[f"{kernel.name}@{size}"] = (kernel, size)
         wanted, source = requested()
         key = _op_key(kernel, size)
         if (key, wanted, source) in _STATE.decided:
