@@ -92,7 +92,7 @@ class DualKernel:
 class _State:
     configured: str = "auto"
     overridden: str | None = None
-    #: (op key, wanted, source) -> choice, for decisions already made (and logged) here.
+    #: (op key, wanted) -> choice, for decisions already made (and logged) in this process.
     decided: dict = dataclasses.field(default_factory=dict)
     #: "name@size" -> (kernel, size) of every pick in this process (`used`).
     used: dict = dataclasses.field(default_factory=dict)
@@ -295,8 +295,8 @@ def choose(kernel: DualKernel, size: int | None = None) -> str:
         _STATE.used[f"{kernel.name}@{size}"] = (kernel, size)
         wanted, source = requested()
         key = _op_key(kernel, size)
-        if (key, wanted, source) in _STATE.decided:
-            return _STATE.decided[key, wanted, source]
+        if (key, wanted) in _STATE.decided:
+            return _STATE.decided[key, wanted]
         path = cache_path()
         entry = read_cache(path).get(key)
         how = "cached in " + path
@@ -318,5 +318,5 @@ def choose(kernel: DualKernel, size: int | None = None) -> str:
         )
         reason = how if wanted == "auto" else f"forced by {source}={wanted}"
         logging.info("kernel %s@%d: %s -> %s (%s)", kernel.name, size, timing, choice, reason)
-        _STATE.decided[key, wanted, source] = choice
+        _STATE.decided[key, wanted] = choice
         return choice
