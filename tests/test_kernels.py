@@ -217,3 +217,32 @@ def test_area_shrink_and_stretch_implementations_agree():
     views[0, 1, ..., 2] = 0.5  # a constant channel stays as it is
     x, t = _both(zooms.MINMAX_STRETCH, tf.constant(views))
     np.testing.assert_allclose(x, t, atol=1e-6)
+
+
+def test_callers_dispatch_to_the_forced_path(cache, monkeypatch):
+    # The training input and the zoom sampler give the same values on either path.
+    monkeypatch.setattr(kernels, "measure", lambda *_: pytest.fail("a forced choice measured"))
+    rng = np.random.default_rng(4)
+    photo = tf.io.encode_png(rng.integers(0, 256, (40, 52, 3)).astype(np.uint8))
+    images = tf.constant(rng.uniform(size=(2, 48, 48, 3)).astype(np.float32))
+    points = tf.constant(rng.uniform(0, 48, (2, 4, 2)).astype(np.float32))
+    out = {}
+    for path in kernels.IMPLEMENTATIONS:
+        with kernels.override(path):
+            seed = tf.constant([3, 4], tf.int64)
+            out[path] = [
+                pipeline.augment_train_image(photo, False, 32, seed).numpy(),
+                pipeline.augment_train_image(photo, True, 32, seed).numpy(),
+            ] + [
+                zooms.zoom_views(
+                    images, points, view_size=12, reference_size=48, base_half_size=10.0,
+                    antialias=True, max_rotation_deg=rot, seed=(1, 2),
+                ).numpy()
+                for rot in (0.0, 30.0)
+            ]  # fmt: skip
+    for i, (x, t) in enumerate(zip(out["xla"], out["tf"], strict=True)):
+        np.testing.assert_allclose(x, t, atol=1e-4, err_msg=str(i))
+    assert set(kernels.used()) == {
+        "train_warp@32", "color_jitter@32", "area_shrink@4", "zoom_views@12",
+        "zoom_views_rotated@12", "minmax_stretch@12",
+    }  # fmt: skip
