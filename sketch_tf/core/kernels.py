@@ -24,8 +24,10 @@ Every decision is logged once per process (absl, INFO): the op, both timings, th
 where it came from.
 
 The choice is made when a caller is traced (a `tf.data` map, a `tf.function`), so a dataset
-or function built under one choice keeps it; both implementations give the same values to
-float tolerance (tests/test_kernels.py).
+or function built under one choice keeps it, and an exported SavedModel (the zooms describe
+signatures) keeps the choice of the machine that exported it. Both implementations give the
+same values to float tolerance (tests/test_kernels.py). Timings are taken on the CPU, where
+`tf.data` runs these ops.
 """
 
 from __future__ import annotations
