@@ -5,6 +5,7 @@ so that no test depends on how fast this machine is."""
 import json
 import logging
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -124,6 +125,21 @@ def test_corrupt_cache_is_reported_and_rebuilt(cache, monkeypatch, caplog, conte
     assert doc["format"] == kernels.CACHE_FORMAT and list(doc["entries"]) == [
         f"{kernels.machine_key()} | toy@8"
     ]
+
+
+def test_a_process_measuring_makes_the_others_wait_for_its_entry(cache, monkeypatch):
+    # Another process holds the lock while it measures; this one waits, then takes its entry.
+    calls = _inject(monkeypatch, xla_ms=1.0, tf_ms=2.0)
+    key = f"{kernels.machine_key()} | toy@8"
+    got = []
+    with kernels._file_lock(str(cache) + ".lock"):
+        worker = threading.Thread(target=lambda: got.append(kernels.choose(_toy())))
+        worker.start()
+        worker.join(0.3)  # blocked on the lock (or not yet started: same outcome)
+        assert not got
+        kernels._write_cache(str(cache), key, {"xla_ms": 5.0, "tf_ms": 1.0, "choice": "tf"})
+    worker.join()
+    assert got == ["tf"] and calls == []
 
 
 def test_unwritable_cache_is_not_fatal(tmp_path, monkeypatch, caplog):

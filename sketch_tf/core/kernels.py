@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -253,6 +254,24 @@ def _write_cache(path: str, key: str, entry: dict) -> None:
         logging.warning("kernel cache %s cannot be written (%s): measured again next time", path, e)
 
 
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if needed) for the block; without one when the
+    file cannot be opened (an unwritable cache folder: nothing is shared then anyway)."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 (held for the block)
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def measure(kernel: DualKernel, size: int) -> dict[str, float]:
     """Median milliseconds per call of each implementation on `kernel.example(size)`.
 
@@ -304,17 +323,19 @@ def choose(kernel: DualKernel, size: int | None = None) -> str:
         entry = read_cache(path).get(key)
         how = "cached in " + path
         if wanted == "auto" and entry is None:
-            ms = measure(kernel, size)
-            entry = {
-                "xla_ms": round(ms["xla"], 4),
-                "tf_ms": round(ms["tf"], 4),
-                "choice": min(IMPLEMENTATIONS, key=lambda i: ms[i]),
-            }
-            # Another process may have measured meanwhile: keep its decision, so that all
-            # processes of one machine use the same kernels.
-            entry = read_cache(path).get(key) or entry
-            _write_cache(path, key, entry)
-            how = "measured now, written to " + path
+            # One process measures, the others wait for its entry: all processes of a
+            # machine (workers of one job, a test and its subprocesses) use the same kernels.
+            with _file_lock(path + ".lock"):
+                entry = read_cache(path).get(key)
+                if entry is None:
+                    ms = measure(kernel, size)
+                    entry = {
+                        "xla_ms": round(ms["xla"], 4),
+                        "tf_ms": round(ms["tf"], 4),
+                        "choice": min(IMPLEMENTATIONS, key=lambda i: ms[i]),
+                    }
+                    _write_cache(path, key, entry)
+                    how = "measured now, written to " + path
         choice = entry["choice"] if wanted == "auto" else wanted
         timing = (
             f"xla {entry['xla_ms']:.3g} ms, tf {entry['tf_ms']:.3g} ms" if entry else "not measured"
