@@ -23,6 +23,11 @@ images in the same layout. Ours and the baseline alternate `--repeats` times in 
     PYTHONPATH=. python bench/input_bench.py [--batch 32 --batches 20 --repeats 3]
 
 Last line: {"tfrecord_per_s", "baseline_per_s", "ratio_vs_pil", ...} (triplets per second).
+Ours runs once per kernel path (`sketch_tf.core.kernels`) in every repeat: all XLA-compiled
+(`triplets_per_s_xla`), all plain TF ops (`triplets_per_s_tf`), and the per-machine choice
+(`chosen`, `chosen_kernels`; timed on its own only when it mixes the two).
+`tfrecord_per_s` and `ratio_vs_pil` are the chosen path's; `ratio_chosen_vs_other` is the
+chosen path over the faster other one (>= 1 when the choice is right on this machine).
 
 Measured (2 shared cores, `--batch 16 --batches 8 --repeats 3`, PACS, machine loaded by other
 engineers' jobs; medians, ratio of medians):
@@ -58,6 +63,8 @@ import numpy as np  # noqa: E402
 from bench_args import cpu_description  # noqa: E402
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter  # noqa: E402
 
+from sketch_tf.core import kernels  # noqa: E402
+from sketch_tf.data import pipeline  # noqa: E402
 from sketch_tf.data.sources import prepare  # noqa: E402
 from sketch_tf.families.zs_sbir import data as zs_data  # noqa: E402
 from sketch_tf.paths import shared_data_dir  # noqa: E402
@@ -162,9 +169,11 @@ def baseline(root: Path, batch: int, batches: int, seed: int = 0) -> float:
     return batch * batches / (time.perf_counter() - t0)
 
 
-def ours(ds_dir: Path, batch: int, batches: int) -> float:
-    """Triplets/s of zs_sbir.data.triplet_batches over the TFRecords (after 2 warm-up batches)."""
-    ds = zs_data.triplet_batches(ds_dir, batch, SIZE, seed=0, training=True)
+def ours(ds_dir: Path, batch: int, batches: int, path: str) -> float:
+    """Triplets/s of zs_sbir.data.triplet_batches over the TFRecords (after 2 warm-up batches)
+    with the kernels of `path` ("xla", "tf", or "auto": the per-machine choice)."""
+    with kernels.override(path):  # the dataset's map functions are traced here
+        ds = zs_data.triplet_batches(ds_dir, batch, SIZE, seed=0, training=True)
     it = iter(ds)
     for _ in range(2):
         next(it)
@@ -191,14 +200,27 @@ def main():
         t0 = time.perf_counter()
         prepare("folders", root, tmp / "tfr", domains=["sketch", "photo"])
         prep_s = time.perf_counter() - t0
+        with kernels.override("auto"):
+            chosen = {
+                f"{k.name}@{SIZE}": kernels.choose(k, SIZE)
+                for k in (pipeline.WARP, pipeline.COLOR_JITTER)
+            }
+        # The chosen kernels are one of the two pure paths, or a mix timed on its own.
+        paths = ["xla", "tf"] + (["auto"] if len(set(chosen.values())) > 1 else [])
         load_before = os.getloadavg()
-        tf_runs, pil_runs = [], []
-        for _ in range(args.repeats):  # interleaved, so both see the same machine load
-            tf_runs.append(ours(tmp / "tfr", args.batch, args.batches))
+        runs: dict[str, list[float]] = {p: [] for p in paths}
+        pil_runs = []
+        for _ in range(args.repeats):  # interleaved, so all see the same machine load
+            for p in paths:
+                runs[p].append(ours(tmp / "tfr", args.batch, args.batches, p))
             pil_runs.append(baseline(root, args.batch, args.batches, seed=len(pil_runs)))
         load_after = os.getloadavg()
-    tf_rate, pil_rate = float(np.median(tf_runs)), float(np.median(pil_runs))
+    chosen_path = "auto" if "auto" in paths else next(iter(chosen.values()))
+    tf_runs = runs[chosen_path]
+    rate = {p: float(np.median(r)) for p, r in runs.items()}
+    tf_rate, pil_rate = rate[chosen_path], float(np.median(pil_runs))
     ratios = [a / b for a, b in zip(tf_runs, pil_runs, strict=True)]
+    other = max(rate[p] for p in ("xla", "tf") if p != chosen_path)
     print(
         json.dumps(
             {
@@ -212,8 +234,17 @@ def main():
                 "tfrecord_per_s": round(tf_rate, 1),
                 "baseline_per_s": round(pil_rate, 1),
                 "ratio_vs_pil": round(tf_rate / pil_rate, 2),
+                "chosen": "mixed" if chosen_path == "auto" else chosen_path,
+                "chosen_kernels": chosen,
+                "triplets_per_s_xla": round(rate["xla"], 1),
+                "triplets_per_s_tf": round(rate["tf"], 1),
+                "ratio_vs_pil_xla": round(rate["xla"] / pil_rate, 2),
+                "ratio_vs_pil_tf": round(rate["tf"] / pil_rate, 2),
+                # >= 1: the chosen kernels are not slower than the best other path.
+                "ratio_chosen_vs_other": round(tf_rate / other, 3),
                 "repeats": args.repeats,
                 "tfrecord_runs": [round(r, 1) for r in tf_runs],
+                "runs_per_path": {p: [round(v, 1) for v in r] for p, r in runs.items()},
                 "baseline_runs": [round(r, 1) for r in pil_runs],
                 "ratio_runs": [round(r, 2) for r in ratios],
                 "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],

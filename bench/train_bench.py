@@ -9,6 +9,11 @@ and once repeating one batch already materialised in memory (`in_memory_examples
 compute-bound ceiling). `ratio_vs_in_memory` = pipeline / in-memory: near 1 means training is
 compute bound, well below 1 means the input pipeline is the bottleneck. The first
 `--warmup` steps (tracing, autotune) are excluded. Prints one JSON object as the last line.
+
+The pipeline runs once with each kernel path of its input ops (`sketch_tf.core.kernels`:
+`pipeline_examples_per_s_xla`, `_tf`) and, when the per-machine choice (`chosen_kernels`)
+mixes them, once more with it; `pipeline_examples_per_s` is the chosen path's and
+`ratio_chosen_vs_other` the chosen over the faster other one.
 """
 
 import json
@@ -79,8 +84,22 @@ def main(argv):
 
         prepare_synthetic(config.task, config.data.root, **config.data.synthetic.to_dict())
 
+    from sketch_tf.core import kernels
+
     task = task_cls(config)
-    pipeline_rate, pipeline_wall = _measure(task, config, _STEPS.value, _WARMUP.value)
+    # The input with each kernel path (`sketch_tf.core.kernels`), then with the per-machine
+    # choice for the kernels it used when that mixes the two (a pure choice is one of them).
+    rates, walls = {}, {}
+    for path in ("xla", "tf"):
+        with kernels.override(path):
+            rates[path], walls[path] = _measure(task, config, _STEPS.value, _WARMUP.value)
+    with kernels.override("auto"):
+        chosen = {name: kernels.choose(k, size) for name, (k, size) in kernels.used().items()}
+    path = next(iter(set(chosen.values()))) if len(set(chosen.values())) == 1 else "auto"
+    if path == "auto":
+        with kernels.override("auto"):
+            rates[path], walls[path] = _measure(task, config, _STEPS.value, _WARMUP.value)
+    pipeline_rate, pipeline_wall = rates[path], sum(walls.values())
 
     class InMemory(task_cls):
         """Same task; the dataset repeats one batch already held as tensors."""
@@ -100,6 +119,13 @@ def main(argv):
                 "batch_size": int(config.train.batch_size),
                 "steps": _STEPS.value,
                 "pipeline_examples_per_s": round(pipeline_rate, 2),
+                "pipeline_examples_per_s_xla": round(rates["xla"], 2),
+                "pipeline_examples_per_s_tf": round(rates["tf"], 2),
+                "chosen": "mixed" if path == "auto" else path,
+                "chosen_kernels": chosen,
+                "ratio_chosen_vs_other": round(
+                    pipeline_rate / max(r for p, r in rates.items() if p not in (path, "auto")), 3
+                ),
                 "in_memory_examples_per_s": round(memory_rate, 2),
                 "ratio_vs_in_memory": round(pipeline_rate / memory_rate, 3),
                 "wall_s": round(pipeline_wall + memory_wall, 1),

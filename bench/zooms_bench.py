@@ -12,6 +12,13 @@ Figures (last line, JSON):
   ``ratio_vs_per_point_rotated``: the same with a random rotation (+-45 deg) and flip per point
   (our XLA-compiled gather sampler; the baseline crops a bigger box, flips, rotates with PIL,
   crops).
+- Each of the two runs with the XLA-compiled kernels (``views_per_s_xla``,
+  ``rotated_views_per_s_xla``), the plain TF ones (``..._tf``: crop_and_resize / the gather
+  sampler as TF ops, the min-max stretch as TF ops) and the per-machine choice
+  (``sketch_tf.core.kernels``: ``chosen_views``, ``chosen_rotated_views``,
+  ``chosen_kernels``); ``views_per_s``, ``rotated_views_per_s`` and the ratios are the chosen
+  path's, ``ratio_chosen_vs_other_*`` the chosen over the faster other path (>= 1 when the
+  choice is right). Ours and the baseline alternate ``--repeats`` times; medians.
 - ``descriptors_per_s``: the shipped default (`configs/zooms.py:synthetic`: small_cnn with a
   flatten, three anti-aliased 32 px views, drawings resized to 256 px) through the inference
   path of `match.py` (`families.zooms.match.describe_image`) for `--describe_points`
@@ -51,7 +58,14 @@ import tensorflow as tf
 from bench_args import cpu_description, int_flags
 from PIL import Image
 
-from sketch_tf.data.zooms import DEFAULT_ZOOMS, zoom_views
+from sketch_tf.core import kernels
+from sketch_tf.data.zooms import (
+    DEFAULT_ZOOMS,
+    MINMAX_STRETCH,
+    VIEWS,
+    VIEWS_ROTATED,
+    zoom_views,
+)
 from sketch_tf.families.zooms.match import describe_image
 from sketch_tf.families.zooms.task import ZoomsTask
 from sketch_tf.models.zooms import build_zooms_model, describe_points
@@ -110,6 +124,12 @@ def per_point_baseline(img, pts, size, angles=None, flips=None):
             view = crop.resize((size, size), Image.BILINEAR)
             out.append(_stretch(np.asarray(view, np.float32) / 255.0))
     return np.stack(out)
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def _best_time(fn, repeats):
@@ -184,30 +204,59 @@ def main():
     }
 
     timg, tpts = tf.constant(img[None]), tf.constant(pts[None])
-    axis_fn = tf.function(lambda i, p: zoom_views(i, p, view_size=s))
-    rot_fn = tf.function(
-        lambda i, p: zoom_views(
-            i, p, view_size=s, max_rotation_deg=45.0, flip_prob=0.5, seed=(1, 2)
-        )
-    )
-    axis_fn(timg, tpts), rot_fn(timg, tpts)  # trace
-    t_ours = _best_time(lambda: axis_fn(timg, tpts).numpy(), args.repeats)
-    t_rot = _best_time(lambda: rot_fn(timg, tpts).numpy(), args.repeats)
     nb = args.baseline_points
     angles = rng.uniform(-45, 45, nb)
     flips = rng.random(nb) < 0.5
-    t_base = _best_time(lambda: per_point_baseline(img, pts[:nb], s), args.repeats)
-    t_base_rot = _best_time(
-        lambda: per_point_baseline(img, pts[:nb], s, angles, flips), args.repeats
-    )
-    res["views_per_s"] = args.points * k / t_ours
-    res["per_point_views_per_s"] = nb * k / t_base
+    figures = {
+        # figure -> (our function of (images, points) given the kernels, the baseline, kernels)
+        "views": (
+            lambda i, p: zoom_views(i, p, view_size=s),
+            lambda: per_point_baseline(img, pts[:nb], s),
+            (VIEWS, MINMAX_STRETCH),
+        ),
+        "rotated_views": (
+            lambda i, p: zoom_views(
+                i, p, view_size=s, max_rotation_deg=45.0, flip_prob=0.5, seed=(1, 2)
+            ),
+            lambda: per_point_baseline(img, pts[:nb], s, angles, flips),
+            (VIEWS_ROTATED, MINMAX_STRETCH),
+        ),
+    }
+    times: dict[tuple[str, str], list[float]] = {}
+    fns, chosen = {}, {}
+    for fig, (ours, _, kernel_set) in figures.items():
+        with kernels.override("auto"):
+            chosen[fig] = {f"{k.name}@{s}": kernels.choose(k, s) for k in kernel_set}
+        # The chosen kernels are one of the two pure paths, or a mix timed on its own.
+        paths = ["xla", "tf"] + (["auto"] if len(set(chosen[fig].values())) > 1 else [])
+        for path in paths:
+            fns[fig, path] = tf.function(ours)
+            with kernels.override(path):
+                fns[fig, path](timg, tpts)  # traced with these kernels
+    for _ in range(args.repeats):  # interleaved: every path and the baseline see the same load
+        for key, fn in fns.items():
+            times.setdefault(key, []).append(_time(lambda fn=fn: fn(timg, tpts).numpy()))
+        for fig, (_, baseline, _) in figures.items():
+            times.setdefault((fig, "baseline"), []).append(_time(baseline))
+    for fig in figures:
+        rate = {
+            path: (nb if path == "baseline" else args.points) * k / float(np.median(t))
+            for (f, path), t in times.items()
+            if f == fig
+        }
+        mixed = len(set(chosen[fig].values())) > 1
+        path = "auto" if mixed else next(iter(chosen[fig].values()))
+        other = max(rate[p] for p in ("xla", "tf") if p != path)
+        res[f"{fig}_per_s"] = rate[path]
+        res[f"{fig}_per_s_xla"], res[f"{fig}_per_s_tf"] = rate["xla"], rate["tf"]
+        res[f"chosen_{fig}"] = "mixed" if mixed else path
+        res[f"ratio_chosen_vs_other_{fig}"] = rate[path] / other
+        res[f"per_point_{fig}_per_s"] = rate["baseline"]
     res["ratio_vs_per_point"] = res["views_per_s"] / res["per_point_views_per_s"]
-    res["rotated_views_per_s"] = args.points * k / t_rot
-    res["per_point_rotated_views_per_s"] = nb * k / t_base_rot
     res["ratio_vs_per_point_rotated"] = (
         res["rotated_views_per_s"] / res["per_point_rotated_views_per_s"]
     )
+    res["chosen_kernels"] = {k: v for c in chosen.values() for k, v in c.items()}
 
     task = default_task()
     model = task.build_models()["zooms"]

@@ -91,7 +91,9 @@ def test_an_older_config_json_migrates_to_todays(family):
     old = json.loads(today.to_json())
     # Keys an older version did not write (their code fallbacks equalled the defaults),
     # whole run sections, and the old name of data.unseen_classes.
-    for key in ("train.sync_batch_norm", "train.input_sharding", "train.trainable", "init"):
+    for key in (
+        "train.sync_batch_norm", "train.input_sharding", "train.trainable", "train.kernels", "init"
+    ):  # fmt: skip
         _delete(old, key)
     if "unseen_classes" in old["data"]:
         old["data"]["unseen_categories"] = old["data"].pop("unseen_classes")

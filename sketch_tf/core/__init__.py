@@ -1,2 +1,3 @@
-"""Small mechanisms every layer may use (files, ...): this package imports nothing else of
-sketch_tf, so data/, models/, export/ and train/ can all depend on it."""
+"""Small mechanisms every layer may use (atomic files, the per-machine kernel choice): this
+package imports nothing else of sketch_tf, so data/, models/, export/ and train/ can all
+depend on it."""

@@ -23,6 +23,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core import kernels
 from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data import cache, schema, tfrecord
 
@@ -278,7 +279,15 @@ def color_jitter_factors(
 
 
 def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
-    """`color_jitter` with its draws given (`color_jitter_factors`): float32 [H, W, 3]."""
+    """`color_jitter` with its draws given (`color_jitter_factors`): float32 [H, W, 3] ->
+    the same, clipped to [0, 1]. XLA-compiled or plain TF ops, whichever is faster on this
+    machine (`COLOR_JITTER`, `sketch_tf.core.kernels`); the size key is the image side."""
+    image = tf.convert_to_tensor(image, tf.float32)
+    return COLOR_JITTER.pick(image.shape[0])(image, factors)
+
+
+def _color_jitter_ops(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """The computation of `apply_color_jitter` (both of its implementations)."""
     x = tf.image.adjust_brightness(tf.convert_to_tensor(image, tf.float32), factors[0])
     x = tf.image.adjust_contrast(x, factors[1])
     x = tf.image.adjust_saturation(x, factors[2])
@@ -328,12 +337,11 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
     The fit (sketch: keep aspect, white pad; photo: shorter side to `size`, centre crop), the
     horizontal flip (p = 0.5) and the random affine (same ranges as `random_affine`) are
     composed into one output->input projective matrix and applied with one bilinear resample
-    of the decoded uint8 image (white fill outside), XLA-compiled together with the jitter
-    (`_warp_and_jitter`). An image
-    more than 2x larger than the fit is first shrunk with an antialiased resize (so strokes
-    do not alias); otherwise the resize is folded into the warp (no antialias; the scale is
-    >= 0.5, where a bilinear sample loses little). Then sketches get `stroke_width_jitter`
-    and photos `color_jitter`, on the float result.
+    of the decoded uint8 image (white fill outside; `warp`, XLA-compiled or not per
+    machine). An image more than 2x larger than the fit is first shrunk with an antialiased
+    resize (so strokes do not alias); otherwise the resize is folded into the warp (no
+    antialias; the scale is >= 0.5, where a bilinear sample loses little). Then sketches get
+    `stroke_width_jitter` and photos `color_jitter`, on the float result.
 
     Same augmentation distribution and random draws as the per-op composition (resize,
     `random_flip`, `random_affine`, `stroke_width_jitter` / `color_jitter`) with the same seed,
@@ -388,6 +396,27 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
         size,
     )
     m = tf.linalg.matmul(fit, tf.linalg.matmul(flip_m, _mat3(aff)))
+    # The random draws stay outside any XLA kernel (see `color_jitter_factors`).
+    jitter = stroke_width_choice(s[2]) if is_sketch else color_jitter_factors(s[2])
+    out = warp(img, tf.reshape(m, [9])[:6], size)
+    if is_sketch:
+        return apply_stroke_width(out, jitter)
+    return apply_color_jitter(out, jitter)
+
+
+def warp(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
+    """The one resample of `augment_train_image`: bilinear, white outside the image.
+
+    img: uint8 [H, W, 3]; m6: float32 [6], output pixel (x, y) -> input
+    (a0 x + a1 y + a2, b0 x + b1 y + b2) in pixel indices (the convention of
+    `ImageProjectiveTransformV3`); size: the output side. Returns float32 [size, size, 3] in
+    [0, 1]. XLA-compiled (`_warp`) or `ImageProjectiveTransformV3`, whichever is faster on
+    this machine (`WARP`, `sketch_tf.core.kernels`)."""
+    return WARP.pick(size)(img, m6, size)
+
+
+def _warp_bucketed(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
+    """`warp` by the XLA kernel `_warp_xla`."""
     # White below / right of the image up to a power-of-two size (>= 64): the warp's fill is
     # white there anyway, and the XLA kernel then compiles once per size bucket, not per image
     # size of a dataset.
@@ -396,21 +425,30 @@ def augment_train_image(encoded: tf.Tensor, is_sketch: bool, size: int, seed: tf
         img, [[0, pow2_at_least(h, 64) - h], [0, pow2_at_least(w, 64) - w], [0, 0]],
         constant_values=255,
     )  # fmt: skip
-    # The random draws stay outside the XLA kernel (see `color_jitter_factors`).
-    jitter = stroke_width_choice(s[2]) if is_sketch else color_jitter_factors(s[2])
-    out = _warp_xla(padded, tf.reshape(m, [9])[:6], size)
-    if is_sketch:
-        return apply_stroke_width(out, jitter)
-    return _apply_color_jitter_xla(out, jitter)
+    return _warp_xla(padded, m6, size)
+
+
+def _warp_projective(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
+    """`warp` by `ImageProjectiveTransformV3` (plain TF: bilinear, CONSTANT white fill) on the
+    float image, so that it gives `_warp`'s values to float tolerance."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(img, tf.float32)[None] * (1.0 / 255.0),
+        transforms=tf.concat([m6, [0.0, 0.0]], 0)[None],
+        output_shape=[size, size],
+        fill_value=1.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    out.set_shape([size, size, 3])
+    return out
 
 
 def _warp(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
-    """The one resample of `augment_train_image` (XLA-compiled as `_warp_xla`).
+    """`warp` as one gather-based kernel (XLA-compiled as `_warp_xla`).
 
-    img: uint8 [H, W, 3] (white beyond the content); m6: float32 [6], output pixel (x, y) ->
-    input (a0 x + a1 y + a2, b0 x + b1 y + b2) in pixel indices (the convention of
-    `ImageProjectiveTransformV3`). Bilinear, each neighbour outside the image reads white (the
-    op's CONSTANT fill). Returns float32 [size, size, 3] in [0, 1].
+    img: uint8 [H, W, 3] (white beyond the content); m6: float32 [6] (see `warp`). Bilinear,
+    each neighbour outside the image reads white (the CONSTANT fill of
+    `ImageProjectiveTransformV3`). Returns float32 [size, size, 3] in [0, 1].
 
     The jitter that follows is a separate kernel on purpose: fused into this one, XLA would
     recompute the four gathers for every read of a pixel (the 3x3 stroke filter, the colour
@@ -440,7 +478,34 @@ def _warp(img: tf.Tensor, m6: tf.Tensor, size: int) -> tf.Tensor:
 
 
 _warp_xla = tf.function(_warp, jit_compile=True, reduce_retracing=True)
-_apply_color_jitter_xla = tf.function(apply_color_jitter, jit_compile=True, reduce_retracing=True)
+
+
+def _warp_example(size: int) -> tuple:
+    """A representative `warp` call: a 227 px photo (PACS) fitted to `size` with a small turn."""
+    rng = np.random.default_rng(0)
+    img = tf.constant(rng.integers(0, 256, (227, 227, 3), dtype=np.uint8))
+    a, s = 0.1, 227.0 / size
+    c, n = s * math.cos(a), s * math.sin(a)
+    return img, tf.constant([c, -n, 3.0, n, c, -2.0], tf.float32), size
+
+
+def _color_jitter_example(size: int) -> tuple:
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(size=(size, size, 3)).astype(np.float32))
+    return image, tf.constant([0.1, 1.1, 0.9, 0.01], tf.float32)
+
+
+#: The training resample (`warp`) and colour jitter (`apply_color_jitter`): XLA beat the TF
+#: kernels on an AVX-512 CPU (input_bench ratio_vs_pil 2.80 -> 4.00) but lost on an AVX2 one
+#: (2.72 -> 2.00, issue 26), so each machine measures both (`sketch_tf.core.kernels`).
+WARP = kernels.DualKernel("train_warp", _warp_bucketed, _warp_projective, _warp_example, 224)
+COLOR_JITTER = kernels.DualKernel(
+    "color_jitter",
+    tf.function(_color_jitter_ops, jit_compile=True, reduce_retracing=True),
+    _color_jitter_ops,
+    _color_jitter_example,
+    224,
+)
 
 
 # ---- record streams ------------------------------------------------------------------------------

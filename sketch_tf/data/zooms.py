@@ -23,7 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
+
+from sketch_tf.core import kernels
 
 #: Zoom factors of the original model (largest window first).
 DEFAULT_ZOOMS = (1.8, 1.3, 0.8)
@@ -176,6 +179,46 @@ def _views_gather(images, points, half, angle, sign, view_size):
 _views_gather_xla = tf.function(_views_gather, jit_compile=True, reduce_retracing=True)
 
 
+def _views_axis_xla(images, points, half, sign, view_size):
+    """Unrotated views (`_views_crop_and_resize`'s arguments) by the XLA gather sampler."""
+    zeros = tf.zeros(tf.shape(points)[:2], tf.float32)
+    return _views_gather_xla(images, points, half, zeros, sign, view_size)
+
+
+#: Views per representative call of the samplers and the stretch: a fixed number of view
+#: pixels, the 1,536 views of 32 px of a zooms training batch (16 pairs x 32 points x 3 zooms).
+_EXAMPLE_VIEW_PIXELS = 1536 * 32 * 32
+
+
+def _views_example(view_size: int, rotated: bool) -> tuple:
+    """Arguments of a representative sampler call for views of `view_size` px: 4 drawings of
+    256 px, enough points for `_EXAMPLE_VIEW_PIXELS`, 3 zooms of 20-90 px half-size."""
+    b, k = 4, 3
+    n = max(1, _EXAMPLE_VIEW_PIXELS // (view_size * view_size * k * b))
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(size=(b, 256, 256, 3)).astype(np.float32))
+    points = tf.constant(rng.uniform(0, 256, (b, n, 2)).astype(np.float32))
+    half = tf.constant(rng.uniform(20, 90, (b, n, k)).astype(np.float32))
+    sign = tf.constant(np.where(rng.random((b, n)) < 0.5, -1.0, 1.0).astype(np.float32))
+    if not rotated:
+        return images, points, half, sign, view_size
+    angles = tf.constant(rng.uniform(-0.8, 0.8, (b, n)).astype(np.float32))
+    return images, points, half, angles, sign, view_size
+
+
+#: The zoom sampler without rotation (XLA gather vs `tf.image.crop_and_resize`) and with it
+#: (XLA vs plain-ops gather), keyed by the view side: chosen per machine
+#: (`sketch_tf.core.kernels`; e.g. crop_and_resize wins at 32 px under an AVX2 cap, XLA at 224).
+VIEWS = kernels.DualKernel(
+    "zoom_views", _views_axis_xla, _views_crop_and_resize,
+    lambda s: _views_example(s, rotated=False), 224,
+)  # fmt: skip
+VIEWS_ROTATED = kernels.DualKernel(
+    "zoom_views_rotated", _views_gather_xla, _views_gather,
+    lambda s: _views_example(s, rotated=True), 224,
+)  # fmt: skip
+
+
 def sample_views(
     images, points, half_sizes, *, angles=None, flip=None, view_size: int = 224, method="auto"
 ) -> tf.Tensor:
@@ -188,8 +231,9 @@ def sample_views(
       angles: optional float32 [B, N] rotation in radians (counter-clockwise as displayed).
       flip: optional bool [B, N] horizontal flip about the point (applied before rotation).
       view_size: S, output side in pixels.
-      method: "auto" (= "gather"), "gather" (the XLA-compiled gather sampler; rotation and
-        flip) or "crop_and_resize" (`tf.image.crop_and_resize`; no rotation).
+      method: "auto" (the faster on this machine, `VIEWS` without `angles`, else
+        `VIEWS_ROTATED`), "gather" (the gather sampler, XLA-compiled or not per machine:
+        `VIEWS_ROTATED`) or "crop_and_resize" (`tf.image.crop_and_resize`; no rotation).
 
     Returns:
       float32 [B, N, K, S, S, 3], bilinear samples at the output pixel centres, white (1.0)
@@ -202,10 +246,13 @@ def sample_views(
     sign = tf.ones(shape) if flip is None else tf.where(tf.convert_to_tensor(flip), -1.0, 1.0)
     if method == "crop_and_resize" and angles is not None:
         raise ValueError("sample_views: method='crop_and_resize' cannot rotate; use 'gather'")
-    if method in ("gather", "auto"):
-        angles = tf.zeros(shape) if angles is None else tf.convert_to_tensor(angles, tf.float32)
-        return _views_gather_xla(images, points, half_sizes, angles, sign, int(view_size))
-    return _views_crop_and_resize(images, points, half_sizes, sign, int(view_size))
+    s = int(view_size)
+    if method == "crop_and_resize":
+        return _views_crop_and_resize(images, points, half_sizes, sign, s)
+    if method == "auto" and angles is None:
+        return VIEWS.pick(s)(images, points, half_sizes, sign, s)
+    angles = tf.zeros(shape) if angles is None else tf.convert_to_tensor(angles, tf.float32)
+    return VIEWS_ROTATED.pick(s)(images, points, half_sizes, angles, sign, s)
 
 
 def area_shrink(images, factor) -> tf.Tensor:
@@ -215,9 +262,14 @@ def area_shrink(images, factor) -> tf.Tensor:
     padded with white (1.0) at the bottom / right to a multiple of `factor`, then each
     factor x factor block is averaged: output pixel (i, j) covers source pixels
     [i f, (i + 1) f) x [j f, (j + 1) f), so a continuous point p maps to p / f exactly (corner
-    origin convention). Returns float32 [B, ceil(H / f), ceil(W / f), C].
+    origin convention). Returns float32 [B, ceil(H / f), ceil(W / f), C]. XLA-compiled or
+    plain TF ops, whichever is faster on this machine (`AREA_SHRINK`).
     """
-    images = tf.convert_to_tensor(images, tf.float32)
+    return AREA_SHRINK.pick()(tf.convert_to_tensor(images, tf.float32), factor)
+
+
+def _area_shrink_ops(images, factor) -> tf.Tensor:
+    """The computation of `area_shrink` (both of its implementations)."""
     f = tf.maximum(tf.cast(factor, tf.int32), 1)
     shape = tf.shape(images)
     b, h, w, c = shape[0], shape[1], shape[2], shape[3]
@@ -232,9 +284,15 @@ def minmax_stretch(views: tf.Tensor) -> tf.Tensor:
 
     views: float32 [..., S, S, C] with values in [0, 1]. A channel that is constant over the
     view is left unchanged (no division by zero, no NaN). Returns the same shape and dtype,
-    values clipped to [0, 1].
+    values clipped to [0, 1]. XLA-compiled or plain TF ops, whichever is faster on this
+    machine (`MINMAX_STRETCH`, keyed by the view side S).
     """
     views = tf.convert_to_tensor(views)
+    return MINMAX_STRETCH.pick(views.shape[-2])(views)
+
+
+def _minmax_stretch_ops(views: tf.Tensor) -> tf.Tensor:
+    """The computation of `minmax_stretch` (both of its implementations)."""
     shape = tf.shape(views)
     h, w, c = shape[-3], shape[-2], shape[-1]
     # Two-stage reductions (rows of [M, H, W*C], then columns of [M, W, C]): TF's CPU kernels
@@ -292,9 +350,10 @@ def zoom_views(
       seed: int [2] tensor / tuple for the stateless random draws (deterministic in
         `tf.data` and training). None with any augmentation on draws a seed from the global
         generator.
-      method: "auto" / "gather" (the XLA-compiled gather sampler, ~1.1x the speed of
-        crop_and_resize without rotation, and the only one that rotates) or
-        "crop_and_resize" (raises if rotation is requested).
+      method: "auto" (the faster sampler on this machine: `VIEWS` without rotation,
+        `VIEWS_ROTATED` with it), "gather" (the gather sampler, the only one that rotates,
+        XLA-compiled or not per machine) or "crop_and_resize" (raises if rotation is
+        requested).
       stretch: apply the per-view, per-channel min-max stretch to [0, 1] (the original
         preprocessing; constant channels are left unchanged).
       antialias: area-average the image before sampling each zoom level k, by the integer
@@ -332,12 +391,11 @@ def zoom_views(
     height = tf.cast(tf.shape(images)[1], tf.float32)
     z = tf.constant(zooms, tf.float32)
     half = base_half_size * (z[None, None, :] - u[..., None]) * (height / float(reference_size))
-    gather = method != "crop_and_resize"
     sample = dict(
-        angles=angle if gather else None,
+        angles=angle if max_rotation_deg > 0 else None,
         flip=sign < 0,
         view_size=view_size,
-        method="gather" if gather else "crop_and_resize",
+        method=method,
     )
     if not antialias:
         views = sample_views(images, points, half, **sample)
@@ -349,18 +407,41 @@ def zoom_views(
             ratio = 2.0 * base_half_size * zk * (height / float(reference_size)) / view_size
             factor = tf.maximum(tf.cast(tf.floor(ratio), tf.int32), 1)
             f = tf.cast(factor, tf.float32)
-            shrunk = _area_shrink_xla(images, factor)
+            shrunk = area_shrink(images, factor)
             per_zoom.append(sample_views(shrunk, points / f, half[..., k : k + 1] / f, **sample))
         views = tf.concat(per_zoom, axis=2)
-    return _minmax_stretch_xla(views) if stretch else views
+    return minmax_stretch(views) if stretch else views
 
 
 # XLA turns the reshape + mean of `area_shrink` into one pass (4-5x faster on a zooms training
 # batch of 16 x 256 px drawings); `factor` is a compile-time constant, one compilation per
 # factor (a zoom level).
-_area_shrink_xla = tf.function(area_shrink, jit_compile=True, reduce_retracing=True)
+_area_shrink_xla = tf.function(_area_shrink_ops, jit_compile=True, reduce_retracing=True)
 
 # XLA fuses the two reductions and the multiply-add of `minmax_stretch` into ~2 passes over the
 # views (~3x faster on CPU at 224 px, same values to ~3e-7); works eagerly, inside tf.function,
 # in a training step and inside `tf.data` maps.
-_minmax_stretch_xla = tf.function(minmax_stretch, jit_compile=True, reduce_retracing=True)
+_minmax_stretch_xla = tf.function(_minmax_stretch_ops, jit_compile=True, reduce_retracing=True)
+
+
+def _area_shrink_example(factor: int) -> tuple:
+    """A zooms training batch's drawings: 16 of 256 px, shrunk by `factor`."""
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(size=(16, 256, 256, 3)).astype(np.float32)), factor
+
+
+def _minmax_example(view_size: int) -> tuple:
+    """`_EXAMPLE_VIEW_PIXELS` of views of `view_size` px."""
+    n = max(1, _EXAMPLE_VIEW_PIXELS // (view_size * view_size))
+    rng = np.random.default_rng(0)
+    return (tf.constant(rng.uniform(size=(n, view_size, view_size, 3)).astype(np.float32)),)
+
+
+#: The area shrink (keyed by a representative factor: its factor is a tensor) and the min-max
+#: stretch (keyed by the view side), each XLA-compiled or plain per machine.
+AREA_SHRINK = kernels.DualKernel(
+    "area_shrink", _area_shrink_xla, _area_shrink_ops, _area_shrink_example, 4
+)
+MINMAX_STRETCH = kernels.DualKernel(
+    "minmax_stretch", _minmax_stretch_xla, _minmax_stretch_ops, _minmax_example, 224
+)

@@ -34,6 +34,9 @@ INPUT_SHARDING = ("auto", "file", "data")
 #: Values of `train.precision`: the Keras dtype policy the models are built under
 #: (`sketch_tf.train.precision`).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: `train.kernels`: the values of `sketch_tf.core.kernels.CHOICES` (kept TensorFlow-free here:
+#: config files import this module).
+KERNEL_CHOICES = ("auto", "xla", "tf")
 
 
 class ConfigError(ValueError):
@@ -127,6 +130,11 @@ def base_train_config() -> ml_collections.ConfigDict:
             # recent GPUs): the Keras policy the models compute in; their outputs, the
             # losses and exports stay float32 (sketch_tf/train/precision.py).
             "precision": "float32",
+            # XLA-compiled or plain-TF kernels of the input ops that have both (the training
+            # resample and colour jitter, the zoom sampler): "auto" = the faster on this
+            # machine, measured once and cached (sketch_tf.core.kernels), or "xla" / "tf".
+            # Process-wide (the kernels are the machine's, not a family's); same values.
+            "kernels": "auto",
         }
     )
 
@@ -253,6 +261,11 @@ def validate_train_config(train: ml_collections.ConfigDict) -> list[str]:
         p,
         train.input_sharding in INPUT_SHARDING,
         f"train.input_sharding must be one of {INPUT_SHARDING}, got {train.input_sharding!r}",
+    )
+    check(
+        p,
+        train.kernels in KERNEL_CHOICES,
+        f"train.kernels must be one of {KERNEL_CHOICES}, got {train.kernels!r}",
     )
     check(
         p,

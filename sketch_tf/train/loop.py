@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core import kernels
 from sketch_tf.core.files import write_atomic
 from sketch_tf.models.variables import unique_variables
 from sketch_tf.train import precision as precision_lib
@@ -490,6 +491,7 @@ def train(
         log(warning)
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    kernels.configure(train_cfg.kernels)
     folders = _prepare_workdir(config, workdir, strategy)
 
     # 2. Models and optimizer; resume from the latest checkpoint, or warm start a new run.

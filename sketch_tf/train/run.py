@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 import tensorflow as tf
 
+from sketch_tf.core import kernels
 from sketch_tf.families import get_task_class
 from sketch_tf.train import loop
 from sketch_tf.train import strategy as strategy_lib
@@ -165,6 +166,7 @@ def load_run(
             f"no checkpoint in {ckpt_dir}: train first "
             f"(python train.py --config=... --workdir={workdir})"
         )
+    kernels.configure(config.train.kernels)
     task = get_task_class(config.task)(config)
     state = loop.build_state(task, strategy)
     path = loop.restore_latest(state, ckpt_dir, for_training=False)
