@@ -38,7 +38,7 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
 
     The family's config is `configs/<family>.py:synthetic` (`:synthetic_smoke` with --smoke);
     its records are rendered from the synthetic world when absent."""
-    from sketch_tf.data.synthetic.prepare import prepare_synthetic
+    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic
     from sketch_tf.export.serving import export_run
     from sketch_tf.train.config import ConfigError, load_project_config, validate_config
     from sketch_tf.train.run import load_run, train_run
@@ -62,7 +62,8 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
         logging.info("[%s] rendering the synthetic dataset into %s", family, root)
         options = config.data.synthetic.to_dict()
         # The synthetic world's dataset kind, when it is not named like the family.
-        prepare_synthetic(options.pop("task", config.task), root, **options)
+        task = options.pop("task", config.task)
+        prepare_synthetic(task, root, workers=default_workers(), **options)
     timings["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -80,6 +80,9 @@ _TEST_FRACTION = flags.DEFINE_float(
 )
 _CATEGORIES = flags.DEFINE_list("categories", None, "Subset of categories / classes to write.")
 _N_POINTS = flags.DEFINE_integer("n_points", 64, "Synthetic zooms: points per pair.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 0, "Synthetic: processes rendering categories in parallel (0 = one per CPU)."
+)
 # real layouts
 _LAYOUT = flags.DEFINE_enum(
     "layout", "auto", ["auto", "domain_class", "class"], "folders: folder layout."
@@ -227,12 +230,14 @@ def main(argv):
         cli.fail(f"--shard_mb must be > 0, got {_SHARD_MB.value}")
     shard_bytes = _SHARD_MB.value << 20
     if _SOURCE.value == "synthetic":
+        if _WORKERS.value < 0:
+            cli.fail(f"--workers must be >= 0 (0 = one per CPU), got {_WORKERS.value}")
         if _N_PER_CATEGORY.value < 2:
             cli.fail(f"--n_per_category must be >= 2, got {_N_PER_CATEGORY.value}")
         if not 0 < _TEST_FRACTION.value < 1:
             cli.fail(f"--test_fraction must be in (0, 1), got {_TEST_FRACTION.value}")
         from sketch_tf.data.synthetic import CATEGORIES
-        from sketch_tf.data.synthetic.prepare import prepare_synthetic
+        from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic
 
         unknown = sorted(set(_CATEGORIES.value or []) - set(CATEGORIES))
         if unknown:
@@ -248,6 +253,7 @@ def main(argv):
             n_points=_N_POINTS.value,
             overwrite=_OVERWRITE.value,
             shard_bytes=shard_bytes,
+            workers=_WORKERS.value or default_workers(),
         )
         summary = {split: m.get("num_records") for split, m in manifests.items()}
     else:

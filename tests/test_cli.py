@@ -191,8 +191,8 @@ def _records_with_a_corrupt_image(folder):
     which passes the writer's check but does not decode."""
     import numpy as np
 
+    from sketch_tf.core.png import encode_png
     from sketch_tf.data import schema
-    from sketch_tf.data.images import encode_png
     from sketch_tf.data.tfrecord import ShardedWriter
 
     good = encode_png(np.zeros((8, 8, 3), np.uint8))

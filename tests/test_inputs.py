@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sketch_tf.core.png import encode_png
 from sketch_tf.data import pipeline
-from sketch_tf.data.images import encode_png
 from sketch_tf.export import inputs
 
 

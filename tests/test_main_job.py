@@ -48,7 +48,7 @@ def test_main_job_smoke(tmp_path):
 def _retrieve_from_the_main_job_runs(tmp_path, env):
     """retrieve.py on the main job's runs: the export's gallery, a records folder with a saved
     index, the style family's sketch + exemplar."""
-    from sketch_tf.data.images import encode_png
+    from sketch_tf.core.png import encode_png
     from sketch_tf.export.inputs import example_drawing
 
     query = tmp_path / "query.png"

@@ -241,7 +241,7 @@ def test_one_pixel_and_huge_images_within_a_memory_bound(tmp_path):
 
     from PIL import Image
 
-    from sketch_tf.data.images import encode_png
+    from sketch_tf.core.png import encode_png
 
     one = tf.constant(encode_png(np.zeros((1, 1, 3), np.uint8)))
     for is_sketch in (True, False):

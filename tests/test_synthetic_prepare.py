@@ -1,6 +1,8 @@
 """prepare_synthetic: determinism of the written records, layout and record contents."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,6 +31,30 @@ def sbir(tmp_path_factory):
     prepare_synthetic("zs_sbir", root / "b", **kw)
     prepare_synthetic("zs_sbir", root / "c", **{**kw, "seed": 6})
     return root
+
+
+def test_another_process_with_two_render_workers_writes_identical_bytes(sbir, tmp_path):
+    # Another process (record serialisation must not depend on per-process hashing) whose
+    # categories render in two spawned worker processes.
+    code = (
+        "from sketch_tf.data.synthetic import prepare_synthetic\n"
+        "if __name__ == '__main__':\n"
+        f"    prepare_synthetic('zs_sbir', {str(tmp_path / 'p')!r}, seed=5, image_size=48,"
+        f" n_per_category=3, categories={CATS!r}, workers=2)\n"
+    )
+    script = tmp_path / "render.py"
+    script.write_text(code)
+    subprocess.run([sys.executable, str(script)], check=True, timeout=300)
+    for split in ("train", "test"):
+        assert _shard_bytes(sbir / "a" / split) == _shard_bytes(tmp_path / "p" / split)
+    assert (sbir / "a" / "contact_sheet.png").read_bytes() == (
+        tmp_path / "p" / "contact_sheet.png"
+    ).read_bytes()
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        prepare_synthetic("zs_sbir", tmp_path / "x", workers=0)
 
 
 def test_same_seed_gives_identical_bytes(sbir):

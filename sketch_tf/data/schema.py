@@ -150,7 +150,10 @@ def _feature(spec, value) -> tf.train.Feature:
 def _serialize(spec: dict, *values) -> bytes:
     """Serialized `tf.train.Example` holding `values` under the keys of `spec`, in its order."""
     feature = {key: _feature(spec[key], value) for key, value in zip(spec, values, strict=True)}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Deterministic: map entries sorted by key. Otherwise their order follows a per-process
+    # hash, and one seed gave other record bytes in another process.
+    return example.SerializeToString(deterministic=True)
 
 
 def _check_image(name: str, image: bytes) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.data.images import encode_png
+from sketch_tf.core.png import encode_png
 from sketch_tf.export import inputs
 
 #: The `k` input of `retrieve` / `search`: how many gallery rows to return, int32 scalar.

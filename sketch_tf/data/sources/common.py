@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
-from sketch_tf.data.images import encode_png
+from sketch_tf.core.png import encode_png
 from sketch_tf.data.tfrecord import ShardedWriter
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -37,8 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sketch_tf.core.png import encode_png
 from sketch_tf.data import schema
-from sketch_tf.data.images import encode_png
 from sketch_tf.data.sources.common import (
     BadInputError,
     Converted,

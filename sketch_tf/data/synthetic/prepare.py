@@ -17,12 +17,18 @@ instance (seed, category, index) is the same shape in every task.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
-from sketch_tf.data.images import encode_png
+from sketch_tf.core.png import encode_png
 from sketch_tf.data.synthetic.categories import CATEGORIES, make_shape
 from sketch_tf.data.synthetic.correspondence import N_SEMANTIC, correspondence_pair
 from sketch_tf.data.synthetic.draw import STYLES, line_drawing, photo, stylize
@@ -76,6 +82,7 @@ def prepare_synthetic(
     min_points: int = 8,
     overwrite: bool = False,
     shard_bytes: int = 64 << 20,
+    workers: int = 1,
 ) -> dict[str, dict]:
     """Render and write one task's synthetic dataset.
 
@@ -99,13 +106,14 @@ def prepare_synthetic(
         `min_points` are redrawn (up to 5 times, then skipped and reported in the manifest).
       overwrite: replace existing datasets.
       shard_bytes: target shard size.
+      workers: processes rendering categories in parallel (`default_workers()`: one per CPU
+        this process may use); the records are written in the same order, so the bytes do
+        not depend on it. 1 renders in this process.
 
     Returns:
       {"train": manifest, "test": manifest}.
     """
     # Imported here so the NumPy renderer stays usable without TensorFlow.
-    from threadpoolctl import threadpool_limits
-
     from sketch_tf.data import schema
     from sketch_tf.data.tfrecord import ShardedWriter
 
@@ -125,12 +133,12 @@ def prepare_synthetic(
     splits = split_instances(n_per_category, test_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if int(workers) < 1:
+        raise ValueError(f"prepare_synthetic: workers must be >= 1, got {workers}")
     kind = schema.KIND_CORRESPONDENCE_PAIR if task == "zooms" else schema.KIND_LABELLED_IMAGE
-    gcode = [CATEGORIES.index(c) for c in cats]  # stable per-category seed keys
     sheet: dict[str, list[np.ndarray]] = {}
     manifests = {}
-    # Single-threaded BLAS: the renderer's small products only lose time to thread wake-ups.
-    with threadpool_limits(1):
+    with _category_mapper(min(int(workers), len(cats))) as mapper:
         for split, instances in splits.items():
             with ShardedWriter(
                 out_dir / split,
@@ -149,104 +157,164 @@ def prepare_synthetic(
                     "instances": [instances.start, instances.stop],
                     "test_fraction": test_fraction,
                 }
-                if task == "zs_sbir":
-                    _write_sbir(w, schema, cats, gcode, instances, seed, size, sheet)
-                elif task == "style":
+                if task == "style":
                     w.info["styles"] = styles
-                    _write_style(w, schema, cats, gcode, instances, seed, size, styles, sheet)
-                else:
+                n_pairs = pairs_per_category or len(instances)
+                if task == "zooms":
                     w.info.update(n_semantic=N_SEMANTIC, n_points=n_points, min_points=min_points)
-                    n_pairs = pairs_per_category or len(instances)
                     w.info["pairs_per_category"] = n_pairs
-                    _write_zooms(
-                        w, schema, cats, gcode, instances, seed, size, n_pairs, n_points,
-                        min_points, sheet,
-                    )  # fmt: skip
+                jobs = [
+                    _CategoryJob(task, cat, ci, CATEGORIES.index(cat), instances, seed, size,
+                                 tuple(styles), n_pairs, n_points, min_points)
+                    for ci, cat in enumerate(cats)
+                ]  # fmt: skip
+                for job, (items, thumbs) in zip(jobs, mapper(_render_category, jobs), strict=True):
+                    for item in items:
+                        if isinstance(item, _Skipped):
+                            w.skip(item.where, item.why)
+                        else:
+                            _write_item(w, schema, job, item)
+                    if thumbs and not sheet.get(job.cat):
+                        sheet[job.cat] = thumbs
             manifests[split] = w.manifest
     _contact_sheet([sheet[c] for c in cats if c in sheet], out_dir / "contact_sheet.png")
     return manifests
 
 
-def _write_sbir(w, schema, cats, gcode, instances, seed, size, sheet):
-    for ci, cat in enumerate(cats):
-        for inst in instances:
-            shape = make_shape(cat, _shape_rng(seed, gcode[ci], inst))
-            for domain, k in (("sketch", 0), ("photo", 1)):
-                rng = _item_rng(seed, "zs_sbir", gcode[ci], inst, k)
-                buf = render(shape, random_camera(rng), size)
-                img = line_drawing(buf, rng) if domain == "sketch" else photo(buf, rng)
-                rec = schema.encode_labelled_image(
-                    encode_png(img), ci, cat, domain, instance_id=f"{cat}/{inst:05d}"
-                )
-                w.write(rec, class_id=ci, class_name=cat, domain=domain)
-                if len(sheet.setdefault(cat, [])) < 2:
-                    sheet[cat].append(img)
+def default_workers() -> int:
+    """Processes for `prepare_synthetic(workers=...)`: the CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _write_style(w, schema, cats, gcode, instances, seed, size, styles, sheet):
-    for ci, cat in enumerate(cats):
-        for inst in instances:
-            shape = make_shape(cat, _shape_rng(seed, gcode[ci], inst))
-            iid = f"{cat}/{inst:05d}"
-            rng = _item_rng(seed, "style", gcode[ci], inst, 0)
-            img = line_drawing(render(shape, random_camera(rng), size), rng)
-            rec = schema.encode_labelled_image(encode_png(img), ci, cat, "sketch", instance_id=iid)
-            w.write(rec, class_id=ci, class_name=cat, domain="sketch")
-            row = sheet.setdefault(cat, [])
-            if len(row) == 0:
-                row.append(img)
-            for si, style in enumerate(styles):
-                rng = _item_rng(seed, "style", gcode[ci], inst, 1 + STYLES.index(style))
-                img = stylize(render(shape, random_camera(rng), size), style, rng)
-                rec = schema.encode_labelled_image(
-                    encode_png(img), ci, cat, style, instance_id=iid, style_id=si, content_id=ci
-                )
-                w.write(rec, class_id=ci, class_name=cat, domain=style)
-                if len(row) < 1 + len(styles):
-                    row.append(img)
+class _CategoryJob(NamedTuple):
+    """What one category of one split renders (everything its items' seeds depend on)."""
+
+    task: str
+    cat: str
+    ci: int  # class id: index in the written categories
+    gcode: int  # stable seed key: index in CATEGORIES
+    instances: range
+    seed: int
+    size: int
+    styles: tuple[str, ...]
+    n_pairs: int
+    n_points: int
+    min_points: int
 
 
-def _write_zooms(
-    w, schema, cats, gcode, instances, seed, size, n_pairs, n_points, min_points, sheet
-):
-    skipped = 0
-    pool = list(instances)
-    for ci, cat in enumerate(cats):
-        shapes = {i: make_shape(cat, _shape_rng(seed, gcode[ci], i)) for i in pool}
-        for k in range(n_pairs):
-            for attempt in range(5):
-                rng = _item_rng(seed, "zooms", gcode[ci], k + 1000 * pool[0], attempt)
-                ia = pool[k % len(pool)]
-                # Two instances when possible; the last attempt falls back to two views of one
-                # instance (variants such as round / square tables share no parts).
-                others = [i for i in pool if i != ia]
-                ib = others[int(rng.integers(len(others)))] if others and attempt < 4 else ia
-                pair = correspondence_pair(
-                    cat, rng, size, n_points, shape_a=shapes[ia], shape_b=shapes[ib]
-                )
-                if len(pair["point_ids"]) >= min_points:
-                    break
-            else:
-                skipped += 1
-                w.skip(f"{cat}/pair{k}", f"fewer than {min_points} common visible points")
-                continue
-            rec = schema.encode_correspondence_pair(
-                encode_png(pair["image_a"]),
-                encode_png(pair["image_b"]),
-                pair["points_a"],
-                pair["points_b"],
-                pair["point_ids"],
-                cat,
-                ci,
-                instance_a=f"{cat}/{ia:05d}",
-                instance_b=f"{cat}/{ib:05d}",
-                view_a=f"pair{k}/a",
-                view_b=f"pair{k}/b",
+class _Skipped(NamedTuple):
+    where: str
+    why: str
+
+
+@contextlib.contextmanager
+def _category_mapper(workers: int):
+    """`map` over categories: in this process, or ordered over `workers` spawned processes
+    (spawned, not forked: the caller may have started TensorFlow's threads; this module and
+    the renderer import no TensorFlow, so a worker starts in about a second)."""
+    if workers <= 1:
+        yield map
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield pool.map
+
+
+def _render_category(job: _CategoryJob) -> tuple[list, list[np.ndarray]]:
+    """(items in write order, contact-sheet thumbnails) of one category: rendering and PNG
+    encoding, the costly part, which a worker process runs. An item is a `_Skipped` or the
+    fields `_write_item` encodes."""
+    # Single-threaded BLAS: the renderer's small products only lose time to thread wake-ups.
+    with threadpool_limits(1):
+        if job.task == "zs_sbir":
+            return _sbir_items(job)
+        if job.task == "style":
+            return _style_items(job)
+        return _zooms_items(job)
+
+
+def _sbir_items(job: _CategoryJob):
+    items, thumbs = [], []
+    for inst in job.instances:
+        shape = make_shape(job.cat, _shape_rng(job.seed, job.gcode, inst))
+        for domain, k in (("sketch", 0), ("photo", 1)):
+            rng = _item_rng(job.seed, "zs_sbir", job.gcode, inst, k)
+            buf = render(shape, random_camera(rng), job.size)
+            img = line_drawing(buf, rng) if domain == "sketch" else photo(buf, rng)
+            items.append((encode_png(img), domain, f"{job.cat}/{inst:05d}", -1))
+            if len(thumbs) < 2:
+                thumbs.append(img)
+    return items, thumbs
+
+
+def _style_items(job: _CategoryJob):
+    items, thumbs = [], []
+    for inst in job.instances:
+        shape = make_shape(job.cat, _shape_rng(job.seed, job.gcode, inst))
+        iid = f"{job.cat}/{inst:05d}"
+        rng = _item_rng(job.seed, "style", job.gcode, inst, 0)
+        img = line_drawing(render(shape, random_camera(rng), job.size), rng)
+        items.append((encode_png(img), "sketch", iid, -1))
+        if not thumbs:
+            thumbs.append(img)
+        for si, style in enumerate(job.styles):
+            rng = _item_rng(job.seed, "style", job.gcode, inst, 1 + STYLES.index(style))
+            img = stylize(render(shape, random_camera(rng), job.size), style, rng)
+            items.append((encode_png(img), style, iid, si))
+            if len(thumbs) < 1 + len(job.styles):
+                thumbs.append(img)
+    return items, thumbs
+
+
+def _zooms_items(job: _CategoryJob):
+    items, thumbs = [], []
+    pool = list(job.instances)
+    shapes = {i: make_shape(job.cat, _shape_rng(job.seed, job.gcode, i)) for i in pool}
+    for k in range(job.n_pairs):
+        for attempt in range(5):
+            rng = _item_rng(job.seed, "zooms", job.gcode, k + 1000 * pool[0], attempt)
+            ia = pool[k % len(pool)]
+            # Two instances when possible; the last attempt falls back to two views of one
+            # instance (variants such as round / square tables share no parts).
+            others = [i for i in pool if i != ia]
+            ib = others[int(rng.integers(len(others)))] if others and attempt < 4 else ia
+            pair = correspondence_pair(
+                job.cat, rng, job.size, job.n_points, shape_a=shapes[ia], shape_b=shapes[ib]
             )
-            w.write(rec, class_id=ci, class_name=cat, domain="sketch")
-            if len(sheet.setdefault(cat, [])) < 2:
-                sheet[cat] += [_mark(pair["image_a"], pair["points_a"]),
-                               _mark(pair["image_b"], pair["points_b"])]  # fmt: skip
+            if len(pair["point_ids"]) >= job.min_points:
+                break
+        else:
+            items.append(
+                _Skipped(f"{job.cat}/pair{k}", f"fewer than {job.min_points} common visible points")
+            )
+            continue
+        items.append((k, ia, ib, encode_png(pair["image_a"]), encode_png(pair["image_b"]),
+                      pair["points_a"], pair["points_b"], pair["point_ids"]))  # fmt: skip
+        if len(thumbs) < 2:
+            thumbs += [_mark(pair["image_a"], pair["points_a"]),
+                       _mark(pair["image_b"], pair["points_b"])]  # fmt: skip
+    return items, thumbs
+
+
+def _write_item(w, schema, job: _CategoryJob, item) -> None:
+    """Encodes one rendered item of `job` as its record and writes it."""
+    if job.task == "zooms":
+        k, ia, ib, png_a, png_b, points_a, points_b, point_ids = item
+        rec = schema.encode_correspondence_pair(
+            png_a, png_b, points_a, points_b, point_ids, job.cat, job.ci,
+            instance_a=f"{job.cat}/{ia:05d}", instance_b=f"{job.cat}/{ib:05d}",
+            view_a=f"pair{k}/a", view_b=f"pair{k}/b",
+        )  # fmt: skip
+        w.write(rec, class_id=job.ci, class_name=job.cat, domain="sketch")
+        return
+    png, domain, iid, style_id = item
+    if style_id >= 0:
+        rec = schema.encode_labelled_image(
+            png, job.ci, job.cat, domain, instance_id=iid, style_id=style_id, content_id=job.ci
+        )
+    else:
+        rec = schema.encode_labelled_image(png, job.ci, job.cat, domain, instance_id=iid)
+    w.write(rec, class_id=job.ci, class_name=job.cat, domain=domain)
 
 
 def _mark(image: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.data.images import encode_png
+from sketch_tf.core.png import encode_png
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
 from sketch_tf.families import retrieval

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sketch_tf.core.png import encode_png
 from sketch_tf.data import pipeline, schema
-from sketch_tf.data.images import encode_png
 from sketch_tf.data.tfrecord import ShardedWriter
 from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir import evaluate as style_eval
