@@ -55,10 +55,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
     """This machine's fp32 matmul rate in GFLOP/s: a TensorFlow `size` x `size` `tf.matmul`
     (2 size^3 FLOPs) on the CPU, the best of `repeats` timed runs after one untimed warm-up
-    (tracing, oneDNN kernel creation). About 0.7 s per run at 200 GFLOP/s, 2.3 s at 60."""
+    (tracing, oneDNN kernel creation): on a shared machine the best run is the one least
+    slowed by other processes. About 0.7 s per run at 200 GFLOP/s, 2.3 s at 60."""
     import tensorflow as tf  # noqa: PLC0415 - only the benches that report it pay the import
 
     with tf.device("/CPU:0"):
