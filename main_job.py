@@ -9,6 +9,9 @@ SavedModel, and print one results table at the end.
 Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an ordinary run
 folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evaluate.py,
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
+SIGTERM / Ctrl-C during a family's training save its checkpoint and stop the whole job (no
+evaluation or export of the half-trained model, no later family, no results.json): it says
+where it stopped and the command that resumes, and exits with 128 + the signal number.
 """
 
 import json
@@ -69,6 +72,12 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     t0 = time.perf_counter()
     result = train_run(config, run_dir, strategy, log=logging.info)
     timings["train_s"] = time.perf_counter() - t0
+    if result.status != "completed":
+        cli.exit_interrupted(
+            result,
+            f"the main job's training of family {family!r} ({run_dir})",
+            note="Not evaluated or exported; the later families did not run.",
+        )
 
     t0 = time.perf_counter()
     run = load_run(run_dir, config)

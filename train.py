@@ -7,7 +7,8 @@
 Rerunning with the same --workdir resumes from its latest checkpoint. A multi-stage config
 (`config.stage_order`) trains its stages in order into <workdir>/<stage>/, each starting from
 the one before; a rerun skips finished stages and resumes the one it was in. SIGTERM / Ctrl-C
-save a checkpoint and exit cleanly. TensorBoard: `tensorboard --logdir=<workdir>`.
+save a checkpoint, print the command that resumes, and exit with 128 + the signal number
+(143 / 130). TensorBoard: `tensorboard --logdir=<workdir>`.
 """
 
 import sys
@@ -40,6 +41,8 @@ def main(argv):
     except (loop.NonFiniteLossError, loop.WorkdirError, loop.InputError) as e:
         logging.error("%s", e)
         sys.exit(1)
+    if result.status == "interrupted":
+        cli.exit_interrupted(result, f"training of {_WORKDIR.value}")
     print(f"{result.status} at step {result.step}; checkpoint {result.checkpoint}")
 
 

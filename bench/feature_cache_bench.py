@@ -15,7 +15,10 @@ made here (so no dataset is needed), with the same seed and batches:
   ``cache_build_s`` for this bench's images.
 Steps/s are over `--steps` steps after 2 warm-up steps (tracing), the median of `--repeats`
 runs alternating the two arms so that both see the same machine load. Last line: one JSON
-object with every figure, ``loadavg_1min`` and ``machine``.
+object with every figure, ``loadavg_1min`` and ``machine``, ``cpu_model`` and
+``matmul_gflops`` (fp32 matmul rate measured in this run, `bench_args.machine_figures`), and
+``uncached_fraction_of_matmul``: uncached steps/s x the towers' forward FLOPs per step
+(`sketch_tf.models.flops.flops_per_example`) over that rate.
 
 Measured: see README.md ("Benchmarks").
 """
@@ -32,10 +35,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
-from bench_args import cpu_description  # noqa: E402
+from bench_args import cpu_description, fraction_of_matmul, machine_figures  # noqa: E402
 
 from sketch_tf.data.synthetic.prepare import prepare_synthetic  # noqa: E402
 from sketch_tf.families.zs_sbir.task import ZsSbirTask  # noqa: E402
+from sketch_tf.models.flops import flops_per_example  # noqa: E402
 from sketch_tf.train import loop  # noqa: E402
 from sketch_tf.train.config import load_project_config  # noqa: E402
 from sketch_tf.train.tasks import LossContext  # noqa: E402
@@ -101,7 +105,17 @@ def main():
             runs[name].append(_steps_per_s(task, state, iterator, args.steps))
     cached_rate = statistics.median(runs["cached"])
     uncached_rate = statistics.median(runs["uncached"])
+    machine = machine_figures()
+    # An uncached step runs the towers forward on its sketches and 2 x batch photos (the
+    # frozen trunks are nearly all of it; the heads' backward is not counted).
+    models = arms[False][1].models
+    sketch, photo = (models.get(f"{k}_tower", models.get("tower")) for k in ("sketch", "photo"))
+    step_flops = args.batch * (flops_per_example(sketch) + 2 * flops_per_example(photo))
     result = {
+        **machine,
+        "uncached_fraction_of_matmul": fraction_of_matmul(
+            uncached_rate * step_flops, machine["matmul_gflops"]
+        ),
         "cached_steps_per_s": round(cached_rate, 2),
         "uncached_steps_per_s": round(uncached_rate, 3),
         "ratio_vs_uncached": round(cached_rate / uncached_rate, 1),

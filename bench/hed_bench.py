@@ -13,7 +13,11 @@ alternating within each run so that both see the same machine load:
 - ``trunk_features_per_s``: ``build_backbone("vgg16_hed", S, cut="block5", pooling="")``,
   the [B, S/16, S/16, 512] block5 feature maps the CPU recipe caches once per image.
 Last line: one JSON object with both rates (images/s), every run, ``loadavg_1min`` (this
-machine is shared, so compare figures taken under load by ratio) and ``machine``.
+machine is shared, so compare figures taken under load by ratio) and ``machine``; also
+``cpu_model`` and ``matmul_gflops`` (the fp32 matmul rate measured in this run,
+`bench_args.machine_figures`) and ``hed_edge_maps_fraction_of_matmul`` /
+``trunk_features_fraction_of_matmul``: images/s x FLOPs per image
+(`sketch_tf.models.flops.count_flops`) over that rate.
 
 Measured (`--repeats 5`, 2-core AMD EPYC x86_64 VM with AVX-512, shared: load 4.6 -> 5.8
 from other engineers' jobs): hed_edge_maps_per_s 2.45 (runs 1.86 .. 3.4), trunk_features_per_s
@@ -34,13 +38,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_args import cpu_description  # noqa: E402
+from bench_args import cpu_description, fraction_of_matmul, machine_figures  # noqa: E402
 
 from sketch_tf.models.backbones import (  # noqa: E402
     HED_INSTALL_HINT,
     CaffePreprocess,
     build_backbone,
 )
+from sketch_tf.models.flops import count_flops  # noqa: E402
 
 
 def _rates(fns, x, batches: int, repeats: int) -> list[list[float]]:
@@ -85,9 +90,20 @@ def main() -> None:
     assert tuple(edge_maps(x).shape) == (args.batch, args.size, args.size, 1)
 
     hed_runs, trunk_runs = _rates([edge_maps, features], x, args.batches, args.repeats)
+    machine = machine_figures()
+    one_image = tf.TensorSpec([1, args.size, args.size, 3], tf.float32)
+    fractions = {
+        f"{name}_fraction_of_matmul": fraction_of_matmul(
+            statistics.median(runs) * count_flops(fn, one_image), machine["matmul_gflops"]
+        )
+        for name, fn, runs in (("hed_edge_maps", edge_maps, hed_runs),
+                               ("trunk_features", features, trunk_runs))
+    }  # fmt: skip
     print(
         json.dumps(
             {
+                **machine,
+                **fractions,
                 "size": args.size,
                 "batch": args.batch,
                 "hed_edge_maps_per_s": round(statistics.median(hed_runs), 2),

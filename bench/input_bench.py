@@ -60,7 +60,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from bench_args import cpu_description  # noqa: E402
+from bench_args import cpu_description, machine_figures  # noqa: E402
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter  # noqa: E402
 
 from sketch_tf.core import kernels  # noqa: E402
@@ -230,6 +230,7 @@ def main():
                 "batches": args.batches,
                 "cpu_count": os.cpu_count(),
                 "cpu": cpu_description(),
+                **machine_figures(),
                 "prepare_s": round(prep_s, 2),
                 "tfrecord_per_s": round(tf_rate, 1),
                 "baseline_per_s": round(pil_rate, 1),

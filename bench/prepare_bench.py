@@ -12,7 +12,7 @@ processes (a few seconds, each worker imports TensorFlow) and the final commit s
     PYTHONPATH=. python bench/prepare_bench.py [--drawings 12000 --classes 6 --size 256]
 
 Last line: {"single_process_records_per_s", "beam_direct_2_workers_records_per_s",
-"ratio_vs_single_process" (beam / single), "records", "cpu", ...}.
+"ratio_vs_single_process" (beam / single), "records", "cpu", "cpu_model", "matmul_gflops", ...}.
 
 Measured (2-core AMD EPYC, AVX-512, load 0.5-1.4, size 256, one run each):
 - default (12,000 drawings): single 260.0/s (46.2 s), Beam 374.0/s (32.1 s), ratio 1.44;
@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from bench_args import cpu_description, int_flags  # noqa: E402
+from bench_args import cpu_description, int_flags, machine_figures  # noqa: E402
 
 from sketch_tf.data.beam import prepare_beam  # noqa: E402
 from sketch_tf.data.sources import prepare  # noqa: E402
@@ -88,6 +88,7 @@ def main():
                 "size": args.size,
                 "cpu_count": os.cpu_count(),
                 "cpu": cpu_description(),
+                **machine_figures(),
                 "single_process_s": round(single_s, 2),
                 "beam_direct_2_workers_s": round(beam_s, 2),
                 "single_process_records_per_s": round(single_rate, 1),

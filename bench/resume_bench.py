@@ -21,7 +21,7 @@ and ``replay`` at both steps; ``growth_saved`` and ``growth_replay`` = time at t
 / time at the early step (1.0 = does not grow with the step; the target for ``saved``);
 ``ratio_vs_replay`` = replay / saved time at the late step (higher is better);
 ``checkpoint_mb_with_input`` / ``checkpoint_mb_without_input`` (one checkpoint's files);
-``cpu``.
+``cpu``, ``cpu_model`` and ``matmul_gflops`` (`bench_args.machine_figures`).
 """
 
 import glob
@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_args import cpu_description, int_flags  # noqa: E402
+from bench_args import cpu_description, int_flags, machine_figures  # noqa: E402
 
 
 def _checkpoint_mb(ckpt_dir: str, step: int) -> float:
@@ -141,6 +141,7 @@ def main():
     figures["ratio_vs_replay"] = round(figures[f"first_step_s_replay_{late}"]
                                        / figures[f"first_step_s_saved_{late}"], 3)  # fmt: skip
     figures["cpu"] = cpu_description()
+    figures.update(machine_figures())
     print(json.dumps(figures))
 
 

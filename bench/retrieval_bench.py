@@ -60,7 +60,10 @@ by request; every method is warmed up (first trace) on ``--warmup`` other querie
   ``ivf_nlist_<n>``, ``ivf_nprobe_<n>``, ``ivf_train_s_<n>`` (k-means), ``ivf_add_s_<n>``.
 * ``latency``: the workload; ``faiss_threads``: faiss's OpenMP threads (``--faiss_threads``,
   0: faiss's default, one per core); ``peak_rss_mb``: peak RSS of the process; ``cpu``: the
-  machine (`bench_args.cpu_description`).
+  machine (`bench_args.cpu_description`); ``cpu_model`` and ``matmul_gflops``: the CPU and its
+  fp32 matmul rate measured in this run (`bench_args.machine_figures`);
+  ``exact_search_fraction_of_matmul`` / ``faiss_flat_search_fraction_of_matmul``: the batch
+  search's FLOP rate (2 x gallery x search_dim per query) over that matmul rate.
 
 On a shared machine the figures move with the load of other processes, faiss's most: its
 OpenMP region (one per search, even of one query) waits whole scheduler slices for a thread
@@ -78,7 +81,7 @@ import tempfile
 import time
 
 import numpy as np
-from bench_args import cpu_description
+from bench_args import cpu_description, fraction_of_matmul, machine_figures
 from sklearn.metrics import average_precision_score
 
 from sketch_tf.eval.retrieval import retrieval_metrics, similarity
@@ -410,6 +413,13 @@ def main():
     latency(args, rng, figures)
     figures["peak_rss_mb"] = _peak_rss_mb()
     figures["cpu"] = cpu_description()
+    figures.update(machine_figures())
+    # A batch search is one [Q, D] x [D, N] product: 2 N D FLOPs per query (the selection
+    # and faiss's norms add O(N) per query).
+    flops_per_query = 2 * args.gallery * args.search_dim
+    for name in ("exact_search", "faiss_flat_search"):
+        rate = figures[f"{name}_queries_per_s"] * flops_per_query
+        figures[f"{name}_fraction_of_matmul"] = fraction_of_matmul(rate, figures["matmul_gflops"])
     _log(f"total {time.perf_counter() - t:.1f} s")
     print(json.dumps(figures))
 

@@ -22,7 +22,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_args import cpu_description  # noqa: E402
+from bench_args import cpu_description, machine_figures  # noqa: E402
 
 from sketch_tf.data.synthetic import (  # noqa: E402
     CATEGORIES,
@@ -79,6 +79,7 @@ def main():
     out["loadavg_1min"] = round((load0 + os.getloadavg()[0]) / 2, 2)
     out["cpu_count"] = os.cpu_count()
     out["cpu"] = cpu_description()
+    out.update(machine_figures())
     print(json.dumps(out))
 
 

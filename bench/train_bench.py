@@ -8,7 +8,12 @@ default strategy: once reading the task's real `tf.data` pipeline (`pipeline_exa
 and once repeating one batch already materialised in memory (`in_memory_examples_per_s`, the
 compute-bound ceiling). `ratio_vs_in_memory` = pipeline / in-memory: near 1 means training is
 compute bound, well below 1 means the input pipeline is the bottleneck. The first
-`--warmup` steps (tracing, autotune) are excluded. Prints one JSON object as the last line.
+`--warmup` steps (tracing, autotune) are excluded. Prints one JSON object as the last line,
+with `cpu_model` and `matmul_gflops` (the fp32 matmul rate measured in this run,
+`bench_args.machine_figures`), `train_flops_per_example` (3 x the forward FLOPs of the
+task's losses on one batch, `sketch_tf.models.flops`; an upper bound where a frozen trunk has
+no backward) and `in_memory_fraction_of_matmul` / `pipeline_fraction_of_matmul`: examples/s x
+that over the matmul rate.
 
 The pipeline runs once with each kernel path of its input ops (`sketch_tf.core.kernels`:
 `pipeline_examples_per_s_xla`, `_tf`) and, when the per-machine choice (`chosen_kernels`)
@@ -26,7 +31,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_args import cpu_description  # noqa: E402
+from bench_args import cpu_description, fraction_of_matmul, machine_figures  # noqa: E402
 
 from sketch_tf import cli  # noqa: E402
 
@@ -61,6 +66,22 @@ def _measure(task, config, steps: int, warmup: int) -> float:
         raise RuntimeError("train_bench: the loop logged no throughput after the warmup")
     # Equal-length intervals: overall examples/s is the harmonic mean of interval rates.
     return len(timed) / sum(1.0 / r for r in timed), wall
+
+
+def _train_flops_per_example(task, batch_size: int) -> float:
+    """`TRAIN_STEP_FACTOR` x the forward FLOPs of `task.compute_losses` on one batch of the
+    task's input, per example."""
+    import tensorflow as tf
+
+    from sketch_tf.models.flops import TRAIN_STEP_FACTOR, count_flops
+    from sketch_tf.train.tasks import LossContext
+
+    models = task.build_models()
+    batch = next(iter(task.build_train_dataset(batch_size, 0, models=models)))
+    ctx = LossContext(global_batch_size=batch_size, num_replicas=1)
+    specs = tf.nest.map_structure(tf.TensorSpec.from_tensor, batch)
+    forward = count_flops(lambda b: task.compute_losses(models, b, ctx)["total"], specs)
+    return TRAIN_STEP_FACTOR * forward / batch_size
 
 
 def main(argv):
@@ -111,9 +132,20 @@ def main(argv):
 
     memory_rate, memory_wall = _measure(InMemory(config), config, _STEPS.value, _WARMUP.value)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    batch_size = int(config.train.batch_size)
+    flops = _train_flops_per_example(task, batch_size)
+    machine = machine_figures()
     print(
         json.dumps(
             {
+                **machine,
+                "train_flops_per_example": round(flops),
+                **{
+                    f"{name}_fraction_of_matmul": fraction_of_matmul(
+                        rate * flops, machine["matmul_gflops"]
+                    )
+                    for name, rate in (("pipeline", pipeline_rate), ("in_memory", memory_rate))
+                },
                 "task": config.task,
                 "backbone": config.model.get("backbone", None),
                 "batch_size": int(config.train.batch_size),

@@ -45,6 +45,10 @@ After XLA-compiling the gather sampler (now also the unrotated path) and the are
   included on both sides; ``densenet121_images_per_s`` (our `densenet121` backbone, 224 px,
   batches of 8, inference) against ``densenet121_images_per_s_torch``
   (``densenet121_ratio_vs_torch``).
+- ``cpu_model``, ``matmul_gflops``: the CPU and its fp32 matmul rate, measured in this run
+  (`bench_args.machine_figures`); ``descriptors_fraction_of_matmul`` and
+  ``descriptors_alexnet224_fraction_of_matmul``: descriptors/s x the network's FLOPs per
+  descriptor (K views, `sketch_tf.models.flops.flops_per_example`) over that rate.
 The sketch is ``sketchzooms_examples/1_img.png`` from the shared data when present, otherwise
 a procedurally drawn one.
 """
@@ -55,7 +59,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from bench_args import cpu_description, int_flags
+from bench_args import cpu_description, fraction_of_matmul, int_flags, machine_figures
 from PIL import Image
 
 from sketch_tf.core import kernels
@@ -68,6 +72,7 @@ from sketch_tf.data.zooms import (
 )
 from sketch_tf.families.zooms.match import describe_image
 from sketch_tf.families.zooms.task import ZoomsTask
+from sketch_tf.models.flops import flops_per_example
 from sketch_tf.models.zooms import build_zooms_model, describe_points
 from sketch_tf.paths import shared_data_dir
 from sketch_tf.train.config import load_project_config
@@ -274,6 +279,14 @@ def main():
     if args.alexnet_points > 0 or args.densenet_batch > 0:
         res.update(torch_figures(img, dpts[: args.alexnet_points], args, res))
     res["cpu"] = cpu_description()
+    res.update(machine_figures())
+    # The networks' share of the descriptor rates (zoom extraction and resizing count 0).
+    nets = {"descriptors": model}
+    if args.alexnet_points > 0:
+        nets["descriptors_alexnet224"] = alex
+    for name, net in nets.items():
+        rate = res[name.replace("descriptors", "descriptors_per_s")] * flops_per_example(net)
+        res[f"{name}_fraction_of_matmul"] = fraction_of_matmul(rate, res["matmul_gflops"])
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}))
 
 

@@ -8,6 +8,8 @@ else below takes plain values.
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 
 import ml_collections
@@ -85,6 +87,26 @@ def fail(message: str) -> None:
     """Prints `message` and exits with status 2 (bad flags/config: nothing was written)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(EXIT_BAD_CONFIG)
+
+
+def exit_interrupted(result, what: str, note: str = "") -> None:
+    """Ends a script whose training was stopped by a signal (`result`: the `loop.TrainResult`
+    with status `interrupted`): says on stderr what stopped, where, and the command that
+    resumes it (this script's own command line: a rerun resumes from the checkpoint), and
+    exits with 128 + the signal number (130 Ctrl-C, 143 SIGTERM), the status of a process
+    the signal killed, so that a caller or scheduler sees it did not finish. `note` (what
+    was skipped) follows the first line."""
+    sig = result.stop_signal
+    name = signal.Signals(sig).name if sig else "stop request"
+    command = shlex.join([sys.executable, *sys.argv])
+    print(
+        f"interrupted by {name}: {what} stopped at step {result.step} "
+        f"(checkpoint {result.checkpoint}).{' ' + note if note else ''}\n"
+        f"Resume with:\n  {command}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(128 + sig if sig else 1)
 
 
 def validated_config(

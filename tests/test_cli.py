@@ -3,6 +3,8 @@ run goes through train.py, evaluate.py and export.py end to end."""
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -119,16 +121,17 @@ def test_help_runs(script):
     assert "--workdir" in proc.stdout
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143_with_the_resume_command(tmp_path):
     import signal
 
     import tensorflow as tf
 
     workdir = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    args = ["train.py", f"--config={TINY}", "--config.train.num_steps=1000000",
+            "--config.train.checkpoint_every=1000000", f"--workdir={workdir}"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "train.py", f"--config={TINY}", "--config.train.num_steps=1000000",
-         "--config.train.checkpoint_every=1000000", f"--workdir={workdir}"],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -140,11 +143,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    assert "interrupted at step" in out
-    step = int(out.split("interrupted at step ")[1].split(";")[0])
+    # 128 + SIGTERM, as if the signal had killed it: a scheduler sees an unfinished run.
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "completed" not in out
+    match = re.search(rf"interrupted by SIGTERM: training of {re.escape(str(workdir))} "
+                      r"stopped at step (\d+) ", err)  # fmt: skip
+    assert match, err[-3000:]
+    step = int(match.group(1))
     assert 3 <= step < 1000000
     assert tf.train.latest_checkpoint(str(workdir / "ckpt")).endswith(f"ckpt-{step}")
+    # The resume command is this very command line.
+    assert f"Resume with:\n  {shlex.join([sys.executable, *args])}" in err
 
 
 @requires_hed

@@ -204,3 +204,35 @@ def test_exact_top_k_with_a_tensor_k_inside_a_graph(data):
         want_s, want_i = exact_top_k(queries, gallery, k, "euclidean", gallery_chunk=256)
         np.testing.assert_array_equal(got_i.numpy(), want_i.numpy())
         np.testing.assert_allclose(got_s.numpy(), want_s.numpy())
+
+
+def _numpy_top_k(queries, gallery, k, metric):
+    """The plain reference: float64 scores, best first, equal scores in ascending index."""
+    q, g = queries.astype(np.float64), gallery.astype(np.float64)
+    if metric == "euclidean":
+        scores = -np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(-1))
+    else:
+        scores = q @ g.T
+    order = np.stack([np.lexsort((np.arange(len(g)), -row))[:k] for row in scores])
+    return np.take_along_axis(scores, order, 1), order
+
+
+@pytest.mark.parametrize("dim", [19, 32])  # padded to 32 columns, and already aligned
+@pytest.mark.parametrize("chunk", [None, 100, 1000])  # one block, plain and two-stage blocks
+@pytest.mark.parametrize("metric", ["euclidean", "inner_product"])
+def test_exact_top_k_equals_a_numpy_reference_with_ties(dim, chunk, metric):
+    # Entries in {-1, 0, 1}: every score is exact in float32 and many distinct rows score the
+    # same, so the k-th place falls inside a group of equal scores; some rows are repeated.
+    rng = np.random.default_rng(dim)
+    gallery = rng.integers(-1, 2, size=(3001, dim)).astype(np.float32)
+    gallery[2000:2100] = gallery[:100]
+    queries = rng.integers(-1, 2, size=(23, dim)).astype(np.float32)
+    queries[:3] = gallery[[5, 2050, 3000]]
+    want_s, want_i = _numpy_top_k(queries, gallery, 10, metric)
+    assert (want_s[:, -1] == want_s[:, -2]).any()  # the data does tie at the cut
+    scores, idx = exact_top_k(queries, gallery, 10, metric, gallery_chunk=chunk)
+    np.testing.assert_array_equal(idx.numpy(), want_i)
+    np.testing.assert_allclose(scores.numpy(), want_s, atol=1e-5)
+    index = GalleryIndex(dim, metric=metric, chunk_size=chunk)
+    index.add(gallery)
+    np.testing.assert_array_equal(index.search(queries, 10)[1], want_i)

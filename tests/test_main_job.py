@@ -80,3 +80,54 @@ def _retrieve_from_the_main_job_runs(tmp_path, env):
     assert proc.returncode == 2 and "another model" in proc.stderr, proc.stderr[-3000:]
     proc = retrieve(f"--export_dir={style / 'export'}", f"--exemplar={exemplar}", "--alpha=0.7")
     assert proc.returncode == 0 and "rank" in proc.stdout, proc.stderr[-3000:]
+
+
+# main_job.py with a logging handler that sends the process a real SIGTERM when the training
+# loop logs its first step: the signal lands inside training at a known step, whatever the load.
+_SIGTERM_AT_FIRST_STEP = """
+import logging, os, signal, sys
+from absl import app
+sys.argv = ["main_job.py", *sys.argv[1:]]
+import main_job
+from sketch_tf import cli
+
+class SigtermAtFirstStep(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("step 1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+logging.getLogger("absl").addHandler(SigtermAtFirstStep())
+app.run(main_job.main, flags_parser=cli.parse_flags_or_exit)
+"""
+
+
+@pytest.mark.slow
+def test_main_job_stops_when_training_is_interrupted(tmp_path):
+    import signal
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    args = ["--smoke", "--families=zooms,zs_sbir", f"--workdir={tmp_path}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_AT_FIRST_STEP, *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-4000:]
+    run = tmp_path / "zooms"
+    assert (
+        f"interrupted by SIGTERM: the main job's training of family 'zooms' ({run}) stopped "
+        f"at step 1 (checkpoint {run / 'ckpt' / 'ckpt-1'})." in proc.stderr
+    ), proc.stderr[-4000:]
+    assert "Not evaluated or exported" in proc.stderr
+    resume = f"Resume with:\n  {sys.executable} main_job.py {' '.join(args)}"
+    assert resume in proc.stderr, proc.stderr[-4000:]
+    # No evaluation, no export, no next family, no results table or results.json.
+    assert (run / "ckpt" / "ckpt-1.index").is_file()
+    assert not (run / "export").exists()
+    assert not list(run.glob("eval/metrics_*"))
+    assert not (tmp_path / "zs_sbir").exists()
+    assert not (tmp_path / "results.json").exists()
+    assert "## results" not in proc.stdout

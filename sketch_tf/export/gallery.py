@@ -169,7 +169,10 @@ class ServingGallery(tf.Module):
         self.manifest = {**manifest, "size": self.size, "metric": metric}
         self.dim = int(vectors.shape[1])
         matrix = index_lib.search_matrix(vectors, metric)
-        self.matrix = tf.Variable(matrix, trainable=False, name="matrix")
+        self.matrix = tf.Variable(matrix.rows, trainable=False, name="matrix")
+        self.bias = None  # the squared norms of a euclidean gallery (`SearchMatrix.bias`)
+        if matrix.bias is not None:
+            self.bias = tf.Variable(matrix.bias, trainable=False, name="bias")
         self.keys = tf.Variable(np.asarray(keys, dtype=object), trainable=False, name="keys")
         self.labels = tf.Variable(np.asarray(labels, dtype=object), trainable=False, name="labels")
 
@@ -190,9 +193,10 @@ class ServingGallery(tf.Module):
         check = tf.debugging.Assert(k >= 1, ["input `k`: expected a positive integer, got", k])
         with tf.control_dependencies([check]):
             used = tf.minimum(k, self.size)
-        scores, idx = index_lib.exact_top_k(
-            queries, None, used, self.metric, matrix=self.matrix.read_value()
+        matrix = index_lib.SearchMatrix(
+            self.matrix.read_value(), None if self.bias is None else self.bias.read_value()
         )
+        scores, idx = index_lib.exact_top_k(queries, None, used, self.metric, matrix=matrix)
         return {
             "keys": tf.gather(self.keys, idx),
             "labels": tf.gather(self.labels, idx),

@@ -16,8 +16,10 @@ step) go to `<workdir>/ckpt` through `tf.train.CheckpointManager`; a rerun with 
 workdir resumes from the latest one and from the input position saved with it
 (`_input_iterator`; input sharded by file replays the consumed batches instead), so an
 interrupted run continues exactly where an uninterrupted one would be (same seed,
-deterministic ops). SIGTERM / SIGINT save a checkpoint and return; a non-finite loss stops
-training without saving, leaving the last good checkpoint.
+deterministic ops). SIGTERM / SIGINT save a checkpoint and return a result with status
+`interrupted` and the signal (`TrainResult.stop_signal`): the caller must not go on as if
+training had finished. A non-finite loss stops training without saving, leaving the last
+good checkpoint.
 
 The models are built under the Keras dtype policy of `train.precision` and give float32
 outputs (`sketch_tf.train.precision`); with `mixed_float16` the step differentiates the loss
@@ -72,13 +74,16 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What `train()` did. `status` is `completed` or `interrupted`."""
+    """What `train()` did. `status` is `completed` or `interrupted`; `stop_signal` is the
+    signal number (SIGTERM, SIGINT) that interrupted it, None otherwise (completed, or
+    `stop_after_steps`)."""
 
     step: int
     status: str
     losses: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
     examples_per_s: float = 0.0
+    stop_signal: int | None = None
 
 
 def build_optimizer(train: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
@@ -472,7 +477,8 @@ def train(
       log: console progress sink.
 
     Returns:
-      TrainResult with the final step and the last logged losses.
+      TrainResult with the final step and the last logged losses; status `interrupted` and
+      `stop_signal` set when SIGTERM / SIGINT stopped it (checkpoint saved).
 
     Raises:
       NonFiniteLossError: a loss term was NaN/inf; nothing was saved for that step.
@@ -548,7 +554,7 @@ def train(
         log(f"interrupted ({why}) at step {step}; checkpoint saved: {path}")
     else:
         log(f"training finished at step {step}; checkpoint: {path}")
-    return TrainResult(step, status, progress.last_logged, path, progress.last_rate)
+    return TrainResult(step, status, progress.last_logged, path, progress.last_rate, stop.signal)
 
 
 def _check_init_fn(config: ml_collections.ConfigDict, init_fn: InitFn | None) -> None:
