@@ -68,13 +68,15 @@ def defaults() -> ml_collections.ConfigDict:
              n_points=64, seed=0)
     )  # fmt: skip
 
-    # small_cnn (3 x [conv, BN, ReLU, pool]) on 32 px views, its 4x4x128 map *flattened* like
+    # small_cnn (3 x [conv, BN, ReLU, pool]) on 32 px views, its 4x4x64 map *flattened* like
     # alexnet's (a global pool loses where in the view the strokes are: PCK@5% seen 0.287 ->
-    # 0.373), dropout -> fc 512 -> fc 128.
+    # 0.373), dropout -> fc 512 -> fc 128. Widths (16, 32, 64): 31 GFLOP per training step
+    # against 105 for (32, 64, 128), PCK@5% within seed noise; 24 px views cost 4 points on
+    # seen categories (issue 26, docs/zooms.md).
     config.model = ml_collections.ConfigDict(
         dict(backbone="small_cnn", descriptor_dim=128,
              fusion="view_max", l2_normalize=False, dropout=0.3, head="auto", head_hidden=512,
-             weights_path="", backbone_weights="", backbone_widths=(32, 64, 128),
+             weights_path="", backbone_weights="", backbone_widths=(16, 32, 64),
              backbone_pooling="flatten", backbone_cut="", backbone_freeze_blocks=0)
     )  # fmt: skip
     # The pretrained trunk instead (measured in docs/zooms.md, not the default):
