@@ -4,8 +4,9 @@ figures of machines 3x apart in speed can be compared (`fraction_of_matmul`)."""
 
 import argparse
 import os
-import platform
 import time
+
+from sketch_tf.core.machine import cpu_model
 
 
 def int_flags(description: str, **defaults: int) -> argparse.Namespace:
@@ -40,19 +41,6 @@ def cpu_description() -> str:
         + (f" (oneDNN capped at {cap})" if cap else "")
         + (f" | {os.cpu_count()} cpu")
     )
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), else what `platform` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:

@@ -47,6 +47,7 @@ import tensorflow as tf
 from absl import logging
 
 from sketch_tf.core.files import write_atomic
+from sketch_tf.core.machine import cpu_model
 
 #: The two implementations of a `DualKernel`.
 IMPLEMENTATIONS = ("xla", "tf")
@@ -168,17 +169,7 @@ def cache_path() -> str:
 def machine_key() -> str:
     """What a timing depends on besides the op: CPU model, core count, ISA caps, TF version,
     e.g. "AMD EPYC | 2 cpu | tf 2.21.0" (+ " | ONEDNN_MAX_CPU_ISA=AVX2 | xla isa AVX2")."""
-    model = "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                    break
-    except OSError:
-        pass
-    parts = [model, f"{os.cpu_count()} cpu", f"tf {tf.__version__}"]
+    parts = [cpu_model(), f"{os.cpu_count()} cpu", f"tf {tf.__version__}"]
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         parts.append(f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}")
     xla_isa = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
