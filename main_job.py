@@ -5,10 +5,18 @@ SavedModel, and print one results table at the end.
   .venv/bin/python main_job.py                          # all families, the documented CPU budget
   .venv/bin/python main_job.py --families=<family>      # one family (sketch_tf/families/)
   .venv/bin/python main_job.py --smoke                  # a minute-long end-to-end check
+  .venv/bin/python main_job.py --jobs=1                 # one family at a time, in this process
 
 Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an ordinary run
 folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evaluate.py,
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
+
+The datasets are rendered first; then `--jobs` families train, evaluate and export at once,
+each in its own process (their log lines prefixed with the family), so that one family's
+single-threaded work (tracing, saving, evaluation code) overlaps another's arithmetic on a
+2-core CPU. A family's figures do not depend on this: each runs from its own seed in a fresh
+process either way.
+
 SIGTERM / Ctrl-C during a family's training save its checkpoint and stop the whole job (no
 evaluation or export of the half-trained model, no later family, no results.json): it says
 where it stopped and the command that resumes, and exits with 128 + the signal number.
@@ -16,7 +24,13 @@ where it stopped and the command that resumes, and exits with 128 + the signal n
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from types import SimpleNamespace
 
 from absl import app, flags, logging
 
@@ -32,22 +46,31 @@ _FAMILIES = flags.DEFINE_list(
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny data and a few steps: checks the whole flow, not the model."
 )
+_JOBS = flags.DEFINE_integer(
+    "jobs",
+    0,
+    "Families trained, evaluated and exported at once, each in its own process. 0: 2 when "
+    "this process may use 2 or more CPUs, else 1. 1: one after another in this process.",
+)
+_FAMILY_RESULT = flags.DEFINE_string(
+    "family_result",
+    "",
+    "Internal (set by the main job for its family processes): run the one family of "
+    "--families and write its result as JSON to this file instead of printing a table.",
+)
 # One machine: every strategy but multi_worker.
 _STRATEGY = cli.define_strategy_flag([n for n in STRATEGY_NAMES if n != "multi_worker"])
 
+#: What an interrupted family's note says in the message that stops the job.
+_NOT_DONE = "Not evaluated or exported; the later families did not run."
 
-def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
-    """prepare -> train -> evaluate -> export for one family; returns its evaluation result.
 
-    The family's config is `configs/<family>.py:synthetic` (`:synthetic_smoke` with --smoke);
-    its records are rendered from the synthetic world when absent."""
-    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic
-    from sketch_tf.export.serving import export_run
+def family_config(family: str, workdir: str, smoke: bool):
+    """The family's `configs/<family>.py:synthetic` (`:synthetic_smoke` with --smoke),
+    validated, its records root made absolute (smoke data goes under `workdir`)."""
     from sketch_tf.train.config import ConfigError, load_project_config, validate_config
-    from sketch_tf.train.run import load_run, train_run
 
     config = load_project_config(family, "synthetic_smoke" if smoke else "synthetic")
-    run_dir = os.path.join(workdir, family)
     if smoke:
         # Keep smoke data apart from the real run's data.
         config.data.root = os.path.join(workdir, "records", f"synthetic_{family}")
@@ -55,29 +78,47 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
         validate_config(config)
     except ConfigError as e:
         cli.fail(f"configs/{family}.py: {e}")
-    timings = {}
-    root = config.data.root
-    if not os.path.isabs(root):
-        root = os.path.join(PROJECT_ROOT, root)
-        config.data.root = root
+    if not os.path.isabs(config.data.root):
+        config.data.root = os.path.join(PROJECT_ROOT, config.data.root)
+    return config
+
+
+def prepare_family(family: str, config) -> float:
+    """Renders the family's synthetic records when absent; returns the seconds it took (0
+    when they were there, e.g. rendered for another family sharing them)."""
+    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic
+
     t0 = time.perf_counter()
+    root = config.data.root
     if not os.path.isdir(os.path.join(root, "train")):
         logging.info("[%s] rendering the synthetic dataset into %s", family, root)
         options = config.data.synthetic.to_dict()
         # The synthetic world's dataset kind, when it is not named like the family.
         task = options.pop("task", config.task)
         prepare_synthetic(task, root, workers=default_workers(), **options)
-    timings["prepare_s"] = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
+
+def run_family(family: str, config, run_dir: str, strategy) -> dict:
+    """train -> evaluate -> export for one family whose records exist; returns its
+    evaluation result with "timings" (train_s, evaluate_s, export_s), "step", "task" and
+    "export", or {"interrupted": {...}} when a signal stopped its training (checkpoint
+    saved; nothing evaluated or exported)."""
+    from sketch_tf.export.serving import export_run
+    from sketch_tf.train.run import load_run, train_run
+
+    timings = {}
     t0 = time.perf_counter()
     result = train_run(config, run_dir, strategy, log=logging.info)
     timings["train_s"] = time.perf_counter() - t0
     if result.status != "completed":
-        cli.exit_interrupted(
-            result,
-            f"the main job's training of family {family!r} ({run_dir})",
-            note="Not evaluated or exported; the later families did not run.",
-        )
+        return {
+            "interrupted": {
+                "stop_signal": result.stop_signal,
+                "step": result.step,
+                "checkpoint": result.checkpoint,
+            }
+        }
 
     t0 = time.perf_counter()
     run = load_run(run_dir, config)
@@ -92,6 +133,100 @@ def run_family(family: str, workdir: str, smoke: bool, strategy) -> dict:
     evaluation["step"] = result.step
     evaluation["task"] = config.task
     return evaluation
+
+
+def default_jobs() -> int:
+    """`--jobs=0`: 2 when this process may use 2 or more CPUs, else 1. More than two
+    families at once only multiplies memory: the gain is overlapping one family's
+    single-threaded phases with another's arithmetic."""
+    from sketch_tf.data.synthetic.prepare import default_workers
+
+    return 2 if default_workers() >= 2 else 1
+
+
+class _FamilyProcesses:
+    """Runs families in child processes (`main_job.py --family_result`), at most `jobs` at
+    once, relaying their output prefixed with the family; SIGTERM / SIGINT are passed on to
+    the running children once (they stop their training at a checkpoint) and no further
+    family starts."""
+
+    def __init__(self, jobs: int, child_flags: list[str]):
+        self.jobs = jobs
+        self.child_flags = child_flags
+        self.signal: int | None = None
+        self._running: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def _handle(self, signum, frame):
+        with self._lock:
+            first = self.signal is None
+            self.signal = self.signal or signum
+            children = list(self._running.values())
+        if first:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+    def _relay(self, family: str, stream) -> None:
+        for line in stream:
+            sys.stderr.write(f"[{family}] {line}")
+            sys.stderr.flush()
+
+    def run(self, families: list[str], out_dir: str) -> dict[str, dict]:
+        """{family: its `run_family` result} for the families that ran (those not started
+        after a signal are absent). Raises RuntimeError naming a family whose process failed
+        (its output above says why)."""
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        results, failed, pending, relays = {}, [], list(families), []
+        try:
+            while pending or self._running:
+                while pending and len(self._running) < self.jobs and self.signal is None:
+                    family = pending.pop(0)
+                    path = os.path.join(out_dir, f"{family}.json")
+                    command = [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        f"--families={family}",
+                        f"--family_result={path}",
+                        "--jobs=1",
+                        *self.child_flags,
+                    ]
+                    # Its own session: a terminal's Ctrl-C reaches the child once, through us.
+                    child = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                             start_new_session=True)  # fmt: skip
+                    relay = threading.Thread(target=self._relay, args=(family, child.stdout))
+                    relay.start()
+                    relays.append(relay)
+                    with self._lock:
+                        self._running[family] = child
+                        if self.signal is not None:  # arrived while starting it
+                            child.send_signal(self.signal)
+                if self.signal is not None:
+                    pending = []
+                time.sleep(0.2)
+                for family, child in list(self._running.items()):
+                    if child.poll() is None:
+                        continue
+                    with self._lock:
+                        del self._running[family]
+                    path = os.path.join(out_dir, f"{family}.json")
+                    if os.path.isfile(path):
+                        with open(path) as f:
+                            results[family] = json.load(f)
+                    elif self.signal is None or child.returncode not in (
+                        128 + self.signal,
+                        -self.signal,
+                    ):
+                        failed.append(f"{family} (exit status {child.returncode})")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            for relay in relays:
+                relay.join()
+        if failed:
+            raise RuntimeError(f"main job: family processes failed: {', '.join(failed)}")
+        return results
 
 
 def headline_rows(results: dict) -> list[list]:
@@ -119,6 +254,27 @@ def headline_rows(results: dict) -> list[list]:
     return rows
 
 
+def _exit_if_interrupted(results: dict, workdir: str, stop_signal: int | None) -> None:
+    """Says which families a signal stopped (step, checkpoint) and the command that resumes,
+    and exits 128 + the signal; returns when none was stopped and no signal came."""
+    stopped = [(f, r["interrupted"]) for f, r in results.items() if "interrupted" in r]
+    if not stopped and stop_signal is None:
+        return
+    if not stopped:  # the signal came while no family was training: nothing half-trained
+        cli.exit_after_signal(
+            stop_signal,
+            f"interrupted by {signal.Signals(stop_signal).name}: the main job stopped with "
+            f"{sorted(results) or 'no family'} done; no results.json.",
+        )
+    for i, (family, info) in enumerate(stopped):
+        what = f"the main job's training of family {family!r} ({os.path.join(workdir, family)})"
+        result = SimpleNamespace(**info)
+        if i + 1 < len(stopped):
+            print(cli.interrupted_line(result, what), file=sys.stderr, flush=True)
+        else:
+            cli.exit_interrupted(result, what, note=_NOT_DONE)
+
+
 def main(argv):
     cli.check_args(argv)
     from sketch_tf.families import family_names
@@ -127,22 +283,65 @@ def main(argv):
     unknown = sorted(set(families) - set(family_names()))
     if unknown:
         cli.fail(f"--families: unknown {unknown}; choose from {family_names()}")
-
-    from sketch_tf.eval.report import format_result, format_table
-    from sketch_tf.train import strategy as strategy_lib
-
-    strategy = strategy_lib.build_strategy(_STRATEGY.value)
+    if _JOBS.value < 0:
+        cli.fail(f"--jobs must be >= 0, got {_JOBS.value}")
     workdir = _WORKDIR.value
+    smoke = _SMOKE.value
+    configs = {f: family_config(f, workdir, smoke) for f in families}
+
+    if _FAMILY_RESULT.value:  # a family process of a parallel main job
+        if len(families) != 1:
+            cli.fail("--family_result needs exactly one family in --families")
+        from sketch_tf.train import strategy as strategy_lib
+
+        family = families[0]
+        result = run_family(
+            family,
+            configs[family],
+            os.path.join(workdir, family),
+            strategy_lib.build_strategy(_STRATEGY.value),
+        )
+        result.pop("images", None)
+        write_atomic(_FAMILY_RESULT.value, json.dumps(result, default=str))
+        stop = result.get("interrupted", {}).get("stop_signal")
+        sys.exit(128 + stop if stop else 0)
+
     os.makedirs(workdir, exist_ok=True)
-    results = {}
-    for family in families:
-        results[family] = run_family(family, workdir, _SMOKE.value, strategy)
+    # Every dataset first (families may share one, e.g. fg_sbir and zs_sbir).
+    prepare_s = {f: prepare_family(f, configs[f]) for f in families}
+    jobs = min(_JOBS.value or default_jobs(), len(families))
+    stop_signal = None
+    if jobs == 1:
+        from sketch_tf.train import strategy as strategy_lib
+
+        strategy = strategy_lib.build_strategy(_STRATEGY.value)
+        results = {}
+        for family in families:
+            results[family] = run_family(
+                family, configs[family], os.path.join(workdir, family), strategy
+            )
+            if "interrupted" in results[family]:
+                break
+    else:
+        child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
+        child_flags += ["--smoke"] if smoke else []
+        processes = _FamilyProcesses(jobs, child_flags)
+        with tempfile.TemporaryDirectory(prefix="family-results-", dir=workdir) as out_dir:
+            try:
+                finished = processes.run(families, out_dir)
+            except RuntimeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
+        stop_signal = processes.signal
+        results = {f: finished[f] for f in families if f in finished}
+    _exit_if_interrupted(results, workdir, stop_signal)
+    for family, result in results.items():
+        result["timings"] = {"prepare_s": prepare_s[family], **result["timings"]}
 
     print("\n" + "=" * 78)
-    print(
-        "sketch_tf main job"
-        + (" (smoke run: tiny data, numbers mean nothing)" if _SMOKE.value else "")
-    )
+    print("sketch_tf main job" + (" (smoke run: tiny data, numbers mean nothing)" if smoke else ""))
+    from sketch_tf.eval.report import format_result, format_table
+
     for family, result in results.items():
         print()
         print(format_result(result, title=f"## {family} (step {result['step']})"))

@@ -89,6 +89,17 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_CONFIG)
 
 
+def interrupted_line(result, what: str, note: str = "") -> str:
+    """The line saying what a signal stopped and where (`result`: anything with the
+    `loop.TrainResult` fields `stop_signal`, `step` and `checkpoint`)."""
+    sig = result.stop_signal
+    name = signal.Signals(sig).name if sig else "stop request"
+    return (
+        f"interrupted by {name}: {what} stopped at step {result.step} "
+        f"(checkpoint {result.checkpoint}).{' ' + note if note else ''}"
+    )
+
+
 def exit_interrupted(result, what: str, note: str = "") -> None:
     """Ends a script whose training was stopped by a signal (`result`: the `loop.TrainResult`
     with status `interrupted`): says on stderr what stopped, where, and the command that
@@ -96,16 +107,14 @@ def exit_interrupted(result, what: str, note: str = "") -> None:
     exits with 128 + the signal number (130 Ctrl-C, 143 SIGTERM), the status of a process
     the signal killed, so that a caller or scheduler sees it did not finish. `note` (what
     was skipped) follows the first line."""
-    sig = result.stop_signal
-    name = signal.Signals(sig).name if sig else "stop request"
+    exit_after_signal(result.stop_signal, interrupted_line(result, what, note))
+
+
+def exit_after_signal(sig: int | None, message: str) -> None:
+    """Prints `message` and the command that resumes (this script's own command line) on
+    stderr, and exits with 128 + `sig` (1 when None)."""
     command = shlex.join([sys.executable, *sys.argv])
-    print(
-        f"interrupted by {name}: {what} stopped at step {result.step} "
-        f"(checkpoint {result.checkpoint}).{' ' + note if note else ''}\n"
-        f"Resume with:\n  {command}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"{message}\nResume with:\n  {command}", file=sys.stderr, flush=True)
     sys.exit(128 + sig if sig else 1)
 
 

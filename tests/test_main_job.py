@@ -106,7 +106,9 @@ def test_main_job_stops_when_training_is_interrupted(tmp_path):
     import signal
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    args = ["--smoke", "--families=zooms,zs_sbir", f"--workdir={tmp_path}"]
+    # --jobs=1: the families one after another in this process, where the handler below
+    # sees the training loop's log (the parallel path is the next test).
+    args = ["--smoke", "--families=zooms,zs_sbir", "--jobs=1", f"--workdir={tmp_path}"]
     proc = subprocess.run(
         [sys.executable, "-c", _SIGTERM_AT_FIRST_STEP, *args],
         cwd=PROJECT_ROOT,
@@ -131,3 +133,41 @@ def test_main_job_stops_when_training_is_interrupted(tmp_path):
     assert not (tmp_path / "zs_sbir").exists()
     assert not (tmp_path / "results.json").exists()
     assert "## results" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_parallel_main_job_stops_every_family_on_sigterm(tmp_path):
+    """--jobs=2: SIGTERM to the main job reaches both family processes once; each stops its
+    training at a checkpoint (or, past training, ends), and the job exits 143 with the
+    resume command, without a results table."""
+    import signal
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    args = ["--smoke", "--families=zooms,zs_sbir", "--jobs=2", f"--workdir={tmp_path}"]
+    proc = subprocess.Popen(
+        [sys.executable, "main_job.py", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in proc.stderr:  # the families' log lines, prefixed "[family] "
+            lines.append(line)
+            if "] step 1/" in line and line.startswith(("[zooms] ", "[zs_sbir] ")):
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines += proc.stderr.readlines()
+        stdout = proc.stdout.read()
+        assert proc.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines[-60:])
+    finally:
+        proc.kill()
+    stderr = "".join(lines)
+    assert "interrupted by SIGTERM" in stderr, stderr[-4000:]
+    assert f"Resume with:\n  {sys.executable} main_job.py {' '.join(args)}" in stderr
+    checkpoints = [tmp_path / f / "ckpt" / "checkpoint" for f in ("zooms", "zs_sbir")]
+    assert any(c.is_file() for c in checkpoints), stderr[-4000:]
+    assert not (tmp_path / "results.json").exists()
+    assert "## results" not in stdout
