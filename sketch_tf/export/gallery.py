@@ -6,7 +6,9 @@
 (ties in gallery order). It is built at export time from a labelled-image records dataset
 (`export.py --gallery=RECORDS`, `gallery_rows`) by the task's `Retrieval`, and carries a
 manifest (the model that embedded it, the records, the row count) written beside the
-version as `assets.extra/gallery.json`.
+version as `assets.extra/gallery.json`. A task whose towers read cached frozen-trunk features
+(`Task.uses_feature_cache()`) embeds a gallery with its heads on the cached features of the
+folder's images (`Retrieval.gallery_embed`), the same embeddings as its full towers.
 
 Keys are the records' `source` (the image's path below the source root), or
 `<domain>/<class>/<instance_id>` when a record has none, so a result names a file a user can
@@ -24,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf import index as index_lib
-from sketch_tf.data import pipeline, schema, tfrecord
+from sketch_tf.data import cache, pipeline, schema, tfrecord
 
 MANIFEST_FILE = os.path.join("assets.extra", "gallery.json")
 
@@ -39,7 +41,7 @@ def record_key(source: bytes, domain: bytes, class_name: bytes, instance_id: byt
 
 def gallery_rows(
     records_dir: str,
-    embed: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    embed: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
     *,
     image_size: int,
     domains: list[str] | None,
@@ -50,7 +52,9 @@ def gallery_rows(
 
     Args:
       records_dir: a folder written by prepare_data.py (manifest + shards).
-      embed: preprocessed images float32 [B, S, S, 3] -> {space: float32 [B, E_space]}.
+      embed: a batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": their
+        cache keys int64 [B] (`cache.image_keys` of the encoded images)} -> {space: float32
+        [B, E_space]} (`Retrieval.gallery_embed`).
       image_size: S, as in evaluation (`data.image_size`).
 
     Returns:
@@ -66,14 +70,15 @@ def gallery_rows(
             r[schema.IMAGE], tf.equal(r[schema.DOMAIN], sketch_domain), image_size, False, None
         )
         meta = {k: r[k] for k in (schema.SOURCE, schema.DOMAIN, schema.CLASS_NAME)}
-        return img, {**meta, schema.INSTANCE_ID: r[schema.INSTANCE_ID]}
+        batch = {"image": img, "image_key": cache.image_keys(r[schema.IMAGE])}
+        return batch, {**meta, schema.INSTANCE_ID: r[schema.INSTANCE_ID]}
 
     ds = records.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
     embed_fn = tf.function(embed, reduce_retracing=True)
     parts: dict[str, list[np.ndarray]] = {}
     keys, labels, doms = [], [], []
-    for images, meta in ds:
-        for space, value in embed_fn(images).items():
+    for batch, meta in ds:
+        for space, value in embed_fn(batch).items():
             parts.setdefault(space, []).append(value.numpy().astype(np.float32))
         m = {k: v.numpy() for k, v in meta.items()}
         for i in range(len(m[schema.DOMAIN])):
@@ -110,7 +115,9 @@ def required_retrieval(task):
 
 def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
     """A records folder embedded as the task's gallery: `gallery_rows` with its retrieval's
-    `gallery_embed` over its `gallery_domains`, then its `index_vectors`.
+    `gallery_embed` of the folder (the heads on its cached trunk features when the task uses
+    feature caches, computed on first use) over its `gallery_domains`, then its
+    `index_vectors`.
 
     Returns `gallery_rows`' dict plus "vectors" float32 [N, D] (the gallery in the queries'
     space), "metric" and "domains". Raises ValueError when the task serves no retrieval.
@@ -120,7 +127,7 @@ def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
     domains = retrieval.gallery_domains()
     rows = gallery_rows(
         records_dir,
-        retrieval.gallery_embed(models),
+        retrieval.gallery_embed(models, records_dir),
         image_size=int(d.image_size),
         domains=domains,
         sketch_domain=d.sketch_domain,

@@ -51,7 +51,8 @@ class CachedTowers:
         """The cache of `tower`'s trunk over `images` (computed on first use).
 
         Args:
-          which: "train" / "test" (part of the memo key only).
+          which: "train" / "test", or "gallery <folder>" for a retrieval gallery (part of
+            the memo key only).
           role: what the tower embeds here ("sketch", "photo", "style", ...); the entry is
             `<records_dir or cache_dir>/cache/<family>_<role>_features-<digest>/`.
           spec: what besides the weights determines the features (backbone and its

@@ -185,8 +185,15 @@ class Retrieval(Protocol):
         """The record domains a gallery holds (e.g. the photos)."""
         ...
 
-    def gallery_embed(self, models: dict[str, Any]) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-        """Preprocessed gallery images float32 [B, S, S, 3] -> {space: embeddings [B, E]}."""
+    def gallery_embed(
+        self, models: dict[str, Any], records_dir: str
+    ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
+        """The embedder of the gallery images of the labelled-image folder `records_dir`: a
+        batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": their cache
+        keys int64 [B] (`sketch_tf.data.cache.image_keys` of the encoded images)} ->
+        {space: embeddings [B, E]}. A task with `uses_feature_cache()` runs only its towers'
+        heads on the cached trunk features of the folder's `gallery_domains` images (the
+        cache of that folder, computed on first use); others run the full towers."""
         ...
 
     def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:

@@ -52,10 +52,30 @@ class FgSbirRetrieval(retrieval.TestGalleryRetrieval):
         """The record domains a gallery holds: the images sketches are matched with."""
         return [self.task.config.data.image_domain]
 
-    def gallery_embed(self, models):
-        """Preprocessed gallery images float32 [B, S, S, 3] -> {"image": embeddings [B, E]}."""
-        embed = _embedder(self.task, models, "image")
-        return lambda x: {"image": embed(x)}
+    def gallery_embed(self, models, records_dir: str):
+        """A batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": int64 [B]}
+        of `records_dir` -> {"image": embeddings [B, E]}, as evaluated: with
+        `data.feature_cache` the image tower after the frozen part on the cached maps of the
+        folder's images (`FgSbirTask.gallery_caches`), else the whole image tower."""
+        task = self.task
+        if not task.uses_feature_cache():
+            embed = _embedder(task, models, "image")
+            return lambda b: {"image": embed(b["image"])}
+        caches = task.gallery_caches(models, records_dir)
+        where = f"fg_sbir gallery {records_dir}"
+        plain = caches["image"].lookup(where)
+        flipped = caches["image_flip"].lookup(where) if "image_flip" in caches else None
+        tower = fg_models.image_tower(models)
+        multi, crop = bool(task.config.eval.multi_crop), task.crop_cells()
+
+        def embed(b):
+            maps = plain(b["image_key"])
+            flips = None if flipped is None else flipped(b["image_key"])
+            return fg_models.embed_images(
+                tower, maps=maps, flipped_maps=flips, multi_crop=multi, crop_cells=crop
+            )
+
+        return lambda b: {"image": embed(b)}
 
     def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         """Gallery embeddings -> (rows of a `GalleryIndex` float32 [N, E], its metric)."""

@@ -266,12 +266,8 @@ class FgSbirTask(Task):
         memo = self.__dict__.setdefault("_caches", {})
         if which in memo:
             return memo[which]
-        d, m = self.config.data, self.config.model
+        d = self.config.data
         split = self.pairs(which)
-        trunk = fg_models.trunk_of(fg_models.sketch_tower(models))
-        if trunk.trainable_weights:
-            raise ValueError("fg_sbir: data.feature_cache: the frozen part has trainable weights")
-        size = int(d.image_size)
         flips = [False]
         if d.flip != "none" or self.config.eval.multi_crop:
             flips.append(True)
@@ -280,31 +276,59 @@ class FgSbirTask(Task):
             ("sketch", split.sketch_keys, split.sketch_bytes),
             ("image", split.image_keys, split.image_bytes),
         ):
-            drawing = self.is_drawing(role)
             # A list of bytes, not a numpy 'S' array (which drops trailing NUL bytes).
             images = tf.data.Dataset.from_tensor_slices((keys, tf.constant(blobs.tolist())))
-            for flip in flips:
-
-                def prep(e, drawing=drawing, flip=flip):
-                    x = pipeline.preprocess(e, drawing, size, False)
-                    return tf.reverse(x, axis=[1]) if flip else x
-
-                spec = {
-                    "task": "fg_sbir",
-                    "backbone": m.backbone,
-                    "backbone_weights": m.backbone_weights,
-                    "frozen_blocks": int(m.frozen_blocks),
-                    "image_size": size,
-                    "drawing": drawing,
-                    "flip": flip,
-                }
-                view = f"{role}_flip" if flip else role
-                out[view] = cache.cached_features(
-                    cache.cache_root(split.records_dir, d.cache_dir), f"fg_sbir_{view}_maps",
-                    spec, trunk, images, prep, batch_size=int(self.config.eval.batch_size),
-                    dtype="float16", log=log,
-                )  # fmt: skip
+            out.update(self._maps_caches(models, split.records_dir, role, images, flips, log))
         memo[which] = out
+        return out
+
+    def gallery_caches(self, models, records_dir: str, log=print) -> dict[str, cache.FeatureCache]:
+        """{"image" (and "image_flip" with eval.multi_crop): FeatureCache} of the frozen
+        part's maps of every `data.image_domain` image of the labelled-image folder
+        `records_dir` (a retrieval gallery), computed on first use in that folder's cache
+        (the test records' cache for the test gallery), stored as float16."""
+        memo = self.__dict__.setdefault("_caches", {})
+        which = f"gallery {os.path.abspath(records_dir)}"
+        if which not in memo:
+            images = pipeline.labelled_image_bytes(
+                records_dir, domains=[self.config.data.image_domain]
+            )
+            flips = [False, True] if self.config.eval.multi_crop else [False]
+            memo[which] = self._maps_caches(models, records_dir, "image", images, flips, log)
+        return memo[which]
+
+    def _maps_caches(self, models, records_dir, role, images, flips, log):
+        """{"<role>" / "<role>_flip": FeatureCache} of the frozen part's maps of `images`
+        ((int64 key, encoded image) pairs of the records folder `records_dir`), as `role`
+        ("sketch" / "image") images, unflipped and mirrored as `flips` says."""
+        d, m = self.config.data, self.config.model
+        trunk = fg_models.trunk_of(fg_models.sketch_tower(models))
+        if trunk.trainable_weights:
+            raise ValueError("fg_sbir: data.feature_cache: the frozen part has trainable weights")
+        size = int(d.image_size)
+        drawing = self.is_drawing(role)
+        out = {}
+        for flip in flips:
+
+            def prep(e, flip=flip):
+                x = pipeline.preprocess(e, drawing, size, False)
+                return tf.reverse(x, axis=[1]) if flip else x
+
+            spec = {
+                "task": "fg_sbir",
+                "backbone": m.backbone,
+                "backbone_weights": m.backbone_weights,
+                "frozen_blocks": int(m.frozen_blocks),
+                "image_size": size,
+                "drawing": drawing,
+                "flip": flip,
+            }
+            view = f"{role}_flip" if flip else role
+            out[view] = cache.cached_features(
+                cache.cache_root(records_dir, d.cache_dir), f"fg_sbir_{view}_maps",
+                spec, trunk, images, prep, batch_size=int(self.config.eval.batch_size),
+                dtype="float16", log=log,
+            )  # fmt: skip
         return out
 
     def precompute(self, models, log=print) -> dict[str, str]:

@@ -72,13 +72,24 @@ class StyleSbirRetrieval(retrieval.TestGalleryRetrieval):
         """The record domains a gallery holds: every style domain."""
         return list(self.task.styles())
 
-    def gallery_embed(self, models):
-        """Preprocessed gallery images float32 [B, S, S, 3] -> {"structure": [B, E], "style":
-        [B, F]} embeddings."""
-        towers = self.task.towers(models)
-        return lambda x: {
-            "structure": towers["structure_image"](x, training=False),
-            "style": towers["style"](x, training=False),
+    def gallery_embed(self, models, records_dir: str):
+        """A batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": int64 [B]}
+        of `records_dir` -> {"structure": [B, E], "style": [B, F]} embeddings: the heads on the
+        cached trunk features of the folder's images with `data.feature_cache`
+        (`StyleSbirTask.gallery_caches`), else the towers."""
+        task = self.task
+        spaces = {"structure": "structure_image", "style": "style"}
+        if not task.uses_feature_cache():
+            towers = task.towers(models)
+            return lambda b: {
+                space: towers[role](b["image"], training=False) for space, role in spaces.items()
+            }
+        caches = task.gallery_caches(models, records_dir)
+        lookups = {r: caches[r].lookup(f"style_sbir gallery {records_dir} ({r})") for r in caches}
+        heads = task.heads(models)
+        return lambda b: {
+            space: heads[role](lookups[role](b["image_key"]), training=False)
+            for space, role in spaces.items()
         }
 
     def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:

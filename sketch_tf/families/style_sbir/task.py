@@ -216,29 +216,46 @@ class StyleSbirTask(Task):
         """
         d = self.config.data
         path = self.records_dir(which)
-        towers = self._cached_towers()
         out = {}
-        for role, tower in self.towers(models).items():
-            section = self.config.model.style if role == "style" else self.config.model.structure
-            spec = {
-                "backbone": section.backbone,
-                "backbone_kwargs": section.backbone_kwargs.to_dict(),
-            }
-            is_sketch = role == "structure_sketch"
+        for role in self.towers(models):
             where, domains, classes = path, self.styles(), tuple(d.classes) or None
-            if is_sketch:
+            if role == "structure_sketch":
                 where, class_of = self.sketch_records(which)
                 domains = [d.sketch_domain]
                 names = tfrecord.read_manifest(where)["classes"]
                 classes = [names[i] for i in sorted(class_of.values())]
-            out[role] = towers.features(
-                which, role, tower, records_dir=where, cache_dir=d.cache_dir,
-                spec=spec,
-                images=pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
-                is_sketch=is_sketch, image_size=int(d.image_size),
-                batch_size=int(self.config.eval.batch_size), log=log,
-            )  # fmt: skip
+            out[role] = self._trunk_cache(models, which, role, where, domains, classes, log)
         return out
+
+    def gallery_caches(self, models, records_dir: str, log=print) -> dict:
+        """{"structure_image", "style": `cache.FeatureCache`} of the frozen trunks over every
+        image of the style domains in the labelled-image folder `records_dir` (a retrieval
+        gallery), computed on first use in that folder's cache (the test records' cache for
+        the test gallery).
+
+        Raises:
+          ValueError: a tower's trunk has trainable weights.
+        """
+        which = f"gallery {os.path.abspath(records_dir)}"
+        return {
+            role: self._trunk_cache(models, which, role, records_dir, self.styles(), None, log)
+            for role in ("structure_image", "style")
+        }
+
+    def _trunk_cache(self, models, which, role, path, domains, classes, log):
+        """The `CachedTowers.features` of the `role` tower's trunk (a role of `towers`) over
+        the images of `domains` and `classes` (None: all) in the records folder `path`."""
+        d = self.config.data
+        section = self.config.model.style if role == "style" else self.config.model.structure
+        spec = {"backbone": section.backbone, "backbone_kwargs": section.backbone_kwargs.to_dict()}
+        is_sketch = role == "structure_sketch"
+        return self._cached_towers().features(
+            which, role, self.towers(models)[role], records_dir=path, cache_dir=d.cache_dir,
+            spec=spec,
+            images=pipeline.labelled_image_bytes(path, domains=domains, classes=classes),
+            is_sketch=is_sketch, image_size=int(d.image_size),
+            batch_size=int(self.config.eval.batch_size), log=log,
+        )  # fmt: skip
 
     def _cached_towers(self) -> CachedTowers:
         return self.__dict__.setdefault(

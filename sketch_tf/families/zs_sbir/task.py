@@ -33,6 +33,8 @@ projector files in `<workdir>/eval`. Signatures: `sketch_tf.families.zs_sbir.ser
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 import tensorflow as tf
 
@@ -136,30 +138,45 @@ class ZsSbirTask(Task):
         Raises:
           ValueError: a tower's trunk has trainable weights (model.freeze_trunk=False).
         """
-        d, m = self.config.data, self.config.model
         path = self.records_dir(which)
         seen, unseen = self.class_split(tfrecord.read_manifest(path)["classes"])
         classes = seen if which == "train" else unseen
+        return {
+            role: self._trunk_cache(models, which, role, path, classes, log)
+            for role in ("sketch", "photo")
+        }
+
+    def gallery_caches(self, models, records_dir: str, log=print) -> dict:
+        """{"photo": `cache.FeatureCache`} of the frozen photo trunk over every photo of the
+        labelled-image folder `records_dir` (a retrieval gallery), computed on first use in
+        that folder's cache (the test records' cache for the test gallery).
+
+        Raises:
+          ValueError: the photo tower's trunk has trainable weights.
+        """
+        which = f"gallery {os.path.abspath(records_dir)}"
+        return {"photo": self._trunk_cache(models, which, "photo", records_dir, None, log)}
+
+    def _trunk_cache(self, models, which, role, path, classes, log):
+        """The `CachedTowers.features` of the `role` ("sketch" / "photo") tower's trunk over
+        the `role` domain images of `classes` (None: all) in the records folder `path`."""
+        d, m = self.config.data, self.config.model
         towers = self.__dict__.setdefault("_towers", CachedTowers("zs_sbir", "model.freeze_trunk"))
-        out = {}
-        for role, domain, tower in (
-            ("sketch", d.sketch_domain, zs_models.sketch_tower(models)),
-            ("photo", d.photo_domain, zs_models.photo_tower(models)),
-        ):
-            spec = {
-                "backbone": m.backbone,
-                "backbone_kwargs": m.backbone_kwargs.to_dict(),
-                "photo_input": m.photo_input if role == "photo" else "photo",
-                "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
-            }
-            out[role] = towers.features(
-                which, role, tower, records_dir=path, cache_dir=d.cache_dir,
-                spec=spec,
-                images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
-                is_sketch=role == "sketch", image_size=int(d.image_size),
-                batch_size=int(self.config.eval.batch_size), log=log,
-            )  # fmt: skip
-        return out
+        domain = d.sketch_domain if role == "sketch" else d.photo_domain
+        tower = (zs_models.sketch_tower if role == "sketch" else zs_models.photo_tower)(models)
+        spec = {
+            "backbone": m.backbone,
+            "backbone_kwargs": m.backbone_kwargs.to_dict(),
+            "photo_input": m.photo_input if role == "photo" else "photo",
+            "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
+        }
+        return towers.features(
+            which, role, tower, records_dir=path, cache_dir=d.cache_dir,
+            spec=spec,
+            images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
+            is_sketch=role == "sketch", image_size=int(d.image_size),
+            batch_size=int(self.config.eval.batch_size), log=log,
+        )  # fmt: skip
 
     def precompute(self, models, log=print) -> dict[str, str]:
         return precompute(self, models, log)

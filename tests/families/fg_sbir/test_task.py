@@ -276,6 +276,25 @@ def test_batch_larger_than_the_objects_and_missing_records(records, tmp_path):
 
 
 # ---- train, evaluate, export ----------------------------------------------------------------
+def test_gallery_through_the_cache_equals_the_towers(records, tmp_path):
+    # The export / index gallery of a cached task: the image tower after the frozen part on
+    # the cached float16 maps of the folder's images (any folder: `gallery_caches` reads the
+    # folder's records, here the test split's); the towers on the images to float16 rounding.
+    # (Multi-crop, with the mirrored maps: test_export_round_trip.)
+    from sketch_tf.export import gallery as gallery_lib
+
+    cached = FgSbirTask(_config(records, tmp_path / "cache"))
+    plain = FgSbirTask(_config(records, tmp_path / "cache", data__feature_cache=False))
+    models = cached.build_models()
+    folder = cached.records_dir("test")
+    got = gallery_lib.family_gallery(cached, models, folder)
+    want = gallery_lib.family_gallery(plain, models, folder)
+    for key in ("keys", "labels", "domains", "size", "metric"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_allclose(got["vectors"], want["vectors"], atol=2e-3)
+    assert sorted(cached.gallery_caches(models, folder)) == ["image"]
+
+
 @pytest.fixture(scope="module")
 def trained(records, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("fg_run"))

@@ -1,5 +1,6 @@
 """Style-aware SBIR family: sampler, stages, losses, metric tables, evaluation, export."""
 
+import copy
 import os
 
 import ml_collections
@@ -10,6 +11,7 @@ import tensorflow as tf
 from sketch_tf.core.png import encode_png
 from sketch_tf.data import pipeline, schema
 from sketch_tf.data.tfrecord import ShardedWriter
+from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.families.style_sbir import data as style_data
 from sketch_tf.families.style_sbir import evaluate as style_eval
 from sketch_tf.families.style_sbir.task import StyleSbirTask
@@ -363,6 +365,27 @@ def test_cached_features_give_the_same_losses_and_evaluation(records):
     for key in with_cache:
         np.testing.assert_allclose(float(with_cache[key]), float(without[key]), rtol=1e-4)
     assert len(index.groups) == 9
+
+
+def test_gallery_through_the_cache_equals_the_towers(records):
+    # The export / index gallery of a cached task: the heads on the cached trunk features of
+    # the folder's images (the test records, and another folder), as the towers embed it.
+    (_, c1, _), _ = stage_configs(_config(records, cache=True), "/unused")
+    cached = StyleSbirTask(c1)
+    plain_config = copy.deepcopy(c1)
+    plain_config.data.feature_cache = False
+    plain = StyleSbirTask(plain_config)
+    models = cached.build_models()
+    for which in ("test", "train"):
+        folder = cached.records_dir(which)
+        got = gallery_lib.family_gallery(cached, models, folder)
+        want = gallery_lib.family_gallery(plain, models, folder)
+        for key in ("keys", "labels", "domains", "size", "metric"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-5, atol=1e-6)
+        entries = cached.gallery_caches(models, folder)
+        assert sorted(entries) == ["structure_image", "style"]
+        assert all(e.path.startswith(os.path.join(folder, "cache")) for e in entries.values())
 
 
 def test_evaluate_writes_tables_and_pictures(trained):

@@ -595,6 +595,26 @@ def test_feature_cache_trains_and_evaluates_like_the_towers(records, tmp_path):
         ]  # fmt: skip
 
 
+def test_gallery_through_the_cache_equals_the_towers(records, tmp_path):
+    # The export / index gallery of a cached task: the photo head on the cached trunk
+    # features, for the test records (their cache, completed with the seen-class photos) and
+    # for another folder (a cache of its own, computed on first use).
+    cached = ZsSbirTask(_frozen(records, tmp_path / "cache"))
+    plain = ZsSbirTask(_frozen(records, tmp_path / "cache", feature_cache=False))
+    models = cached.build_models()
+    test_entry = cached.feature_caches(models, "test")["photo"]
+    for which in ("test", "train"):
+        folder = cached.records_dir(which)
+        got = gallery_lib.family_gallery(cached, models, folder)
+        want = gallery_lib.family_gallery(plain, models, folder)
+        for key in ("keys", "labels", "domains", "size", "records", "metric"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-5, atol=1e-6)
+        entry = cached.gallery_caches(models, folder)["photo"]
+        assert len(entry.keys) >= got["size"]
+        assert (entry.path == test_entry.path) == (which == "test")
+
+
 def _labels(batch):
     return {"class_id": batch["class_id"], "neg_class_id": batch["neg_class_id"]}
 
