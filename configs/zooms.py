@@ -3,11 +3,12 @@
 Variants (`--config=configs/zooms.py:<variant>`):
 
 - `synthetic` (default): the embedded synthetic shape world, 256 px drawings, small_cnn of
-  widths (16, 32, 64) (final map flattened) on three anti-aliased 32 px views, 32 points per
-  pair, 9 seen categories for training, 3 unseen ones held out; 31 GFLOP per training step,
-  about 245 s of CPU time for its 500 steps on the 2-core AVX-512 CPU. PCK@5% on held-out
-  shapes 0.402-0.421 over seeds 0-2 (seen categories; raw patch 0.323, shape context 0.187)
-  and 0.725-0.732 (unseen; 0.583 / 0.604). Tables, ablations and timings in docs/zooms.md:
+  widths (16, 32, 64) (final map flattened) on three anti-aliased 32 px views, steps of 4
+  pairs x 32 points, 9 seen categories for training, 3 unseen ones held out; 15.6 GFLOP per
+  training step (7.8 TFLOP in all), about 125 s of CPU time for its 500 steps on the 2-core
+  AVX-512 CPU. PCK@5% on held-out shapes 0.379-0.402 over seeds 0-2 (seen categories; raw
+  patch 0.323, shape context 0.187) and 0.715-0.729 (unseen; 0.583 / 0.604). Tables,
+  ablations and timings in docs/zooms.md:
 
     python train.py --config=configs/zooms.py:synthetic --workdir=runs/zooms
     python evaluate.py --workdir=runs/zooms
