@@ -209,35 +209,49 @@ class StyleSbirTask(Task):
     def feature_caches(self, models, which: str, log=print) -> dict:
         """{"structure_sketch", "structure_image", "style": `cache.FeatureCache`} of the frozen
         trunks over the `which` ("train" / "test") records: sketches for the first, the gallery
-        styles for the others; computed on first use.
+        styles for the others (both gallery caches in one pass over the images, which runs the
+        blocks the two trunks share once); computed on first use.
 
         Raises:
           ValueError: a tower's trunk has trainable weights.
         """
         d = self.config.data
         path = self.records_dir(which)
-        towers = self._cached_towers()
-        out = {}
-        for role, tower in self.towers(models).items():
-            section = self.config.model.style if role == "style" else self.config.model.structure
-            spec = {
+        towers = self.towers(models)
+        specs = {
+            role: {
                 "backbone": section.backbone,
                 "backbone_kwargs": section.backbone_kwargs.to_dict(),
             }
-            is_sketch = role == "structure_sketch"
-            where, domains, classes = path, self.styles(), tuple(d.classes) or None
-            if is_sketch:
-                where, class_of = self.sketch_records(which)
-                domains = [d.sketch_domain]
-                names = tfrecord.read_manifest(where)["classes"]
-                classes = [names[i] for i in sorted(class_of.values())]
-            out[role] = towers.features(
-                which, role, tower, records_dir=where, cache_dir=d.cache_dir,
-                spec=spec,
-                images=pipeline.labelled_image_bytes(where, domains=domains, classes=classes),
-                is_sketch=is_sketch, image_size=int(d.image_size),
-                batch_size=int(self.config.eval.batch_size), log=log,
-            )  # fmt: skip
+            for role, section in (
+                ("structure_sketch", self.config.model.structure),
+                ("structure_image", self.config.model.structure),
+                ("style", self.config.model.style),
+            )
+        }
+        where, class_of = self.sketch_records(which)
+        names = tfrecord.read_manifest(where)["classes"]
+        streams = (  # (roles, records, domains, classes, is_sketch): one image stream each
+            (("structure_sketch",), where, [d.sketch_domain],
+             [names[i] for i in sorted(class_of.values())], True),
+            (("structure_image", "style"), path, self.styles(), tuple(d.classes) or None, False),
+        )  # fmt: skip
+        out = {}
+        for roles, records, domains, classes, is_sketch in streams:
+            out.update(
+                self._cached_towers().features(
+                    which,
+                    {r: towers[r] for r in roles},
+                    records_dir=records,
+                    cache_dir=d.cache_dir,
+                    specs={r: specs[r] for r in roles},
+                    images=pipeline.labelled_image_bytes(records, domains=domains, classes=classes),
+                    is_sketch=is_sketch,
+                    image_size=int(d.image_size),
+                    batch_size=int(self.config.eval.batch_size),
+                    log=log,
+                )  # fmt: skip
+            )
         return out
 
     def _cached_towers(self) -> CachedTowers:
