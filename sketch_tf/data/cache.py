@@ -314,7 +314,9 @@ def _compute(
         .batch(batch_size)
         .prefetch(2)
     )
-    call = tf.function(forward, reduce_retracing=True)
+    # No autograph: the walk has no tensor-dependent control flow to convert (converting it
+    # cost seconds of Python per trace).
+    call = tf.function(forward, reduce_retracing=True, autograph=False)
     keys, values = [], [[] for _ in models]
     for k, x in ds:
         keys.append(k.numpy())
