@@ -3,6 +3,7 @@
 import glob
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -187,3 +188,45 @@ def test_cache_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     assert not leftovers
     with np.load(os.path.join(first.path, "features.npz")) as data:
         np.testing.assert_array_equal(data["keys"], first.keys)  # the previous file, intact
+
+
+def test_one_pass_writes_the_entries_of_separate_passes(tmp_path):
+    path = _records(tmp_path / "rec", range(5))
+    tf.keras.utils.set_random_seed(0)
+    deep = build_backbone("small_cnn", SIZE, widths=(4, 8), pooling="max")
+    shallow = build_backbone("small_cnn", SIZE, widths=(4,), pooling="avg")
+    for name in ("block0_conv", "block0_bn"):  # another model object, the same first block
+        shallow.get_layer(name).set_weights(deep.get_layer(name).get_weights())
+    entries = [
+        cache.CacheEntry("deep", {"n": 1}, deep),
+        cache.CacheEntry("shallow", {"n": 2}, shallow),
+        cache.CacheEntry("other", {"n": 1}, _model(1), "float16"),  # other weights: not shared
+    ]
+    images = pipeline.labelled_image_bytes(path)
+
+    def run(root, log, which=None):
+        return cache.cached_feature_entries(
+            str(tmp_path / root), [entries[i] for i in which or range(3)], images,
+            lambda e: pipeline.preprocess(e, False, SIZE, False), batch_size=3, log=log.append,
+        )  # fmt: skip
+
+    log = []
+    joint = run("joint", log)
+    # Block 0 (conv, BN, ReLU, pool) of `deep` and `shallow` runs once: 15 of their 19 calls.
+    assert [j.computed for j in joint] == [5, 5, 5] and "in one pass (15 of 19 layer" in log[0]
+    separate = [run("separate", [], [i])[0] for i in range(3)]
+    for j, s, e in zip(joint, separate, entries, strict=True):
+        assert os.path.basename(j.path) == os.path.basename(s.path)  # the same entry names
+        np.testing.assert_array_equal(j.keys, s.keys)
+        np.testing.assert_array_equal(j.values, s.values)
+        direct = _direct(path, e.model)
+        want = np.stack([direct[int(k)] for k in j.keys]).astype(e.dtype)
+        np.testing.assert_allclose(j.values, want, rtol=1e-6, atol=1e-6)
+    # Only the missing entry runs; an entry written by one path is read by the other.
+    shutil.rmtree(joint[1].path)
+    log = []
+    again = run("joint", log)
+    assert [a.computed for a in again] == [0, 5, 0] and len(log) == 1 and "shallow" in log[0]
+    assert [a.computed for a in run("separate", [])] == [0, 0, 0]
+    with pytest.raises(ValueError, match="distinct names"):
+        run("joint", [], [0, 0])

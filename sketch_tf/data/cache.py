@@ -24,6 +24,13 @@ of a few cached images is recomputed and compared (`PROBE_IMAGES`, relative tole
 or the rounding of the stored dtype),
 which catches what the digest cannot see (a code or library change in the computation); a
 failed probe rebuilds the whole entry.
+
+Several entries over the same images (`cached_feature_entries`, e.g. two frozen trunks of one
+gallery) are computed in one pass over the images: each image is decoded once, and the layer
+calls the models have in common are run once (`shared_forward`: same layer class, config and
+weights, compared by value, on the same inputs), so two trunks that share their leading frozen
+layers run them once per image. The values are the same as those of separate passes (the same
+ops on the same inputs), and so are the entries (one folder per entry, as `cached_features`).
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -43,10 +51,13 @@ from sketch_tf.core.files import atomic_file, write_atomic
 
 __all__ = [
     "CACHE_SUBDIR",
+    "CacheEntry",
     "FeatureCache",
     "cache_root",
+    "cached_feature_entries",
     "cached_features",
     "image_keys",
+    "shared_forward",
     "weights_digest",
 ]
 
@@ -167,40 +178,182 @@ def _write_entry(path: str, keys: np.ndarray, values: np.ndarray, spec: dict, di
         ) from e
 
 
+def _functional(op):
+    """`op` when it is a plain Keras functional model (its call runs its layer graph: nested
+    models included, `shared_forward` walks it layer by layer), else None."""
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # another Keras layout: models are called whole (nothing shared)
+        return None
+    if isinstance(op, Functional) and type(op).call is Functional.call:
+        return op
+    return None
+
+
+def _layer_signature(op) -> str:
+    """What determines a layer's outputs from its inputs: class, config (all but its name and
+    trainability) and weights (dtype, shape, values). A layer without a JSON config is only
+    ever the same as itself."""
+    try:
+        config = dict(op.get_config())
+        config.pop("name", None)
+        config.pop("trainable", None)
+        blob = json.dumps([type(op).__module__, type(op).__qualname__, config], sort_keys=True)
+    except (NotImplementedError, TypeError, ValueError, AttributeError):
+        return f"object {id(op)}"
+    h = hashlib.sha256(blob.encode())
+    for w in op.weights:
+        a = np.asarray(w)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)  # hashable (by identity): tf.function keeps a weak reference to it
+class SharedForward:
+    """`shared_forward(models)`: call it on float32 [B, ...] inputs -> [model(x) for model in
+    models] (training=False). After its first call, `calls` is the number of layer calls the
+    models make separately and `computed` how many of them ran (the others were shared)."""
+
+    models: Sequence[Any]
+    calls: int = 0
+    computed: int = 0
+    _signatures: dict = field(default_factory=dict)  # id(layer) -> (layer, signature)
+
+    def _signature(self, op) -> str:
+        if id(op) not in self._signatures:
+            with tf.init_scope():  # eager while tracing: reads the weights' values
+                self._signatures[id(op)] = (op, _layer_signature(op))
+        return self._signatures[id(op)][1]
+
+    def __call__(self, x):
+        memo: dict[str, list] = {}  # call signature -> flat outputs
+        names: dict[int, str] = {}  # id(tensor) -> signature of the value
+        alive: list = []  # keeps the tensors of `names` alive (their ids stay theirs)
+        calls = [0, 0]
+
+        def name(value, signature):
+            names[id(value)] = signature
+            alive.append(value)
+
+        def signature_of(value):
+            if id(value) not in names:  # a tensor made outside the walk: only itself
+                name(value, f"tensor {id(value)}")
+            return names[id(value)]
+
+        def operation_fn(op):
+            def call(*args, **kwargs):
+                if "training" in getattr(op, "_call_context_args", {}):
+                    kwargs["training"] = False  # as Functional.call(training=False) does
+                graph = _functional(op)
+                if graph is not None:  # walk the nested model (its layers may be shared)
+                    return graph._run_through_graph(list(args), operation_fn=operation_fn)
+                arguments = keras.tree.map_structure(
+                    lambda a: ("tensor", signature_of(a)) if tf.is_tensor(a) else repr(a),
+                    (args, kwargs),
+                )
+                key = hashlib.sha256(repr((self._signature(op), arguments)).encode()).hexdigest()
+                calls[0] += 1
+                if key not in memo:
+                    calls[1] += 1
+                    outputs = op(*args, **kwargs)
+                    flat = keras.tree.flatten(outputs)
+                    for i, y in enumerate(flat):
+                        name(y, f"{key}/{i}")
+                    memo[key] = (outputs, flat)
+                return memo[key][0]
+
+            return call
+
+        name(x, "input")
+        outputs = [operation_fn(m)(x) for m in self.models]
+        self.calls, self.computed = calls
+        return outputs
+
+
+def shared_forward(models: Sequence[Any]) -> SharedForward:
+    """One function x -> [m(x, training=False) for m in models] that runs each layer call the
+    models have in common once: two calls are the same when their layers have the same class,
+    config (but the name) and weights, compared by value (`_layer_signature`), and their
+    inputs are the same values. Keras functional models (nested ones included) are walked
+    layer by layer, as their own call does; other models are called whole. Two trunks cut
+    from the same frozen backbone at different depths thus share their common blocks, whatever
+    objects they were built as; models with different weights share nothing and give what
+    separate calls give.
+
+    Args:
+      models: Keras models, each float32 [B, ...] (the same input) -> [B, ...].
+
+    Returns:
+      A `SharedForward` (usable inside a `tf.function`).
+    """
+    return SharedForward(list(models))
+
+
 def _compute(
     images: tf.data.Dataset,
     wanted: np.ndarray,
     preprocess: Callable[[tf.Tensor], tf.Tensor],
-    model,
+    models: Sequence[Any],
     batch_size: int,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(keys, values) of the images whose key is in `wanted`, each key once, in stream order
-    (values None when none matched)."""
+) -> tuple[np.ndarray, list[np.ndarray] | None, SharedForward]:
+    """(keys, [values of each model]) of the images whose key is in `wanted`, each key once,
+    in stream order (values None when none matched), computed in one pass over `images`
+    (`shared_forward`), and the forward function (its shared layer counts)."""
     wanted = np.unique(np.asarray(wanted, np.int64))
+    forward = shared_forward(models)
     if not len(wanted):
-        return np.zeros([0], np.int64), None
+        return np.zeros([0], np.int64), None, forward
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(wanted), tf.ones([len(wanted)], tf.int64)),
         default_value=0,
     )
+    # tf.data's autotuning off: the model's thread of a finished iterator was seen to hold its
+    # teardown up to 20 s (no CPU used) at the end of a pass; decoding is a small part of a
+    # trunk pass, so fixed parallelism (the CPU count) costs nothing.
+    options = tf.data.Options()
+    options.autotune.enabled = False
     ds = (
         images.filter(lambda k, e: table.lookup(k) > 0)
         .map(lambda k, e: (k, preprocess(e)), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(2)
+        .with_options(options)
     )
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    keys, values, seen = [], [], set()
+    # No autograph: the walk has no tensor-dependent control flow to convert (converting it
+    # cost seconds of Python per trace).
+    call = tf.function(forward, reduce_retracing=True, autograph=False)
+    keys, values = [], [[] for _ in models]
     for k, x in ds:
-        k = k.numpy()
-        v = call(x).numpy().astype(np.float32)
-        fresh = [i for i, key in enumerate(k.tolist()) if key not in seen]
-        seen.update(k.tolist())
-        keys.append(k[fresh])
-        values.append(v[fresh])
+        keys.append(k.numpy())
+        for out, v in zip(values, call(x), strict=True):
+            out.append(v.numpy())
     if not keys:
-        return np.zeros([0], np.int64), None
-    return np.concatenate(keys), np.concatenate(values)
+        return np.zeros([0], np.int64), None, forward
+    keys = np.concatenate(keys)
+    # An image stored twice (the same bytes in two records) is kept once: its first row.
+    first = np.sort(np.unique(keys, return_index=True)[1])
+    rows = slice(None) if len(first) == len(keys) else first
+    return keys[rows], [np.concatenate(v)[rows].astype(np.float32) for v in values], forward
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cache entry of `cached_feature_entries`: the values of `model` over the images.
+
+    Attributes:
+      name: what is cached, e.g. "photo_features" (first part of the entry's folder name).
+      spec: JSON-serialisable description of everything besides the weights that determines
+        the values (backbone, its arguments, image size, preprocessing); part of the digest.
+      model: Keras model float32 [B, S, S, 3] -> [B, ...]; run with `training=False`.
+      dtype: storage dtype of the values, a `STORE_DTYPES` key: "float32", or "float16" for
+        large feature maps (half the disk and memory; lookups still give float32).
+    """
+
+    name: str
+    spec: dict[str, Any]
+    model: Any
+    dtype: str = "float32"
 
 
 def cached_features(
@@ -215,68 +368,122 @@ def cached_features(
     dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> FeatureCache:
-    """Loads, completes or builds the cached `model` values of every image in `images`.
+    """Loads, completes or builds the cached `model` values of every image in `images`: the
+    one-entry case of `cached_feature_entries` (`CacheEntry(name, spec, model, dtype)`)."""
+    entry = CacheEntry(name, spec, model, dtype)
+    return cached_feature_entries(
+        root, [entry], images, preprocess, batch_size=batch_size, log=log
+    )[0]
+
+
+def cached_feature_entries(
+    root: str,
+    entries: Sequence[CacheEntry],
+    images: tf.data.Dataset,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    batch_size: int = 32,
+    log: Callable[[str], None] = print,
+) -> list[FeatureCache]:
+    """Loads, completes or builds several cache entries over the same images, computing what is
+    missing in one pass (`shared_forward`: layers the models share run once per image).
+
+    Each entry is checked as on its own (present keys, probe) and only the models of entries
+    that miss images run, on the images some entry misses; an entry's folder, keys and values
+    are those `cached_features` gives it alone.
 
     Args:
       root: folder the ``cache/`` folder goes in (the records' folder, or `data.cache_dir`).
-      name: what is cached, e.g. "photo_features" (first part of the entry's folder name).
-      spec: JSON-serialisable description of everything besides the weights that determines
-        the values (backbone, its arguments, image size, preprocessing); part of the digest.
-      model: Keras model float32 [B, S, S, 3] -> [B, ...]; run with `training=False`.
+      entries: the `CacheEntry`s (distinct names), one model each.
       images: finite dataset of (int64 key `image_keys(encoded)`, string encoded image).
-      preprocess: encoded image (scalar string) -> float32 [S, S, 3], the model's input.
+      preprocess: encoded image (scalar string) -> float32 [S, S, 3], every model's input.
       batch_size: images per model call while computing.
-      dtype: storage dtype of the values, a `STORE_DTYPES` key: "float32", or "float16" for
-        large feature maps (half the disk and memory; lookups still give float32).
       log: progress sink.
 
     Returns:
-      FeatureCache holding (at least) every key of `images`.
+      One FeatureCache per entry, in order, each holding (at least) every key of `images`.
 
     Raises:
-      OSError: the entry cannot be written (names the folder and `data.cache_dir`).
-      ValueError: `images` is empty.
+      OSError: an entry cannot be written (names the folder and `data.cache_dir`).
+      ValueError: `images` is empty, a dtype is not a `STORE_DTYPES` key, or two entries have
+        one name.
     """
-    if dtype not in STORE_DTYPES:
-        raise ValueError(f"feature cache {name}: dtype must be one of {sorted(STORE_DTYPES)}")
-    digest = weights_digest(model)
-    path = _entry_dir(root, name, spec, digest, dtype)
-    needed = np.unique(np.fromiter((int(k) for k, _ in images.as_numpy_iterator()), np.int64))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"feature cache: entries need distinct names, got {names}")
+    for e in entries:
+        if e.dtype not in STORE_DTYPES:
+            raise ValueError(f"feature cache {e.name}: dtype must be one of {sorted(STORE_DTYPES)}")
+    keys_only = images.map(lambda k, e: k).batch(4096)
+    needed = np.unique(np.concatenate([np.zeros([0], np.int64), *keys_only.as_numpy_iterator()]))
     if not len(needed):
-        raise ValueError(f"feature cache {name}: no images to cache under {root}")
-    keys, values = np.zeros([0], np.int64), None
-    entry = _read_entry(path, dtype)
-    if entry is not None:
-        # Every cached image is kept, needed now or not: callers may cache different subsets
-        # of one record folder (seen classes for training, unseen for evaluation) in one entry.
-        keys, values = entry
-        probe = keys[np.isin(keys, needed)][:PROBE_IMAGES]
-        probe_k, probe_v = _compute(images, probe, preprocess, model, batch_size)
-        if len(probe):
-            rtol = STORE_DTYPES[dtype]
-            ref = values[np.searchsorted(keys, probe_k)] if len(probe_k) else None
-            ref = None if ref is None else ref.astype(np.float32)
-            scale = rtol * max(float(np.abs(ref).max()), 1e-6) if ref is not None else 0.0
-            if ref is None or not np.allclose(probe_v, ref, rtol=rtol, atol=scale):
+        raise ValueError(f"feature cache {', '.join(names)}: no images to cache under {root}")
+    digests = [weights_digest(e.model) for e in entries]
+    paths = [
+        _entry_dir(root, e.name, e.spec, d, e.dtype) for e, d in zip(entries, digests, strict=True)
+    ]
+    stored = [_read_entry(p, e.dtype) for p, e in zip(paths, entries, strict=True)]
+    # Every cached image is kept, needed now or not: callers may cache different subsets of
+    # one record folder (seen classes for training, unseen for evaluation) in one entry.
+    probes = [None if s is None else s[0][np.isin(s[0], needed)][:PROBE_IMAGES] for s in stored]
+    probed = [i for i, p in enumerate(probes) if p is not None and len(p)]
+    if probed:
+        probe_k, probe_v, _ = _compute(
+            images, np.concatenate([probes[i] for i in probed]), preprocess,
+            [entries[i].model for i in probed], batch_size,
+        )  # fmt: skip
+        for i, computed in zip(probed, probe_v or [None] * len(probed), strict=True):
+            keys, values = stored[i]
+            mine = np.isin(probe_k, probes[i])
+            rtol = STORE_DTYPES[entries[i].dtype]
+            if computed is None or not mine.any():
+                fresh = False
+            else:
+                ref = values[np.searchsorted(keys, probe_k[mine])].astype(np.float32)
+                scale = rtol * max(float(np.abs(ref).max()), 1e-6)
+                fresh = np.allclose(computed[mine], ref, rtol=rtol, atol=scale)
+            if not fresh:
                 log(
-                    f"feature cache {path}: the probe images differ from the cached values "
+                    f"feature cache {paths[i]}: the probe images differ from the cached values "
                     "(stale: trunk code or library changed); rebuilding"
                 )
-                keys, values = np.zeros([0], np.int64), None
-    missing = np.setdiff1d(needed, keys)
-    if not len(missing) and values is not None:
-        return FeatureCache(path, keys, values, computed=0)
+                stored[i] = None
+    empty = (np.zeros([0], np.int64), None)
+    stored = [s or empty for s in stored]
+    missing = [np.setdiff1d(needed, s[0]) for s in stored]
+    todo = [
+        i for i, (m, s) in enumerate(zip(missing, stored, strict=True)) if len(m) or s[1] is None
+    ]
+    out: list[FeatureCache | None] = [
+        None if i in todo else FeatureCache(paths[i], *stored[i], computed=0)
+        for i in range(len(entries))
+    ]
+    if not todo:
+        return out
     start = time.time()
-    new_k, new_v = _compute(images, missing, preprocess, model, batch_size)
-    log(
-        f"feature cache {path}: computed {len(new_k)} of {len(needed)} images in "
-        f"{time.time() - start:.1f} s"
+    new_k, new_v, forward = _compute(
+        images, np.concatenate([missing[i] for i in todo]), preprocess,
+        [entries[i].model for i in todo], batch_size,
+    )  # fmt: skip
+    seconds = time.time() - start
+    shared = (
+        f" in one pass ({forward.computed} of {forward.calls} layer calls run)"
+        if len(todo) > 1
+        else ""
     )
-    if new_v is not None:
-        new_v = new_v.astype(dtype, copy=False)
-        keys = np.concatenate([keys, new_k])
-        values = new_v if values is None else np.concatenate([values, new_v])
-    order = np.argsort(keys)
-    keys, values = keys[order], values[order]
-    _write_entry(path, keys, values, spec, digest)
-    return FeatureCache(path, keys, values, computed=len(new_k))
+    for j, i in enumerate(todo):
+        keys, values = stored[i]
+        mine = np.isin(new_k, missing[i])
+        log(
+            f"feature cache {paths[i]}: computed {int(mine.sum())} of {len(needed)} images in "
+            f"{seconds:.1f} s{shared}"
+        )
+        if new_v is not None and mine.any():
+            add = new_v[j][mine].astype(entries[i].dtype, copy=False)
+            keys = np.concatenate([keys, new_k[mine]])
+            values = add if values is None else np.concatenate([values, add])
+        order = np.argsort(keys)
+        keys, values = keys[order], values[order]
+        _write_entry(paths[i], keys, values, entries[i].spec, digests[i])
+        out[i] = FeatureCache(paths[i], keys, values, computed=int(mine.sum()))
+    return out

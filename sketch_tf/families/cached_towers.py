@@ -36,53 +36,65 @@ class CachedTowers:
     def features(
         self,
         which: str,
-        role: str,
-        tower,
+        towers: dict[str, Any],
         *,
         records_dir: str,
         cache_dir: str,
-        spec: dict[str, Any],
+        specs: dict[str, dict[str, Any]],
         images: tf.data.Dataset,
         is_sketch: bool,
         image_size: int,
         batch_size: int,
         log: Callable[[str], None] = print,
-    ) -> cache.FeatureCache:
-        """The cache of `tower`'s trunk over `images` (computed on first use).
+    ) -> dict[str, cache.FeatureCache]:
+        """The caches of the trunks of `towers` over the same `images` (computed on first use,
+        those missing in one pass: `cache.cached_feature_entries`, which runs the layers the
+        trunks share, e.g. the common blocks of one frozen backbone, once per image).
 
         Args:
           which: "train" / "test", or "gallery <folder>" for a retrieval gallery (part of
             the memo key only).
-          role: what the tower embeds here ("sketch", "photo", "style", ...); the entry is
+          towers: {role: tower}; a role says what the tower embeds here ("sketch", "photo",
+            "style", ...) and its entry is
             `<records_dir or cache_dir>/cache/<family>_<role>_features-<digest>/`.
-          spec: what besides the weights determines the features (backbone and its
-            arguments, ...); `task`, `role` and `image_size` are added.
+          specs: {role: what besides the weights determines its features (backbone and its
+            arguments, ...)}; `task`, `role` and `image_size` are added.
           images: (cache key, encoded image) pairs (`pipeline.labelled_image_bytes`).
           is_sketch, image_size: the evaluation preprocessing of the images.
 
+        Returns:
+          {role: `cache.FeatureCache`} for every role of `towers`.
+
         Raises:
-          ValueError: the tower's trunk has trainable weights.
+          ValueError: a tower's trunk has trainable weights.
         """
-        key = (which, role, id(tower))
-        if key in self._caches:
-            return self._caches[key][1]
-        if not trunk_is_frozen(tower):
-            raise ValueError(
-                f"{self.family}: data.feature_cache: the {tower.name} trunk has trainable "
-                f"weights; set {self.freeze_key}=True"
+        todo = {r: t for r, t in towers.items() if (which, r, id(t)) not in self._caches}
+        for tower in todo.values():
+            if not trunk_is_frozen(tower):
+                raise ValueError(
+                    f"{self.family}: data.feature_cache: the {tower.name} trunk has trainable "
+                    f"weights; set {self.freeze_key}=True"
+                )
+        entries = [
+            cache.CacheEntry(
+                f"{self.family}_{role}_features",
+                {"task": self.family, "role": role, "image_size": int(image_size), **specs[role]},
+                tower_trunk(tower),
             )
-        entry = cache.cached_features(
-            cache.cache_root(records_dir, cache_dir),
-            f"{self.family}_{role}_features",
-            {"task": self.family, "role": role, "image_size": int(image_size), **spec},
-            tower_trunk(tower),
-            images,
-            lambda e: pipeline.preprocess(e, is_sketch, int(image_size), False),
-            batch_size=int(batch_size),
-            log=log,
-        )
-        self._caches[key] = (tower, entry)
-        return entry
+            for role, tower in todo.items()
+        ]
+        if entries:
+            built = cache.cached_feature_entries(
+                cache.cache_root(records_dir, cache_dir),
+                entries,
+                images,
+                lambda e: pipeline.preprocess(e, is_sketch, int(image_size), False),
+                batch_size=int(batch_size),
+                log=log,
+            )
+            for (role, tower), entry in zip(todo.items(), built, strict=True):
+                self._caches[(which, role, id(tower))] = (tower, entry)
+        return {r: self._caches[(which, r, id(t))][1] for r, t in towers.items()}
 
     def head(self, tower):
         """`tower_head(tower)` (features -> embedding), built once per tower."""

@@ -209,23 +209,27 @@ class StyleSbirTask(Task):
     def feature_caches(self, models, which: str, log=print) -> dict:
         """{"structure_sketch", "structure_image", "style": `cache.FeatureCache`} of the frozen
         trunks over the `which` ("train" / "test") records: sketches for the first, the gallery
-        styles for the others; computed on first use.
+        styles for the others (both gallery caches in one pass over the images, which runs the
+        blocks the two trunks share once); computed on first use.
 
         Raises:
           ValueError: a tower's trunk has trainable weights.
         """
         d = self.config.data
         path = self.records_dir(which)
-        out = {}
-        for role in self.towers(models):
-            where, domains, classes = path, self.styles(), tuple(d.classes) or None
-            if role == "structure_sketch":
-                where, class_of = self.sketch_records(which)
-                domains = [d.sketch_domain]
-                names = tfrecord.read_manifest(where)["classes"]
-                classes = [names[i] for i in sorted(class_of.values())]
-            out[role] = self._trunk_cache(models, which, role, where, domains, classes, log)
-        return out
+        where, class_of = self.sketch_records(which)
+        names = tfrecord.read_manifest(where)["classes"]
+        sketch_classes = [names[i] for i in sorted(class_of.values())]
+        # One image stream per records folder: the gallery images' two trunks run in one pass.
+        return {
+            **self._trunk_caches(
+                models, which, ("structure_sketch",), where, [d.sketch_domain], sketch_classes, log
+            ),
+            **self._trunk_caches(
+                models, which, ("structure_image", "style"), path, self.styles(),
+                tuple(d.classes) or None, log,
+            ),
+        }  # fmt: skip
 
     def gallery_caches(self, models, records_dir: str, log=print) -> dict:
         """{"structure_image", "style": `cache.FeatureCache`} of the frozen trunks over every
@@ -237,23 +241,27 @@ class StyleSbirTask(Task):
           ValueError: a tower's trunk has trainable weights.
         """
         which = f"gallery {os.path.abspath(records_dir)}"
-        return {
-            role: self._trunk_cache(models, which, role, records_dir, self.styles(), None, log)
-            for role in ("structure_image", "style")
-        }
+        roles = ("structure_image", "style")
+        return self._trunk_caches(models, which, roles, records_dir, self.styles(), None, log)
 
-    def _trunk_cache(self, models, which, role, path, domains, classes, log):
-        """The `CachedTowers.features` of the `role` tower's trunk (a role of `towers`) over
-        the images of `domains` and `classes` (None: all) in the records folder `path`."""
+    def _trunk_caches(self, models, which, roles, path, domains, classes, log) -> dict:
+        """{role: `cache.FeatureCache`} of the trunks of the `roles` towers (roles of `towers`)
+        over the images of `domains` and `classes` (None: all) in the records folder `path`,
+        those missing computed in one pass (`CachedTowers.features`)."""
         d = self.config.data
-        section = self.config.model.style if role == "style" else self.config.model.structure
-        spec = {"backbone": section.backbone, "backbone_kwargs": section.backbone_kwargs.to_dict()}
-        is_sketch = role == "structure_sketch"
+        towers = self.towers(models)
+        specs = {}
+        for role in roles:
+            section = self.config.model.style if role == "style" else self.config.model.structure
+            specs[role] = {
+                "backbone": section.backbone,
+                "backbone_kwargs": section.backbone_kwargs.to_dict(),
+            }
         return self._cached_towers().features(
-            which, role, self.towers(models)[role], records_dir=path, cache_dir=d.cache_dir,
-            spec=spec,
+            which, {r: towers[r] for r in roles}, records_dir=path, cache_dir=d.cache_dir,
+            specs=specs,
             images=pipeline.labelled_image_bytes(path, domains=domains, classes=classes),
-            is_sketch=is_sketch, image_size=int(d.image_size),
+            is_sketch=roles == ("structure_sketch",), image_size=int(d.image_size),
             batch_size=int(self.config.eval.batch_size), log=log,
         )  # fmt: skip
 

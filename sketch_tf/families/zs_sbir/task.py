@@ -171,12 +171,12 @@ class ZsSbirTask(Task):
             "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
         }
         return towers.features(
-            which, role, tower, records_dir=path, cache_dir=d.cache_dir,
-            spec=spec,
+            which, {role: tower}, records_dir=path, cache_dir=d.cache_dir,
+            specs={role: spec},
             images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
             is_sketch=role == "sketch", image_size=int(d.image_size),
             batch_size=int(self.config.eval.batch_size), log=log,
-        )  # fmt: skip
+        )[role]  # fmt: skip
 
     def precompute(self, models, log=print) -> dict[str, str]:
         return precompute(self, models, log)
