@@ -308,17 +308,15 @@ def _compute(
         tf.lookup.KeyValueTensorInitializer(tf.constant(wanted), tf.ones([len(wanted)], tf.int64)),
         default_value=0,
     )
-    # tf.data's autotuning off: the model's thread of a finished iterator was seen to hold its
-    # teardown up to 20 s (no CPU used) at the end of a pass; decoding is a small part of a
-    # trunk pass, so fixed parallelism (the CPU count) costs nothing.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = (
+    from sketch_tf.data import pipeline  # here: pipeline imports this module
+
+    # One pass (`pipeline.one_pass`: no autotuning, whose teardown can idle ~20 s); decoding
+    # is a small part of a trunk pass, so fixed parallelism (the CPU count) costs nothing.
+    ds = pipeline.one_pass(
         images.filter(lambda k, e: table.lookup(k) > 0)
         .map(lambda k, e: (k, preprocess(e)), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(2)
-        .with_options(options)
     )
     # No autograph: the walk has no tensor-dependent control flow to convert (converting it
     # cost seconds of Python per trace).

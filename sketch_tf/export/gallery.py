@@ -73,7 +73,9 @@ def gallery_rows(
         batch = {"image": img, "image_key": cache.image_keys(r[schema.IMAGE])}
         return batch, {**meta, schema.INSTANCE_ID: r[schema.INSTANCE_ID]}
 
-    ds = records.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    ds = pipeline.one_pass(
+        records.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    )
     embed_fn = tf.function(embed, reduce_retracing=True)
     parts: dict[str, list[np.ndarray]] = {}
     keys, labels, doms = [], [], []

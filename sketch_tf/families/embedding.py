@@ -48,14 +48,16 @@ def embed_labelled_records(
       "class_id": int64 [N] (the folder's class ids), "domain": str [N], "instance_id": str
       [N]}, rows in record order.
     """
-    ds = pipeline.labelled_dataset(
-        records_dir,
-        int(batch_size),
-        image_size=int(image_size),
-        training=False,
-        classes=classes,
-        domains=list(domains),
-        sketch_domain=sketch_domain,
+    ds = pipeline.one_pass(
+        pipeline.labelled_dataset(
+            records_dir,
+            int(batch_size),
+            image_size=int(image_size),
+            training=False,
+            classes=classes,
+            domains=list(domains),
+            sketch_domain=sketch_domain,
+        )
     )
 
     @tf.function(reduce_retracing=True)  # the last batch is smaller

@@ -70,7 +70,7 @@ def embed_role(task, models, split, role: str, baselines=()) -> dict[str, Any]:
         thumbs = tf.image.resize(x, [THUMB, THUMB], antialias=True)
         return embed(k, x), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
 
-    ds = (
+    ds = pipeline.one_pass(
         tf.data.Dataset.from_tensor_slices((keys, tf.constant(blobs.tolist())))
         .map(lambda k, b: (k, pipeline.preprocess(b, drawing, size, False)))
         .batch(int(e.batch_size))
