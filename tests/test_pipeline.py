@@ -281,3 +281,16 @@ def test_stream_seed_is_the_formula_training_runs_were_seeded_with():
     assert pipeline.stream_seed(0, 0, 0) == 7919
     assert pipeline.stream_seed(5, 11, 0) == 5 + 11 + 7919
     assert pipeline.stream_seed(5, 53, 2) == 5 + 53 + 7919 * 3
+
+
+def test_one_pass_turns_autotuning_off_and_keeps_the_elements():
+    import tensorflow as tf
+
+    from sketch_tf.data import pipeline
+
+    ds = tf.data.Dataset.range(5).map(lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.with_options(pipeline.dataset_options())
+    once = pipeline.one_pass(ds)
+    assert once.options().autotune.enabled is False
+    assert once.options().deterministic is True
+    assert list(once.as_numpy_iterator()) == [0, 2, 4, 6, 8]
