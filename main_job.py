@@ -5,17 +5,17 @@ SavedModel, and print one results table at the end.
   .venv/bin/python main_job.py                          # all families, the documented CPU budget
   .venv/bin/python main_job.py --families=<family>      # one family (sketch_tf/families/)
   .venv/bin/python main_job.py --smoke                  # a minute-long end-to-end check
-  .venv/bin/python main_job.py --jobs=1                 # one family at a time, in this process
+  .venv/bin/python main_job.py --jobs=1                 # one family at a time
 
 Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an ordinary run
 folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evaluate.py,
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
 
-The datasets are rendered first; then `--jobs` families train, evaluate and export at once,
-each in its own process (their log lines prefixed with the family), so that one family's
-single-threaded work (tracing, saving, evaluation code) overlaps another's arithmetic on a
-2-core CPU. A family's figures do not depend on this: each runs from its own seed in a fresh
-process either way.
+The datasets are rendered first; then each family trains, evaluates and exports in a fresh
+process of its own (its log lines prefixed with the family), `--jobs` of them at once, so that
+one family's single-threaded work (tracing, saving, evaluation code) overlaps another's
+arithmetic on a 2-core CPU. A family's figures depend neither on `--jobs` nor on the other
+families: no process state carries over from one family to the next.
 
 SIGTERM / Ctrl-C during a family's training save its checkpoint and stop the whole job (no
 evaluation or export of the half-trained model, no later family, no results.json): it says
@@ -49,8 +49,8 @@ _SMOKE = flags.DEFINE_bool(
 _JOBS = flags.DEFINE_integer(
     "jobs",
     0,
-    "Families trained, evaluated and exported at once, each in its own process. 0: 2 when "
-    "this process may use 2 or more CPUs, else 1. 1: one after another in this process.",
+    "Families trained, evaluated and exported at once, each in its own process. 0: 2 on a "
+    "machine without a GPU where this process may use 2 or more CPUs, else 1 (one at a time).",
 )
 _FAMILY_RESULT = flags.DEFINE_string(
     "family_result",
@@ -136,11 +136,16 @@ def run_family(family: str, config, run_dir: str, strategy) -> dict:
 
 
 def default_jobs() -> int:
-    """`--jobs=0`: 2 when this process may use 2 or more CPUs, else 1. More than two
-    families at once only multiplies memory: the gain is overlapping one family's
-    single-threaded phases with another's arithmetic."""
+    """`--jobs=0`: 2 on a machine without a GPU where this process may use 2 or more CPUs,
+    else 1. More than two families at once only multiplies memory (the gain is overlapping
+    one family's single-threaded phases with another's arithmetic), and processes sharing a
+    GPU would each reserve all of its memory."""
+    import tensorflow as tf
+
     from sketch_tf.data.synthetic.prepare import default_workers
 
+    if tf.config.list_physical_devices("GPU"):
+        return 1
     return 2 if default_workers() >= 2 else 1
 
 
@@ -310,30 +315,17 @@ def main(argv):
     # Every dataset first (families may share one, e.g. fg_sbir and zs_sbir).
     prepare_s = {f: prepare_family(f, configs[f]) for f in families}
     jobs = min(_JOBS.value or default_jobs(), len(families))
-    stop_signal = None
-    if jobs == 1:
-        from sketch_tf.train import strategy as strategy_lib
-
-        strategy = strategy_lib.build_strategy(_STRATEGY.value)
-        results = {}
-        for family in families:
-            results[family] = run_family(
-                family, configs[family], os.path.join(workdir, family), strategy
-            )
-            if "interrupted" in results[family]:
-                break
-    else:
-        child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
-        child_flags += ["--smoke"] if smoke else []
-        processes = _FamilyProcesses(jobs, child_flags)
-        with tempfile.TemporaryDirectory(prefix="family-results-", dir=workdir) as out_dir:
-            try:
-                finished = processes.run(families, out_dir)
-            except RuntimeError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
-        stop_signal = processes.signal
-        results = {f: finished[f] for f in families if f in finished}
+    child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
+    child_flags += ["--smoke"] if smoke else []
+    processes = _FamilyProcesses(jobs, child_flags)
+    with tempfile.TemporaryDirectory(prefix="family-results-", dir=workdir) as out_dir:
+        try:
+            finished = processes.run(families, out_dir)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+    stop_signal = processes.signal
+    results = {f: finished[f] for f in families if f in finished}
     _exit_if_interrupted(results, workdir, stop_signal)
     for family, result in results.items():
         result["timings"] = {"prepare_s": prepare_s[family], **result["timings"]}
