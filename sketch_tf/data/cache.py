@@ -185,7 +185,13 @@ def _functional(op):
         from keras.src.models.functional import Functional
     except ImportError:  # another Keras layout: models are called whole (nothing shared)
         return None
-    if isinstance(op, Functional) and type(op).call is Functional.call:
+    # `_run_through_graph` is Keras' private graph walk (keras>=3.10,<4): without it a model
+    # is called whole, which shares nothing but gives the same values.
+    if (
+        isinstance(op, Functional)
+        and type(op).call is Functional.call
+        and hasattr(op, "_run_through_graph")
+    ):
         return op
     return None
 
