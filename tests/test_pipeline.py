@@ -286,11 +286,11 @@ def test_stream_seed_is_the_formula_training_runs_were_seeded_with():
 def test_one_pass_turns_autotuning_off_and_keeps_the_elements():
     import tensorflow as tf
 
-    from sketch_tf.data import pipeline
+    from sketch_tf.data.options import dataset_options, one_pass
 
     ds = tf.data.Dataset.range(5).map(lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.with_options(pipeline.dataset_options())
-    once = pipeline.one_pass(ds)
+    ds = ds.with_options(dataset_options())
+    once = one_pass(ds)
     assert once.options().autotune.enabled is False
     assert once.options().deterministic is True
     assert list(once.as_numpy_iterator()) == [0, 2, 4, 6, 8]

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.core.files import atomic_file, write_atomic
+from sketch_tf.data.options import one_pass
 
 __all__ = [
     "CACHE_SUBDIR",
@@ -314,11 +315,9 @@ def _compute(
         tf.lookup.KeyValueTensorInitializer(tf.constant(wanted), tf.ones([len(wanted)], tf.int64)),
         default_value=0,
     )
-    from sketch_tf.data import pipeline  # here: pipeline imports this module
-
-    # One pass (`pipeline.one_pass`: no autotuning, whose teardown can idle ~20 s); decoding
+    # One pass (`options.one_pass`: no autotuning, whose teardown can idle ~20 s); decoding
     # is a small part of a trunk pass, so fixed parallelism (the CPU count) costs nothing.
-    ds = pipeline.one_pass(
+    ds = one_pass(
         images.filter(lambda k, e: table.lookup(k) > 0)
         .map(lambda k, e: (k, preprocess(e)), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)

@@ -26,6 +26,7 @@ import tensorflow as tf
 from sketch_tf.core import kernels
 from sketch_tf.core.shape_buckets import pow2_at_least
 from sketch_tf.data import cache, schema, tfrecord
+from sketch_tf.data.options import dataset_options
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: What a triplet batch builder yields per image: the preprocessed image, or its int64 cache
@@ -509,26 +510,6 @@ COLOR_JITTER = kernels.DualKernel(
 
 
 # ---- record streams ------------------------------------------------------------------------------
-def dataset_options() -> tf.data.Options:
-    """The options of every dataset built here: deterministic order, autotuned parallelism
-    (tf.data's default, left unset so that `one_pass` can turn it off without a warning)."""
-    opts = tf.data.Options()
-    opts.deterministic = True
-    return opts
-
-
-def one_pass(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` for one pass whose iterator is then dropped (evaluation, feature caches,
-    galleries): tf.data's autotuning off, parallel maps at the CPU count. With autotuning on,
-    TF 2.21 intermittently holds the teardown of such an iterator for up to ~20 s with no
-    CPU used (measured: an autotuned map read over ~20 s, then `del iterator`: 18.7 s, 0 s
-    without autotuning; 17-20 s per feature-cache pass of the main job). Training input
-    keeps autotuning: its iterator is not dropped after a pass."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
-
-
 def stream_seed(seed: int, offset: int, index: int) -> int:
     """The shuffle seed of the `index`-th per-class (or per-group) stream of a dataset.
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from sketch_tf import index as index_lib
 from sketch_tf.data import cache, pipeline, schema, tfrecord
+from sketch_tf.data.options import one_pass
 
 MANIFEST_FILE = os.path.join("assets.extra", "gallery.json")
 
@@ -73,7 +74,7 @@ def gallery_rows(
         batch = {"image": img, "image_key": cache.image_keys(r[schema.IMAGE])}
         return batch, {**meta, schema.INSTANCE_ID: r[schema.INSTANCE_ID]}
 
-    ds = pipeline.one_pass(
+    ds = one_pass(
         records.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
     )
     embed_fn = tf.function(embed, reduce_retracing=True)

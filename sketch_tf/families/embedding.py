@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.data import pipeline
+from sketch_tf.data.options import one_pass
 
 #: Side of the thumbnails kept for the retrieval pictures, in pixels.
 THUMB = 48
@@ -48,7 +49,7 @@ def embed_labelled_records(
       "class_id": int64 [N] (the folder's class ids), "domain": str [N], "instance_id": str
       [N]}, rows in record order.
     """
-    ds = pipeline.one_pass(
+    ds = one_pass(
         pipeline.labelled_dataset(
             records_dir,
             int(batch_size),

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.data import pipeline
+from sketch_tf.data.options import one_pass
 from sketch_tf.eval import baselines as baselines_lib
 from sketch_tf.eval import plots, retrieval
 from sketch_tf.eval.retrieval import unit_rows
@@ -70,7 +71,7 @@ def embed_role(task, models, split, role: str, baselines=()) -> dict[str, Any]:
         thumbs = tf.image.resize(x, [THUMB, THUMB], antialias=True)
         return embed(k, x), tf.cast(tf.round(thumbs * 255.0), tf.uint8)
 
-    ds = pipeline.one_pass(
+    ds = one_pass(
         tf.data.Dataset.from_tensor_slices((keys, tf.constant(blobs.tolist())))
         .map(lambda k, b: (k, pipeline.preprocess(b, drawing, size, False)))
         .batch(int(e.batch_size))

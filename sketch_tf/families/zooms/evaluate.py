@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sketch_tf.data import pipeline
+from sketch_tf.data.options import one_pass
 from sketch_tf.eval import correspondence as corr
 from sketch_tf.eval import plots
 from sketch_tf.models.zooms import describe_points
@@ -58,7 +58,7 @@ def evaluate_split(task, model, which: str) -> dict[str, Any]:
     side = int(cfg.data.image_size)
     curve_x = np.linspace(0.0, float(cfg.eval.curve_max), int(cfg.eval.curve_steps))
     thresholds = np.concatenate([curve_x, corr.PCK_REPORT_THRESHOLDS])
-    ds = pipeline.one_pass(
+    ds = one_pass(
         task.pairs("test", False, int(cfg.seed), 256, which).take(int(cfg.eval.max_pairs))
     )
     stats: dict[str, dict] = {}
