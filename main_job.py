@@ -312,7 +312,7 @@ def main(argv):
         sys.exit(128 + stop if stop else 0)
 
     os.makedirs(workdir, exist_ok=True)
-    # Every dataset first (families may share one, e.g. fg_sbir and zs_sbir).
+    # Every dataset first (two families may share one records folder).
     prepare_s = {f: prepare_family(f, configs[f]) for f in families}
     jobs = min(_JOBS.value or default_jobs(), len(families))
     child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
