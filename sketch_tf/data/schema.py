@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core import autograph  # noqa: F401  (traced as written: core/autograph.py)
+
 #: Version of every record layout below; readers refuse datasets written with another one.
 SCHEMA_VERSION = 1
 

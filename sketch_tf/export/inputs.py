@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sketch_tf.core import autograph  # noqa: F401  (traced as written: core/autograph.py)
 from sketch_tf.data import pipeline
 
 #: Leading bytes of the formats `tf.io.decode_image` reads.

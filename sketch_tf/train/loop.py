@@ -53,7 +53,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from sketch_tf.core import kernels
+from sketch_tf.core import (
+    autograph,  # noqa: F401  (traced as written: core/autograph.py)
+    kernels,
+)
 from sketch_tf.core.files import write_atomic
 from sketch_tf.models.variables import unique_variables
 from sketch_tf.train import precision as precision_lib
