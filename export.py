@@ -6,8 +6,10 @@
 
 Retrieval families (whose Task has a `retrieval()`) store their gallery in the servable
 for their `retrieve` signature (= serving_default): `--gallery=RECORDS` (a labelled-image
-records folder of prepare_data.py) is embedded by the model at export time; the default
-`test` takes the run's test records; `none` exports the embedding signatures only.
+records folder of prepare_data.py, every class of it) is embedded by the model at export
+time; the default `test` takes the run's test records of the classes it was evaluated on
+(`data.classes`, when the config restricts them); `none` exports the embedding signatures
+only.
 
 Layout: <export_dir>/<version>/saved_model.pb, variables/ and
 assets.extra/tf_serving_warmup_requests, written to a temporary folder, checked by reloading,
@@ -35,7 +37,8 @@ _GALLERY = flags.DEFINE_string(
     "gallery",
     "test",
     "Retrieval families: records folder embedded as the `retrieve` signature's gallery; "
-    "'test' = the run's test records, 'none' = no gallery (embedding signatures only).",
+    "'test' = the run's test records (of its data.classes, when set), 'none' = no gallery "
+    "(embedding signatures only).",
 )
 _MODEL_NAME = flags.DEFINE_string(
     "model_name", None, "Model name in models.config and the warmup requests (default: task)."
@@ -59,7 +62,9 @@ def main(argv):
     except (FileNotFoundError, ValueError) as err:
         cli.fail(f"--gallery={_GALLERY.value}: {err}")
     if gallery is not None:
-        print(f"gallery: {gallery.size} images of {gallery.manifest['records']}")
+        classes = gallery.manifest["classes"]
+        of = f" (classes {', '.join(classes)})" if classes else ""
+        print(f"gallery: {gallery.size} images of {gallery.manifest['records']}{of}")
     import tensorflow as tf
 
     try:

@@ -11,7 +11,8 @@ Two ways to search, the same ranking as evaluation (exact search ties in gallery
 
 Results are dicts {"keys", "labels", "rows", "scores"} (lists, best first). `gallery_images`
 reads the encoded images of result rows back from the gallery's records (the n-th record of
-the gallery domains in shard order is row n) for the result grid.
+the gallery domains, and of its classes when the gallery was restricted to some, in shard
+order is row n) for the result grid.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MODEL_KEYS = ("task", "checkpoint", "step", "config_sha256")
 
 
 def build_index(run, records_dir: str, factory: str | None = None, nprobe: int = 16):
-    """Embeds the gallery domains of `records_dir` with the run's towers into a GalleryIndex.
+    """Embeds the gallery domains of `records_dir` (every class: the user's folder is the
+    user's gallery) with the run's towers into a GalleryIndex.
 
     Args:
       run: a loaded `sketch_tf.train.run.Run` of a retrieval family.
@@ -42,11 +44,17 @@ def build_index(run, records_dir: str, factory: str | None = None, nprobe: int =
 
     Returns:
       GalleryIndex with ids = record keys (`gallery.record_key`), labels = class names and
-      manifest = `run.manifest()` + {"records", "domains"} (`gallery.family_gallery`, the
-      rows a `retrieve` signature's gallery holds).
+      manifest = `run.manifest()` + {"records", "domains", "classes": None}
+      (`gallery.family_gallery`, the rows a `retrieve` signature's gallery of that folder
+      holds).
     """
     g = gallery_lib.family_gallery(run.task, run.models, records_dir)
-    manifest = {**run.manifest(), "records": g["records"], "domains": g["domains"]}
+    manifest = {
+        **run.manifest(),
+        "records": g["records"],
+        "domains": g["domains"],
+        "classes": g["classes"],
+    }
     kwargs = {} if factory is None else {"backend": "faiss", "factory": factory, "nprobe": nprobe}
     index = index_lib.GalleryIndex(
         g["vectors"].shape[1], metric=g["metric"], manifest=manifest, **kwargs
@@ -83,6 +91,7 @@ def query_run(
         "scores": [float(s) for s in scores],
         "records": index.manifest.get("records"),
         "domains": index.manifest.get("domains"),
+        "classes": index.manifest.get("classes"),
     }
 
 
@@ -140,15 +149,19 @@ def query_export(
         "clipped": bool(out["clipped"].numpy()),
         "records": manifest.get("records"),
         "domains": manifest.get("domains"),
+        "classes": manifest.get("classes"),
         "export": path,
     }
 
 
-def gallery_images(records_dir: str, domains: list[str], rows: list[int]) -> dict[int, bytes]:
-    """{row: encoded image} of gallery rows, read back from its records (one pass, no
-    decoding). Raises ValueError when a row is past the records' end."""
+def gallery_images(
+    records_dir: str, domains: list[str], rows: list[int], classes: list[str] | None = None
+) -> dict[int, bytes]:
+    """{row: encoded image} of gallery rows (the records of `domains` and `classes`, None:
+    all, in shard order), read back from its records (one pass, no decoding). Raises
+    ValueError when a row is past the records' end."""
     wanted, found = set(rows), {}
-    records = pipeline.labelled_records(records_dir, domains)
+    records = pipeline.labelled_records(records_dir, domains, classes)
     for i, r in enumerate(records.map(lambda r: r[schema.IMAGE]).as_numpy_iterator()):
         if i in wanted:
             found[i] = r
@@ -175,7 +188,9 @@ def result_grid(
 
     if not result.get("records"):
         raise ValueError("no gallery records recorded with this index / export: no grid")
-    images = gallery_images(result["records"], result["domains"], result["rows"])
+    images = gallery_images(
+        result["records"], result["domains"], result["rows"], result.get("classes")
+    )
     results = [_decode(images[r]) for r in result["rows"]]
     correct = None
     if query_label is not None:

@@ -5,10 +5,14 @@
 `top_k` inside a signature with `sketch_tf.index.exact_top_k`, the library's exact search
 (ties in gallery order). It is built at export time from a labelled-image records dataset
 (`export.py --gallery=RECORDS`, `gallery_rows`) by the task's `Retrieval`, and carries a
-manifest (the model that embedded it, the records, the row count) written beside the
-version as `assets.extra/gallery.json`. A task whose towers read cached frozen-trunk features
+manifest (the model that embedded it, the records, their domains and the classes it was
+restricted to, the row count) written beside the version as `assets.extra/gallery.json`.
+The default gallery (`export.py --gallery=test`) is the run's test records of the classes it
+was evaluated on (`Retrieval.gallery_classes`, from `data.classes`); a named folder keeps
+every class. A task whose towers read cached frozen-trunk features
 (`Task.uses_feature_cache()`) embeds a gallery with its heads on the cached features of the
 folder's images (`Retrieval.gallery_embed`), the same embeddings as its full towers.
+Row n of a gallery is the n-th record of its domains and classes in shard order.
 
 Keys are the records' `source` (the image's path below the source root), or
 `<domain>/<class>/<instance_id>` when a record has none, so a result names a file a user can
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,8 +52,10 @@ def gallery_rows(
     domains: list[str] | None,
     sketch_domain: str,
     batch_size: int = 64,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Embeds every record of `domains` (None: all) in a labelled-image records folder.
+    """Embeds every record of `domains` and `classes` (names; None: all) in a labelled-image
+    records folder, in shard order.
 
     Args:
       records_dir: a folder written by prepare_data.py (manifest + shards).
@@ -57,14 +63,17 @@ def gallery_rows(
         cache keys int64 [B] (`cache.image_keys` of the encoded images)} -> {space: float32
         [B, E_space]} (`Retrieval.gallery_embed`).
       image_size: S, as in evaluation (`data.image_size`).
+      classes: class names of the folder's manifest (an unknown one fails naming the folder).
 
     Returns:
       {"embeddings": {space: float32 [N, E_space]}, "keys": str [N], "labels": str [N]
-      (class names), "domains": str [N], "records": records_dir, "size": N}. Raises
-      ValueError naming the folder and the domains when no record matches.
+      (class names), "domains": str [N], "records": records_dir, "classes": the class names
+      (list) or None, "size": N}. Raises ValueError naming the folder, the domains and the
+      classes when no record matches.
     """
     tfrecord.read_manifest(records_dir, kind=schema.KIND_LABELLED_IMAGE)  # names a bad folder
-    records = pipeline.labelled_records(records_dir, domains)
+    classes = None if classes is None else list(classes)
+    records = pipeline.labelled_records(records_dir, domains, classes)
 
     def prep(r):
         img = pipeline.preprocess(
@@ -96,13 +105,17 @@ def gallery_rows(
             labels.append(m[schema.CLASS_NAME][i].decode("utf-8"))
             doms.append(m[schema.DOMAIN][i].decode("utf-8"))
     if not keys:
-        raise ValueError(f"gallery {records_dir}: no records of domains {domains} to embed")
+        raise ValueError(
+            f"gallery {records_dir}: no records of domains {domains} and classes "
+            f"{classes or 'all'} to embed"
+        )
     return {
         "embeddings": {space: np.concatenate(v) for space, v in parts.items()},
         "keys": np.asarray(keys),
         "labels": np.asarray(labels),
         "domains": np.asarray(doms),
         "records": os.path.abspath(records_dir),
+        "classes": classes,
         "size": len(keys),
     }
 
@@ -116,11 +129,13 @@ def required_retrieval(task):
     return retrieval
 
 
-def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
+def family_gallery(
+    task, models, records_dir: str, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """A records folder embedded as the task's gallery: `gallery_rows` with its retrieval's
     `gallery_embed` of the folder (the heads on its cached trunk features when the task uses
-    feature caches, computed on first use) over its `gallery_domains`, then its
-    `index_vectors`.
+    feature caches, computed on first use) over its `gallery_domains` and `classes` (names;
+    None: every class), then its `index_vectors`.
 
     Returns `gallery_rows`' dict plus "vectors" float32 [N, D] (the gallery in the queries'
     space), "metric" and "domains". Raises ValueError when the task serves no retrieval.
@@ -130,20 +145,25 @@ def family_gallery(task, models, records_dir: str) -> dict[str, Any]:
     domains = retrieval.gallery_domains()
     rows = gallery_rows(
         records_dir,
-        retrieval.gallery_embed(models, records_dir),
+        retrieval.gallery_embed(models, records_dir, classes),
         image_size=int(d.image_size),
         domains=domains,
         sketch_domain=d.sketch_domain,
         batch_size=int(task.config.eval.batch_size),
+        classes=classes,
     )
     vectors, metric = retrieval.index_vectors(rows["embeddings"])
     return {**rows, "vectors": vectors, "metric": metric, "domains": domains}
 
 
-def serving_gallery(task, models, records_dir: str, manifest: dict) -> ServingGallery:
-    """The `ServingGallery` of a records folder (`family_gallery`), carrying `manifest`."""
-    g = family_gallery(task, models, records_dir)
-    info = {**manifest, "records": g["records"], "domains": g["domains"]}
+def serving_gallery(
+    task, models, records_dir: str, manifest: dict, classes: Sequence[str] | None = None
+) -> ServingGallery:
+    """The `ServingGallery` of a records folder's images of `classes` (None: all;
+    `family_gallery`), carrying `manifest` + {"records", "domains", "classes" (list or
+    None)}."""
+    g = family_gallery(task, models, records_dir, classes)
+    info = {**manifest, "records": g["records"], "domains": g["domains"], "classes": g["classes"]}
     return ServingGallery(g["vectors"], g["keys"], g["labels"], g["metric"], info)
 
 

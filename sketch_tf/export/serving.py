@@ -226,8 +226,10 @@ def run_gallery(run, gallery: str | None = "test"):
     """The serving gallery of a loaded run (`sketch_tf.train.run.Run`) for `export_run`.
 
     Args:
-      gallery: a labelled-image records folder, "test" (the task's
-        `Retrieval.gallery_records()`, its test records) or None / "none" (no gallery).
+      gallery: a labelled-image records folder (every record of the task's gallery
+        domains), "test" (the task's `Retrieval.gallery_records()`, its test records, of its
+        `gallery_classes()`: the classes the run was restricted to and evaluated on) or None
+        / "none" (no gallery).
 
     Returns:
       a `ServingGallery` carrying `run.manifest()`, or None (no gallery asked for, or the task
@@ -246,8 +248,11 @@ def run_gallery(run, gallery: str | None = "test"):
         if gallery == "test":
             return None
         raise ValueError(f"gallery {gallery}: task {run.task.name!r} serves no retrieval")
-    records = retrieval.gallery_records() if gallery == "test" else gallery
-    return gallery_lib.serving_gallery(run.task, run.models, records, run.manifest())
+    if gallery == "test":
+        records, classes = retrieval.gallery_records(), retrieval.gallery_classes()
+    else:
+        records, classes = gallery, None  # the user's folder is the user's gallery
+    return gallery_lib.serving_gallery(run.task, run.models, records, run.manifest(), classes)
 
 
 def export_run(run, export_base: str, version: int | None = None, gallery="test", **kwargs):

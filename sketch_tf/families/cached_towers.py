@@ -5,15 +5,16 @@ With a frozen trunk (`trunk_is_frozen`), a tower is `head(trunk(image))`: the tr
 are computed once per image and cached beside the records (`sketch_tf.data.cache`), and
 training and evaluation run only the head on them. `CachedTowers` builds each cache and each
 head once per task (a tower's id is its key, and the memo keeps the tower alive so that the id
-is never reused). This module is not a family (the registry lists sub-packages only).
+is never reused); a cache is memoised by the images it covers (records folder, domains,
+classes), so that evaluation and an export's gallery of the same images share one load.
+This module is not a family (the registry lists sub-packages only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import tensorflow as tf
 
 from sketch_tf.data import cache, pipeline
 from sketch_tf.models.towers import tower_head, tower_trunk, trunk_is_frozen
@@ -35,31 +36,33 @@ class CachedTowers:
 
     def features(
         self,
-        which: str,
         towers: dict[str, Any],
         *,
         records_dir: str,
+        domains: Sequence[str],
+        classes: Sequence[str] | None,
         cache_dir: str,
         specs: dict[str, dict[str, Any]],
-        images: tf.data.Dataset,
         is_sketch: bool,
         image_size: int,
         batch_size: int,
         log: Callable[[str], None] = print,
     ) -> dict[str, cache.FeatureCache]:
-        """The caches of the trunks of `towers` over the same `images` (computed on first use,
-        those missing in one pass: `cache.cached_feature_entries`, which runs the layers the
-        trunks share, e.g. the common blocks of one frozen backbone, once per image).
+        """The caches of the trunks of `towers` over the images of `domains` and `classes` in
+        the records folder `records_dir` (computed on first use, those missing in one pass:
+        `cache.cached_feature_entries`, which runs the layers the trunks share, e.g. the
+        common blocks of one frozen backbone, once per image). Memoised by (entry folder,
+        domains, classes, role, tower): a second call over the same images (evaluation's
+        test images, then the export's default gallery of them) reads nothing again.
 
         Args:
-          which: "train" / "test", or "gallery <folder>" for a retrieval gallery (part of
-            the memo key only).
           towers: {role: tower}; a role says what the tower embeds here ("sketch", "photo",
             "style", ...) and its entry is
             `<records_dir or cache_dir>/cache/<family>_<role>_features-<digest>/`.
+          domains, classes: which records of the folder (`pipeline.labelled_image_bytes`);
+            classes are names, None = every class.
           specs: {role: what besides the weights determines its features (backbone and its
             arguments, ...)}; `task`, `role` and `image_size` are added.
-          images: (cache key, encoded image) pairs (`pipeline.labelled_image_bytes`).
           is_sketch, image_size: the evaluation preprocessing of the images.
 
         Returns:
@@ -68,6 +71,13 @@ class CachedTowers:
         Raises:
           ValueError: a tower's trunk has trainable weights.
         """
+        root = cache.cache_root(records_dir, cache_dir)
+        which = (  # the images (folder, domains, classes) and where their entries live
+            os.path.abspath(records_dir),
+            os.path.abspath(root),
+            tuple(sorted(domains)),
+            None if classes is None else tuple(sorted(classes)),
+        )
         todo = {r: t for r, t in towers.items() if (which, r, id(t)) not in self._caches}
         for tower in todo.values():
             if not trunk_is_frozen(tower):
@@ -84,8 +94,10 @@ class CachedTowers:
             for role, tower in todo.items()
         ]
         if entries:
+            wanted = None if classes is None else list(classes)
+            images = pipeline.labelled_image_bytes(records_dir, list(domains), wanted)
             built = cache.cached_feature_entries(
-                cache.cache_root(records_dir, cache_dir),
+                root,
                 entries,
                 images,
                 lambda e: pipeline.preprocess(e, is_sketch, int(image_size), False),

@@ -1,7 +1,7 @@
 """What the serving modules of the retrieval families (fg_sbir, zs_sbir, style_sbir) share:
-the test-records default gallery of their `Retrieval`, the refusal of style inputs by the
-sketch-only families, the `embed_<role>` signatures, the sketch `retrieve` / `search`
-signatures and their warmup requests.
+the test-records default gallery of their `Retrieval` (of the run's `data.classes`), the
+refusal of style inputs by the sketch-only families, the `embed_<role>` signatures, the
+sketch `retrieve` / `search` signatures and their warmup requests.
 """
 
 from __future__ import annotations
@@ -32,11 +32,20 @@ class TaskBound:
 
 
 class TestGalleryRetrieval(TaskBound):
-    """Base of a family `Retrieval` whose default gallery is the run's test records."""
+    """Base of a family `Retrieval` whose default gallery is the run's test records, of the
+    classes the run was restricted to (`data.classes`), as evaluated."""
 
     def gallery_records(self) -> str:
         """The test records (`Task.records_dir("test")`)."""
         return self.task.records_dir("test")
+
+    def gallery_classes(self) -> tuple[str, ...] | None:
+        """`data.classes` of the task's config when it names some (the run trained and was
+        evaluated on those classes only), else None (every class; also for a config without
+        `data.classes`, e.g. zs_sbir's, whose unseen-class evaluation restricts its queries
+        and gallery but not its data)."""
+        classes = tuple(self.task.config.data.get("classes", ()) or ())
+        return classes or None
 
 
 def refuse_style_inputs(family: str, exemplars, alpha) -> None:

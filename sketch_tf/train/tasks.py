@@ -23,7 +23,7 @@ triplet mining sees every replica's embeddings). The key `total` is what gets di
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -181,19 +181,26 @@ class Retrieval(Protocol):
         (`export.py --gallery=test`): the task's test records."""
         ...
 
+    def gallery_classes(self) -> tuple[str, ...] | None:
+        """The class names the default gallery (`gallery_records`, `export.py
+        --gallery=test`) holds: those the run was restricted to (`data.classes`), or None =
+        every class of the records. A folder the user names keeps every class."""
+        ...
+
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds (e.g. the photos)."""
         ...
 
     def gallery_embed(
-        self, models: dict[str, Any], records_dir: str
+        self, models: dict[str, Any], records_dir: str, classes: Sequence[str] | None = None
     ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
-        """The embedder of the gallery images of the labelled-image folder `records_dir`: a
-        batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": their cache
-        keys int64 [B] (`sketch_tf.data.cache.image_keys` of the encoded images)} ->
-        {space: embeddings [B, E]}. A task with `uses_feature_cache()` runs only its towers'
-        heads on the cached trunk features of the folder's `gallery_domains` images (the
-        cache of that folder, computed on first use); others run the full towers."""
+        """The embedder of the gallery images of the labelled-image folder `records_dir` (of
+        `classes` only, names; None: every class): a batch {"image": preprocessed images
+        float32 [B, S, S, 3], "image_key": their cache keys int64 [B]
+        (`sketch_tf.data.cache.image_keys` of the encoded images)} -> {space: embeddings
+        [B, E]}. A task with `uses_feature_cache()` runs only its towers' heads on the cached
+        trunk features of the folder's `gallery_domains` images of `classes` (the cache of
+        that folder, computed on first use); others run the full towers."""
         ...
 
     def index_vectors(self, embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:

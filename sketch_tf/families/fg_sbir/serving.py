@@ -8,11 +8,12 @@ as encoded bytes tf.string [N] (PNG / JPEG, any size), and in `<name>_floats` as
   rows, exactly the evaluation embedding (the whole image, or the mean of the 10 crop / flip
   views with `eval.multi_crop`; `sketch_tf.models.fg_sbir.embed_images`).
 - `retrieve` (+ `_floats`), with a gallery (`export.py --gallery=RECORDS`, default the run's
-  test records: their `data.image_domain` images): `images` [Q] sketches + `k` int32 -> the
-  exact top-k of the gallery as evaluation ranks: `keys` string [Q, k'] (the records'
-  `source`, e.g. ``shoes_edge_db_train.mat[42]``), `labels` string [Q, k'] (class names),
-  `ids` int64 [Q, k'] (gallery rows), `scores` float32 [Q, k'] (minus the L2 distance of unit
-  embeddings), `k` int32 (k' = min(k, gallery size)), `clipped` bool.
+  test records: their `data.image_domain` images of its `data.classes`): `images` [Q]
+  sketches + `k` int32 -> the exact top-k of the gallery as evaluation ranks: `keys` string
+  [Q, k'] (the records' `source`, e.g. ``shoes_edge_db_train.mat[42]``), `labels` string
+  [Q, k'] (class names), `ids` int64 [Q, k'] (gallery rows), `scores` float32 [Q, k']
+  (minus the L2 distance of unit embeddings), `k` int32 (k' = min(k, gallery size)),
+  `clipped` bool.
 - `search` (with a gallery): `embedding` float32 [Q, E] + `k` -> the outputs of `retrieve`.
 - `serving_default` = `retrieve` with a gallery, else `embed_sketch`.
 
@@ -46,22 +47,23 @@ def _embedder(task, models, role: str):
 class FgSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the fine-grained SBIR family: sketches against the unit image
     embeddings of the gallery (Euclidean = cosine ranking); its gallery, the test records
-    (their `data.image_domain` images)."""
+    (their `data.image_domain` images of the run's `data.classes`)."""
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: the images sketches are matched with."""
         return [self.task.config.data.image_domain]
 
-    def gallery_embed(self, models, records_dir: str):
+    def gallery_embed(self, models, records_dir: str, classes=None):
         """A batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": int64 [B]}
         of `records_dir` -> {"image": embeddings [B, E]}, as evaluated: with
         `data.feature_cache` the image tower after the frozen part on the cached maps of the
-        folder's images (`FgSbirTask.gallery_caches`), else the whole image tower."""
+        folder's images of `classes` (names; None: all; `FgSbirTask.gallery_caches`), else
+        the whole image tower."""
         task = self.task
         if not task.uses_feature_cache():
             embed = _embedder(task, models, "image")
             return lambda b: {"image": embed(b["image"])}
-        caches = task.gallery_caches(models, records_dir)
+        caches = task.gallery_caches(models, records_dir, classes)
         where = f"fg_sbir gallery {records_dir}"
         plain = caches["image"].lookup(where)
         flipped = caches["image_flip"].lookup(where) if "image_flip" in caches else None

@@ -277,38 +277,64 @@ class FgSbirTask(Task):
             ("image", split.image_keys, split.image_bytes),
         ):
             # A list of bytes, not a numpy 'S' array (which drops trailing NUL bytes).
-            images = tf.data.Dataset.from_tensor_slices((keys, tf.constant(blobs.tolist())))
-            out.update(self._maps_caches(models, split.records_dir, role, images, flips, log))
+            def images(keys=keys, blobs=blobs):
+                return tf.data.Dataset.from_tensor_slices((keys, tf.constant(blobs.tolist())))
+
+            # The pairs hold every `role` record of the split's data.classes (`read_pairs`).
+            out.update(
+                self._maps_caches(
+                    models, split.records_dir, role, tuple(d.classes) or None, images, flips, log
+                )
+            )
         memo[which] = out
         return out
 
-    def gallery_caches(self, models, records_dir: str, log=print) -> dict[str, cache.FeatureCache]:
+    def gallery_caches(
+        self, models, records_dir: str, classes=None, log=print
+    ) -> dict[str, cache.FeatureCache]:
         """{"image" (and "image_flip" with eval.multi_crop): FeatureCache} of the frozen
-        part's maps of every `data.image_domain` image of the labelled-image folder
-        `records_dir` (a retrieval gallery), computed on first use in that folder's cache
-        (the test records' cache for the test gallery), stored as float16."""
-        memo = self.__dict__.setdefault("_caches", {})
-        which = f"gallery {os.path.abspath(records_dir)}"
-        if which not in memo:
-            images = pipeline.labelled_image_bytes(
-                records_dir, domains=[self.config.data.image_domain]
-            )
-            flips = [False, True] if self.config.eval.multi_crop else [False]
-            memo[which] = self._maps_caches(models, records_dir, "image", images, flips, log)
-        return memo[which]
+        part's maps of every `data.image_domain` image of `classes` (names; None: all) in
+        the labelled-image folder `records_dir` (a retrieval gallery), computed on first use
+        in that folder's cache (the test records' cache for the test gallery), stored as
+        float16. The test gallery of the run's `data.classes` is the evaluation's image set:
+        the caches evaluation loaded are reused as they are (`_maps_caches`)."""
+        domain = self.config.data.image_domain
+        flips = [False, True] if self.config.eval.multi_crop else [False]
+        wanted = None if classes is None else list(classes)
 
-    def _maps_caches(self, models, records_dir, role, images, flips, log):
-        """{"<role>" / "<role>_flip": FeatureCache} of the frozen part's maps of `images`
-        ((int64 key, encoded image) pairs of the records folder `records_dir`), as `role`
-        ("sketch" / "image") images, unflipped and mirrored as `flips` says."""
+        def images():
+            return pipeline.labelled_image_bytes(records_dir, domains=[domain], classes=wanted)
+
+        return self._maps_caches(models, records_dir, "image", classes, images, flips, log)
+
+    def _maps_caches(self, models, records_dir, role, classes, images, flips, log):
+        """{"<role>" / "<role>_flip": FeatureCache} of the frozen part's maps of the `role`
+        ("sketch" / "image") domain's records of `classes` (None: all) in the records folder
+        `records_dir`, unflipped and mirrored as `flips` says. `images()` gives those records'
+        (int64 key, encoded image) pairs; it is called only when a view is not memoised: the
+        memo is keyed by the images (folder, role, classes), the flip and the trunk, so that
+        evaluation's test images and the export's gallery of the same images load once."""
         d, m = self.config.data, self.config.model
         trunk = fg_models.trunk_of(fg_models.sketch_tower(models))
         if trunk.trainable_weights:
             raise ValueError("fg_sbir: data.feature_cache: the frozen part has trainable weights")
         size = int(d.image_size)
         drawing = self.is_drawing(role)
+        memo = self.__dict__.setdefault("_views", {})
+        which = (
+            os.path.abspath(records_dir),
+            role,
+            None if classes is None else tuple(sorted(classes)),
+        )
+        dataset = None
         out = {}
         for flip in flips:
+            view = f"{role}_flip" if flip else role
+            key = (*which, flip, id(trunk))
+            if key in memo:
+                out[view] = memo[key][1]
+                continue
+            dataset = images() if dataset is None else dataset
 
             def prep(e, flip=flip):
                 x = pipeline.preprocess(e, drawing, size, False)
@@ -323,12 +349,12 @@ class FgSbirTask(Task):
                 "drawing": drawing,
                 "flip": flip,
             }
-            view = f"{role}_flip" if flip else role
             out[view] = cache.cached_features(
                 cache.cache_root(records_dir, d.cache_dir), f"fg_sbir_{view}_maps",
-                spec, trunk, images, prep, batch_size=int(self.config.eval.batch_size),
+                spec, trunk, dataset, prep, batch_size=int(self.config.eval.batch_size),
                 dtype="float16", log=log,
             )  # fmt: skip
+            memo[key] = (trunk, out[view])  # the trunk kept alive: its id is never reused
         return out
 
     def precompute(self, models, log=print) -> dict[str, str]:

@@ -66,17 +66,17 @@ def _query(structure, style, alpha):
 class StyleSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the style-aware SBIR family: sketch + exemplar queries against
     gallery rows [unit structure, unit style] (see `_query`); its gallery, the test records
-    (their images of every style domain)."""
+    (their images of every style domain, of the run's `data.classes`)."""
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: every style domain."""
         return list(self.task.styles())
 
-    def gallery_embed(self, models, records_dir: str):
+    def gallery_embed(self, models, records_dir: str, classes=None):
         """A batch {"image": preprocessed images float32 [B, S, S, 3], "image_key": int64 [B]}
         of `records_dir` -> {"structure": [B, E], "style": [B, F]} embeddings: the heads on the
-        cached trunk features of the folder's images with `data.feature_cache`
-        (`StyleSbirTask.gallery_caches`), else the towers."""
+        cached trunk features of the folder's images of `classes` (names; None: all) with
+        `data.feature_cache` (`StyleSbirTask.gallery_caches`), else the towers."""
         task = self.task
         spaces = {"structure": "structure_image", "style": "style"}
         if not task.uses_feature_cache():
@@ -84,7 +84,7 @@ class StyleSbirRetrieval(retrieval.TestGalleryRetrieval):
             return lambda b: {
                 space: towers[role](b["image"], training=False) for space, role in spaces.items()
             }
-        caches = task.gallery_caches(models, records_dir)
+        caches = task.gallery_caches(models, records_dir, classes)
         lookups = {r: caches[r].lookup(f"style_sbir gallery {records_dir} ({r})") for r in caches}
         heads = task.heads(models)
         return lambda b: {

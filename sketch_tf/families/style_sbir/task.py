@@ -39,7 +39,7 @@ import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, tfrecord
+from sketch_tf.data import tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, precompute
 from sketch_tf.families.style_sbir import config as family_config
 from sketch_tf.families.style_sbir import data as style_data
@@ -223,31 +223,31 @@ class StyleSbirTask(Task):
         # One image stream per records folder: the gallery images' two trunks run in one pass.
         return {
             **self._trunk_caches(
-                models, which, ("structure_sketch",), where, [d.sketch_domain], sketch_classes, log
+                models, ("structure_sketch",), where, [d.sketch_domain], sketch_classes, log
             ),
             **self._trunk_caches(
-                models, which, ("structure_image", "style"), path, self.styles(),
+                models, ("structure_image", "style"), path, self.styles(),
                 tuple(d.classes) or None, log,
             ),
         }  # fmt: skip
 
-    def gallery_caches(self, models, records_dir: str, log=print) -> dict:
+    def gallery_caches(self, models, records_dir: str, classes=None, log=print) -> dict:
         """{"structure_image", "style": `cache.FeatureCache`} of the frozen trunks over every
-        image of the style domains in the labelled-image folder `records_dir` (a retrieval
-        gallery), computed on first use in that folder's cache (the test records' cache for
-        the test gallery).
+        image of the style domains and of `classes` (names; None: all) in the labelled-image
+        folder `records_dir` (a retrieval gallery), computed on first use in that folder's
+        cache (the test records' cache for the test gallery: the test gallery of the run's
+        `data.classes` is the evaluation's gallery, whose caches are reused as they are).
 
         Raises:
           ValueError: a tower's trunk has trainable weights.
         """
-        which = f"gallery {os.path.abspath(records_dir)}"
         roles = ("structure_image", "style")
-        return self._trunk_caches(models, which, roles, records_dir, self.styles(), None, log)
+        return self._trunk_caches(models, roles, records_dir, self.styles(), classes, log)
 
-    def _trunk_caches(self, models, which, roles, path, domains, classes, log) -> dict:
+    def _trunk_caches(self, models, roles, path, domains, classes, log) -> dict:
         """{role: `cache.FeatureCache`} of the trunks of the `roles` towers (roles of `towers`)
         over the images of `domains` and `classes` (None: all) in the records folder `path`,
-        those missing computed in one pass (`CachedTowers.features`)."""
+        those missing computed in one pass (`CachedTowers.features`, memoised by images)."""
         d = self.config.data
         towers = self.towers(models)
         specs = {}
@@ -258,9 +258,8 @@ class StyleSbirTask(Task):
                 "backbone_kwargs": section.backbone_kwargs.to_dict(),
             }
         return self._cached_towers().features(
-            which, {r: towers[r] for r in roles}, records_dir=path, cache_dir=d.cache_dir,
-            specs=specs,
-            images=pipeline.labelled_image_bytes(path, domains=domains, classes=classes),
+            {r: towers[r] for r in roles}, records_dir=path, domains=domains, classes=classes,
+            cache_dir=d.cache_dir, specs=specs,
             is_sketch=roles == ("structure_sketch",), image_size=int(d.image_size),
             batch_size=int(self.config.eval.batch_size), log=log,
         )  # fmt: skip

@@ -48,16 +48,16 @@ class ZsSbirRetrieval(retrieval.TestGalleryRetrieval):
         """The record domains a gallery holds: the photos."""
         return [self.task.config.data.photo_domain]
 
-    def gallery_embed(self, models, records_dir: str):
+    def gallery_embed(self, models, records_dir: str, classes=None):
         """A batch {"image": preprocessed photos float32 [B, S, S, 3], "image_key": int64
         [B]} of `records_dir` -> {"photo": embeddings [B, E]}: the photo tower's head on the
-        cached trunk features of the folder's photos with `data.feature_cache`
-        (`ZsSbirTask.gallery_caches`), else the photo tower."""
+        cached trunk features of the folder's photos of `classes` (names; None: all) with
+        `data.feature_cache` (`ZsSbirTask.gallery_caches`), else the photo tower."""
         task = self.task
         if not task.uses_feature_cache():
             photo = zs_models.photo_tower(models)
             return lambda b: {"photo": photo(b["image"], training=False)}
-        cached = task.gallery_caches(models, records_dir)["photo"]
+        cached = task.gallery_caches(models, records_dir, classes)["photo"]
         lookup = cached.lookup(f"zs_sbir gallery {records_dir}")
         head = task.tower_heads(models)["photo"]
         return lambda b: {"photo": head(lookup(b["image_key"]), training=False)}

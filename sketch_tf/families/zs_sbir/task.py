@@ -33,13 +33,11 @@ projector files in `<workdir>/eval`. Signatures: `sketch_tf.families.zs_sbir.ser
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import tensorflow as tf
 
 from sketch_tf import losses
-from sketch_tf.data import pipeline, splits, tfrecord
+from sketch_tf.data import splits, tfrecord
 from sketch_tf.families.cached_towers import CachedTowers, precompute
 from sketch_tf.families.zs_sbir import config as family_config
 from sketch_tf.families.zs_sbir import data as zs_data
@@ -142,22 +140,22 @@ class ZsSbirTask(Task):
         seen, unseen = self.class_split(tfrecord.read_manifest(path)["classes"])
         classes = seen if which == "train" else unseen
         return {
-            role: self._trunk_cache(models, which, role, path, classes, log)
+            role: self._trunk_cache(models, role, path, classes, log)
             for role in ("sketch", "photo")
         }
 
-    def gallery_caches(self, models, records_dir: str, log=print) -> dict:
-        """{"photo": `cache.FeatureCache`} of the frozen photo trunk over every photo of the
-        labelled-image folder `records_dir` (a retrieval gallery), computed on first use in
-        that folder's cache (the test records' cache for the test gallery).
+    def gallery_caches(self, models, records_dir: str, classes=None, log=print) -> dict:
+        """{"photo": `cache.FeatureCache`} of the frozen photo trunk over every photo of
+        `classes` (names; None: all) in the labelled-image folder `records_dir` (a retrieval
+        gallery), computed on first use in that folder's cache (the test records' cache for
+        the test gallery).
 
         Raises:
           ValueError: the photo tower's trunk has trainable weights.
         """
-        which = f"gallery {os.path.abspath(records_dir)}"
-        return {"photo": self._trunk_cache(models, which, "photo", records_dir, None, log)}
+        return {"photo": self._trunk_cache(models, "photo", records_dir, classes, log)}
 
-    def _trunk_cache(self, models, which, role, path, classes, log):
+    def _trunk_cache(self, models, role, path, classes, log):
         """The `CachedTowers.features` of the `role` ("sketch" / "photo") tower's trunk over
         the `role` domain images of `classes` (None: all) in the records folder `path`."""
         d, m = self.config.data, self.config.model
@@ -171,9 +169,8 @@ class ZsSbirTask(Task):
             "photo_edges": m.photo_edges.to_dict() if role == "photo" else {},
         }
         return towers.features(
-            which, {role: tower}, records_dir=path, cache_dir=d.cache_dir,
-            specs={role: spec},
-            images=pipeline.labelled_image_bytes(path, domains=[domain], classes=classes),
+            {role: tower}, records_dir=path, domains=[domain], classes=classes,
+            cache_dir=d.cache_dir, specs={role: spec},
             is_sketch=role == "sketch", image_size=int(d.image_size),
             batch_size=int(self.config.eval.batch_size), log=log,
         )[role]  # fmt: skip

@@ -48,19 +48,20 @@ def _object_images(i: int, rng) -> tuple[bytes, bytes]:
     return sketch, edge
 
 
-def _write_split(path, first: int, count: int, with_pairs: bool):
+def _write_split(path, first: int, count: int, with_pairs: bool, classes=("shoes",)):
+    """Objects first.. first + count - 1, object i of class i % len(classes)."""
     rng = np.random.default_rng(first)
-    with tfrecord.ShardedWriter(path, schema.KIND_LABELLED_IMAGE, classes=["shoes"]) as w:
+    with tfrecord.ShardedWriter(path, schema.KIND_LABELLED_IMAGE, classes=list(classes)) as w:
         for i in range(first, first + count):
             sketch, edge = _object_images(i, rng)
             others = [j for j in range(first, first + count) if j != i]
             pairs = [[others[0], others[1]], [others[2], others[0]]] if with_pairs else []
-            iid = f"{i:05d}"
+            iid, c = f"{i:05d}", i % len(classes)
             for domain, image, p in (("sketch", sketch, pairs), ("edge", edge, [])):
                 rec = schema.encode_labelled_image(
-                    image, 0, "shoes", domain, iid, f"{domain}[{i}]", preference_pairs=p
+                    image, c, classes[c], domain, iid, f"{domain}[{i}]", preference_pairs=p
                 )
-                w.write(rec, class_id=0, class_name="shoes", domain=domain)
+                w.write(rec, class_id=c, class_name=classes[c], domain=domain)
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +294,52 @@ def test_gallery_through_the_cache_equals_the_towers(records, tmp_path):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     np.testing.assert_allclose(got["vectors"], want["vectors"], atol=2e-3)
     assert sorted(cached.gallery_caches(models, folder)) == ["image"]
+
+
+def test_test_gallery_holds_the_classes_of_the_run(tmp_path):
+    # A run restricted by data.classes is evaluated on those classes' test images: its
+    # default ("test") gallery holds them only, and reuses the caches evaluation loaded; a
+    # folder the user names keeps every class. Cached and uncached rows agree.
+    from types import SimpleNamespace
+
+    from sketch_tf.export import gallery as gallery_lib
+    from sketch_tf.export import serving
+
+    root = tmp_path / "records"
+    _write_split(root / "train", 0, N_TRAIN, with_pairs=True, classes=("shoes", "chairs"))
+    _write_split(root / "val", 100, 6, with_pairs=False, classes=("shoes", "chairs"))
+    chairs = ("chairs",)
+    task = FgSbirTask(_config(str(root), tmp_path / "cache", data__classes=chairs))
+    plain = FgSbirTask(_config(str(root), "", data__feature_cache=False, data__classes=chairs))
+    models = task.build_models()
+    folder = task.records_dir("test")
+    run = SimpleNamespace(task=task, models=models, manifest=lambda: {"task": "fg_sbir"})
+    evaluated = task.feature_caches(models, "test")  # as evaluation loads them
+    assert task.retrieval().gallery_classes() == chairs
+    assert plain.retrieval().gallery_classes() == chairs
+    assert FgSbirTask(_config(str(root))).retrieval().gallery_classes() is None
+    test = serving.run_gallery(run, "test")
+    assert test.manifest["classes"] == ["chairs"] and test.size == 3
+    assert {x.decode() for x in test.labels.numpy()} == {"chairs"}
+    assert [x.decode() for x in test.keys.numpy()] == ["edge[101]", "edge[103]", "edge[105]"]
+    assert task.gallery_caches(models, folder, chairs)["image"] is evaluated["image"]
+    # `retrieve.py --grid` reads a row of that gallery back among the records of its classes.
+    from sketch_tf import search
+
+    edges = {r["source"].numpy(): r["image"].numpy()
+             for r in pipeline.labelled_records(folder, ["edge"])}  # fmt: skip
+    assert search.gallery_images(folder, ["edge"], [2], ["chairs"]) == {2: edges[b"edge[105]"]}
+    named = serving.run_gallery(run, folder)
+    assert named.manifest["classes"] is None and named.size == 6
+    assert {x.decode() for x in named.labels.numpy()} == {"shoes", "chairs"}
+    for classes in (chairs, None):
+        got = gallery_lib.family_gallery(task, models, folder, classes)
+        want = gallery_lib.family_gallery(plain, models, folder, classes)
+        for key in ("keys", "labels", "domains", "size", "classes"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_allclose(got["vectors"], want["vectors"], atol=2e-3)
+    with pytest.raises(ValueError, match="cars"):
+        gallery_lib.family_gallery(task, models, folder, ("cars",))
 
 
 @pytest.fixture(scope="module")

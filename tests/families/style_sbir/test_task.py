@@ -386,6 +386,21 @@ def test_gallery_through_the_cache_equals_the_towers(records):
         entries = cached.gallery_caches(models, folder)
         assert sorted(entries) == ["structure_image", "style"]
         assert all(e.path.startswith(os.path.join(folder, "cache")) for e in entries.values())
+    # A run of data.classes: its default gallery = the test images of those classes, the
+    # image set evaluation cached (its caches reused as they are), the towers' rows.
+    c1.data.classes = plain_config.data.classes = ("apple", "cup")
+    cached, plain = StyleSbirTask(c1), StyleSbirTask(plain_config)
+    classes = cached.retrieval().gallery_classes()
+    assert classes == ("apple", "cup")
+    folder = cached.records_dir("test")
+    evaluated = cached.feature_caches(models, "test")
+    got = gallery_lib.family_gallery(cached, models, folder, classes)
+    want = gallery_lib.family_gallery(plain, models, folder, classes)
+    assert set(got["labels"]) == {"apple", "cup"} and got["classes"] == ["apple", "cup"]
+    np.testing.assert_array_equal(got["keys"], want["keys"])
+    np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-5, atol=1e-6)
+    entries = cached.gallery_caches(models, folder, classes)
+    assert all(entries[r] is evaluated[r] for r in ("structure_image", "style"))
 
 
 def test_evaluate_writes_tables_and_pictures(trained):
