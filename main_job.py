@@ -84,26 +84,36 @@ def family_config(family: str, workdir: str, smoke: bool):
 
 
 def prepare_family(family: str, config) -> float:
-    """Renders the family's synthetic records when absent; returns the seconds it took (0
+    """Renders the family's synthetic records when absent, or again when they were rendered
+    with other options than the config's (an older recipe); returns the seconds it took (0
     when they were there, e.g. rendered for another family sharing them)."""
-    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic
+    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic, stale_options
 
     t0 = time.perf_counter()
     root = config.data.root
-    if not os.path.isdir(os.path.join(root, "train")):
+    options = config.data.synthetic.to_dict()
+    # The synthetic world's dataset kind, when it is not named like the family.
+    task = options.pop("task", config.task)
+    try:
+        stale = stale_options(root, task, options)
+    except ValueError as e:
+        cli.fail(f"[{family}] {e}")
+    if stale:
+        logging.info(
+            "[%s] %s was rendered with other options (rendered, configured): %s; rendering it "
+            "again", family, root, stale,
+        )  # fmt: skip
+    if stale or not os.path.isdir(os.path.join(root, "train")):
         logging.info("[%s] rendering the synthetic dataset into %s", family, root)
-        options = config.data.synthetic.to_dict()
-        # The synthetic world's dataset kind, when it is not named like the family.
-        task = options.pop("task", config.task)
-        prepare_synthetic(task, root, workers=default_workers(), **options)
+        prepare_synthetic(task, root, workers=default_workers(), overwrite=bool(stale), **options)
     return time.perf_counter() - t0
 
 
 def run_family(family: str, config, run_dir: str, strategy) -> dict:
     """train -> evaluate -> export for one family whose records exist; returns its
-    evaluation result with "timings" (train_s, evaluate_s, export_s), "step", "task" and
-    "export", or {"interrupted": {...}} when a signal stopped its training (checkpoint
-    saved; nothing evaluated or exported)."""
+    evaluation result with "timings" (train_s, evaluate_s, export_s in wall seconds; cpu_s:
+    this process's CPU seconds), "step", "task" and "export", or {"interrupted": {...}} when a
+    signal stopped its training (checkpoint saved; nothing evaluated or exported)."""
     from sketch_tf.export.serving import export_run
     from sketch_tf.train.run import load_run, train_run
 
@@ -129,6 +139,8 @@ def run_family(family: str, config, run_dir: str, strategy) -> dict:
     export_path = export_run(run, os.path.join(run_dir, "export"), result.step, overwrite=True)
     timings["export_s"] = time.perf_counter() - t0
     evaluation["export"] = export_path
+    # This process's CPU time (all its threads, its start and imports included).
+    timings["cpu_s"] = time.process_time()
     evaluation["timings"] = timings
     evaluation["step"] = result.step
     evaluation["task"] = config.task
@@ -315,12 +327,16 @@ def main(argv):
     # Every dataset first (two families may share one records folder).
     prepare_s = {f: prepare_family(f, configs[f]) for f in families}
     jobs = min(_JOBS.value or default_jobs(), len(families))
+    from sketch_tf.families import get_task_class
+
+    # Costliest first: two processes then end close together (see Task.main_job_cpu_s).
+    run_order = sorted(families, key=lambda f: -get_task_class(configs[f].task).main_job_cpu_s)
     child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
     child_flags += ["--smoke"] if smoke else []
     processes = _FamilyProcesses(jobs, child_flags)
     with tempfile.TemporaryDirectory(prefix="family-results-", dir=workdir) as out_dir:
         try:
-            finished = processes.run(families, out_dir)
+            finished = processes.run(run_order, out_dir)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
@@ -352,15 +368,15 @@ def main(argv):
             [
                 family,
                 result["step"],
-                *(round(t[k], 1) for k in ("prepare_s", "train_s", "evaluate_s", "export_s")),
+                *(
+                    round(t[k], 1)
+                    for k in ("prepare_s", "train_s", "evaluate_s", "export_s", "cpu_s")
+                ),
             ]
         )
     print()
-    print(
-        format_table(
-            ["family", "steps", "prepare s", "train s", "evaluate s", "export s"], rows, ".1f"
-        )
-    )
+    header = ["family", "steps", "prepare s", "train s", "evaluate s", "export s", "CPU s"]
+    print(format_table(header, rows, ".1f"))
     summary_path = os.path.join(workdir, "results.json")
     summary = {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in results.items()}
     write_atomic(summary_path, json.dumps(summary, indent=2, default=str))

@@ -118,3 +118,24 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="n_per_category"):
         prepare_synthetic("zs_sbir", tmp_path / "x", n_per_category=1)
     assert len(CATEGORIES) >= 12
+
+
+def test_stale_options_name_what_the_records_were_rendered_with(sbir, tmp_path):
+    from sketch_tf.data.synthetic.prepare import stale_options
+
+    kw = dict(seed=5, image_size=48, n_per_category=3)
+    assert stale_options(sbir / "a", "zs_sbir", kw) == {}
+    assert stale_options(tmp_path / "absent", "zs_sbir", kw) == {}
+    assert stale_options(sbir / "c", "zs_sbir", {**kw, "n_per_category": 4}) == {
+        "seed": (6, 5),
+        "n_per_category": (3, 4),
+    }
+    assert stale_options(sbir / "a", "style", kw) == {"task": ("zs_sbir", "style")}
+    # Records another tool wrote are never rendered over.
+    other = tmp_path / "other" / "train"
+    other.mkdir(parents=True)
+    manifest = json.loads((sbir / "a" / "train" / "manifest.json").read_text())
+    manifest["info"] = {"source": "folders"}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="other/train/manifest.json: not records of the synth"):
+        stale_options(tmp_path / "other", "zs_sbir", kw)

@@ -181,6 +181,31 @@ def prepare_synthetic(
     return manifests
 
 
+def stale_options(root: str | Path, task: str, options: dict) -> dict:
+    """{option: (rendered, asked)} for the `prepare_synthetic(task, root, **options)` options
+    that differ from those the records under `root` were rendered with (their train
+    manifest's `info`); empty when they match or `root` holds no records yet.
+
+    Raises:
+      ValueError naming the manifest when `root` holds records the synthetic world did not
+      write (a caller must not render over them).
+    """
+    from sketch_tf.data import tfrecord
+
+    train = Path(root) / "train"
+    if not train.is_dir():
+        return {}
+    info = tfrecord.read_manifest(train).get("info") or {}
+    if info.get("generator") != "sketch_tf.data.synthetic":
+        raise ValueError(
+            f"{train / tfrecord.MANIFEST}: not records of the synthetic world "
+            f"(generator {info.get('generator')!r}), not to be rendered over: move the folder "
+            "or render elsewhere"
+        )
+    wanted = {"task": task, **options}
+    return {k: (info[k], v) for k, v in wanted.items() if k in info and info[k] != v}
+
+
 def default_workers() -> int:
     """Processes for `prepare_synthetic(workers=...)`: the CPUs this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

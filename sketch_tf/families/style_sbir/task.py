@@ -86,6 +86,8 @@ class StyleSbirTask(Task):
     serving_type = StyleSbirServing
     retrieval_type = StyleSbirRetrieval
 
+    #: Measured: the main job's CPU-s column on the 2-core AVX-512 machine (Task docstring).
+    main_job_cpu_s = 105.0
     headlines = (
         Headline(
             "sketch + style mAP (content and style)",
