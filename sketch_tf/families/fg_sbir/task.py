@@ -199,8 +199,8 @@ class FgSbirTask(Task):
     serving_type = FgSbirServing
     retrieval_type = FgSbirRetrieval
 
-    #: Measured: the main job's CPU-s column on the 2-core AVX-512 machine (Task docstring).
-    main_job_cpu_s = 75.0
+    #: The main job's "CPU s" for this family (2-core AMD EPYC, AVX-512, 220 GFLOP/s; 56adacf).
+    main_job_cpu_s = 67.0
     headlines = headlines_with_baselines(
         (("acc@1, held-out objects", "acc_at_1"), ("acc@10, held-out objects", "acc_at_10")),
         (("HOG", "hog/{key}"), ("raw pixels", "raw_pixels/{key}"), ("random", "random/{key}")),
@@ -447,14 +447,12 @@ class FgSbirTask(Task):
             .unbatch()
         )
         seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.constant(seed, tf.int64), i]))
-        options = tf.data.Options()
-        options.deterministic = True
         return (
             tf.data.Dataset.zip((objects, seeds))
             .map(row, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(b, drop_remainder=True)
             .prefetch(2)
-            .with_options(options)
+            .with_options(pipeline.dataset_options())
         )
 
     # ---- training ------------------------------------------------------------------------
