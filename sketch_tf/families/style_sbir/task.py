@@ -86,8 +86,8 @@ class StyleSbirTask(Task):
     serving_type = StyleSbirServing
     retrieval_type = StyleSbirRetrieval
 
-    #: Measured: the main job's CPU-s column on the 2-core AVX-512 machine (Task docstring).
-    main_job_cpu_s = 105.0
+    #: The main job's "CPU s" for this family (2-core AMD EPYC, AVX-512, 220 GFLOP/s; 56adacf).
+    main_job_cpu_s = 104.0
     headlines = (
         Headline(
             "sketch + style mAP (content and style)",

@@ -86,8 +86,8 @@ class ZoomsTask(Task):
     evaluator_types = (ZoomsEvaluator,)
     serving_type = ZoomsServing
 
-    #: Measured: the main job's CPU-s column on the 2-core AVX-512 machine (Task docstring).
-    main_job_cpu_s = 150.0
+    #: The main job's "CPU s" for this family (2-core AMD EPYC, AVX-512, 220 GFLOP/s; 56adacf).
+    main_job_cpu_s = 149.0
     headlines = tuple(
         Headline(
             f"PCK@5% {split}",

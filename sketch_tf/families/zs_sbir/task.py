@@ -73,8 +73,8 @@ class ZsSbirTask(Task):
     serving_type = ZsSbirServing
     retrieval_type = ZsSbirRetrieval
 
-    #: Measured: the main job's CPU-s column on the 2-core AVX-512 machine (Task docstring).
-    main_job_cpu_s = 75.0
+    #: The main job's "CPU s" for this family (2-core AMD EPYC, AVX-512, 220 GFLOP/s; 56adacf).
+    main_job_cpu_s = 73.0
     headlines = headlines_with_baselines(
         (("mAP@all unseen", "map_all"), ("P@100 unseen", "p_100")),
         (
