@@ -41,7 +41,9 @@ def synthetic(config: ml_collections.ConfigDict) -> None:
 def synthetic_smoke(config: ml_collections.ConfigDict) -> None:
     """main_job.py --smoke: the same flow on a tiny world and a few steps."""
     config.data.num_points = 8
-    config.data.synthetic.update(image_size=128, n_per_category=4, pairs_per_category=3)
+    config.data.synthetic.update(
+        image_size=128, n_per_category=4, pairs_per_category=3, test_pairs_per_category=3
+    )
     config.data.image_size = 128
     config.eval.max_pairs = 6
     config.serving.max_dense_points = 128

@@ -86,11 +86,17 @@ def test_zs_sbir_layout_and_instance_split(sbir):
 
 
 def test_zooms_records_hold_visible_pairs(tmp_path):
-    man = prepare_synthetic(
-        "zooms", tmp_path / "z", seed=1, image_size=96, n_per_category=3, categories=["chair"]
-    )
+    kw = dict(seed=1, image_size=96, n_per_category=3, categories=["chair"])
+    man = prepare_synthetic("zooms", tmp_path / "z", test_pairs_per_category=3, **kw)
     assert man["train"]["kind"] == schema.KIND_CORRESPONDENCE_PAIR
-    assert man["train"]["num_records"] == 2 and man["test"]["num_records"] == 1
+    # 2 training instances: 2 pairs; the test split's 1 instance: 3 pairs (views of it alone).
+    assert man["train"]["num_records"] == 2 and man["test"]["num_records"] == 3
+    from sketch_tf.data.synthetic.prepare import stale_options
+
+    assert stale_options(tmp_path / "z", "zooms", {**kw, "test_pairs_per_category": 3}) == {}
+    assert stale_options(tmp_path / "z", "zooms", {**kw, "test_pairs_per_category": 2}) == {
+        "test_pairs_per_category": (3, 2)
+    }
     for rec in _records(tmp_path / "z" / "train"):
         ex = schema.parse_correspondence_pair(rec)
         pa, pb, ids = ex["points_a"].numpy(), ex["points_b"].numpy(), ex["point_ids"].numpy()
@@ -123,8 +129,12 @@ def test_bad_arguments_are_named(tmp_path):
 def test_stale_options_name_what_the_records_were_rendered_with(sbir, tmp_path):
     from sketch_tf.data.synthetic.prepare import stale_options
 
-    kw = dict(seed=5, image_size=48, n_per_category=3)
+    kw = dict(seed=5, image_size=48, n_per_category=3, categories=CATS)
     assert stale_options(sbir / "a", "zs_sbir", kw) == {}
+    # Every category asked (the default) against the two rendered.
+    assert stale_options(sbir / "a", "zs_sbir", {**kw, "categories": None}) == {
+        "categories": (CATS, list(CATEGORIES))
+    }
     assert stale_options(tmp_path / "absent", "zs_sbir", kw) == {}
     assert stale_options(sbir / "c", "zs_sbir", {**kw, "n_per_category": 4}) == {
         "seed": (6, 5),

@@ -78,6 +78,7 @@ def prepare_synthetic(
     categories: list[str] | None = None,
     styles: list[str] | None = None,
     pairs_per_category: int | None = None,
+    test_pairs_per_category: int | None = None,
     n_points: int = 64,
     min_points: int = 8,
     overwrite: bool = False,
@@ -102,6 +103,8 @@ def prepare_synthetic(
         the given list).
       styles: subset of `STYLES` for the style task (default all seven).
       pairs_per_category: zooms pairs per category and split (default = instances in it).
+      test_pairs_per_category: zooms pairs per category of the test split when it should hold
+        fewer (or more) than `pairs_per_category` (an evaluation reads only so many).
       n_points: at most this many corresponding points per pair; pairs with fewer than
         `min_points` are redrawn (up to 5 times, then skipped and reported in the manifest).
       overwrite: replace existing datasets.
@@ -159,10 +162,12 @@ def prepare_synthetic(
                 }
                 if task == "style":
                     w.info["styles"] = styles
-                n_pairs = pairs_per_category or len(instances)
+                per_split = test_pairs_per_category if split == "test" else None
+                n_pairs = per_split or pairs_per_category or len(instances)
                 if task == "zooms":
                     w.info.update(n_semantic=N_SEMANTIC, n_points=n_points, min_points=min_points)
                     w.info["pairs_per_category"] = n_pairs
+                    w.info["test_pairs_per_category"] = test_pairs_per_category
                 jobs = [
                     _CategoryJob(task, cat, ci, CATEGORIES.index(cat), instances, seed, size,
                                  tuple(styles), n_pairs, n_points, min_points)
@@ -195,15 +200,29 @@ def stale_options(root: str | Path, task: str, options: dict) -> dict:
     train = Path(root) / "train"
     if not train.is_dir():
         return {}
-    info = tfrecord.read_manifest(train).get("info") or {}
+    manifest = tfrecord.read_manifest(train)
+    info = manifest.get("info") or {}
     if info.get("generator") != "sketch_tf.data.synthetic":
         raise ValueError(
             f"{train / tfrecord.MANIFEST}: not records of the synthetic world "
             f"(generator {info.get('generator')!r}), not to be rendered over: move the folder "
             "or render elsewhere"
         )
-    wanted = {"task": task, **options}
-    return {k: (info[k], v) for k, v in wanted.items() if k in info and info[k] != v}
+    rendered = {**info, "categories": manifest.get("classes")}
+    defaults = {"categories": list(CATEGORIES), "styles": list(STYLES)}
+    stale = {}
+    for key, asked in {"task": task, **options}.items():
+        asked = list(asked) if isinstance(asked, tuple) else asked
+        if asked is None:
+            if key == "pairs_per_category":  # default: as many as instances, stored as such
+                continue
+            asked = defaults.get(key)
+        if key not in rendered:  # an option added after these records were rendered
+            if asked is not None:
+                stale[key] = (None, asked)
+        elif rendered[key] != asked:
+            stale[key] = (rendered[key], asked)
+    return stale
 
 
 def default_workers() -> int:

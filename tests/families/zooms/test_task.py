@@ -29,7 +29,13 @@ def tiny_config(root):
     c.data.image_size = 64
     c.data.num_points = 4
     c.data.unseen_classes = ("mug",)
-    c.data.synthetic.update(image_size=64, n_per_category=3, pairs_per_category=2, n_points=16)
+    c.data.synthetic.update(
+        image_size=64,
+        n_per_category=3,
+        pairs_per_category=2,
+        test_pairs_per_category=2,
+        n_points=16,
+    )
     c.data.synthetic.categories = CATS
     c.model.update(backbone_widths=(8, 16), head_hidden=32)
     c.zooms.view_size = 16
