@@ -11,10 +11,11 @@ Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an o
 folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evaluate.py,
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
 
-The datasets are rendered first; then each family trains, evaluates and exports in a fresh
-process of its own (its log lines prefixed with the family), `--jobs` of them at once, so that
-one family's single-threaded work (tracing, saving, evaluation code) overlaps another's
-arithmetic on a 2-core CPU. A family's figures depend neither on `--jobs` nor on the other
+The datasets are rendered first (again when rendered with other options than the config's);
+then each family trains, evaluates and exports in a fresh process of its own (its log lines
+prefixed with the family), costliest first (`Task.main_job_cpu_s`), `--jobs` of them at
+once, so that one family's single-threaded work (tracing, saving, evaluation code) overlaps
+another's arithmetic on a 2-core CPU. A family's figures depend neither on `--jobs` nor on the other
 families: no process state carries over from one family to the next.
 
 SIGTERM / Ctrl-C during a family's training save its checkpoint and stop the whole job (no
