@@ -10,7 +10,7 @@ issue 26), with bit-identical figures either way.
 Importing this module adds a "do not convert" rule for the `sketch_tf` package to AutoGraph's
 conversion rules (as TensorFlow's own rules exclude `tensorflow`, `keras` and `numpy`); user code
 calling into sketch_tf keeps its own conversion. The modules through which traced code enters
-(the record schema, the training loop, the serving inputs, the search index) import it. A
+(the record schema, the training loop, the serving inputs) import it. A
 Python `if` on a tensor in this package therefore fails at trace time ("using a tf.Tensor as a
 Python bool is not allowed") instead of being converted: write it with tf ops.
 
