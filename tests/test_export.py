@@ -57,6 +57,42 @@ def test_signatures_through_the_tf1_session_loader(tmp_path, tiny):
         serving.session_outputs(path, {"serving_default": {"pixels": x}})
 
 
+def _two_signature_model(path: str):
+    """A SavedModel with two signatures over one variable; returns (module, signatures)."""
+    module = tf.Module()
+    module.scale = tf.Variable(2.0)
+    spec = tf.TensorSpec([None, 3], tf.float32)
+    signatures = {
+        "serving_default": tf.function(lambda x: {"y": x * module.scale}).get_concrete_function(
+            spec
+        ),
+        "shifted": tf.function(lambda x: {"y": x + module.scale}).get_concrete_function(spec),
+    }
+    tf.saved_model.save(module, path, signatures=signatures)
+    return module, signatures
+
+
+def test_session_outputs_runs_several_signatures_at_once(tmp_path):
+    # All requests go through one Session.run: each signature still answers its own inputs.
+    path = str(tmp_path / "two")
+    _two_signature_model(path)
+    a, b = np.ones([2, 3], np.float32), np.arange(3, dtype=np.float32)[None]
+    out = serving.session_outputs(path, {"serving_default": {"x": a}, "shifted": {"x": b}})
+    np.testing.assert_allclose(out["serving_default"]["y"], 2 * a)
+    np.testing.assert_allclose(out["shifted"]["y"], b + 2)
+
+
+def test_reload_check_names_the_signature_that_differs(tmp_path):
+    path = str(tmp_path / "two")
+    module, signatures = _two_signature_model(path)
+    inputs = {"serving_default": {"x": np.ones([1, 3], np.float32)}}
+    inputs["shifted"] = inputs["serving_default"]
+    serving._check_reload(path, signatures, inputs, atol=1e-6)  # as saved: passes
+    module.scale.assign(3.0)  # the in-memory model no longer is what was saved
+    with pytest.raises(RuntimeError, match="signature 'serving_default' reloaded with"):
+        serving._check_reload(path, signatures, inputs, atol=1e-6)
+
+
 def test_warmup_file_round_trip(tmp_path, tiny):
     task, models = tiny
     path = serving.export_saved_model(task, models, str(tmp_path / "m"), 1)

@@ -276,30 +276,40 @@ def session_outputs(path: str, requests: dict[str, dict[str, Any]]) -> dict[str,
     """Runs signatures of a SavedModel the way TF Serving executes them: loaded once with the
     TF1 session loader (tag "serve"), fed and fetched by the SignatureDefs' tensor names.
 
+    The requests run in one `Session.run` (each signature reads its own placeholders and
+    writes its own outputs, so the values are those of one run per signature): the graph is
+    pruned and optimised once instead of once per signature, which is most of the cost of a
+    first call (a style_sbir export's 12 signatures: 4.9 s instead of 7.8 s).
+
     Args:
       path: a SavedModel folder; requests: {signature key: {input key: array}}.
 
     Returns:
       {signature key: {output key: numpy array}}.
+
+    Raises:
+      KeyError: a signature, or an input of one, that the SavedModel does not have.
     """
     graph = tf.Graph()
-    results = {}
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
-        for name, feeds in requests.items():
+        feeds, fetches = {}, {}
+        for name, values in requests.items():
             if name not in meta.signature_def:
                 raise KeyError(f"{path}: no signature {name!r} in {sorted(meta.signature_def)}")
             sig = meta.signature_def[name]
-            unknown = set(feeds) - set(sig.inputs)
+            unknown = set(values) - set(sig.inputs)
             if unknown:
                 raise KeyError(
                     f"{path} signature {name!r}: no inputs {sorted(unknown)} in "
                     f"{sorted(sig.inputs)}"
                 )
-            feed = {sig.inputs[k].name: np.asarray(v) for k, v in feeds.items()}
-            fetch = {k: t.name for k, t in sig.outputs.items()}
-            results[name] = session.run(fetch, feed)
-    return results
+            feeds[name] = {sig.inputs[k].name: np.asarray(v) for k, v in values.items()}
+            fetches[name] = {k: t.name for k, t in sig.outputs.items()}
+        placeholders = [t for f in feeds.values() for t in f]
+        if len(placeholders) != len(set(placeholders)):  # signatures sharing one: run apart
+            return {name: session.run(fetches[name], feeds[name]) for name in requests}
+        return session.run(fetches, {t: v for f in feeds.values() for t, v in f.items()})
 
 
 def _check_reload(
