@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,23 +33,31 @@ from sketch_tf.export import gallery as gallery_lib
 MODEL_KEYS = ("task", "checkpoint", "step", "config_sha256")
 
 
-def build_index(run, records_dir: str, factory: str | None = None, nprobe: int = 16):
-    """Embeds the gallery domains of `records_dir` (every class: the user's folder is the
-    user's gallery) with the run's towers into a GalleryIndex.
+def build_index(
+    run,
+    records_dir: str,
+    factory: str | None = None,
+    nprobe: int = 16,
+    classes: Sequence[str] | None = None,
+):
+    """Embeds the gallery domains of `records_dir` with the run's towers into a GalleryIndex.
 
     Args:
       run: a loaded `sketch_tf.train.run.Run` of a retrieval family.
       records_dir: a labelled-image records folder (prepare_data.py).
       factory: None for exact search, else a faiss index factory string ("IVF4096,Flat",
         "IVF4096,PQ32", "HNSW32") for millions of images (approximate).
+      classes: the class names to index; None (retrieve.py's `--gallery`) = every class: the
+        user's folder is the user's gallery. The export's default gallery is
+        `run.task.retrieval().gallery_classes()` of the test records.
 
     Returns:
       GalleryIndex with ids = record keys (`gallery.record_key`), labels = class names and
-      manifest = `run.manifest()` + {"records", "domains", "classes": None}
+      manifest = `run.manifest()` + {"records", "domains", "classes"}
       (`gallery.family_gallery`, the rows a `retrieve` signature's gallery of that folder
-      holds).
+      and those classes holds).
     """
-    g = gallery_lib.family_gallery(run.task, run.models, records_dir)
+    g = gallery_lib.family_gallery(run.task, run.models, records_dir, classes)
     manifest = {
         **run.manifest(),
         "records": g["records"],

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from sketch_tf.core.png import encode_png
+from sketch_tf.data import tfrecord
 from sketch_tf.export import gallery as gallery_lib
 from sketch_tf.export import inputs
 from sketch_tf.families import retrieval
@@ -42,7 +43,16 @@ def _query(embedding, metric: str):
 class ZsSbirRetrieval(retrieval.TestGalleryRetrieval):
     """The `Retrieval` of the zero-shot SBIR family: sketches against photo embeddings,
     ranked by `eval.metric` (unit rows for cosine, so that a blank image scores 0); its
-    gallery, the test records (the photos of every class in them)."""
+    default gallery, the photos of the unseen classes in the test records (what evaluation
+    ranks)."""
+
+    def gallery_classes(self) -> tuple[str, ...]:
+        """The unseen classes of the test records (`ZsSbirTask.class_split`): the default
+        gallery is the one evaluation ranked (a zero-shot model is judged on classes it never
+        saw); the seen classes' test photos are left out. A folder the user names
+        (`export.py --gallery=RECORDS`) keeps every class."""
+        names = tfrecord.read_manifest(self.gallery_records())["classes"]
+        return tuple(self.task.class_split(names)[1])
 
     def gallery_domains(self) -> list[str]:
         """The record domains a gallery holds: the photos."""

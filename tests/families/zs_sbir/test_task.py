@@ -432,9 +432,14 @@ def test_export_round_trip(exported):
         loaded.signatures["retrieve"](images=tf.constant([png[0][:40]]), k=tf.constant(2))
 
     # retrieve = the exact top-k of the gallery's photo embeddings (photo tower on the test
-    # records, as evaluation embeds them), with record keys and class names.
+    # records of the unseen classes, the gallery evaluation ranks, embedded as evaluation
+    # embeds them), with record keys and class names.
     records_dir = task.records_dir("test")
+    unseen = task.retrieval().gallery_classes()
+    assert set(unseen) == set(config.data.unseen_classes)
     records = list(pipeline.labelled_records(records_dir, ["photo"]))
+    assert {r["class_name"].numpy().decode() for r in records} > set(unseen)  # seen ones too
+    records = [r for r in records if r["class_name"].numpy().decode() in unseen]
     encoded = [r["image"].numpy() for r in records]
     photo = zs_models.photo_tower(state.models)
     g = np.concatenate([
@@ -444,8 +449,8 @@ def test_export_round_trip(exported):
     ])  # fmt: skip
     index = index_lib.GalleryIndex(g.shape[1], metric=config.eval.metric)
     index.add(g)
-    out = loaded.signatures["retrieve"](images=tf.constant(png), k=tf.constant(5))
-    scores, idx = index.search(want, 5)
+    out = loaded.signatures["retrieve"](images=tf.constant(png), k=tf.constant(3))
+    scores, idx = index.search(want, 3)  # of the 4 unseen-class photos
     np.testing.assert_array_equal(out["ids"].numpy(), idx)
     np.testing.assert_allclose(out["scores"].numpy(), scores, atol=1e-4)
     keys = [
@@ -456,17 +461,18 @@ def test_export_round_trip(exported):
     assert [k.decode() for k in out["keys"].numpy()[0]] == [keys[i] for i in idx[0]]
     labels = [r["class_name"].numpy() for r in records]
     assert list(out["labels"].numpy()[0]) == [labels[i] for i in idx[0]]
-    assert int(out["k"]) == 5 and not bool(out["clipped"])
+    assert int(out["k"]) == 3 and not bool(out["clipped"])
     # k larger than the gallery: clipped, and said so; the embedding-input search agrees.
     many = loaded.signatures["search"](embedding=tf.constant(want), k=tf.constant(10_000))
     assert int(many["k"]) == len(g) and bool(many["clipped"])
-    np.testing.assert_array_equal(many["ids"].numpy()[:, :5], idx)
+    np.testing.assert_array_equal(many["ids"].numpy()[:, :3], idx)
     with pytest.raises(tf.errors.InvalidArgumentError, match="input `k`"):
         loaded.signatures["search"](embedding=tf.constant(want), k=tf.constant(0))
     with open(os.path.join(path, "assets.extra", "gallery.json")) as f:
         stored = json.load(f)
     assert stored["step"] == run.step and stored["size"] == len(g)
     assert stored["domains"] == ["photo"] and stored["records"] == os.path.abspath(records_dir)
+    assert stored["classes"] == list(unseen)
 
 
 def _config_module():
@@ -727,7 +733,8 @@ def test_search_index_and_export_give_the_same_results(exported, tmp_path):
 
     run, base, path = exported
     records = run.task.records_dir("test")
-    index = search.build_index(run, records)
+    # The export's default gallery: the test photos of the unseen classes.
+    index = search.build_index(run, records, classes=run.task.retrieval().gallery_classes())
     assert index.manifest["step"] == run.step and index.manifest["domains"] == ["photo"]
     png = run.task.serving().warmup_inputs()["embed_sketch"]["images"][0]
     got = search.query_run(run, index, png, 4)
