@@ -25,6 +25,7 @@ where it stopped and the command that resumes, and exits with 128 + the signal n
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -112,16 +113,19 @@ def prepare_family(family: str, config) -> float:
 
 def run_family(family: str, config, run_dir: str, strategy) -> dict:
     """train -> evaluate -> export for one family whose records exist; returns its
-    evaluation result with "timings" (train_s, evaluate_s, export_s in wall seconds; cpu_s:
-    this process's CPU seconds), "step", "task" and "export", or {"interrupted": {...}} when a
-    signal stopped its training (checkpoint saved; nothing evaluated or exported)."""
+    evaluation result with "timings" (train_s, evaluate_s, export_s in wall seconds, the
+    same stages' CPU seconds as train_cpu_s, evaluate_cpu_s, export_cpu_s; cpu_s: this
+    process's CPU seconds, its start and imports included), "step", "task" and "export", or
+    {"interrupted": {...}} when a signal stopped its training (checkpoint saved; nothing
+    evaluated or exported)."""
     from sketch_tf.export.serving import export_run
     from sketch_tf.train.run import load_run, train_run
 
     timings = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train_run(config, run_dir, strategy, log=logging.info)
     timings["train_s"] = time.perf_counter() - t0
+    timings["train_cpu_s"] = time.process_time() - c0
     if result.status != "completed":
         return {
             "interrupted": {
@@ -131,14 +135,16 @@ def run_family(family: str, config, run_dir: str, strategy) -> dict:
             }
         }
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run = load_run(run_dir, config)
     evaluation, _ = run.evaluate_and_write()
     timings["evaluate_s"] = time.perf_counter() - t0
+    timings["evaluate_cpu_s"] = time.process_time() - c0
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     export_path = export_run(run, os.path.join(run_dir, "export"), result.step, overwrite=True)
     timings["export_s"] = time.perf_counter() - t0
+    timings["export_cpu_s"] = time.process_time() - c0
     evaluation["export"] = export_path
     # This process's CPU time (all its threads, its start and imports included).
     timings["cpu_s"] = time.process_time()
@@ -293,6 +299,13 @@ def _exit_if_interrupted(results: dict, workdir: str, stop_signal: int | None) -
             cli.exit_interrupted(result, what, note=_NOT_DONE)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv):
     cli.check_args(argv)
     from sketch_tf.families import family_names
@@ -324,6 +337,7 @@ def main(argv):
         stop = result.get("interrupted", {}).get("stop_signal")
         sys.exit(128 + stop if stop else 0)
 
+    started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     # Every dataset first (two families may share one records folder).
     prepare_s = {f: prepare_family(f, configs[f]) for f in families}
@@ -378,6 +392,11 @@ def main(argv):
     print()
     header = ["family", "steps", "prepare s", "train s", "evaluate s", "export s", "CPU s"]
     print(format_table(header, rows, ".1f"))
+    wall = time.perf_counter() - started
+    print(
+        f"main job: {int(wall // 60)}:{wall % 60:04.1f} wall, {_cpu_seconds():.0f} CPU-s "
+        f"(user + sys of this process and every process it waited for: renderers, families)"
+    )
     summary_path = os.path.join(workdir, "results.json")
     summary = {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in results.items()}
     write_atomic(summary_path, json.dumps(summary, indent=2, default=str))
