@@ -11,12 +11,16 @@ Everything goes under --workdir (default runs/main): <workdir>/<family>/ is an o
 folder (ckpt/, train/, eval/, export/, config.json), usable with train.py, evaluate.py,
 export.py and TensorBoard. A rerun resumes training where it stopped and re-evaluates.
 
-The datasets are rendered first (again when rendered with other options than the config's);
-then each family trains, evaluates and exports in a fresh process of its own (its log lines
+Each family renders its dataset (if absent, or again when rendered with other options than
+the config's), trains, evaluates and exports in a fresh process of its own (its log lines
 prefixed with the family), costliest first (`Task.main_job_cpu_s`), `--jobs` of them at
 once, so that one family's single-threaded work (tracing, saving, evaluation code) overlaps
-another's arithmetic on a 2-core CPU. A family's figures depend neither on `--jobs` nor on the other
-families: no process state carries over from one family to the next.
+another's arithmetic on a 2-core CPU. Rendering in the family's process puts it on that
+process's share of the CPUs: the family that ends first renders the next family's world
+while the costliest one is still training, instead of both waiting for every world up
+front. Families sharing a world (fg_sbir and zs_sbir) render it once, under a file lock. A
+family's figures depend neither on `--jobs` nor on the other families: no process state
+carries over from one family to the next.
 
 SIGTERM / Ctrl-C during a family's training save its checkpoint and stop the whole job (no
 evaluation or export of the half-trained model, no later family, no results.json): it says
@@ -60,6 +64,12 @@ _FAMILY_RESULT = flags.DEFINE_string(
     "Internal (set by the main job for its family processes): run the one family of "
     "--families and write its result as JSON to this file instead of printing a table.",
 )
+_RENDER_WORKERS = flags.DEFINE_integer(
+    "render_workers",
+    0,
+    "Internal (set by the main job for its family processes): processes rendering the "
+    "family's synthetic dataset (0: one per CPU this process may use).",
+)
 # One machine: every strategy but multi_worker.
 _STRATEGY = cli.define_strategy_flag([n for n in STRATEGY_NAMES if n != "multi_worker"])
 
@@ -85,29 +95,39 @@ def family_config(family: str, workdir: str, smoke: bool):
     return config
 
 
-def prepare_family(family: str, config) -> float:
-    """Renders the family's synthetic records when absent, or again when they were rendered
-    with other options than the config's (an older recipe); returns the seconds it took (0
-    when they were there, e.g. rendered for another family sharing them)."""
-    from sketch_tf.data.synthetic.prepare import default_workers, prepare_synthetic, stale_options
+def check_records(family: str, config) -> None:
+    """Fails (`cli.fail`, naming the manifest) when the family's records folder holds records
+    the synthetic world did not write: the main job never renders over them. Run by the main
+    process for every family before any family starts."""
+    from sketch_tf.data.synthetic.prepare import stale_options
+
+    options = config.data.synthetic.to_dict()
+    task = options.pop("task", config.task)
+    try:
+        stale_options(config.data.root, task, options)
+    except ValueError as e:
+        cli.fail(f"[{family}] {e}")
+
+
+def prepare_family(family: str, config, workers: int = 0) -> float:
+    """Renders the family's synthetic records unless they are there as the config renders
+    them (`ensure_synthetic`: absent, half there or rendered with other options, under a
+    lock shared with the families that read the same records) with `workers` processes (0:
+    one per CPU); returns the seconds it took (waiting for the lock included; about 0 when
+    the records were there, e.g. rendered by another family sharing them)."""
+    from sketch_tf.data.synthetic.prepare import ensure_synthetic
 
     t0 = time.perf_counter()
-    root = config.data.root
     options = config.data.synthetic.to_dict()
     # The synthetic world's dataset kind, when it is not named like the family.
     task = options.pop("task", config.task)
     try:
-        stale = stale_options(root, task, options)
+        ensure_synthetic(
+            task, config.data.root, workers=workers,
+            log=lambda line: logging.info("[%s] %s", family, line), **options,
+        )  # fmt: skip
     except ValueError as e:
         cli.fail(f"[{family}] {e}")
-    if stale:
-        logging.info(
-            "[%s] %s was rendered with other options (rendered, configured): %s; rendering it "
-            "again", family, root, stale,
-        )  # fmt: skip
-    if stale or not os.path.isdir(os.path.join(root, "train")):
-        logging.info("[%s] rendering the synthetic dataset into %s", family, root)
-        prepare_synthetic(task, root, workers=default_workers(), overwrite=bool(stale), **options)
     return time.perf_counter() - t0
 
 
@@ -115,9 +135,9 @@ def run_family(family: str, config, run_dir: str, strategy) -> dict:
     """train -> evaluate -> export for one family whose records exist; returns its
     evaluation result with "timings" (train_s, evaluate_s, export_s in wall seconds, the
     same stages' CPU seconds as train_cpu_s, evaluate_cpu_s, export_cpu_s; cpu_s: this
-    process's CPU seconds, its start and imports included), "step", "task" and "export", or
-    {"interrupted": {...}} when a signal stopped its training (checkpoint saved; nothing
-    evaluated or exported)."""
+    process's CPU seconds, its start, imports and any rendering it did included), "step",
+    "task" and "export", or {"interrupted": {...}} when a signal stopped its training
+    (checkpoint saved; nothing evaluated or exported)."""
     from sketch_tf.export.serving import export_run
     from sketch_tf.train.run import load_run, train_run
 
@@ -326,12 +346,15 @@ def main(argv):
         from sketch_tf.train import strategy as strategy_lib
 
         family = families[0]
+        prepare_s = prepare_family(family, configs[family], _RENDER_WORKERS.value)
         result = run_family(
             family,
             configs[family],
             os.path.join(workdir, family),
             strategy_lib.build_strategy(_STRATEGY.value),
         )
+        if "timings" in result:
+            result["timings"] = {"prepare_s": prepare_s, **result["timings"]}
         result.pop("images", None)
         write_atomic(_FAMILY_RESULT.value, json.dumps(result, default=str))
         stop = result.get("interrupted", {}).get("stop_signal")
@@ -339,15 +362,18 @@ def main(argv):
 
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    # Every dataset first (two families may share one records folder).
-    prepare_s = {f: prepare_family(f, configs[f]) for f in families}
+    for family in families:  # before anything runs: records we must not render over
+        check_records(family, configs[family])
     jobs = min(_JOBS.value or default_jobs(), len(families))
+    from sketch_tf.data.synthetic.prepare import default_workers
     from sketch_tf.families import get_task_class
 
     # Costliest first: two processes then end close together (see Task.main_job_cpu_s).
     run_order = sorted(families, key=lambda f: -get_task_class(configs[f].task).main_job_cpu_s)
     child_flags = [f"--workdir={workdir}", f"--strategy={_STRATEGY.value}"]
     child_flags += ["--smoke"] if smoke else []
+    # Each family renders on its share of the CPUs.
+    child_flags += [f"--render_workers={max(1, default_workers() // jobs)}"]
     processes = _FamilyProcesses(jobs, child_flags)
     with tempfile.TemporaryDirectory(prefix="family-results-", dir=workdir) as out_dir:
         try:
@@ -358,8 +384,6 @@ def main(argv):
     stop_signal = processes.signal
     results = {f: finished[f] for f in families if f in finished}
     _exit_if_interrupted(results, workdir, stop_signal)
-    for family, result in results.items():
-        result["timings"] = {"prepare_s": prepare_s[family], **result["timings"]}
 
     print("\n" + "=" * 78)
     print("sketch_tf main job" + (" (smoke run: tiny data, numbers mean nothing)" if smoke else ""))

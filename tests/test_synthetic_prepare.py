@@ -149,3 +149,45 @@ def test_stale_options_name_what_the_records_were_rendered_with(sbir, tmp_path):
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="other/train/manifest.json: not records of the synth"):
         stale_options(tmp_path / "other", "zs_sbir", kw)
+
+
+def test_ensure_synthetic_renders_what_is_missing_once_under_a_lock(tmp_path):
+    import fcntl
+    import shutil
+    import threading
+
+    from sketch_tf.data.synthetic.prepare import ensure_synthetic
+
+    root, lines = tmp_path / "z", []
+    kw = dict(seed=1, image_size=96, n_per_category=3, categories=["chair"])
+    assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)
+    first = {p.name: p.read_bytes() for p in (root / "test").iterdir()}
+    assert not ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)  # there
+    # Half there (an interrupted rendering: train written, test not): rendered again, same bytes.
+    shutil.rmtree(root / "test")
+    assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)
+    assert {p.name: p.read_bytes() for p in (root / "test").iterdir()} == first
+    # Other options: rendered again over them, and said why.
+    assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **{**kw, "seed": 2})
+    assert any("other options" in line and "'seed': (1, 2)" in line for line in lines)
+    # While another process holds the lock, it waits (then finds the records there).
+    with open(f"{root}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = []
+        waiter = threading.Thread(
+            target=lambda: done.append(
+                ensure_synthetic("zooms", root, workers=1, **{**kw, "seed": 2})
+            )
+        )
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not done
+    waiter.join(timeout=30)
+    assert done == [False]
+    # Records the synthetic world did not write are never rendered over.
+    manifest = root / "train" / "manifest.json"
+    info = json.loads(manifest.read_text())
+    info["info"]["generator"] = "someone else"
+    manifest.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="not records of the synthetic world"):
+        ensure_synthetic("zooms", root, workers=1, **kw)

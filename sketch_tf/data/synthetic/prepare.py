@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -223,6 +225,53 @@ def stale_options(root: str | Path, task: str, options: dict) -> dict:
         elif rendered[key] != asked:
             stale[key] = (rendered[key], asked)
     return stale
+
+
+def ensure_synthetic(
+    task: str,
+    root: str | Path,
+    *,
+    workers: int = 0,
+    log: Callable[[str], None] = print,
+    **options,
+) -> bool:
+    """`prepare_synthetic(task, root, workers=..., **options)` unless `root` already holds
+    both splits rendered with these options. It renders when the records are absent, half
+    there (each split is renamed into place whole, so an interrupted rendering leaves the
+    train split without the test split) or rendered with other options (`stale_options`:
+    an older recipe, rendered again over them). An exclusive lock (`flock` on `<root>.lock`)
+    is held meanwhile: processes sharing one dataset (two families of a main job) render it
+    once, the others wait and find it there.
+
+    Args:
+      workers: rendering processes (0: `default_workers()`).
+      log: receives one line per decision (rendering, and why again).
+
+    Returns:
+      True when it rendered, False when the records were there.
+
+    Raises:
+      ValueError naming the manifest (`stale_options`) when `root` holds records the
+      synthetic world did not write: they are not rendered over.
+    """
+    from sketch_tf.data import tfrecord
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{root}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        stale = stale_options(root, task, options)
+        have = [(root / split / tfrecord.MANIFEST).is_file() for split in ("train", "test")]
+        if all(have) and not stale:
+            return False
+        if stale:
+            log(f"{root} was rendered with other options (rendered, configured): {stale}")
+        log(f"rendering the synthetic {task} dataset into {root}")
+        prepare_synthetic(
+            task, root, workers=workers or default_workers(),
+            overwrite=bool(stale) or have[0], **options,
+        )  # fmt: skip
+        return True
 
 
 def default_workers() -> int:
