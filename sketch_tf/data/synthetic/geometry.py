@@ -32,6 +32,8 @@ import numpy as np
 
 KINDS = ("box", "ellipsoid", "frustum", "torus")
 _EPS = 1e-6
+# (8, 3) signs of the corners of a box, in `Part.corners` order.
+_CORNER_SIGNS = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], float)
 
 
 def rot_x(a: float) -> np.ndarray:
@@ -95,8 +97,7 @@ class Part:
     def corners(self) -> np.ndarray:
         """(8, 3) world corners of the part's oriented bounding box."""
         e = self.canonical_extent() * self.scale
-        signs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], float)
-        return (signs * e) @ self.rotation.T + self.center
+        return (_CORNER_SIGNS * e) @ self.rotation.T + self.center
 
     def bounding_sphere(self) -> tuple[np.ndarray, float]:
         """World centre (3,) and radius of a sphere enclosing the part."""
@@ -365,6 +366,14 @@ def intersect_part(part: Part, origin: np.ndarray, dirs: np.ndarray):
 # ----------------------------------------------------------------------------------------
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`np.cross` of two float64 3-vectors with the same IEEE operations, in the same order
+    (a1 b2 - a2 b1, a2 b0 - a0 b2, a0 b1 - a1 b0), without its per-call overhead."""
+    a0, a1, a2 = a.tolist()
+    b0, b1, b2 = b.tolist()
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
 @dataclasses.dataclass
 class Camera:
     """Pinhole camera looking at `target` from `eye`.
@@ -382,16 +391,28 @@ class Camera:
     elevation: float = 0.0
 
     def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unit (right, up, forward) vectors of the camera in world coordinates."""
-        fwd = np.asarray(self.target, float) - np.asarray(self.eye, float)
+        """Unit (right, up, forward) vectors of the camera in world coordinates (read-only
+        arrays, computed once per eye and target)."""
+        eye = np.asarray(self.eye, float)
+        target = np.asarray(self.target, float)
+        key = (eye.tobytes(), target.tobytes())
+        memo = self.__dict__.get("_basis_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        fwd = target - eye
         fwd /= np.linalg.norm(fwd)
         world_up = np.array([0.0, 1.0, 0.0])
         if abs(fwd @ world_up) > 0.999:
             world_up = np.array([0.0, 0.0, 1.0])
-        right = np.cross(fwd, world_up)
+        right = _cross(fwd, world_up)
         right /= np.linalg.norm(right)
-        up = np.cross(right, fwd)
-        return right, up, fwd
+        up = _cross(right, fwd)
+        out = (right, up, fwd)
+        for v in out:
+            v.flags.writeable = False
+        # Not a dataclass field: equality, repr and `dataclasses.replace` ignore it.
+        self.__dict__["_basis_memo"] = (key, out)
+        return out
 
     def focal(self, size: int) -> float:
         """Focal length in pixels for a `size` x `size` image."""
@@ -457,21 +478,36 @@ def project(camera: Camera, points: np.ndarray, size: int) -> tuple[np.ndarray, 
     return np.stack([x, y], 1), z
 
 
+def _ray_terms(camera: Camera, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The terms of `pixel_rays` for a whole `size` x `size` image: (size, 3) column terms
+    x_col * right, (size, 3) row terms y_row * up, and fwd (a ray is x + y + fwd)."""
+    right, up, fwd = camera.basis()
+    f = camera.focal(size)
+    c = 0.5 * size
+    steps = np.arange(size) + 0.5 - c
+    xs = steps / f
+    ys = -steps / f
+    return xs[:, None] * right, ys[:, None] * up, fwd
+
+
+def _rays(terms, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Ray directions ((y1 - y0) * (x1 - x0), 3) of a pixel rectangle from `_ray_terms`."""
+    xr, yu, fwd = terms
+    dirs = xr[None, x0:x1] + yu[y0:y1, None]
+    dirs += fwd
+    return dirs.reshape(-1, 3)
+
+
 def pixel_rays(camera: Camera, size: int, x0=0, y0=0, x1=None, y1=None) -> np.ndarray:
     """World ray directions (H*W, 3) for the pixel rectangle [x0, x1) x [y0, y1).
 
     Directions are scaled so their component along the viewing axis is 1: the ray parameter
-    of a hit is its depth.
+    of a hit is its depth. Each is (x * right + y * up) + fwd with x, y the pixel centre's
+    offsets from the image centre over the focal length.
     """
     x1 = size if x1 is None else x1
     y1 = size if y1 is None else y1
-    right, up, fwd = camera.basis()
-    f = camera.focal(size)
-    c = 0.5 * size
-    xs = (np.arange(x0, x1) + 0.5 - c) / f
-    ys = -(np.arange(y0, y1) + 0.5 - c) / f
-    gx, gy = np.meshgrid(xs, ys)
-    return gx.reshape(-1, 1) * right + gy.reshape(-1, 1) * up + fwd
+    return _rays(_ray_terms(camera, size), x0, y0, x1, y1)
 
 
 @dataclasses.dataclass
@@ -533,6 +569,7 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
     right, up, fwd = camera.basis()
     f = camera.focal(size)
     c = 0.5 * size
+    terms = _ray_terms(camera, size)
     for part in shape.parts:
         # Screen rectangle of the part's oriented bounding box (whole image if it straddles
         # the camera plane).
@@ -547,7 +584,7 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
             y0, y1 = max(0, math.floor(py.min()) - 1), min(size, math.ceil(py.max()) + 2)
             if x0 >= x1 or y0 >= y1:
                 continue
-        dirs = pixel_rays(camera, size, x0, y0, x1, y1)
+        dirs = _rays(terms, x0, y0, x1, y1)
         t, n, cc = intersect_part(part, camera.eye, dirs)
         h, w = y1 - y0, x1 - x0
         t = t.reshape(h, w)
