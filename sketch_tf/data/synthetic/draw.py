@@ -47,7 +47,12 @@ def feature_edges(buffers: Buffers, crease_deg: float = 40.0, depth_rel: float =
         edge = ma != mb
         edge |= both & (pid[sl_a] != pid[sl_b])
         edge |= both & (np.abs(da - db) > depth_rel * np.minimum(da, db))
-        edge |= both & ((n[sl_a] * n[sl_b]).sum(-1) < cos_t)
+        # (n[sl_a] * n[sl_b]).sum(-1), the same operations in the same order, without a
+        # reduction over the short last axis.
+        na, nb = n[sl_a], n[sl_b]
+        cos_ab = na[..., 0] * nb[..., 0] + na[..., 1] * nb[..., 1]
+        cos_ab += na[..., 2] * nb[..., 2]
+        edge |= both & (cos_ab < cos_t)
         # Mark the nearer pixel so lines sit on the object, not on the background.
         near_a = np.where(both, da <= db, ma)
         e[sl_a] |= edge & near_a

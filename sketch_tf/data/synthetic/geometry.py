@@ -32,6 +32,7 @@ import numpy as np
 
 KINDS = ("box", "ellipsoid", "frustum", "torus")
 _EPS = 1e-6
+_BIG = np.finfo(np.float64).max
 # (8, 3) signs of the corners of a box, in `Part.corners` order.
 _CORNER_SIGNS = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], float)
 
@@ -199,6 +200,18 @@ def canonical_to_world(part: Part, coords: np.ndarray) -> np.ndarray:
     return part.to_world(p)
 
 
+def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) row-wise dot products of (N, 3) float arrays: `(a * b).sum(1)`, the same IEEE
+    operations in the same order ((a0 b0 + a1 b1) + a2 b2, as NumPy reduces an axis of 3),
+    without the cost of a reduction over a short axis."""
+    return (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]) + a[:, 2] * b[:, 2]
+
+
+def _norm3(a: np.ndarray) -> np.ndarray:
+    """(N,) row norms of an (N, 3) float array, as `np.linalg.norm(a, axis=1)` computes them."""
+    return np.sqrt(_dot3(a, a))
+
+
 # ----------------------------------------------------------------------------------------
 # Ray / primitive intersection in canonical space. o, d: (N, 3); returns t (N,) with inf for
 # a miss, canonical normal (N, 3) (unnormalised is fine) and canonical coordinate (N, 3).
@@ -212,10 +225,15 @@ def _hit_box(o, d):
         t2 = (1.0 - o) * inv
     tn = np.minimum(t1, t2)
     tf = np.maximum(t1, t2)
-    tn = np.nan_to_num(tn, nan=-np.inf)
-    tf = np.nan_to_num(tf, nan=np.inf)
-    t_near = tn.max(1)
-    t_far = tf.min(1)
+    # np.nan_to_num(tn, nan=-inf) and (tf, nan=inf): infinities to the largest finite floats,
+    # then NaN (0 * inf) to the given infinity.
+    np.clip(tn, -_BIG, _BIG, out=tn)
+    tn[np.isnan(tn)] = -np.inf
+    np.clip(tf, -_BIG, _BIG, out=tf)
+    tf[np.isnan(tf)] = np.inf
+    # Row max / min (only compared below, so the sign a zero would get does not matter).
+    t_near = np.maximum(np.maximum(tn[:, 0], tn[:, 1]), tn[:, 2])
+    t_far = np.minimum(np.minimum(tf[:, 0], tf[:, 1]), tf[:, 2])
     hit = (t_near <= t_far) & (t_near > _EPS)
     t = np.where(hit, t_near, np.inf)
     axis = tn.argmax(1)
@@ -229,9 +247,9 @@ def _hit_box(o, d):
 
 
 def _hit_sphere(o, d):
-    a = (d * d).sum(1)
-    b = (o * d).sum(1)
-    c = (o * o).sum(1) - 1.0
+    a = _dot3(d, d)
+    b = _dot3(o, d)
+    c = _dot3(o, o) - 1.0
     disc = b * b - a * c
     hit = disc >= 0
     sq = np.sqrt(np.where(hit, disc, 0.0))
@@ -239,7 +257,7 @@ def _hit_sphere(o, d):
     hit &= t > _EPS
     t = np.where(hit, t, np.inf)
     p = o + d * np.where(hit, t, 0.0)[:, None]
-    coord = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), _EPS)
+    coord = p / np.maximum(_norm3(p)[:, None], _EPS)
     return t, p, coord
 
 
@@ -299,11 +317,11 @@ def _torus_sdf(p, minor):
 
 def _hit_torus(o, d, minor, steps=64):
     # Sphere tracing on the signed distance, started where the ray enters the bounding sphere.
-    norm = np.linalg.norm(d, axis=1)
+    norm = _norm3(d)
     du = d / norm[:, None]
     rb = 1.0 + minor
-    b = (o * du).sum(1)
-    c = (o * o).sum(1) - rb * rb
+    b = _dot3(o, du)
+    c = _dot3(o, o) - rb * rb
     disc = b * b - c
     active = disc > 0
     sq = np.sqrt(np.where(active, disc, 0.0))
@@ -357,7 +375,7 @@ def intersect_part(part: Part, origin: np.ndarray, dirs: np.ndarray):
         t, n, coord = _hit_torus(o, d, part.minor)
     # Normals transform with the inverse transpose of the scale, then rotate to the world.
     n = (n / part.scale) @ part.rotation.T
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), _EPS)
+    n /= np.maximum(_norm3(n)[:, None], _EPS)
     return t, n, coord
 
 
