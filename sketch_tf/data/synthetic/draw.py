@@ -248,20 +248,34 @@ def _hsv_to_rgb(h, s, v) -> np.ndarray:
 
 
 def _texture(buffers: Buffers, rng, n_parts: int) -> np.ndarray:
-    """(H, W) multiplicative texture in about [0.7, 1.1] from canonical part coordinates."""
+    """(H, W) multiplicative texture in about [0.7, 1.1] from canonical part coordinates.
+
+    Each pattern is evaluated only at the pixels whose part uses it (element-wise operations,
+    so the values are those of evaluating it over the whole image and selecting)."""
     c = buffers.part_coord
     pid = buffers.part_id.astype(int)
     kind = rng.integers(0, 4, size=n_parts + 1)  # 0 plain, 1 stripes, 2 wood rings, 3 checker
     freq = rng.uniform(3, 12, size=n_parts + 1)
     axis = rng.integers(0, 3, size=n_parts + 1)
-    k, f, a = kind[pid], freq[pid], axis[pid]
-    ca = np.take_along_axis(c, a[..., None], -1)[..., 0]
-    stripes = 0.9 + 0.1 * np.sign(np.sin(f * np.pi * ca))
-    r = np.sqrt(c[..., 0] ** 2 + c[..., 2] ** 2)
-    wood = 0.85 + 0.15 * np.sin(f * 2 * np.pi * r + 3 * c[..., 1]) ** 2
-    sc = np.sin(f[..., None] * np.pi * c)
-    checker = 0.9 + 0.1 * np.sign(sc[..., 0] * sc[..., 1] * sc[..., 2] + 1e-6)
-    return np.select([k == 1, k == 2, k == 3], [stripes, wood, checker], 1.0).astype(np.float32)
+    k = kind[pid]
+    out = np.ones(pid.shape)
+    for pattern in (1, 2, 3):
+        sel = k == pattern
+        if not sel.any():
+            continue
+        p = pid[sel]
+        f = freq[p]
+        cs = c[sel]  # (M, 3) float32
+        if pattern == 1:  # stripes
+            ca = cs[np.arange(len(p)), axis[p]]
+            out[sel] = 0.9 + 0.1 * np.sign(np.sin(f * np.pi * ca))
+        elif pattern == 2:  # wood rings
+            r = np.sqrt(cs[:, 0] ** 2 + cs[:, 2] ** 2)
+            out[sel] = 0.85 + 0.15 * np.sin(f * 2 * np.pi * r + 3 * cs[:, 1]) ** 2
+        else:  # checker
+            sc = np.sin(f[:, None] * np.pi * cs)
+            out[sel] = 0.9 + 0.1 * np.sign(sc[:, 0] * sc[:, 1] * sc[:, 2] + 1e-6)
+    return out.astype(np.float32)
 
 
 def _background(rng, size: int, c0, c1, grain: float) -> np.ndarray:

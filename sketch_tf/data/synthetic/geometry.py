@@ -207,6 +207,12 @@ def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]) + a[:, 2] * b[:, 2]
 
 
+def _clip(x: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
+    """`np.clip(x, lo, hi, out=out)` of a float array (the same values, NaN included) without
+    the Python-level overhead of np.clip, which shows on the ray caster's small arrays."""
+    return np.minimum(np.maximum(x, lo, out=out), hi, out=out)
+
+
 def _norm3(a: np.ndarray) -> np.ndarray:
     """(N,) row norms of an (N, 3) float array, as `np.linalg.norm(a, axis=1)` computes them."""
     return np.sqrt(_dot3(a, a))
@@ -227,9 +233,9 @@ def _hit_box(o, d):
     tf = np.maximum(t1, t2)
     # np.nan_to_num(tn, nan=-inf) and (tf, nan=inf): infinities to the largest finite floats,
     # then NaN (0 * inf) to the given infinity.
-    np.clip(tn, -_BIG, _BIG, out=tn)
+    _clip(tn, -_BIG, _BIG, out=tn)
     tn[np.isnan(tn)] = -np.inf
-    np.clip(tf, -_BIG, _BIG, out=tf)
+    _clip(tf, -_BIG, _BIG, out=tf)
     tf[np.isnan(tf)] = np.inf
     # Row max / min (only compared below, so the sign a zero would get does not matter).
     t_near = np.maximum(np.maximum(tn[:, 0], tn[:, 1]), tn[:, 2])
@@ -241,7 +247,7 @@ def _hit_box(o, d):
     rows = np.arange(len(o))
     n[rows, axis] = -np.sign(d[rows, axis])
     p = o + d * np.where(hit, t, 0.0)[:, None]
-    coord = np.clip(p, -1, 1)
+    coord = _clip(p, -1.0, 1.0)
     coord[rows, axis] = n[rows, axis]
     return t, n, coord
 
@@ -303,9 +309,9 @@ def _hit_frustum(o, d, r0, r1):
     n = np.where(use_cap[:, None], n_cap, n_side)
     r_cap = np.where(cap_y < 0, max(r0, _EPS), max(r1, _EPS))
     r_used = np.where(use_cap, r_cap, r_side)
-    y_used = np.where(use_cap, cap_y, np.clip(p[:, 1], -1, 1))
+    y_used = np.where(use_cap, cap_y, _clip(p[:, 1], -1.0, 1.0))
     coord = np.stack(
-        [np.clip(p[:, 0] / r_used, -1, 1), y_used, np.clip(p[:, 2] / r_used, -1, 1)], 1
+        [_clip(p[:, 0] / r_used, -1.0, 1.0), y_used, _clip(p[:, 2] / r_used, -1.0, 1.0)], 1
     )
     return t, n, coord
 
