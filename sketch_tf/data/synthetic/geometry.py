@@ -616,10 +616,11 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
         closer = t < win
         if not closer.any():
             continue
-        win[closer] = t[closer]
-        normal[y0:y1, x0:x1][closer] = n.reshape(h, w, 3)[closer]
-        coord[y0:y1, x0:x1][closer] = cc.reshape(h, w, 3)[closer]
-        part_id[y0:y1, x0:x1][closer] = part.part_id
+        np.copyto(win, t, where=closer)
+        closer3 = closer[..., None]
+        np.copyto(normal[y0:y1, x0:x1], n.reshape(h, w, 3), where=closer3)
+        np.copyto(coord[y0:y1, x0:x1], cc.reshape(h, w, 3), where=closer3)
+        np.copyto(part_id[y0:y1, x0:x1], part.part_id, where=closer)
     mask = np.isfinite(depth)
     return Buffers(
         depth=depth.astype(np.float32),
