@@ -219,8 +219,10 @@ def _norm3(a: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# Ray / primitive intersection in canonical space. o, d: (N, 3); returns t (N,) with inf for
-# a miss, canonical normal (N, 3) (unnormalised is fine) and canonical coordinate (N, 3).
+# Ray / primitive intersection in canonical space. o, d: (N, 3) (o: (3,), the rays' common
+# origin, for _hit_box and _hit_frustum, whose terms of o alone are then computed once, with
+# the same operations); returns t (N,) with inf for a miss, canonical normal (N, 3)
+# (unnormalised is fine) and canonical coordinate (N, 3).
 # ----------------------------------------------------------------------------------------
 
 
@@ -243,8 +245,8 @@ def _hit_box(o, d):
     hit = (t_near <= t_far) & (t_near > _EPS)
     t = np.where(hit, t_near, np.inf)
     axis = tn.argmax(1)
-    n = np.zeros_like(o)
-    rows = np.arange(len(o))
+    n = np.zeros(d.shape)
+    rows = np.arange(len(d))
     n[rows, axis] = -np.sign(d[rows, axis])
     p = o + d * np.where(hit, t, 0.0)[:, None]
     coord = _clip(p, -1.0, 1.0)
@@ -270,31 +272,33 @@ def _hit_sphere(o, d):
 def _hit_frustum(o, d, r0, r1):
     # Side: x^2 + z^2 = (m + k y)^2 with m the mid radius and k the slope, for |y| <= 1.
     m, k = 0.5 * (r0 + r1), 0.5 * (r1 - r0)
-    ry_o = m + k * o[:, 1]
+    o0, o1, o2 = o.tolist()  # floats; x * x below is the ** 2 NumPy computes on arrays
+    ry_o = m + k * o1
     a = d[:, 0] ** 2 + d[:, 2] ** 2 - (k * d[:, 1]) ** 2
-    b = o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2] - ry_o * k * d[:, 1]
-    c = o[:, 0] ** 2 + o[:, 2] ** 2 - ry_o**2
-    t_side = np.full(len(o), np.inf)
+    b = o0 * d[:, 0] + o2 * d[:, 2] - ry_o * k * d[:, 1]
+    c = o0 * o0 + o2 * o2 - ry_o * ry_o
+    n_rays = len(d)
+    t_side = np.full(n_rays, np.inf)
     disc = b * b - a * c
     ok = (disc >= 0) & (np.abs(a) > 1e-12)
     sq = np.sqrt(np.where(ok, disc, 0.0))
     safe_a = np.where(ok, a, 1.0)
     for sgn in (-1.0, 1.0):
         t = (-b + sgn * sq) / safe_a
-        y = o[:, 1] + t * d[:, 1]
+        y = o1 + t * d[:, 1]
         r_at = m + k * y
         good = ok & (t > _EPS) & (np.abs(y) <= 1) & (r_at >= 0)
         t_side = np.where(good & (t < t_side), t, t_side)
     # Caps at y = -1 (radius r0) and y = +1 (radius r1).
-    t_cap = np.full(len(o), np.inf)
-    cap_y = np.zeros(len(o))
+    t_cap = np.full(n_rays, np.inf)
+    cap_y = np.zeros(n_rays)
     with np.errstate(divide="ignore", invalid="ignore"):
         for yc, rc in ((-1.0, r0), (1.0, r1)):
             if rc <= 0:
                 continue
-            t = (yc - o[:, 1]) / d[:, 1]
-            x = o[:, 0] + t * d[:, 0]
-            z = o[:, 2] + t * d[:, 2]
+            t = (yc - o1) / d[:, 1]
+            x = o0 + t * d[:, 0]
+            z = o2 + t * d[:, 2]
             good = np.isfinite(t) & (t > _EPS) & (x * x + z * z <= rc * rc)
             better = good & (t < t_cap)
             t_cap = np.where(better, t, t_cap)
@@ -305,7 +309,7 @@ def _hit_frustum(o, d, r0, r1):
     r_side = np.maximum(m + k * p[:, 1], _EPS)
     # Side normal of x^2 + z^2 - (m + k y)^2 = 0 is (x, -k (m + k y), z).
     n_side = np.stack([p[:, 0], -k * r_side, p[:, 2]], 1)
-    n_cap = np.stack([np.zeros(len(o)), cap_y, np.zeros(len(o))], 1)
+    n_cap = np.stack([np.zeros(n_rays), cap_y, np.zeros(n_rays)], 1)
     n = np.where(use_cap[:, None], n_cap, n_side)
     r_cap = np.where(cap_y < 0, max(r0, _EPS), max(r1, _EPS))
     r_used = np.where(use_cap, r_cap, r_side)
@@ -370,15 +374,14 @@ def intersect_part(part: Part, origin: np.ndarray, dirs: np.ndarray):
     """
     o = ((origin - part.center) @ part.rotation) / part.scale
     d = (dirs @ part.rotation) / part.scale
-    o = np.broadcast_to(o, d.shape)
     if part.kind == "box":
         t, n, coord = _hit_box(o, d)
     elif part.kind == "ellipsoid":
-        t, n, coord = _hit_sphere(o, d)
+        t, n, coord = _hit_sphere(np.broadcast_to(o, d.shape), d)
     elif part.kind == "frustum":
         t, n, coord = _hit_frustum(o, d, part.r0, part.r1)
     else:
-        t, n, coord = _hit_torus(o, d, part.minor)
+        t, n, coord = _hit_torus(np.broadcast_to(o, d.shape), d, part.minor)
     # Normals transform with the inverse transpose of the scale, then rotate to the world.
     n = (n / part.scale) @ part.rotation.T
     n /= np.maximum(_norm3(n)[:, None], _EPS)
