@@ -376,7 +376,8 @@ def stylize(buffers: Buffers, style: str, rng: np.random.Generator) -> np.ndarra
     mf = m.astype(np.float32)
     pal = _part_palette(rng, 16).astype(np.float32)
     light = _light(rng)
-    diff, spec = _lambert(buffers, light)
+    # (only 3d_graphics shows a highlight)
+    diff, spec = _lambert(buffers, light, specular=style == "3d_graphics")
     shade = 0.3 + 0.7 * diff
 
     if style == "3d_graphics":
