@@ -403,6 +403,18 @@ def semantic_points(category: str, n_points: int = 256) -> tuple[np.ndarray, np.
       coordinates (n_points, 3) float64. Points are spread over parts in proportion to a rough
       area weight so small parts still get a few.
     """
+    key = (category, int(n_points))
+    if key not in _SEMANTIC_POINTS:
+        _SEMANTIC_POINTS[key] = _semantic_points(category, int(n_points))
+    ids, coords = _SEMANTIC_POINTS[key]
+    return ids.copy(), coords.copy()
+
+
+#: semantic_points' results, per (category, n_points): they depend on nothing else.
+_SEMANTIC_POINTS: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _semantic_points(category: str, n_points: int) -> tuple[np.ndarray, np.ndarray]:
     from sketch_tf.data.synthetic.geometry import Part as _P
     from sketch_tf.data.synthetic.geometry import sample_canonical
 

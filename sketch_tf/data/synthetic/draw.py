@@ -47,7 +47,12 @@ def feature_edges(buffers: Buffers, crease_deg: float = 40.0, depth_rel: float =
         edge = ma != mb
         edge |= both & (pid[sl_a] != pid[sl_b])
         edge |= both & (np.abs(da - db) > depth_rel * np.minimum(da, db))
-        edge |= both & ((n[sl_a] * n[sl_b]).sum(-1) < cos_t)
+        # (n[sl_a] * n[sl_b]).sum(-1), the same operations in the same order, without a
+        # reduction over the short last axis.
+        na, nb = n[sl_a], n[sl_b]
+        cos_ab = na[..., 0] * nb[..., 0] + na[..., 1] * nb[..., 1]
+        cos_ab += na[..., 2] * nb[..., 2]
+        edge |= both & (cos_ab < cos_t)
         # Mark the nearer pixel so lines sit on the object, not on the background.
         near_a = np.where(both, da <= db, ma)
         e[sl_a] |= edge & near_a
@@ -113,14 +118,15 @@ def _splat(ys: np.ndarray, xs: np.ndarray, size: int, weight: np.ndarray) -> np.
     return out.reshape(size, size).astype(np.float32)
 
 
-def _strokes(edges, rng, size, width, wobble, gap_rate, pressure, scale_about=None):
-    """Stroke ink (H, W) float in [0, 1] from an edge map, with wobble, gaps and width.
+def _strokes(edge_pixels, rng, size, width, wobble, gap_rate, pressure, scale_about=None):
+    """Stroke ink (H, W) float in [0, 1] from the (rows, cols) of an edge map's pixels
+    (`np.nonzero(edges)`), with wobble, gaps and width.
 
     The edge pixels are moved (forward-splatted) along a smooth random displacement field, so
     the cost grows with the line length, not the image area.
     """
     s = size / 256.0
-    ys, xs = np.nonzero(edges)
+    ys, xs = edge_pixels
     ys, xs = ys.astype(np.float64), xs.astype(np.float64)
     if scale_about is not None:
         # Overshoot: a slightly enlarged copy of the lines whose ends run past the corners.
@@ -179,12 +185,13 @@ def line_drawing(
     gap_rate = rng.uniform(0.0, 0.15) if gap_rate is None else gap_rate
     overshoot = rng.uniform(0.0, 0.02) if overshoot is None else overshoot
     edges = feature_edges(buffers, crease_deg=crease_deg)
-    ink = _strokes(edges, rng, size, stroke_width, wobble, gap_rate, 0.4)
+    edge_pixels = np.nonzero(edges)
+    ink = _strokes(edge_pixels, rng, size, stroke_width, wobble, gap_rate, 0.4)
     if overshoot > 0:
         ys, xs = np.nonzero(buffers.mask)
         if len(ys):
             about = (float(ys.mean()), float(xs.mean()), 1.0 + overshoot)
-            ink2 = _strokes(edges, rng, size, stroke_width * 0.7, wobble, 0.3, 0.6, about)
+            ink2 = _strokes(edge_pixels, rng, size, stroke_width * 0.7, wobble, 0.3, 0.6, about)
             ink = np.maximum(ink, 0.6 * ink2)
     darkness = rng.uniform(0.75, 1.0)
     gray = 255.0 * (1 - darkness * np.clip(ink, 0, 1))
@@ -202,9 +209,15 @@ def _light(rng) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _lambert(buffers: Buffers, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vn = buffers.view_normal()
+def _lambert(
+    buffers: Buffers, light: np.ndarray, vn: np.ndarray | None = None, specular: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Diffuse and specular terms (H, W) of a camera-space light; `vn` is
+    `buffers.view_normal()` when the caller has it, `specular=False` skips the second term."""
+    vn = buffers.view_normal() if vn is None else vn
     diff = np.clip(vn @ light.astype(np.float32), 0, 1)
+    if not specular:
+        return diff, None
     half = light + np.array([0, 0, 1.0])
     half /= np.linalg.norm(half)
     spec = np.clip(vn @ half.astype(np.float32), 0, 1)
@@ -243,20 +256,36 @@ def _hsv_to_rgb(h, s, v) -> np.ndarray:
 
 
 def _texture(buffers: Buffers, rng, n_parts: int) -> np.ndarray:
-    """(H, W) multiplicative texture in about [0.7, 1.1] from canonical part coordinates."""
+    """(H, W) multiplicative texture in about [0.7, 1.1] from canonical part coordinates, on
+    the foreground (1 on the background, which `photo` does not show).
+
+    Each pattern is evaluated only at the foreground pixels whose part uses it (element-wise
+    operations, so the values are those of evaluating it over the whole image and selecting:
+    float64 sines cost about 20 ns each)."""
     c = buffers.part_coord
     pid = buffers.part_id.astype(int)
     kind = rng.integers(0, 4, size=n_parts + 1)  # 0 plain, 1 stripes, 2 wood rings, 3 checker
     freq = rng.uniform(3, 12, size=n_parts + 1)
     axis = rng.integers(0, 3, size=n_parts + 1)
-    k, f, a = kind[pid], freq[pid], axis[pid]
-    ca = np.take_along_axis(c, a[..., None], -1)[..., 0]
-    stripes = 0.9 + 0.1 * np.sign(np.sin(f * np.pi * ca))
-    r = np.sqrt(c[..., 0] ** 2 + c[..., 2] ** 2)
-    wood = 0.85 + 0.15 * np.sin(f * 2 * np.pi * r + 3 * c[..., 1]) ** 2
-    sc = np.sin(f[..., None] * np.pi * c)
-    checker = 0.9 + 0.1 * np.sign(sc[..., 0] * sc[..., 1] * sc[..., 2] + 1e-6)
-    return np.select([k == 1, k == 2, k == 3], [stripes, wood, checker], 1.0).astype(np.float32)
+    k = kind[pid]
+    out = np.ones(pid.shape)
+    for pattern in (1, 2, 3):
+        sel = (k == pattern) & buffers.mask
+        if not sel.any():
+            continue
+        p = pid[sel]
+        f = freq[p]
+        cs = c[sel]  # (M, 3) float32
+        if pattern == 1:  # stripes
+            ca = cs[np.arange(len(p)), axis[p]]
+            out[sel] = 0.9 + 0.1 * np.sign(np.sin(f * np.pi * ca))
+        elif pattern == 2:  # wood rings
+            r = np.sqrt(cs[:, 0] ** 2 + cs[:, 2] ** 2)
+            out[sel] = 0.85 + 0.15 * np.sin(f * 2 * np.pi * r + 3 * cs[:, 1]) ** 2
+        else:  # checker
+            sc = np.sin(f[:, None] * np.pi * cs)
+            out[sel] = 0.9 + 0.1 * np.sign(sc[:, 0] * sc[:, 1] * sc[:, 2] + 1e-6)
+    return out.astype(np.float32)
 
 
 def _background(rng, size: int, c0, c1, grain: float) -> np.ndarray:
@@ -284,8 +313,9 @@ def photo(buffers: Buffers, rng: np.random.Generator) -> np.ndarray:
     pal = _part_palette(rng, max(n_parts, 16)).astype(np.float32)
     albedo = pal[buffers.part_id] * _texture(buffers, rng, max(n_parts, 16))[..., None]
     light = _light(rng)
-    diff, spec = _lambert(buffers, light)
-    fill_diff, _ = _lambert(buffers, np.array([-light[0], 0.2, 0.9]) / 1.1)
+    vn = buffers.view_normal()
+    diff, spec = _lambert(buffers, light, vn)
+    fill_diff, _ = _lambert(buffers, np.array([-light[0], 0.2, 0.9]) / 1.1, vn, specular=False)
     gloss = rng.uniform(8, 64)
     spec_amt = rng.uniform(0.1, 0.6)
     shade = 0.25 + 0.75 * diff + 0.15 * fill_diff
@@ -346,7 +376,8 @@ def stylize(buffers: Buffers, style: str, rng: np.random.Generator) -> np.ndarra
     mf = m.astype(np.float32)
     pal = _part_palette(rng, 16).astype(np.float32)
     light = _light(rng)
-    diff, spec = _lambert(buffers, light)
+    # (only 3d_graphics shows a highlight)
+    diff, spec = _lambert(buffers, light, specular=style == "3d_graphics")
     shade = 0.3 + 0.7 * diff
 
     if style == "3d_graphics":

@@ -32,6 +32,9 @@ import numpy as np
 
 KINDS = ("box", "ellipsoid", "frustum", "torus")
 _EPS = 1e-6
+_BIG = np.finfo(np.float64).max
+# (8, 3) signs of the corners of a box, in `Part.corners` order.
+_CORNER_SIGNS = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], float)
 
 
 def rot_x(a: float) -> np.ndarray:
@@ -95,8 +98,7 @@ class Part:
     def corners(self) -> np.ndarray:
         """(8, 3) world corners of the part's oriented bounding box."""
         e = self.canonical_extent() * self.scale
-        signs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], float)
-        return (signs * e) @ self.rotation.T + self.center
+        return (_CORNER_SIGNS * e) @ self.rotation.T + self.center
 
     def bounding_sphere(self) -> tuple[np.ndarray, float]:
         """World centre (3,) and radius of a sphere enclosing the part."""
@@ -198,9 +200,29 @@ def canonical_to_world(part: Part, coords: np.ndarray) -> np.ndarray:
     return part.to_world(p)
 
 
+def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) row-wise dot products of (N, 3) float arrays: `(a * b).sum(1)`, the same IEEE
+    operations in the same order ((a0 b0 + a1 b1) + a2 b2, as NumPy reduces an axis of 3),
+    without the cost of a reduction over a short axis."""
+    return (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]) + a[:, 2] * b[:, 2]
+
+
+def _clip(x: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
+    """`np.clip(x, lo, hi, out=out)` of a float array (the same values, NaN included) without
+    the Python-level overhead of np.clip, which shows on the ray caster's small arrays."""
+    return np.minimum(np.maximum(x, lo, out=out), hi, out=out)
+
+
+def _norm3(a: np.ndarray) -> np.ndarray:
+    """(N,) row norms of an (N, 3) float array, as `np.linalg.norm(a, axis=1)` computes them."""
+    return np.sqrt(_dot3(a, a))
+
+
 # ----------------------------------------------------------------------------------------
-# Ray / primitive intersection in canonical space. o, d: (N, 3); returns t (N,) with inf for
-# a miss, canonical normal (N, 3) (unnormalised is fine) and canonical coordinate (N, 3).
+# Ray / primitive intersection in canonical space. o, d: (N, 3) (o: (3,), the rays' common
+# origin, for _hit_box and _hit_frustum, whose terms of o alone are then computed once, with
+# the same operations); returns t (N,) with inf for a miss, canonical normal (N, 3)
+# (unnormalised is fine) and canonical coordinate (N, 3).
 # ----------------------------------------------------------------------------------------
 
 
@@ -211,26 +233,31 @@ def _hit_box(o, d):
         t2 = (1.0 - o) * inv
     tn = np.minimum(t1, t2)
     tf = np.maximum(t1, t2)
-    tn = np.nan_to_num(tn, nan=-np.inf)
-    tf = np.nan_to_num(tf, nan=np.inf)
-    t_near = tn.max(1)
-    t_far = tf.min(1)
+    # np.nan_to_num(tn, nan=-inf) and (tf, nan=inf): infinities to the largest finite floats,
+    # then NaN (0 * inf) to the given infinity.
+    _clip(tn, -_BIG, _BIG, out=tn)
+    tn[np.isnan(tn)] = -np.inf
+    _clip(tf, -_BIG, _BIG, out=tf)
+    tf[np.isnan(tf)] = np.inf
+    # Row max / min (only compared below, so the sign a zero would get does not matter).
+    t_near = np.maximum(np.maximum(tn[:, 0], tn[:, 1]), tn[:, 2])
+    t_far = np.minimum(np.minimum(tf[:, 0], tf[:, 1]), tf[:, 2])
     hit = (t_near <= t_far) & (t_near > _EPS)
     t = np.where(hit, t_near, np.inf)
     axis = tn.argmax(1)
-    n = np.zeros_like(o)
-    rows = np.arange(len(o))
+    n = np.zeros(d.shape)
+    rows = np.arange(len(d))
     n[rows, axis] = -np.sign(d[rows, axis])
     p = o + d * np.where(hit, t, 0.0)[:, None]
-    coord = np.clip(p, -1, 1)
+    coord = _clip(p, -1.0, 1.0)
     coord[rows, axis] = n[rows, axis]
     return t, n, coord
 
 
 def _hit_sphere(o, d):
-    a = (d * d).sum(1)
-    b = (o * d).sum(1)
-    c = (o * o).sum(1) - 1.0
+    a = _dot3(d, d)
+    b = _dot3(o, d)
+    c = _dot3(o, o) - 1.0
     disc = b * b - a * c
     hit = disc >= 0
     sq = np.sqrt(np.where(hit, disc, 0.0))
@@ -238,38 +265,40 @@ def _hit_sphere(o, d):
     hit &= t > _EPS
     t = np.where(hit, t, np.inf)
     p = o + d * np.where(hit, t, 0.0)[:, None]
-    coord = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), _EPS)
+    coord = p / np.maximum(_norm3(p)[:, None], _EPS)
     return t, p, coord
 
 
 def _hit_frustum(o, d, r0, r1):
     # Side: x^2 + z^2 = (m + k y)^2 with m the mid radius and k the slope, for |y| <= 1.
     m, k = 0.5 * (r0 + r1), 0.5 * (r1 - r0)
-    ry_o = m + k * o[:, 1]
+    o0, o1, o2 = o.tolist()  # floats; x * x below is the ** 2 NumPy computes on arrays
+    ry_o = m + k * o1
     a = d[:, 0] ** 2 + d[:, 2] ** 2 - (k * d[:, 1]) ** 2
-    b = o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2] - ry_o * k * d[:, 1]
-    c = o[:, 0] ** 2 + o[:, 2] ** 2 - ry_o**2
-    t_side = np.full(len(o), np.inf)
+    b = o0 * d[:, 0] + o2 * d[:, 2] - ry_o * k * d[:, 1]
+    c = o0 * o0 + o2 * o2 - ry_o * ry_o
+    n_rays = len(d)
+    t_side = np.full(n_rays, np.inf)
     disc = b * b - a * c
     ok = (disc >= 0) & (np.abs(a) > 1e-12)
     sq = np.sqrt(np.where(ok, disc, 0.0))
     safe_a = np.where(ok, a, 1.0)
     for sgn in (-1.0, 1.0):
         t = (-b + sgn * sq) / safe_a
-        y = o[:, 1] + t * d[:, 1]
+        y = o1 + t * d[:, 1]
         r_at = m + k * y
         good = ok & (t > _EPS) & (np.abs(y) <= 1) & (r_at >= 0)
         t_side = np.where(good & (t < t_side), t, t_side)
     # Caps at y = -1 (radius r0) and y = +1 (radius r1).
-    t_cap = np.full(len(o), np.inf)
-    cap_y = np.zeros(len(o))
+    t_cap = np.full(n_rays, np.inf)
+    cap_y = np.zeros(n_rays)
     with np.errstate(divide="ignore", invalid="ignore"):
         for yc, rc in ((-1.0, r0), (1.0, r1)):
             if rc <= 0:
                 continue
-            t = (yc - o[:, 1]) / d[:, 1]
-            x = o[:, 0] + t * d[:, 0]
-            z = o[:, 2] + t * d[:, 2]
+            t = (yc - o1) / d[:, 1]
+            x = o0 + t * d[:, 0]
+            z = o2 + t * d[:, 2]
             good = np.isfinite(t) & (t > _EPS) & (x * x + z * z <= rc * rc)
             better = good & (t < t_cap)
             t_cap = np.where(better, t, t_cap)
@@ -280,13 +309,13 @@ def _hit_frustum(o, d, r0, r1):
     r_side = np.maximum(m + k * p[:, 1], _EPS)
     # Side normal of x^2 + z^2 - (m + k y)^2 = 0 is (x, -k (m + k y), z).
     n_side = np.stack([p[:, 0], -k * r_side, p[:, 2]], 1)
-    n_cap = np.stack([np.zeros(len(o)), cap_y, np.zeros(len(o))], 1)
+    n_cap = np.stack([np.zeros(n_rays), cap_y, np.zeros(n_rays)], 1)
     n = np.where(use_cap[:, None], n_cap, n_side)
     r_cap = np.where(cap_y < 0, max(r0, _EPS), max(r1, _EPS))
     r_used = np.where(use_cap, r_cap, r_side)
-    y_used = np.where(use_cap, cap_y, np.clip(p[:, 1], -1, 1))
+    y_used = np.where(use_cap, cap_y, _clip(p[:, 1], -1.0, 1.0))
     coord = np.stack(
-        [np.clip(p[:, 0] / r_used, -1, 1), y_used, np.clip(p[:, 2] / r_used, -1, 1)], 1
+        [_clip(p[:, 0] / r_used, -1.0, 1.0), y_used, _clip(p[:, 2] / r_used, -1.0, 1.0)], 1
     )
     return t, n, coord
 
@@ -298,11 +327,11 @@ def _torus_sdf(p, minor):
 
 def _hit_torus(o, d, minor, steps=64):
     # Sphere tracing on the signed distance, started where the ray enters the bounding sphere.
-    norm = np.linalg.norm(d, axis=1)
+    norm = _norm3(d)
     du = d / norm[:, None]
     rb = 1.0 + minor
-    b = (o * du).sum(1)
-    c = (o * o).sum(1) - rb * rb
+    b = _dot3(o, du)
+    c = _dot3(o, o) - rb * rb
     disc = b * b - c
     active = disc > 0
     sq = np.sqrt(np.where(active, disc, 0.0))
@@ -345,24 +374,31 @@ def intersect_part(part: Part, origin: np.ndarray, dirs: np.ndarray):
     """
     o = ((origin - part.center) @ part.rotation) / part.scale
     d = (dirs @ part.rotation) / part.scale
-    o = np.broadcast_to(o, d.shape)
     if part.kind == "box":
         t, n, coord = _hit_box(o, d)
     elif part.kind == "ellipsoid":
-        t, n, coord = _hit_sphere(o, d)
+        t, n, coord = _hit_sphere(np.broadcast_to(o, d.shape), d)
     elif part.kind == "frustum":
         t, n, coord = _hit_frustum(o, d, part.r0, part.r1)
     else:
-        t, n, coord = _hit_torus(o, d, part.minor)
+        t, n, coord = _hit_torus(np.broadcast_to(o, d.shape), d, part.minor)
     # Normals transform with the inverse transpose of the scale, then rotate to the world.
     n = (n / part.scale) @ part.rotation.T
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), _EPS)
+    n /= np.maximum(_norm3(n)[:, None], _EPS)
     return t, n, coord
 
 
 # ----------------------------------------------------------------------------------------
 # Cameras
 # ----------------------------------------------------------------------------------------
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`np.cross` of two float64 3-vectors with the same IEEE operations, in the same order
+    (a1 b2 - a2 b1, a2 b0 - a0 b2, a0 b1 - a1 b0), without its per-call overhead."""
+    a0, a1, a2 = a.tolist()
+    b0, b1, b2 = b.tolist()
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
 
 
 @dataclasses.dataclass
@@ -382,16 +418,28 @@ class Camera:
     elevation: float = 0.0
 
     def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unit (right, up, forward) vectors of the camera in world coordinates."""
-        fwd = np.asarray(self.target, float) - np.asarray(self.eye, float)
+        """Unit (right, up, forward) vectors of the camera in world coordinates (read-only
+        arrays, computed once per eye and target)."""
+        eye = np.asarray(self.eye, float)
+        target = np.asarray(self.target, float)
+        key = (eye.tobytes(), target.tobytes())
+        memo = self.__dict__.get("_basis_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        fwd = target - eye
         fwd /= np.linalg.norm(fwd)
         world_up = np.array([0.0, 1.0, 0.0])
         if abs(fwd @ world_up) > 0.999:
             world_up = np.array([0.0, 0.0, 1.0])
-        right = np.cross(fwd, world_up)
+        right = _cross(fwd, world_up)
         right /= np.linalg.norm(right)
-        up = np.cross(right, fwd)
-        return right, up, fwd
+        up = _cross(right, fwd)
+        out = (right, up, fwd)
+        for v in out:
+            v.flags.writeable = False
+        # Not a dataclass field: equality, repr and `dataclasses.replace` ignore it.
+        self.__dict__["_basis_memo"] = (key, out)
+        return out
 
     def focal(self, size: int) -> float:
         """Focal length in pixels for a `size` x `size` image."""
@@ -457,21 +505,36 @@ def project(camera: Camera, points: np.ndarray, size: int) -> tuple[np.ndarray, 
     return np.stack([x, y], 1), z
 
 
+def _ray_terms(camera: Camera, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The terms of `pixel_rays` for a whole `size` x `size` image: (size, 3) column terms
+    x_col * right, (size, 3) row terms y_row * up, and fwd (a ray is x + y + fwd)."""
+    right, up, fwd = camera.basis()
+    f = camera.focal(size)
+    c = 0.5 * size
+    steps = np.arange(size) + 0.5 - c
+    xs = steps / f
+    ys = -steps / f
+    return xs[:, None] * right, ys[:, None] * up, fwd
+
+
+def _rays(terms, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Ray directions ((y1 - y0) * (x1 - x0), 3) of a pixel rectangle from `_ray_terms`."""
+    xr, yu, fwd = terms
+    dirs = xr[None, x0:x1] + yu[y0:y1, None]
+    dirs += fwd
+    return dirs.reshape(-1, 3)
+
+
 def pixel_rays(camera: Camera, size: int, x0=0, y0=0, x1=None, y1=None) -> np.ndarray:
     """World ray directions (H*W, 3) for the pixel rectangle [x0, x1) x [y0, y1).
 
     Directions are scaled so their component along the viewing axis is 1: the ray parameter
-    of a hit is its depth.
+    of a hit is its depth. Each is (x * right + y * up) + fwd with x, y the pixel centre's
+    offsets from the image centre over the focal length.
     """
     x1 = size if x1 is None else x1
     y1 = size if y1 is None else y1
-    right, up, fwd = camera.basis()
-    f = camera.focal(size)
-    c = 0.5 * size
-    xs = (np.arange(x0, x1) + 0.5 - c) / f
-    ys = -(np.arange(y0, y1) + 0.5 - c) / f
-    gx, gy = np.meshgrid(xs, ys)
-    return gx.reshape(-1, 1) * right + gy.reshape(-1, 1) * up + fwd
+    return _rays(_ray_terms(camera, size), x0, y0, x1, y1)
 
 
 @dataclasses.dataclass
@@ -533,6 +596,7 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
     right, up, fwd = camera.basis()
     f = camera.focal(size)
     c = 0.5 * size
+    terms = _ray_terms(camera, size)
     for part in shape.parts:
         # Screen rectangle of the part's oriented bounding box (whole image if it straddles
         # the camera plane).
@@ -547,7 +611,7 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
             y0, y1 = max(0, math.floor(py.min()) - 1), min(size, math.ceil(py.max()) + 2)
             if x0 >= x1 or y0 >= y1:
                 continue
-        dirs = pixel_rays(camera, size, x0, y0, x1, y1)
+        dirs = _rays(terms, x0, y0, x1, y1)
         t, n, cc = intersect_part(part, camera.eye, dirs)
         h, w = y1 - y0, x1 - x0
         t = t.reshape(h, w)
@@ -555,10 +619,11 @@ def render(shape: Shape, camera: Camera, size: int = 256) -> Buffers:
         closer = t < win
         if not closer.any():
             continue
-        win[closer] = t[closer]
-        normal[y0:y1, x0:x1][closer] = n.reshape(h, w, 3)[closer]
-        coord[y0:y1, x0:x1][closer] = cc.reshape(h, w, 3)[closer]
-        part_id[y0:y1, x0:x1][closer] = part.part_id
+        np.copyto(win, t, where=closer)
+        closer3 = closer[..., None]
+        np.copyto(normal[y0:y1, x0:x1], n.reshape(h, w, 3), where=closer3)
+        np.copyto(coord[y0:y1, x0:x1], cc.reshape(h, w, 3), where=closer3)
+        np.copyto(part_id[y0:y1, x0:x1], part.part_id, where=closer)
     mask = np.isfinite(depth)
     return Buffers(
         depth=depth.astype(np.float32),
