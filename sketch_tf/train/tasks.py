@@ -258,7 +258,7 @@ class Task:
     #: Figures the main job prints for this family, next to their baselines.
     headlines: tuple[Headline, ...] = ()
     #: CPU seconds of this family's share of the main job (`configs/<family>.py:synthetic`:
-    #: train, evaluate, export), as measured; only an ordering hint: the main job starts the
+    #: render, train, evaluate, export), as measured; only an ordering hint: the main job starts the
     #: costliest families first (longest-processing-time order), so that the family processes
     #: running side by side end close together instead of one finishing alone on an idle CPU.
     main_job_cpu_s: float = 0.0

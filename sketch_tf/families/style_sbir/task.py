@@ -86,8 +86,9 @@ class StyleSbirTask(Task):
     serving_type = StyleSbirServing
     retrieval_type = StyleSbirRetrieval
 
-    #: The main job's "CPU s" for this family (2-core AMD EPYC, AVX-512, 220 GFLOP/s; 56adacf).
-    main_job_cpu_s = 104.0
+    #: The main job's "CPU s" for this family, its rendering included (2-core AMD EPYC,
+    #: AVX-512, 220 GFLOP/s; issue 26, rendering in the family processes).
+    main_job_cpu_s = 119.0
     headlines = (
         Headline(
             "sketch + style mAP (content and style)",
