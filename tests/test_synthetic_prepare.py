@@ -163,10 +163,13 @@ def test_ensure_synthetic_renders_what_is_missing_once_under_a_lock(tmp_path):
     assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)
     first = {p.name: p.read_bytes() for p in (root / "test").iterdir()}
     assert not ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)  # there
-    # Half there (an interrupted rendering: train written, test not): rendered again, same bytes.
+    # Half there (an interrupted rendering: train written, test not, the test writer's
+    # temporary folder left behind): rendered again, same bytes, the leftover removed.
     shutil.rmtree(root / "test")
+    (root / ".test.tmp-killed").mkdir()
     assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **kw)
     assert {p.name: p.read_bytes() for p in (root / "test").iterdir()} == first
+    assert not (root / ".test.tmp-killed").exists()
     # Other options: rendered again over them, and said why.
     assert ensure_synthetic("zooms", root, workers=1, log=lines.append, **{**kw, "seed": 2})
     assert any("other options" in line and "'seed': (1, 2)" in line for line in lines)

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -238,7 +239,8 @@ def ensure_synthetic(
     """`prepare_synthetic(task, root, workers=..., **options)` unless `root` already holds
     both splits rendered with these options. It renders when the records are absent, half
     there (each split is renamed into place whole, so an interrupted rendering leaves the
-    train split without the test split) or rendered with other options (`stale_options`:
+    train split without the test split, and its writer's temporary folder, which is removed)
+    or rendered with other options (`stale_options`:
     an older recipe, rendered again over them). An exclusive lock (`flock` on `<root>.lock`)
     is held meanwhile: processes sharing one dataset (two families of a main job) render it
     once, the others wait and find it there.
@@ -261,6 +263,11 @@ def ensure_synthetic(
     with open(f"{root}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         stale = stale_options(root, task, options)
+        # A rendering killed mid-split leaves its writer's temporary folder: under the lock,
+        # nothing of ours is writing one.
+        for split in ("train", "test"):
+            for left in root.glob(f".{split}.tmp-*"):
+                shutil.rmtree(left, ignore_errors=True)
         have = [(root / split / tfrecord.MANIFEST).is_file() for split in ("train", "test")]
         if all(have) and not stale:
             return False
