@@ -97,14 +97,21 @@ def family_config(family: str, workdir: str, smoke: bool):
     return config
 
 
+def synthetic_options(config) -> tuple[str, dict]:
+    """(dataset kind, `prepare_synthetic` options) of the config's synthetic world; the kind
+    is `data.synthetic.task` when the world is not named like the family (fg_sbir reads
+    zs_sbir's), else the family."""
+    options = config.data.synthetic.to_dict()
+    return options.pop("task", config.task), options
+
+
 def check_records(family: str, config) -> None:
     """Fails (`cli.fail`, naming the manifest) when the family's records folder holds records
     the synthetic world did not write: the main job never renders over them. Run by the main
     process for every family before any family starts."""
     from sketch_tf.data.synthetic.prepare import stale_options
 
-    options = config.data.synthetic.to_dict()
-    task = options.pop("task", config.task)
+    task, options = synthetic_options(config)
     try:
         stale_options(config.data.root, task, options)
     except ValueError as e:
@@ -120,9 +127,7 @@ def prepare_family(family: str, config, workers: int = 0) -> float:
     from sketch_tf.data.synthetic.prepare import ensure_synthetic
 
     t0 = time.perf_counter()
-    options = config.data.synthetic.to_dict()
-    # The synthetic world's dataset kind, when it is not named like the family.
-    task = options.pop("task", config.task)
+    task, options = synthetic_options(config)
     try:
         ensure_synthetic(
             task, config.data.root, workers=workers,
