@@ -18,7 +18,7 @@ once, so that one family's single-threaded work (tracing, saving, evaluation cod
 another's arithmetic on a 2-core CPU. Rendering in the family's process puts it on that
 process's share of the CPUs: the family that ends first renders the next family's world
 while the costliest one is still training, instead of both waiting for every world up
-front. Families sharing a world (fg_sbir and zs_sbir) render it once, under a file lock. A
+front. Families sharing a world (one records folder) render it once, under a file lock. A
 family's figures depend neither on `--jobs` nor on the other families: no process state
 carries over from one family to the next.
 
@@ -99,8 +99,8 @@ def family_config(family: str, workdir: str, smoke: bool):
 
 def synthetic_options(config) -> tuple[str, dict]:
     """(dataset kind, `prepare_synthetic` options) of the config's synthetic world; the kind
-    is `data.synthetic.task` when the world is not named like the family (fg_sbir reads
-    zs_sbir's), else the family."""
+    is `data.synthetic.task` when the family reads a world named like another family, else
+    the family."""
     options = config.data.synthetic.to_dict()
     return options.pop("task", config.task), options
 

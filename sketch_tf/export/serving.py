@@ -279,7 +279,7 @@ def session_outputs(path: str, requests: dict[str, dict[str, Any]]) -> dict[str,
     The requests run in one `Session.run` (each signature reads its own placeholders and
     writes its own outputs, so the values are those of one run per signature): the graph is
     pruned and optimised once instead of once per signature, which is most of the cost of a
-    first call (a style_sbir export's 12 signatures: 4.9 s instead of 7.8 s).
+    first call (an export of 12 signatures: 4.8 s instead of 7.8 s).
 
     Args:
       path: a SavedModel folder; requests: {signature key: {input key: array}}.
