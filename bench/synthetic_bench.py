@@ -7,8 +7,10 @@ buffers and making the image (everything `prepare_synthetic` does per image exce
 encoding). Prints one JSON object as its last line; `loadavg_1min` says how busy the shared
 machine was, so figures taken under load can be compared by ratio.
 
-Quiet machine (2-core x86_64, load 0.3): line_drawings_per_s 66.3 (target 50), photos_per_s
-37.4, renders_per_s 132.6, styled_images_per_s 47.7. Under load 3 (other jobs): 42.9 drawings/s.
+Quiet machine (2-core AMD EPYC, AVX-512, load 0.5-0.8, after issue 26's renderer changes):
+line_drawings_per_s 81-96 (target 50), photos_per_s 58-62, renders_per_s 188-233,
+styled_images_per_s 60-61 (the code before them, alternated in the same session: 67-70,
+39-49, 149-150, 52-55).
 """
 
 import argparse
