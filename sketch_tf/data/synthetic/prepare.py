@@ -240,10 +240,10 @@ def ensure_synthetic(
     both splits rendered with these options. It renders when the records are absent, half
     there (each split is renamed into place whole, so an interrupted rendering leaves the
     train split without the test split, and its writer's temporary folder, which is removed)
-    or rendered with other options (`stale_options`:
-    an older recipe, rendered again over them). An exclusive lock (`flock` on `<root>.lock`)
-    is held meanwhile: processes sharing one dataset (two families of a main job) render it
-    once, the others wait and find it there.
+    or rendered with other options (`stale_options`: an older recipe, rendered again over
+    them). An exclusive lock (`flock` on `<root>.lock`) is held meanwhile: processes sharing
+    one dataset (two families of a main job) render it once, the others wait and find it
+    there.
 
     Args:
       workers: rendering processes (0: `default_workers()`).
